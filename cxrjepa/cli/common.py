@@ -1,0 +1,106 @@
+"""Options and error handling shared by every subcommand.
+
+Subcommands only parse options and call their stage's Python function; :func:`execute` turns the result
+or the error into output and an exit code (0 ok, 1 failure, 2 usage, 3 some inputs rejected).
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cxrjepa.core import console
+from cxrjepa.core.artifact import Artifact
+from cxrjepa.core.config import dump_yaml, load_config
+from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, CxrjepaError
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the artifact to (created if missing).")]
+ConfigOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--config", "-c", help="YAML config file; repeat to layer several (later files win)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one setting, e.g. --set optim.lr=3e-4 (repeatable; wins over --config)."),
+]
+PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work even if the artifact is complete and up to date.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would be done and write nothing.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
+
+
+def resolve_config(cls: type, config: list[Path] | None, sets: list[str] | None, flags: dict[str, Any] | None = None):
+    return load_config(cls, files=config or [], overrides=sets or [], flags=flags)
+
+
+def print_config(cfg: Any) -> None:
+    sys.stdout.write(dump_yaml(cfg))
+
+
+def artifact_summary(artifact: Artifact) -> dict:
+    return {
+        "path": str(artifact.path),
+        "kind": artifact.kind,
+        "status": artifact.manifest.get("status"),
+        "fingerprint": artifact.fingerprint,
+        "content_fingerprint": artifact.content_fingerprint,
+        "counts": artifact.counts,
+    }
+
+
+def exit_code_for(artifact: Artifact) -> int:
+    """3 when the stage finished but rejected some inputs (they are in the failure ledger)."""
+    return EXIT_REJECTED if int(artifact.counts.get("rejected", 0) or 0) > 0 else EXIT_OK
+
+
+def execute(
+    fn: Callable[[], Any],
+    *,
+    json_output: bool = False,
+    quiet: bool = False,
+    verbose: bool = False,
+    summarize: Callable[[Any], tuple[dict, int]] | None = None,
+) -> None:
+    """Run a stage function, print its result, and exit with the documented code.
+
+    ``fn`` returns an :class:`Artifact` (summarised and checked for rejections) or any JSON-able value
+    (printed with ``--json``; exit 0). ``summarize`` can replace that mapping.
+    """
+    console.configure(quiet=quiet, verbose=verbose, json_output=json_output)
+    try:
+        result = fn()
+    except CxrjepaError as exc:
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+        console.error(exc.message)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        console.error("Interrupted; completed work is kept, rerun the same command to resume.")
+        raise typer.Exit(EXIT_FAILURE) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # an unexpected failure: name it, keep values out unless asked
+        if verbose:
+            traceback.print_exc(file=sys.stderr)
+            console.error(f"Unexpected {type(exc).__name__}: {exc}")
+        else:
+            console.error(f"Unexpected {type(exc).__name__}; rerun with --verbose for the traceback.")
+        raise typer.Exit(EXIT_FAILURE) from None
+    if summarize is not None:
+        data, code = summarize(result)
+    elif isinstance(result, Artifact):
+        data, code = artifact_summary(result), exit_code_for(result)
+    else:
+        data, code = result, EXIT_OK
+    if json_output and data is not None:
+        console.emit_json(data)
+    if code == EXIT_REJECTED and not quiet:
+        console.warn("Finished, but some inputs were rejected; see the failure ledger in the artifact.")
+    raise typer.Exit(code)

@@ -1,0 +1,12 @@
+"""cxrjepa ingest (being built)."""
+
+from __future__ import annotations
+
+import typer
+
+HELP = "Not built yet."
+
+
+def command() -> None:
+    typer.echo("cxrjepa ingest is not built yet.", err=True)
+    raise typer.Exit(1)

@@ -1,0 +1,159 @@
+"""Vision Transformer encoders (timm) for 1-channel medical images.
+
+An encoder is a plain timm ``VisionTransformer`` built without a CLS token, with average pooling over
+the final-normed patch tokens and dynamic image size (positional embeddings are interpolated to any
+input size). :class:`ViTEncoder` wraps it to run on the visible tokens only, which is what I-JEPA's
+context encoder needs; the wrapped timm model is what gets exported, so the export loads with timm alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import timm
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cxrjepa.core.errors import ConfigError
+
+#: size name -> (timm base model, embed dim, depth, heads)
+SIZES: dict[str, tuple[str, int, int, int]] = {
+    "tiny": ("vit_tiny_patch16_224", 192, 12, 3),
+    "small": ("vit_small_patch16_224", 384, 12, 6),
+    "base": ("vit_base_patch16_224", 768, 12, 12),
+    "large": ("vit_large_patch16_224", 1024, 24, 16),
+    "huge": ("vit_huge_patch14_224", 1280, 32, 16),
+    "giant": ("vit_giant_patch14_224", 1408, 40, 16),
+}
+
+Size = Literal["tiny", "small", "base", "large", "huge", "giant"]
+
+
+@dataclass
+class EncoderConfig:
+    """The encoder architecture (saved with every run and export)."""
+
+    size: Size = "tiny"
+    patch_size: int = 16
+    image_size: int = 224
+    in_chans: int = 1
+    drop_path: float = 0.0
+    #: frames per tubelet for clip (video) encoders; 1 = a 2-D image encoder
+    tubelet: int = 1
+
+    def validate(self) -> None:
+        if self.patch_size not in (8, 14, 16, 32):
+            raise ConfigError(f"'model.patch_size' must be 8, 14, 16 or 32, not {self.patch_size}.")
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"'model.image_size' ({self.image_size}) must be a multiple of the patch size ({self.patch_size})."
+            )
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError("'model.drop_path' must be in [0, 1).")
+        if self.tubelet < 1:
+            raise ConfigError("'model.tubelet' must be at least 1.")
+
+    @property
+    def timm_model(self) -> str:
+        return SIZES[self.size][0]
+
+    @property
+    def embed_dim(self) -> int:
+        return SIZES[self.size][1]
+
+    @property
+    def depth(self) -> int:
+        return SIZES[self.size][2]
+
+    @property
+    def num_heads(self) -> int:
+        return SIZES[self.size][3]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.image_size // self.patch_size
+        return g, g
+
+    def timm_kwargs(self) -> dict:
+        """Keyword arguments for ``timm.create_model(self.timm_model, pretrained=False, **kwargs)``."""
+        return {
+            "img_size": self.image_size,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "num_classes": 0,
+            "global_pool": "avg",
+            "class_token": False,
+            "fc_norm": False,
+            "dynamic_img_size": True,
+            "drop_path_rate": self.drop_path,
+        }
+
+
+def create_vit(config: EncoderConfig) -> nn.Module:
+    """The bare timm VisionTransformer for ``config`` (randomly initialised, never downloaded)."""
+    return timm.create_model(config.timm_model, pretrained=False, **config.timm_kwargs())
+
+
+class ViTEncoder(nn.Module):
+    """A timm ViT that can run on a subset of its patch tokens.
+
+    ``tokens(x, keep)`` returns final-normed patch tokens (B, L, D) for the positions in ``keep``
+    (B, K) or all positions; ``forward(x)`` returns the mean-pooled features (B, D).
+    """
+
+    def __init__(self, config: EncoderConfig, vit: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.vit = vit if vit is not None else create_vit(config)
+        self.grad_checkpointing = False
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vit.embed_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus (interpolated) positional embedding: (B, L, D)."""
+        vit = self.vit
+        x = vit.patch_embed(x)
+        x = vit._pos_embed(x)
+        x = vit.patch_drop(x)
+        return vit.norm_pre(x)
+
+    def run_blocks(self, x: torch.Tensor, return_layers: int = 0) -> torch.Tensor | list[torch.Tensor]:
+        """Transformer blocks + final norm; with ``return_layers=k`` the normed outputs of the last k blocks."""
+        blocks = self.vit.blocks
+        outs = []
+        n = len(blocks)
+        for i, blk in enumerate(blocks):
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            if return_layers and i >= n - return_layers:
+                outs.append(self.vit.norm(x))
+        if return_layers:
+            return outs
+        return self.vit.norm(x)
+
+    def tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(x)
+        if keep is not None:
+            x = gather_tokens(x, keep)
+        return self.run_blocks(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(x).mean(dim=1)
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Select tokens ``idx`` (B, K) from ``x`` (B, L, D) -> (B, K, D)."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def build_encoder(config: EncoderConfig) -> ViTEncoder:
+    return ViTEncoder(config)
