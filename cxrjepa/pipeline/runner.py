@@ -142,10 +142,9 @@ def run_pipeline(
             step.action, step.reason = "would run", plan.reason
             continue
         console.info(f"── {spec.id} ({spec.stage}) -> {spec.out}: {plan.reason}")
-        _, fn = sdef.load()
         t0 = time.time()
         try:
-            artifact = fn(spec.out, config, **inputs, **options, force=spec.id in forced)
+            artifact = sdef.call(spec.out, config, inputs, options, force=spec.id in forced)
         except CxrjepaError as exc:
             step.action, step.reason, step.seconds = "failed", exc.message, round(time.time() - t0, 2)
             result.exit_code, result.error = exc.exit_code, f"Stage '{spec.id}' failed: {exc.message}"

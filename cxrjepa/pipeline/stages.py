@@ -1,7 +1,8 @@
 """The stages a pipeline can run: name -> artifact kind, config class and Python function.
 
 Modules are imported lazily so planning a pipeline does not import torch for stages it skips.
-A stage function is called as ``fn(out, config, **inputs, **options, force=...)`` and returns an Artifact.
+A stage function is called as ``fn(out, config, **inputs, options=Options(...), force=...)`` (or with the
+options as keyword arguments when the stage has no options class) and returns an Artifact.
 """
 
 from __future__ import annotations
@@ -20,10 +21,21 @@ class StageDef:
     function: str
     inputs: tuple[str, ...]
     required: tuple[str, ...] = ()
+    options: str | None = None  # name of the operational options dataclass, if the stage has one
 
     def load(self) -> tuple[type, Callable]:
         mod = importlib.import_module(self.module)
         return getattr(mod, self.config), getattr(mod, self.function)
+
+    def call(self, out, config, inputs: dict, options: dict, force: bool):
+        """Run the stage; ``options`` (a plain mapping) becomes the stage's options object."""
+        from cxrjepa.core.config import from_dict
+
+        mod = importlib.import_module(self.module)
+        fn = getattr(mod, self.function)
+        if self.options:
+            return fn(out, config, **inputs, options=from_dict(getattr(mod, self.options), options), force=force)
+        return fn(out, config, **inputs, **options, force=force)
 
 
 STAGES: dict[str, StageDef] = {}
@@ -35,8 +47,8 @@ def register(stage: StageDef) -> StageDef:
 
 
 register(StageDef("demo-data", "demo", "cxrjepa.demo.api", "DemoConfig", "run_demo", ()))
-register(StageDef("ingest", "dataset", "cxrjepa.ingest.api", "IngestConfig", "run_ingest", ("src", "labels", "masks"), ("src",)))
-register(StageDef("pretrain", "run", "cxrjepa.pretrain.api", "PretrainConfig", "run_pretrain", ("data", "teacher"), ("data",)))
-register(StageDef("embed", "embeddings", "cxrjepa.embed.api", "EmbedConfig", "run_embed", ("encoder", "data"), ("encoder", "data")))
-register(StageDef("probe", "probe", "cxrjepa.probe.api", "ProbeConfig", "run_probe", ("embeddings", "labels"), ("embeddings",)))
+register(StageDef("ingest", "dataset", "cxrjepa.ingest.api", "IngestConfig", "run_ingest", ("sources", "labels", "masks"), ("sources",), "IngestOptions"))
+register(StageDef("pretrain", "run", "cxrjepa.pretrain.api", "PretrainConfig", "run_pretrain", ("data", "teacher"), ("data",), "PretrainOptions"))
+register(StageDef("embed", "embeddings", "cxrjepa.embed.api", "EmbedConfig", "run_embed", ("encoder", "data", "weights"), ("encoder", "data"), "EmbedOptions"))
+register(StageDef("probe", "probe", "cxrjepa.probe.api", "ProbeConfig", "run_probe", ("embeddings", "labels", "split"), ("embeddings",), "ProbeOptions"))
 register(StageDef("report", "report", "cxrjepa.report.api", "ReportConfig", "run_report", ("artifacts",), ("artifacts",)))
