@@ -227,14 +227,31 @@ def _findings(cfg: DemoConfig, a: Anatomy, p: int, visit: int, position: str) ->
     return persist_findings(_rng(cfg.seed, _FINDINGS, p, visit), first, a, position, (cfg.nodule_rate, cfg.effusion_rate))
 
 
-def render_case(cfg: DemoConfig, case: Case) -> Rendered:
-    """Draw one planned radiograph and build its (uncompressed) dataset."""
+def storage_for(cfg: DemoConfig, case: Case) -> Storage:
+    """How ``case``'s pixels are stored (cheap: nothing is drawn)."""
+    return sample_storage(_rng(cfg.seed, _STORAGE, case.patient, case.visit), case.syntax)
+
+
+def findings_for(cfg: DemoConfig, case: Case) -> Findings:
+    """``case``'s findings (cheap: nothing is drawn)."""
+    a, _ = _patient(cfg, case.patient)
+    even = codecs.needs_even_pixel_count(case.syntax, storage_for(cfg, case).bits_allocated)
+    acq = _acquisition(cfg, a, case.patient, case.visit, even_pixels=even)
+    return _findings(cfg, a, case.patient, case.visit, acq.position)
+
+
+def render_case(cfg: DemoConfig, case: Case, *, with_findings: bool = True) -> Rendered:
+    """Draw one planned radiograph and build its (uncompressed) dataset.
+
+    ``with_findings=False`` draws the same image without its findings (everything else, noise included, is
+    identical), which shows exactly what the findings changed.
+    """
     a, first_date = _patient(cfg, case.patient)
-    storage = sample_storage(_rng(cfg.seed, _STORAGE, case.patient, case.visit), case.syntax)
+    storage = storage_for(cfg, case)
     even = codecs.needs_even_pixel_count(case.syntax, storage.bits_allocated)
     acq = _acquisition(cfg, a, case.patient, case.visit, even_pixels=even)
     findings = _findings(cfg, a, case.patient, case.visit, acq.position)
-    phantom = draw(a, acq.view, findings)
+    phantom = draw(a, acq.view, findings if with_findings else Findings())
 
     study_rng = _rng(cfg.seed, _STUDY, case.patient, case.visit)
     date = first_date + dt.timedelta(days=int(study_rng.integers(30, 700)) if case.visit else 0)
@@ -246,8 +263,8 @@ def render_case(cfg: DemoConfig, case: Case) -> Rendered:
     row = {
         "file": case.file,
         "patient_id": case.patient_id,
-        "nodule": findings.nodule,
-        "effusion": findings.effusion,
+        "nodule": phantom.findings.nodule,
+        "effusion": phantom.findings.effusion,
         "sex": a.sex,
         "age": study.age_of(identity),
         "view": acq.position,

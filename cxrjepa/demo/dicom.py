@@ -10,11 +10,12 @@ from the seed, so the same seed writes byte-identical files.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation
@@ -69,9 +70,15 @@ class Study:
         return d.year - b.year - ((d.month, d.day) < (b.month, b.day))
 
 
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://cxrjepa/demo-data")
+
+
 def uid(seed: int, *parts: object) -> str:
-    """A deterministic ``2.25`` UID for ``parts`` under ``seed``."""
-    return generate_uid(prefix=None, entropy_srcs=["cxrjepa-demo", str(seed), *map(str, parts)])
+    """A deterministic ``2.25`` UID (a name-based UUID as an integer, PS3.5 B.2) for ``parts`` under ``seed``.
+
+    pydicom's ``generate_uid(prefix=None)`` is random (uuid4), so it cannot be used for repeatable files.
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, '/'.join(map(str, (seed, *parts)))).int}"
 
 
 def sample_identity(rng: np.random.Generator, patient_id: str, sex: str, age: int, first_study: dt.date) -> Identity:
