@@ -181,7 +181,7 @@ def sample_findings(
         while len(nodules) < count and tries < 500:
             tries += 1
             side = int(rng.choice(SIDES))
-            radius = float(rng.uniform(0.035, 0.06))
+            radius = float(rng.uniform(0.055, 0.085))
             x = side * float(rng.uniform(a.lung_dx - a.lung_ax, a.lung_dx + a.lung_ax))
             y = float(rng.uniform(a.lung_cy - a.lung_ay, a.dome_peak[0]))
             ang = np.linspace(0, 2 * np.pi, 12, endpoint=False)
@@ -191,7 +191,7 @@ def sample_findings(
                 continue
             if any((n.x - x) ** 2 + (n.y - y) ** 2 < (2.5 * max(n.radius, radius)) ** 2 for n in nodules):
                 continue
-            nodules.append(Nodule(side, x, y, radius, float(rng.uniform(0.17, 0.27))))
+            nodules.append(Nodule(side, x, y, radius, float(rng.uniform(0.22, 0.32))))
         if not nodules:  # pragma: no cover - the lung always has room for one
             raise RuntimeError("could not place a nodule")
     effusions: list[Effusion] = []
@@ -202,9 +202,9 @@ def sample_findings(
             effusions.append(
                 Effusion(
                     side=side,
-                    height=float(rng.uniform(0.13, 0.24)),
+                    height=float(rng.uniform(0.15, 0.28)),
                     meniscus=float(rng.uniform(0.04, 0.09)),
-                    amplitude=float(rng.uniform(0.22, 0.32)),
+                    amplitude=float(rng.uniform(0.25, 0.35)),
                 )
             )
     return Findings(tuple(nodules), tuple(effusions))
