@@ -50,7 +50,7 @@ def command(
     def run():
         cfg = resolve_config(DemoConfig, config, set_, {"n": n, "seed": seed, "ultrasound": ultrasound})
         if print_config_:
-            print_config(cfg.resolved())
+            print_config(cfg)
             return None
         return run_demo(out, cfg, force=force, dry_run=dry_run)
 

@@ -156,7 +156,8 @@ def _assign_syntaxes(rng: np.random.Generator, keys: list[str], n: int) -> list[
 
 
 def plan_cases(cfg: DemoConfig) -> list[Case]:
-    """Which patient each image belongs to, its file name and transfer syntax (``cfg`` resolved)."""
+    """Which patient each image belongs to, its file name and transfer syntax."""
+    cfg = cfg.resolved()
     rng = _rng(cfg.seed, _PLAN)
     patients = max(1, int(round(cfg.n / (1.0 + cfg.second_image_rate))))
     second = set(rng.choice(patients, size=min(patients, cfg.n - patients), replace=False).tolist())
@@ -302,9 +303,10 @@ def _write_radiographs(out: Path, cfg: DemoConfig, cases: list[Case], task) -> t
     return rows, tally, encoders
 
 
-def _write_ultrasound(out: Path, cfg: DemoConfig, first_patient: int, ids: list[str], task) -> tuple[list[dict], Counter]:
+def _write_ultrasound(out: Path, cfg: DemoConfig, first_patient: int, ids: list[str], task) -> tuple[list[dict], Counter, dict]:
     rows: list[dict] = []
     tally: Counter = Counter()
+    encoders: dict[str, str] = {}
     keys = [k for k in US_SYNTAXES if k in cfg.transfer_syntaxes] or ["explicit"]
     for j in range(cfg.ultrasound):
         p = first_patient + j
@@ -322,7 +324,7 @@ def _write_ultrasound(out: Path, cfg: DemoConfig, first_patient: int, ids: list[
         ds = dicom.ultrasound(identity, study, description="US ECHO (synthetic phantom)")
         ultrasound.set_pixels(ds, cine, frames, box)
         key = keys[j % len(keys)]
-        codecs.encode(ds, key)
+        encoders[key] = codecs.encode(ds, key)
         rel = f"U{j:04d}/CINE{j:03d}" + (".dcm" if j % 2 == 0 else "")
         path = out / "ultrasound" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +347,7 @@ def _write_ultrasound(out: Path, cfg: DemoConfig, first_patient: int, ids: list[
         tally[("syntax", codecs.BY_KEY[key].name)] += 1
         tally[("photometric", cine.photometric)] += 1
         task.advance()
-    return rows, tally
+    return rows, tally, encoders
 
 
 def _by(tally: Counter, kind: str) -> dict:
@@ -358,8 +360,11 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
     With ``dry_run`` nothing is written and the plan (create / skip / overwrite and why) is returned.
     """
     out = Path(out)
-    cfg = (config or DemoConfig()).resolved()
-    builder = begin(out, "demo", cfg, [], force=force, dry_run=dry_run)
+    config = config or DemoConfig()
+    # the fingerprint holds the settings as given ("auto" stays "auto", so a pipeline's dry run computes the
+    # same one); which syntaxes "auto" meant here is recorded in contents, and the files' hash covers them
+    cfg = config.resolved()
+    builder = begin(out, "demo", config, [], force=force, dry_run=dry_run)
     if dry_run:
         console.info(f"demo-data: would {builder.action} '{out}' ({cfg.n} radiographs, {cfg.ultrasound} ultrasound cines).")
         return {"path": str(out), "kind": "demo", "action": builder.action, "fingerprint": builder.fingerprint}
@@ -377,7 +382,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
     ids = _patient_ids(cfg.seed, patients + cfg.ultrasound)
     with console.progress("demo-data", total=len(cases) + cfg.ultrasound) as task:
         rows, tally, encoders = _write_radiographs(out, cfg, cases, task)
-        us_rows, us_tally = _write_ultrasound(out, cfg, patients, ids, task) if cfg.ultrasound else ([], Counter())
+        us_rows, us_tally, us_encoders = _write_ultrasound(out, cfg, patients, ids, task) if cfg.ultrasound else ([], Counter(), {})
+    encoders.update(us_encoders)
     _write_csv(out / "labels.csv", CSV_COLUMNS, rows)
     if us_rows:
         _write_csv(out / "ultrasound.csv", US_CSV_COLUMNS, us_rows)
@@ -403,9 +409,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
         "label_columns": list(LABEL_COLUMNS),
         "columns": list(CSV_COLUMNS),
         "masks": {"path": "masks", "format": "png", "values": [0, 255], "classes": {"255": "lung"}, "naming": "image file stem"},
-        "transfer_syntaxes": {
-            key: {"uid": str(codecs.BY_KEY[key].uid), "name": codecs.BY_KEY[key].name, "encoder": encoders.get(key, codecs.encoder_for(key))}
-            for key in cfg.transfer_syntaxes
+        "transfer_syntaxes": {  # what was written, and by which encoder
+            s.key: {"uid": str(s.uid), "name": s.name, "encoder": encoders[s.key]} for s in codecs.SYNTAXES if s.key in encoders
         },
     }
     if us_rows:

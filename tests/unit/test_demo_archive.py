@@ -17,7 +17,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from typer.testing import CliRunner
 
 from cxrjepa.cli.app import app
-from cxrjepa.core.artifact import open_artifact
+from cxrjepa.core.artifact import compute_fingerprint, open_artifact
 from cxrjepa.core.config import from_dict
 from cxrjepa.demo import DemoConfig, codecs, findings_for, plan_cases, render_case, run_demo, storage_for
 from cxrjepa.demo.api import CSV_COLUMNS
@@ -66,6 +66,9 @@ def test_manifest_and_layout(demo):
     assert all(len(Path(f).parts) >= 3 for f in files)
     assert any(f.lower().endswith(".dcm") for f in files) and any("." not in Path(f).name for f in files)
     assert art.counts["nodule"] == sum(int(r["nodule"]) for r in rows)
+    # the fingerprint is that of the settings as given, so a pipeline's dry run can compute it
+    assert art.params["transfer_syntaxes"] == ["auto"]
+    assert art.fingerprint == compute_fingerprint("demo", DemoConfig(**SMALL), [])
 
 
 def test_every_file_decodes_to_its_phantom(demo):

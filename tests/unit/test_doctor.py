@@ -130,3 +130,13 @@ def test_cli_json_and_exit_codes(tmp_path):
 
     human = runner.invoke(app, ["doctor", "--out", str(blocker / "out")])
     assert human.exit_code == 1 and "problem" in human.stdout and "Packages" in human.stdout
+
+
+@pytest.mark.gpu
+def test_doctor_lists_every_gpu():
+    import torch
+
+    info = doctor.check_torch()
+    assert info["cuda_available"] and info["cuda_version"] == torch.version.cuda
+    assert [g["name"] for g in info["gpus"]] == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    assert all(g["memory_gb"] > 0 for g in info["gpus"])
