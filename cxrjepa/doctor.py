@@ -424,9 +424,10 @@ def diagnose(out: str | Path = ".", *, verify_decoders: bool = True) -> dict:
 
     problems: list[str] = []
     warn: list[str] = []
-    python_ok = _python_satisfies(_project_metadata()[1])
+    requires_python = _project_metadata()[1]
+    python_ok = _python_satisfies(requires_python)
     if python_ok is False:
-        problems.append(f"Python {platform.python_version()} is too old; cxrjepa needs {_project_metadata()[1]}.")
+        problems.append(f"Python {platform.python_version()} is too old; cxrjepa needs {requires_python}.")
     for p in packages:
         if not p["importable"]:
             if p["required"]:
@@ -463,7 +464,7 @@ def diagnose(out: str | Path = ".", *, verify_decoders: bool = True) -> dict:
         "warnings": warn,
         "cxrjepa": cxrjepa.__version__,
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
-                   "executable": sys.executable, "requirement": _project_metadata()[1], "satisfied": python_ok},
+                   "executable": sys.executable, "requirement": requires_python, "satisfied": python_ok},
         "platform": platform.platform(terse=True),
         "cpu": {"count": os.cpu_count(), "memory_gb": memory_gb},
         "torch": torch_info,
