@@ -207,7 +207,7 @@ def _fit(kind: str, x, y):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
 
-    model = LogisticRegression(C=1.0, max_iter=2000) if kind == "linear" else KNeighborsClassifier(5)
+    model = LogisticRegression(C=1.0, max_iter=2000) if kind == "linear" else KNeighborsClassifier(min(5, len(x)))
     return model.fit(x, y)
 
 

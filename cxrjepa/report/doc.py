@@ -126,8 +126,8 @@ class Section:
 
     @property
     def empty(self) -> bool:
-        """True when the section holds only notes (its inputs were missing)."""
-        return all(isinstance(b, Note) for b in self.blocks)
+        """True when the section holds only notes and headings (its inputs were missing)."""
+        return all(isinstance(b, (Note, Heading)) for b in self.blocks)
 
 
 @dataclass

@@ -68,6 +68,7 @@ figure img{display:block;max-width:100%;height:auto;border:1px solid var(--line)
 details{margin:10px 0;border:1px solid var(--line);border-radius:8px;padding:8px 12px;background:#fcfcfd}
 details>summary{cursor:pointer;font-weight:600;color:#3e4c59}
 details[open]>summary{margin-bottom:6px}
+details h3{font-size:14px;margin:14px 0 4px;padding-top:8px}
 pre{background:#f6f8fa;border-radius:6px;padding:10px 12px;overflow:auto;max-height:420px;margin:6px 0}
 ul.tree,ul.tree ul{list-style:none;margin:0;padding-left:22px}
 ul.tree{padding-left:0;margin:8px 0 12px}

@@ -6,7 +6,6 @@ import json
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cxrjepa.core import console
@@ -98,8 +97,3 @@ def encoder_label(run: Node | None) -> str:
         return f"{name}/{patch} @ {img} px" if patch and img else name
     size = deep_find(run.manifest.get("params") or {}, ("size",))
     return f"ViT {size}" if size else "–"
-
-
-def rel(path: Path) -> str:
-    """A path as given (short), for tables."""
-    return str(path)

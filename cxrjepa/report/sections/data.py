@@ -11,6 +11,7 @@ from cxrjepa.report import figures, readers
 from cxrjepa.report.doc import Card, Cards, Cell, Heading, Para, Section, Table, human_int
 from cxrjepa.report.lineage import Node
 from cxrjepa.report.sections.base import Context, guarded
+from cxrjepa.report.sections.images import label_columns, sample_images
 
 CATEGORICAL = ("modality", "view", "sex", "format", "body_part", "manufacturer")
 AGE_BINS = np.arange(0, 105, 5, dtype=np.float64)
@@ -30,10 +31,6 @@ def build(ctx: Context) -> Section:
         guarded(sec, f"the rejections of dataset {ds.name}", lambda ds=ds: _rejections(ctx, sec, ds))
         guarded(sec, f"the sample images of dataset {ds.name}", lambda ds=ds: _grid(ctx, sec, ds))
     return sec
-
-
-def label_columns(ds: Node) -> list[str]:
-    return [str(c) for c in ds.artifact.contents.get("label_columns") or []]
 
 
 def _counts(ctx: Context, sec: Section, ds: Node) -> None:
@@ -106,38 +103,19 @@ def _rejections(ctx: Context, sec: Section, ds: Node) -> None:
 def _grid(ctx: Context, sec: Section, ds: Node) -> None:
     k = ctx.config.sample_images
     if k <= 0:
+        sec.note("Sample images are turned off (sample_images = 0).")
         return
-    images = readers.open_images(ds.path)
-    loc = readers.frame_locator(ds.path)
-    if images is None or loc is None:
-        sec.note(f"Sample images are left out: the image store or the frame index of {ds.name} cannot be read.")
+    got = sample_images(ds, k, ctx.config.seed)
+    if got is None:
+        sec.note(f"Sample images are left out: {ds.name} has no readable image without burned-in annotation.")
         return
-    labels = label_columns(ds)
-    extra = readers.read_columns(ds.path / layout.METADATA, [*labels[:1], "view", "burned_in_annotation"])
-    eligible = np.arange(len(loc.start))
-    if "burned_in_annotation" in extra:
-        burned = extra["burned_in_annotation"].fillna(False).astype(bool).to_numpy()
-        eligible = eligible[~burned]
-    strata = extra[labels[0]].astype(str).to_numpy()[eligible] if labels and labels[0] in extra else None
-    pick = eligible[readers.sample_rows(len(eligible), k, ctx.config.seed, strata)]
-    if len(pick) == 0:
-        sec.note(f"Sample images are left out: {ds.name} has no image without burned-in annotation.")
-        return
-    frames = readers.read_frames(images, [loc.middle(int(r)) for r in pick])
-    titles = []
-    for r in pick:
-        bits = []
-        if labels and labels[0] in extra:
-            bits.append(str(extra[labels[0]].iloc[int(r)]))
-        if "view" in extra and isinstance(extra["view"].iloc[int(r)], str) and extra["view"].iloc[int(r)]:
-            bits.append(str(extra["view"].iloc[int(r)]))
-        titles.append(" · ".join(bits) or f"sample {int(r)}")
-    shown = Counter(t.split(" · ")[0] for t in titles)
-    how = f"spread over the values of '{labels[0]}'" if strata is not None else "at random"
+    titles = [" · ".join(b for b in (lab, view) if b) or f"sample {int(r)}" for r, lab, view in zip(got.rows, got.labels, got.views)]
+    shown = Counter(got.labels) if got.label_column else Counter()
+    how = f"spread over the values of '{got.label_column}'" if got.label_column else "at random"
     sec.add(Heading("Sample images"),
-            ctx.figure(f"data-samples-{ds.name}", figures.image_grid([readers.to_unit(f) for f in frames], titles),
-                       alt=f"A grid of {len(frames)} stored images from {ds.name}, chosen {how}: "
-                           + ", ".join(f"{v} × {k}" for k, v in shown.most_common()) + ".",
-                       caption=f"{len(frames)} of {len(loc.start):,} samples, chosen {how} (seed {ctx.config.seed}); "
+            ctx.figure(f"data-samples-{ds.name}", figures.image_grid([readers.to_unit(f) for f in got.frames], titles),
+                       alt=f"A grid of {len(got.frames)} stored images from {ds.name}, chosen {how}"
+                           + (": " + ", ".join(f"{v} × {k}" for k, v in shown.most_common()) if shown else "") + ".",
+                       caption=f"{len(got.frames)} of {got.total:,} samples, chosen {how} (seed {ctx.config.seed}); "
                                "pixels as stored (after windowing, cropping and resizing; middle frame of clips). "
                                "Samples flagged with burned-in annotation are never shown."))

@@ -13,6 +13,8 @@ from cxrjepa.report.sections.base import Context, guarded
 
 #: columns that say where an image came from, best first ("site" when the user's labels have it)
 SITE_COLUMNS = ("site", "source_index", "manufacturer")
+#: rows read at least for the feature statistics (effective rank, norms), even when the map shows fewer
+STATS_ROWS = 500
 
 
 @dataclass
@@ -90,9 +92,10 @@ def build(ctx: Context) -> Section:
     samples = {}
     rows = []
     for s in sets:
-        pick = readers.sample_rows(s.n, max(ctx.config.map_points, 2), ctx.config.seed)
+        pick = readers.sample_rows(s.n, max(ctx.config.map_points, STATS_ROWS), ctx.config.seed)
         x = np.nan_to_num(readers.read_feature_rows(s.features, pick))
-        samples[id(s)] = (pick, x)
+        sub = readers.sample_rows(len(pick), ctx.config.map_points, ctx.config.seed)  # the map's points, among those read
+        samples[id(s)] = (pick[sub], x[sub])
         std = x.std(axis=0)
         rows.append([
             Cell(set_label(s, sets), swatch=s.variant.color, title=str(s.node.path)),
@@ -107,10 +110,12 @@ def build(ctx: Context) -> Section:
             sec.note(f"Embeddings {set_label(s, sets)}: {dead:.0%} of feature dimensions are constant on the sample; "
                      "the encoder may have collapsed.", "warn")
     sec.add(Table(["Embeddings", "Samples", "Dim", "dtype", "Arrays", "Effective rank", "Mean norm", "Constant dims"], rows,
-                  caption=f"Effective rank, norm and constant dimensions are measured on the sampled rows "
-                          f"(at most {ctx.config.map_points:,} per artifact)."))
+                  caption=f"Effective rank, norm and constant dimensions are measured on at most "
+                          f"{max(ctx.config.map_points, STATS_ROWS):,} rows drawn at random from each artifact."))
     if ctx.config.map_points:
         guarded(sec, "the embedding maps", lambda: _maps(ctx, sec, sets, samples))
+    else:
+        sec.note("Embedding maps are turned off (map_points = 0).")
     return sec
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from cxrjepa.core import console
-from cxrjepa.data import layout
 from cxrjepa.report import figures, readers
 from cxrjepa.report.doc import Heading, Section
 from cxrjepa.report.lineage import Node, Variant
 from cxrjepa.report.sections.base import Context, guarded
-from cxrjepa.report.sections.data import label_columns
 from cxrjepa.report.sections.embeddings import EmbeddingSet, open_sets, set_label
+from cxrjepa.report.sections.images import burned_in, hidden_ids, sample_images
 
 MATCH = "#2ca02c"
 MISMATCH = "#d62728"
@@ -25,29 +24,6 @@ def build(ctx: Context) -> Section:
     sec.add(Heading("Nearest neighbours"))
     guarded(sec, "the nearest-neighbour examples", lambda: _retrieval(ctx, sec))
     return sec
-
-
-# ---------------------------------------------------------------- sample images
-
-
-def pick_images(ctx: Context, ds: Node, k: int, seed: int) -> tuple[np.ndarray, list[np.ndarray], list[str]] | None:
-    """``k`` dataset rows spread over the first label (never a burned-in one), their frames and labels."""
-    images = readers.open_images(ds.path)
-    loc = readers.frame_locator(ds.path)
-    if images is None or loc is None or k <= 0:
-        return None
-    labels = label_columns(ds)
-    extra = readers.read_columns(ds.path / layout.METADATA, [*labels[:1], "burned_in_annotation"])
-    eligible = np.arange(len(loc.start))
-    if "burned_in_annotation" in extra:
-        eligible = eligible[~extra["burned_in_annotation"].fillna(False).astype(bool).to_numpy()]
-    strata = extra[labels[0]].astype(str).to_numpy()[eligible] if labels and labels[0] in extra else None
-    rows = eligible[readers.sample_rows(len(eligible), k, seed, strata)]
-    if len(rows) == 0:
-        return None
-    frames = readers.read_frames(images, [loc.middle(int(r)) for r in rows])
-    names = [str(extra[labels[0]].iloc[int(r)]) if strata is not None else f"sample {int(r)}" for r in rows]
-    return rows, frames, names
 
 
 # ---------------------------------------------------------------- patch maps
@@ -103,6 +79,7 @@ def _patch_maps(ctx: Context, sec: Section) -> None:
         sec.note("Left out: patch-feature maps need a run artifact with an exported encoder, and none is in the lineage.")
         return
     if ctx.config.patch_images <= 0:
+        sec.note("Patch-feature maps are turned off (patch_images = 0).")
         return
     groups: dict[int, tuple[Node, list[Variant]]] = {}
     for v in runs:
@@ -112,11 +89,12 @@ def _patch_maps(ctx: Context, sec: Section) -> None:
         groups.setdefault(id(v.dataset), (v.dataset, []))[1].append(v)
     device = resolve_device(ctx.device)
     for ds, variants in groups.values():
-        picked = pick_images(ctx, ds, ctx.config.patch_images, ctx.config.seed)
+        picked = sample_images(ds, ctx.config.patch_images, ctx.config.seed)
         if picked is None:
             sec.note(f"Patch-feature maps are left out: no image of {ds.name} can be read.")
             continue
-        _, frames, names = picked
+        frames = picked.frames
+        names = [lab or f"sample {int(r)}" for r, lab in zip(picked.rows, picked.labels)]
         maps: dict[str, list[np.ndarray]] = {}
         colors: dict[str, str] = {}
         for v in variants:
@@ -152,6 +130,7 @@ def _retrieval(ctx: Context, sec: Section) -> None:
         return
     cfg = ctx.config
     if cfg.retrieval_queries <= 0 or cfg.retrieval_neighbours <= 0:
+        sec.note("Nearest-neighbour examples are turned off (retrieval_queries or retrieval_neighbours = 0).")
         return
     quiet = Section("_", "_")  # problems opening embeddings were already reported by the embeddings section
     sets = [s for s in open_sets(ctx, quiet) if s.variant.dataset is not None]
@@ -161,9 +140,11 @@ def _retrieval(ctx: Context, sec: Section) -> None:
         return
     # the same query samples for every run (chosen from the first), so rows can be compared across runs
     first = sets[0]
-    idx0 = first.index(["sample_id", *([first.label_column] if first.label_column else [])])
-    strata = idx0[first.label_column].astype(str).to_numpy() if first.label_column in idx0 else None
-    qrows = readers.sample_rows(first.n, cfg.retrieval_queries, cfg.seed + 1, strata)
+    idx0 = first.index(["sample_id", "burned_in_annotation", *([first.label_column] if first.label_column else [])])
+    hidden = hidden_ids(first.variant.dataset)
+    shown = np.flatnonzero(~burned_in(idx0) & ~idx0["sample_id"].astype(str).isin(hidden).to_numpy())
+    strata = idx0[first.label_column].astype(str).to_numpy()[shown] if first.label_column in idx0 else None
+    qrows = shown[readers.sample_rows(len(shown), cfg.retrieval_queries, cfg.seed + 1, strata)]
     query_ids = idx0["sample_id"].astype(str).to_numpy()[qrows]
     found = []
     for s in sets:
@@ -191,8 +172,9 @@ class Neighbours:
 
 def neighbours(s: EmbeddingSet, query_ids: np.ndarray, k: int, pool_size: int, seed: int) -> Neighbours | None:
     """Cosine nearest neighbours of the queries among (a sample of) the embeddings, other patients only."""
-    cols = ["sample_id", "patient_key", *([s.label_column] if s.label_column else [])]
+    cols = ["sample_id", "patient_key", "burned_in_annotation", *([s.label_column] if s.label_column else [])]
     index = s.index(cols)
+    hidden = burned_in(index) | index["sample_id"].astype(str).isin(hidden_ids(s.variant.dataset)).to_numpy()
     ids = index["sample_id"].astype(str).to_numpy()
     pos = {sid: i for i, sid in enumerate(ids)}
     qrows = np.asarray([pos[q] for q in query_ids if q in pos], np.int64)
@@ -212,6 +194,7 @@ def neighbours(s: EmbeddingSet, query_ids: np.ndarray, k: int, pool_size: int, s
         sim[where[int(r)]] = -np.inf
         if patients is not None:
             sim[patients[pool] == patients[r]] = -np.inf  # another image of the same patient is no real find
+        sim[hidden[pool]] = -np.inf  # never shown: images with burned-in annotation
         order = [j for j in np.argsort(-sim)[:k] if np.isfinite(sim[j])]
         out.queries[ids[r]] = (labels[r] if labels is not None else None,
                                [(ids[pool[j]], labels[pool[j]] if labels is not None else None, float(sim[j])) for j in order])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,7 +154,3 @@ def _curves(ctx: Context, sec: Section, curves: list[RunCurves]) -> None:
                                + (f"Long logs are thinned to about {n_points:,} evenly spaced steps. " if thinned else "")
                                + "I-JEPA's loss often rises after the first epochs and is not a progress signal; "
                                  "feature std and effective rank are (falling towards zero means collapse)."))
-
-
-def finite(x) -> bool:
-    return x is not None and isinstance(x, (int, float)) and math.isfinite(x)

@@ -24,10 +24,13 @@ def build(ctx: Context) -> Section:
     sec.add(Heading("Artifacts"), _artifact_table(lin.nodes))
     sec.add(*_versions(lin.nodes))
     sec.add(Details("Commands and paths", [_commands(lin.nodes)]))
+    settings = []
     for node in lin.nodes:
         params = node.manifest.get("params")
         if params:
-            sec.add(Details(f"Settings of {node.kind} {node.name}", [Code(dump_yaml(params).rstrip())]))
+            settings += [Heading(f"{node.kind} {node.name}"), Code(dump_yaml(params).rstrip())]
+    if settings:
+        sec.add(Details(f"Settings of each artifact ({len(settings) // 2})", settings))
     return sec
 
 
@@ -122,12 +125,14 @@ def _versions(nodes: list[Node]) -> list:
             text = "; ".join(f"{v} ({', '.join(names)})" for v, names in versions.items())
             differs.append(pkg)
         rows.append([Cell(pkg), Cell(text, strong=len(versions) > 1)])
-    out: list = [Heading("Software")]
     table = Table(["Package", "Version"], rows,
                   caption="Versions recorded in the manifests; where artifacts were made with different versions, each is listed.")
+    out: list = []
     if differs:
         out.append(Note(f"Artifacts in this chain were made with different versions of {', '.join(differs)}.", "info"))
-    out.append(table)
+    key = {pkg: next(iter(v)) if len(v) == 1 else "several" for pkg, v in entries if pkg in ("python", "torch", "timm")}
+    brief = ", ".join(f"{k} {v}" for k, v in key.items())
+    out.append(Details(f"Software versions ({len(rows)} packages{': ' + brief if brief else ''})", [table]))
     return out
 
 
