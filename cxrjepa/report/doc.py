@@ -28,6 +28,15 @@ class Table:
     rows: list[list[Cell | str]]
     caption: str = ""
 
+    def without_empty_columns(self, keep: int = 1) -> "Table":
+        """The table without columns (after the first ``keep``) in which no row has a value."""
+        def text(c):
+            return c.text if isinstance(c, Cell) else str(c)
+
+        cols = [i for i in range(len(self.columns))
+                if i < keep or any(i < len(r) and text(r[i]) not in ("", "–") for r in self.rows)]
+        return Table([self.columns[i] for i in cols], [[r[i] for i in cols if i < len(r)] for r in self.rows], self.caption)
+
 
 @dataclass
 class Figure:
@@ -162,6 +171,13 @@ def num(value: float | None, digits: int = 3) -> str:
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.{digits}f}"
+
+
+def is_best(value: float | None, best: float | None, digits: int = 3) -> bool:
+    """Whether ``value`` ties the best value as a reader sees them (at the shown precision)."""
+    if value is None or best is None:
+        return False
+    return round(float(value), digits) == round(float(best), digits)
 
 
 def human_int(value) -> str:

@@ -70,6 +70,12 @@ def test_the_best_value_of_each_metric_is_bold_and_lower_is_better_for_mae(tmp_p
     assert [r[3].strong for r in mae.rows] == [True, False]
 
 
+def test_values_that_look_equal_are_both_marked_best():
+    from cxrjepa.report.doc import is_best
+
+    assert is_best(0.66666, 0.6667) and not is_best(0.665, 0.6667) and not is_best(None, 0.5)
+
+
 def test_roc_is_drawn_from_predictions_when_metrics_have_no_curves(tmp_path):
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 20)
@@ -100,3 +106,20 @@ def test_patient_leakage_across_splits_is_flagged(tmp_path):
         p.path / "split.csv", index=False)
     sec = probes.build(_ctx([p.path]))
     assert any(isinstance(b, Note) and "more than one split" in b.text for b in sec.blocks)
+
+
+def test_the_summary_repeats_every_warning_and_names_the_sections_left_out(tmp_path):
+    from cxrjepa.report.doc import Para, Section
+    from cxrjepa.report.sections import summary
+
+    p = _probe(tmp_path, "p", {"t": {"type": "binary", "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
+    shown = Section("pretraining", "Pretraining").add(Para("curves"))
+    shown.note("Run x: the feature std fell from 0.5 to 0.01", "warn")
+    missing = Section("embeddings", "Embeddings")
+    missing.note("Left out: no embeddings artifact")
+    sec = summary.build(_ctx([p.path]), [shown, missing])
+    warns = [b.text for b in sec.blocks if isinstance(b, Note) and b.level == "warn"]
+    assert warns == ["Run x: the feature std fell from 0.5 to 0.01"]
+    assert any(isinstance(b, Para) and "Left out for lack of inputs: Embeddings" in b.text for b in sec.blocks)
+    table = next(b for b in sec.blocks if isinstance(b, Table))
+    assert table.columns[-1] == "t: AUROC" and table.rows[0][-1].text == "0.700"

@@ -103,8 +103,9 @@ def summary_table(runs: list[Variant], curves: list[RunCurves]) -> Table:
             Cell(num(_median(df, "images_per_s") if df is not None else None, 0), numeric=True),
             Cell(num(_max(df, "gpu_mem_gb") if df is not None else None, 1), numeric=True),
         ])
-    return Table(["Run", "Objective", "Encoder", "Steps", "Epochs", "Final loss", "Feature std", "RankMe", "Images/s (median)", "Peak GPU GB"],
-                 rows, caption="Final values are the last logged step; throughput is the median over the run.")
+    return Table(["Run", "Objective", "Encoder", "Steps", "Epochs", "Final loss", "Feature std", "RankMe", "Images/s", "GPU GB"],
+                 rows, caption="Final values are those of the last logged step; images/s is the median over the run, "
+                               "GPU GB the peak.").without_empty_columns(keep=3)
 
 
 def collapse_warnings(label: str, m: readers.RunMetrics) -> list[str]:

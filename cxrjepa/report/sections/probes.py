@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxrjepa.report import figures, readers
-from cxrjepa.report.doc import Cell, Details, Heading, Para, Section, Table, human_int, num
+from cxrjepa.report.doc import Cell, Details, Heading, Para, Section, Table, human_int, is_best, num
 from cxrjepa.report.lineage import Node, Variant
 from cxrjepa.report.sections.base import Context, guarded
 
@@ -190,7 +190,7 @@ def _metric_table(have: list[tuple[Entry, dict]]) -> Table:
         row = [Cell(e.label, swatch=e.variant.color), Cell(probe), Cell(human_int(n_test), numeric=True)]
         for k in names:
             v = value_of(metrics.get(k))
-            row.append(Cell(fmt_metric(metrics.get(k)), numeric=True, strong=v is not None and k in best and v == best[k]))
+            row.append(Cell(fmt_metric(metrics.get(k)), numeric=True, strong=k in best and is_best(v, best[k])))
         rows.append(row)
     return Table(["Run", "Probe", "Test n", *[metric_name(k) for k in names]], rows,
                  caption="Test-set metrics with bootstrap 95 % intervals in brackets; the best value of each column is bold"

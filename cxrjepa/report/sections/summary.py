@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cxrjepa.report import readers
-from cxrjepa.report.doc import Card, Cards, Cell, Note, Para, Section, Table, human_int
+from cxrjepa.report.doc import Card, Cards, Cell, Note, Para, Section, Table, human_int, is_best
 from cxrjepa.report.sections.base import Context, encoder_label, run_objective
 from cxrjepa.report.sections.probes import LOWER_IS_BETTER, fmt_metric, metric_name, ordered_probes, primary_metric, value_of
 
@@ -80,7 +80,7 @@ def side_by_side(ctx: Context) -> Table | None:
             probe, metrics = hit
             k = metric_of[task]
             val = value_of(metrics.get(k))
-            row.append(Cell(fmt_metric(metrics.get(k)), numeric=True, strong=val is not None and task in best and val == best[task],
+            row.append(Cell(fmt_metric(metrics.get(k)), numeric=True, strong=task in best and is_best(val, best[task]),
                             title=f"{probe} probe"))
         rows.append(row)
     cols = ["Run", "Objective", "Encoder", "Dataset", *[f"{t}: {metric_name(metric_of[t])}" for t in tasks]]
