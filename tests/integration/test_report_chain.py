@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 
 import pytest
 import yaml
@@ -46,6 +48,9 @@ def test_a_report_of_the_whole_chain_has_every_section_and_figure(full):
     for text in ("Rejected inputs", "unsupported transfer syntax", "What the embeddings reveal about the patient",
                  "Subgroups of finding", "Patients in several splits"):
         assert text in facts.text
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((full / "index.html").stat().st_mode) == 0o666 & ~mask  # as any new file, not 0600
     md = (full / "summary.md").read_text()
     assert all(f"(figures/{name}.png)" in md for name in expected)
     assert "## Probes" in md and "## Pretraining" in md
