@@ -1,0 +1,440 @@
+"""Probes: metric tables with intervals, ROC curves, confusion matrices, few-shot, subgroup and corruption
+curves; every run's probes side by side (rows of one table, lines of one chart, in the run's colour).
+
+Reads metrics.json (schema: docs/artifacts.md and the probe stage), split.csv, and predictions.parquet
+only to draw a binary ROC curve when metrics.json carries none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cxrjepa.report import figures, readers
+from cxrjepa.report.doc import Cell, Details, Heading, Para, Section, Table, human_int, is_best, num
+from cxrjepa.report.lineage import Node, Variant
+from cxrjepa.report.sections.base import Context, guarded
+
+METRIC_NAMES = {
+    "auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "macro-F1", "f1": "F1", "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced acc.", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
+}
+METRIC_ORDER = ("auroc", "auprc", "macro_f1", "accuracy", "balanced_accuracy", "r2", "mae", "rmse")
+LOWER_IS_BETTER = {"mae", "rmse", "mse", "loss", "brier", "ece"}
+PRIMARY = ("auroc", "macro_f1", "accuracy", "r2", "mae")
+PROBE_ORDER = ("linear", "knn")
+
+
+@dataclass
+class Entry:
+    """One probe artifact: whose it is, its label in tables and legends, its metrics.json."""
+
+    variant: Variant
+    node: Node
+    label: str
+    metrics: dict
+
+    @property
+    def tasks(self) -> dict:
+        t = self.metrics.get("tasks")
+        return t if isinstance(t, dict) else {}
+
+
+def metric_name(key: str) -> str:
+    return METRIC_NAMES.get(key, key.replace("_", " "))
+
+
+def value_of(m) -> float | None:
+    if isinstance(m, dict):
+        m = m.get("value", m.get("mean"))
+    try:
+        return float(m) if m is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def ci_of(m) -> tuple[float, float] | None:
+    ci = m.get("ci") if isinstance(m, dict) else None
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        try:
+            return float(ci[0]), float(ci[1])
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def fmt_metric(m, digits: int = 3) -> str:
+    v = value_of(m)
+    if v is None:
+        return "–"
+    ci = ci_of(m)
+    return f"{num(v, digits)} ({num(ci[0], digits)}–{num(ci[1], digits)})" if ci else num(v, digits)
+
+
+def primary_metric(names) -> str | None:
+    names = list(names)
+    for p in PRIMARY:
+        if p in names:
+            return p
+    return names[0] if names else None
+
+
+def ordered_probes(probes: dict) -> list[str]:
+    return sorted(probes, key=lambda p: (PROBE_ORDER.index(p) if p in PROBE_ORDER else len(PROBE_ORDER), p))
+
+
+def entries_of(ctx: Context, sec: Section) -> list[Entry]:
+    out = []
+    for v in ctx.variants:
+        for p in v.probes:
+            m = readers.read_probe_metrics(p.path)
+            if m is None:
+                sec.note(f"The probe {p.name} has no readable metrics.json; it is left out.", "warn")
+                continue
+            label = v.label if len(v.probes) == 1 else f"{v.label} · {p.name}"
+            out.append(Entry(v, p, label, m))
+    return out
+
+
+def build(ctx: Context) -> Section:
+    sec = Section("probes", "Probes",
+                  lead="Frozen-feature probes (linear and k-NN) evaluated on held-out patients, with bootstrap 95 % intervals.")
+    entries = entries_of(ctx, sec)
+    if not entries:
+        if not any(v.probes for v in ctx.variants):
+            sec.note("Left out: no probe artifact among the inputs; give probe artifacts (cxrjepa probe) to see "
+                     "metrics, ROC curves and subgroup gaps.")
+        return sec
+    guarded(sec, "the split table", lambda: _splits(sec, entries))
+    tasks: list[str] = []
+    for e in entries:
+        tasks += [t for t in e.tasks if t not in tasks]
+    for task in tasks:
+        have = [(e, e.tasks[task]) for e in entries if isinstance(e.tasks.get(task), dict)]
+        guarded(sec, f"task {task}", lambda task=task, have=have: _task(ctx, sec, task, have))
+    guarded(sec, "the attribute probes", lambda: _attributes(sec, entries))
+    return sec
+
+
+# ---------------------------------------------------------------- splits
+
+
+def _splits(sec: Section, entries: list[Entry]) -> None:
+    rows = []
+    for e in entries:
+        split = readers.read_split(e.node.path)
+        if split is not None and "split" in split:
+            counts = split["split"].value_counts()
+            patients = split["patient_key"].nunique() if "patient_key" in split else None
+            leak = 0
+            if "patient_key" in split:
+                per = split.groupby("patient_key")["split"].nunique()
+                leak = int((per > 1).sum())
+            if leak:
+                sec.note(f"Probe {e.label}: {leak:,} patient(s) appear in more than one split; test metrics are optimistic.", "warn")
+            rows.append([Cell(e.label, swatch=e.variant.color), Cell(human_int(counts.get("train", 0)), numeric=True),
+                         Cell(human_int(counts.get("val", 0)), numeric=True), Cell(human_int(counts.get("test", 0)), numeric=True),
+                         Cell(human_int(patients), numeric=True), Cell("none" if not leak else f"{leak:,} patients", strong=bool(leak))])
+        else:
+            first = next(iter(e.tasks.values()), {}) if e.tasks else {}
+            n = first.get("n") or {}
+            rows.append([Cell(e.label, swatch=e.variant.color), Cell(human_int(n.get("train")), numeric=True),
+                         Cell(human_int(n.get("val")), numeric=True), Cell(human_int(n.get("test")), numeric=True),
+                         Cell("–", numeric=True), Cell("split.csv missing")])
+    sec.add(Table(["Probe", "Train", "Val", "Test", "Patients", "Patients in several splits"], rows,
+                  caption="Samples per split (patient-level: no patient is in two splits)."))
+
+
+# ---------------------------------------------------------------- one task
+
+
+def _task(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+    first = have[0][1]
+    ttype = str(first.get("type", ""))
+    classes = [str(c) for c in first.get("classes") or []]
+    desc = [ttype or "task"]
+    if first.get("positive") is not None:
+        desc.append(f"positive class {first['positive']}")
+    elif classes:
+        desc.append(f"{len(classes)} classes" if len(classes) > 6 else "classes " + ", ".join(classes))
+    text = "; ".join(desc)
+    sec.add(Heading(f"Task: {task}"), Para(f"{text[:1].upper()}{text[1:]}."))
+    sec.add(_metric_table(have))
+    per_class = _per_class_table(have)
+    if per_class is not None:
+        sec.add(Details(f"Per-class metrics of {task}", [per_class]))
+    guarded(sec, f"the ROC curves of {task}", lambda: _roc(ctx, sec, task, have))
+    guarded(sec, f"the confusion matrices of {task}", lambda: _confusion(ctx, sec, task, have))
+    guarded(sec, f"the few-shot curves of {task}", lambda: _fewshot(ctx, sec, task, have))
+    guarded(sec, f"the subgroup metrics of {task}", lambda: _subgroups(ctx, sec, task, have))
+    guarded(sec, f"the corruption curves of {task}", lambda: _robustness(ctx, sec, task, have))
+
+
+def _metric_table(have: list[tuple[Entry, dict]]) -> Table:
+    names: list[str] = []
+    rows_src = []
+    for e, t in have:
+        for probe in ordered_probes(t.get("probes") or {}):
+            metrics = (t["probes"][probe] or {}).get("metrics") or {}
+            names += [k for k in metrics if k not in names]
+            rows_src.append((e, probe, metrics, (t.get("n") or {}).get("test")))
+    names = sorted(names, key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else len(METRIC_ORDER), k))
+    best: dict[str, float] = {}
+    for k in names:
+        vals = [value_of(m.get(k)) for _, _, m, _ in rows_src if value_of(m.get(k)) is not None]
+        if len(vals) > 1:
+            best[k] = min(vals) if k in LOWER_IS_BETTER else max(vals)
+    rows = []
+    for e, probe, metrics, n_test in rows_src:
+        row = [Cell(e.label, swatch=e.variant.color), Cell(probe), Cell(human_int(n_test), numeric=True)]
+        for k in names:
+            v = value_of(metrics.get(k))
+            row.append(Cell(fmt_metric(metrics.get(k)), numeric=True, strong=k in best and is_best(v, best[k])))
+        rows.append(row)
+    return Table(["Run", "Probe", "Test n", *[metric_name(k) for k in names]], rows,
+                 caption="Test-set metrics with bootstrap 95 % intervals in brackets; the best value of each column is bold"
+                         + (" (lower is better for MAE)." if "mae" in names else "."))
+
+
+def _per_class_table(have: list[tuple[Entry, dict]]) -> Table | None:
+    rows = []
+    names: list[str] = []
+    for e, t in have:
+        for probe in ordered_probes(t.get("probes") or {}):
+            pc = (t["probes"][probe] or {}).get("per_class") or {}
+            for cls, metrics in pc.items():
+                names += [k for k in (metrics or {}) if k not in names]
+    if not names:
+        return None
+    if len(have[0][1].get("classes") or []) <= 2 and have[0][1].get("type") == "binary":
+        return None
+    for e, t in have:
+        for probe in ordered_probes(t.get("probes") or {}):
+            pc = (t["probes"][probe] or {}).get("per_class") or {}
+            for cls, metrics in pc.items():
+                rows.append([Cell(str(cls)), Cell(e.label, swatch=e.variant.color), Cell(probe)]
+                            + [Cell(fmt_metric((metrics or {}).get(k)), numeric=True) for k in names])
+    rows.sort(key=lambda r: r[0].text)
+    return Table(["Class", "Run", "Probe", *[metric_name(k) for k in names]], rows)
+
+
+def _probe_styles(have) -> dict[str, str]:
+    probes = []
+    for _, t in have:
+        probes += [p for p in ordered_probes(t.get("probes") or {}) if p not in probes]
+    return {p: figures.LINESTYLES[i % len(figures.LINESTYLES)] for i, p in enumerate(probes)}
+
+
+def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+    ttype = str(have[0][1].get("type", ""))
+    if ttype == "regression":
+        return
+    styles = _probe_styles(have)
+    binary = ttype == "binary"
+    panels = []
+    overlay = figures.Panel("ROC (test set)", xlabel="false positive rate", ylabel="true positive rate",
+                            diagonal=True, ylim=(0, 1.01))
+    from_predictions = False
+    for e, t in have:
+        positive = t.get("positive")
+        for probe in ordered_probes(t.get("probes") or {}):
+            pr = t["probes"][probe] or {}
+            roc = (pr.get("curves") or {}).get("roc") or {}
+            auroc = value_of((pr.get("metrics") or {}).get("auroc"))
+            if binary:
+                curve = roc.get(str(positive)) if positive is not None else None
+                if curve is None and len(roc) == 1:
+                    curve = next(iter(roc.values()))
+                if curve is None:
+                    curve = _roc_from_predictions(e.node, task, probe, positive)
+                    from_predictions |= curve is not None
+                if curve is None:
+                    continue
+                label = f"{e.label} · {probe}" + (f" (AUROC {auroc:.3f})" if auroc is not None else "")
+                overlay.series.append(figures.Series(label, np.asarray(curve["fpr"]), np.asarray(curve["tpr"]), e.variant.color, styles[probe]))
+            elif roc and probe == ordered_probes(t.get("probes") or {})[0]:
+                p = figures.Panel(f"{e.label} · {probe}", xlabel="false positive rate", ylabel="true positive rate",
+                                  diagonal=True, ylim=(0, 1.01))
+                for i, (cls, curve) in enumerate(list(roc.items())[: len(figures.CATEGORY_COLORS)]):
+                    p.series.append(figures.Series(str(cls), np.asarray(curve["fpr"]), np.asarray(curve["tpr"]),
+                                                   figures.CATEGORY_COLORS[i % len(figures.CATEGORY_COLORS)]))
+                panels.append(p)
+    if binary and overlay.series:
+        panels = [overlay]
+    if not panels:
+        sec.note(f"ROC curves of {task} are left out: the probes recorded no curves or test predictions.")
+        return
+    what = "one line per run and probe" if binary else "one panel per run, one line per class"
+    png = figures.line_panels(panels, max_cols=3, w=4.6 if binary else 3.6, h=3.6 if binary else 3.1)
+    sec.add(ctx.figure(f"probe-roc-{task}", png,
+                       alt=f"ROC curves of task {task} on the test set, {what}: "
+                           + "; ".join(s.label for p in panels for s in p.series[:8]) + ".",
+                       caption=f"ROC curves on the test set ({what}; solid: linear, dashed: k-NN)."
+                               + (" Curves drawn from predictions.parquet." if from_predictions else "")))
+
+
+def _roc_from_predictions(node: Node, task: str, probe: str, positive) -> dict | None:
+    from sklearn.metrics import roc_curve
+
+    df = readers.read_predictions(node.path, task, probe, "test")
+    if df is None or df.empty or positive is None:
+        return None
+    col = f"score_{positive}"
+    if col not in df or "target" not in df:
+        return None
+    y = (df["target"].astype(str) == str(positive)).to_numpy()
+    if y.all() or not y.any():
+        return None
+    fpr, tpr, _ = roc_curve(y, df[col].to_numpy(np.float64))
+    return {"fpr": fpr, "tpr": tpr}
+
+
+def _confusion(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+    mats = []
+    for e, t in have:
+        probes = ordered_probes(t.get("probes") or {})
+        for probe in probes:
+            conf = ((t["probes"][probe] or {}).get("curves") or {}).get("confusion")
+            if isinstance(conf, dict) and conf.get("matrix"):
+                labels = [str(x) for x in conf.get("labels") or range(len(conf["matrix"]))]
+                mats.append((f"{e.label} · {probe}", labels, np.asarray(conf["matrix"]), e.variant.color))
+                break  # the first probe (linear) per run keeps the figure small
+    if not mats:
+        return
+    sec.add(ctx.figure(f"probe-confusion-{task}", figures.confusion_matrices(mats),
+                       alt=f"Confusion matrices of task {task} on the test set for " + ", ".join(m[0] for m in mats)
+                           + ". " + " ".join(f"{m[0]}: " + ", ".join(f"{m[1][i]} recall {m[2][i, i] / max(m[2][i].sum(), 1):.0%}" for i in range(len(m[1])))
+                                             + "." for m in mats),
+                       caption="Confusion matrices on the test set (rows: true class; colour and percentage: share of the row)."))
+
+
+def _fewshot(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+    styles = _probe_styles(have)
+    series = []
+    metric = None
+    for e, t in have:
+        fs = t.get("fewshot") or {}
+        for probe in ordered_probes(fs):
+            points = [p for p in fs[probe] or [] if isinstance(p, dict)]
+            if not points:
+                continue
+            if metric is None:
+                metric = primary_metric((points[0].get("metrics") or {}).keys())
+            pts = sorted(((float(p["fraction"]), (p.get("metrics") or {}).get(metric) or {}) for p in points if "fraction" in p), key=lambda x: x[0])
+            full = ((t.get("probes") or {}).get(probe) or {}).get("metrics", {}).get(metric)
+            if full is not None and not any(abs(f - 1.0) < 1e-9 for f, _ in pts):
+                pts.append((1.0, {"mean": value_of(full), "std": 0.0}))
+            x = np.asarray([f for f, _ in pts])
+            y = np.asarray([value_of(m) if value_of(m) is not None else np.nan for _, m in pts], dtype=np.float64)
+            sd = np.asarray([float(m.get("std") or 0.0) if isinstance(m, dict) else 0.0 for _, m in pts])
+            series.append(figures.Series(f"{e.label} · {probe}", x, y, e.variant.color, styles[probe], y - sd, y + sd, marker="o"))
+    if not series or metric is None:
+        return
+    panel = figures.Panel(f"Few-shot {metric_name(metric)}", series, xlabel="fraction of training labels", ylabel=metric_name(metric), logx=True)
+    sec.add(ctx.figure(f"probe-fewshot-{task}", figures.line_panels([panel], w=5.2, h=3.4),
+                       alt=f"Few-shot curves of task {task}: test {metric_name(metric)} against the fraction of training labels "
+                           "(log scale) for " + ", ".join(s.label for s in series) + ". "
+                           + " ".join(f"{s.label}: {s.y[0]:.3f} at {s.x[0]:.0%} to {s.y[-1]:.3f} at {s.x[-1]:.0%}." for s in series),
+                       caption=f"Test {metric_name(metric)} when probes are trained on a fraction of the training labels "
+                               "(mean over seeds; band: ± one standard deviation; 100 %: the full probe)."))
+
+
+def _subgroups(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+    attrs: list[str] = []
+    for _, t in have:
+        attrs += [a for a in (t.get("subgroups") or {}) if a not in attrs]
+    if not attrs:
+        return
+    sec.add(Heading(f"Subgroups of {task}"))
+    panels = []
+    rows = []
+    metric_label = ""
+    for attr in attrs:
+        groups: list[str] = []
+        for _, t in have:
+            groups += [g for g in ((t.get("subgroups") or {}).get(attr) or {}).get("groups", {}) if g not in groups]
+        bars = []
+        for e, t in have:
+            sg = (t.get("subgroups") or {}).get(attr) or {}
+            gs = sg.get("groups") or {}
+            metric = (sg.get("gap") or {}).get("metric") or primary_metric(next(iter(gs.values()), {}).get("metrics", {}).keys())
+            if metric is None:
+                continue
+            metric_label = metric_name(metric)
+            vals = [value_of((gs.get(g) or {}).get("metrics", {}).get(metric)) for g in groups]
+            cis = [ci_of((gs.get(g) or {}).get("metrics", {}).get(metric)) for g in groups]
+            bars.append((e.label, e.variant.color, vals, cis))
+            gap = sg.get("gap") or {}
+            between = gap.get("between") or []
+            rows.append([Cell(attr), Cell(e.label, swatch=e.variant.color), Cell(metric_name(metric))]
+                        + [Cell(" · ".join(f"{g} {fmt_metric((gs.get(g) or {}).get('metrics', {}).get(metric))} (n={human_int((gs.get(g) or {}).get('n'))})" for g in groups))]
+                        + [Cell(num(value_of(gap)), numeric=True, strong=True),
+                           Cell(" vs ".join(str(b) for b in between) if between else "–")])
+        if bars:
+            panels.append((attr, groups, bars))
+    sec.add(Table(["Attribute", "Run", "Metric", "By group (95 % interval, n)", "Gap", "Between"], rows,
+                  caption="The same test metric per subgroup; the gap is the largest difference between groups."))
+    if panels:
+        sec.add(ctx.figure(f"probe-subgroups-{task}", figures.grouped_bars(panels, metric_label),
+                           alt=f"Bar charts of test {metric_label} of task {task} per subgroup of " + ", ".join(p[0] for p in panels)
+                               + ", one bar per run with 95 % interval whiskers.",
+                           caption=f"Test {metric_label} by subgroup (whiskers: bootstrap 95 % intervals)."))
+
+
+def _robustness(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+    corruptions: list[str] = []
+    for _, t in have:
+        corruptions += [c for c in (t.get("robustness") or {}) if c != "clean" and c not in corruptions]
+    if not corruptions:
+        return
+    metric = None
+    for _, t in have:
+        clean = (t.get("robustness") or {}).get("clean") or {}
+        metric = metric or primary_metric(clean.keys())
+    if metric is None:
+        return
+    panels = []
+    for corr in corruptions:
+        p = figures.Panel(corr, xlabel="severity (0 = clean)", ylabel=metric_name(metric))
+        for e, t in have:
+            rob = t.get("robustness") or {}
+            pts = [(0.0, value_of((rob.get("clean") or {}).get(metric)))]
+            for item in rob.get(corr) or []:
+                if isinstance(item, dict):
+                    pts.append((float(item.get("severity", np.nan)), value_of((item.get("metrics") or {}).get(metric))))
+            pts = [(s, v) for s, v in pts if v is not None]
+            if len(pts) > 1:
+                p.series.append(figures.Series(e.label, np.asarray([s for s, _ in pts]), np.asarray([v for _, v in pts]), e.variant.color, marker="o"))
+        if p.series:
+            panels.append(p)
+    if not panels:
+        return
+    sec.add(ctx.figure(f"probe-robustness-{task}", figures.line_panels(panels),
+                       alt=f"Line charts of test {metric_name(metric)} of task {task} against corruption severity for "
+                           + ", ".join(p.title for p in panels) + "; one line per run.",
+                       caption=f"Test {metric_name(metric)} under corruptions of increasing severity, with probes trained on clean images."))
+
+
+# ---------------------------------------------------------------- attributes
+
+
+def _attributes(sec: Section, entries: list[Entry]) -> None:
+    keys: list[tuple[str, str]] = []
+    for e in entries:
+        for attr, body in (e.metrics.get("attributes") or {}).items():
+            for m in (body or {}).get("metrics") or {}:
+                if (attr, m) not in keys:
+                    keys.append((attr, m))
+    if not keys:
+        return
+    rows = []
+    for attr, m in keys:
+        row = [Cell(attr), Cell(metric_name(m))]
+        for e in entries:
+            row.append(Cell(fmt_metric((((e.metrics.get("attributes") or {}).get(attr) or {}).get("metrics") or {}).get(m)), numeric=True))
+        rows.append(row)
+    sec.add(Heading("What the embeddings reveal about the patient"),
+            Para("How well a linear probe on the frozen features predicts patient attributes. High values mean the "
+                 "features encode them, which downstream models can pick up as a shortcut or a source of bias."),
+            Table(["Attribute", "Metric", *[e.label for e in entries]], rows))
