@@ -173,9 +173,11 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     check_config(config, enc)
     shapes = output_shapes(config, enc)
     dtypes = {k: (config.patch_dtype if k == PATCH else config.dtype) for k in shapes}
-    unit_rows = store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize)
+    unit_rows = store.balanced_unit_rows(store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize), n, world)
     ledger = store.Ledger(out)
-    if builder.resumed and store.arrays_match(out, n, shapes, dtypes, unit_rows):
+    resumable = store.existing_unit_rows(out, n, shapes, dtypes) if builder.resumed else None
+    if resumable:
+        unit_rows = resumable  # the units of the interrupted run, whatever the number of processes now
         done = ledger.done()
         console.info(f"Resuming: {len(done)} of {len(unit_ranges(n, unit_rows))} units already written.")
     else:

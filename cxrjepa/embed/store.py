@@ -60,21 +60,27 @@ def open_arrays(out: Path, mode: str = "r") -> dict[str, zarr.Array]:
     return {name: arr for name, arr in root.arrays()}
 
 
-def arrays_match(out: Path, n: int, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], unit_rows: int) -> bool:
-    """Whether a resumed artifact's arrays are the ones this run would create."""
+def existing_unit_rows(out: Path, n: int, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str]) -> int | None:
+    """Rows per unit of a resumed artifact's arrays, if they are the arrays this run would create."""
     try:
         arrays = open_arrays(out)
     except (FileNotFoundError, ValueError, KeyError, zarr.errors.GroupNotFoundError):
-        return False
+        return None
     if set(arrays) != set(shapes):
-        return False
+        return None
+    rows = set()
     for name, arr in arrays.items():
         if tuple(arr.shape) != (n, *shapes[name]) or str(arr.dtype) != dtypes[name]:
-            return False
-        rows = arr.shards[0] if arr.shards else arr.chunks[0]
-        if rows != unit_rows:
-            return False
-    return True
+            return None
+        rows.add(int(arr.shards[0] if arr.shards else arr.chunks[0]))
+    return rows.pop() if len(rows) == 1 else None
+
+
+def balanced_unit_rows(unit_rows: int, n: int, world: int) -> int:
+    """Fewer rows per unit when that gives every rank at least ~4 units (small datasets, many GPUs)."""
+    share = max(1, n // max(4 * world, 1))
+    cap = max(8, 1 << (share.bit_length() - 1))
+    return min(unit_rows, cap)
 
 
 def digest(values: dict[str, np.ndarray]) -> str:

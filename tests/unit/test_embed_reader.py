@@ -45,3 +45,11 @@ def test_read_frames_matches_fancy_indexing(tmp_path):
 def test_unit_rows_shrink_for_large_patch_tokens():
     assert unit_rows_for({"features": (768,)}) == 256
     assert unit_rows_for({"features": (768,), "patch_tokens": (1369, 768)}) == 16
+
+
+def test_units_are_balanced_over_ranks_for_small_datasets():
+    from cxrjepa.embed.store import balanced_unit_rows
+
+    assert balanced_unit_rows(256, 1_000_000, 8) == 256
+    assert balanced_unit_rows(256, 1000, 8) == 16  # 62 units: every one of 8 ranks gets ~8
+    assert balanced_unit_rows(256, 40, 2) == 8  # never below 8 rows
