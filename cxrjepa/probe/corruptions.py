@@ -14,10 +14,12 @@ Noise is seeded, so a robustness run is repeatable.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from cxrjepa.core.errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported only when images are corrupted (probe runs without it otherwise)
+    import torch
 
 SEVERITIES = (1, 2, 3)
 _BLUR = {1: 1.0, 2: 2.0, 3: 3.0}
@@ -40,11 +42,15 @@ def _contrast(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Ten
 
 
 def _noise(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    import torch
+
     n = torch.randn(x.shape, generator=gen, device="cpu").to(x.device)
     return x + n * _NOISE[severity]
 
 
 def _speckle(x: torch.Tensor, severity: int, gen: torch.Generator) -> torch.Tensor:
+    import torch
+
     n = torch.randn(x.shape, generator=gen, device="cpu").to(x.device)
     return x + x * n * _SPECKLE[severity]
 
@@ -69,6 +75,8 @@ def corruption(name: str, severity: int, seed: int = 0) -> Callable[[torch.Tenso
     """A transform for :func:`cxrjepa.embed.extract.embed_rows` (clipped to [0, 1])."""
     if severity not in SEVERITIES:
         raise UsageError(f"Corruption severity must be 1, 2 or 3, not {severity}.")
+    import torch
+
     fn = CORRUPTIONS[check([name])[0]]
     gen = torch.Generator().manual_seed(seed * 100 + severity)
 
