@@ -9,14 +9,17 @@ they are contiguous (reading frame by frame is several times slower on sharded z
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import zarr
 from torch.utils.data import DataLoader, Dataset
 
 from cxrjepa.core.errors import ArtifactError
+from cxrjepa.data import layout
 from cxrjepa.data.loader import worker_init
 from cxrjepa.data.store import DatasetArtifact
 
@@ -89,17 +92,29 @@ class BatchReader(Dataset):
     """One item per batch: ``{"unit", "lo", "hi", "frames" (F, H, W) integer tensor, "counts" (hi - lo,)}``."""
 
     def __init__(self, data: DatasetArtifact, plan: FramePlan, batches: list[tuple[int, int, int]]):
-        self.data = data
+        self.path = data.path
         self.plan = plan
         self.batches = batches
+        self._images = None
+        self._pid = None
 
     def __len__(self) -> int:
         return len(self.batches)
 
+    def images(self):
+        """This process's own zarr handle (a handle inherited through fork can deadlock zarr's I/O loop)."""
+        if self._images is None or self._pid != os.getpid():
+            self._images = zarr.open_group(str(self.path / layout.ZARR), mode="r")[layout.IMAGES]
+            self._pid = os.getpid()
+        return self._images
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None, "_pid": None}
+
     def __getitem__(self, k: int) -> dict:
         unit, lo, hi = self.batches[k]
         fr = self.plan.frames[self.plan.ptr[lo] : self.plan.ptr[hi]]
-        arr = read_frames(self.data.images, fr)
+        arr = read_frames(self.images(), fr)
         if arr.dtype == np.uint16:  # torch has few uint16 kernels; int32 holds it exactly
             arr = arr.astype(np.int32)
         return {
@@ -113,8 +128,6 @@ class BatchReader(Dataset):
 
 def auto_workers(n_batches: int, world: int = 1) -> int:
     """Reader processes: none for small jobs or small machines (the forward pass owns the cores)."""
-    import os
-
     cpus = os.cpu_count() or 1
     per_rank = cpus // max(world, 1)
     if n_batches < 8 or per_rank <= 2:

@@ -189,3 +189,10 @@ def test_cli_embed_json_and_errors(setup, tmp_path):
     assert res.exit_code == 2 and "random:SIZE" in res.stderr
     res = runner.invoke(app, ["embed", "--encoder", "random:tiny", "--data", str(root / "ds"), "--out", str(tmp_path / "e4"), "--pooling", "cls"])
     assert res.exit_code == 2 and "no CLS token" in res.stderr
+
+
+def test_reader_processes_give_the_same_features(setup, tmp_path):
+    root, _, _ = setup
+    a = run_embed(tmp_path / "a", encoder=root / "enc", data=root / "ds", options=EmbedOptions(batch_size=8, workers=0))
+    b = run_embed(tmp_path / "b", encoder=root / "enc", data=root / "ds", options=EmbedOptions(batch_size=8, workers=2))
+    np.testing.assert_array_equal(Embeddings.open(a.path).array(), Embeddings.open(b.path).array())
