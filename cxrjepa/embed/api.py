@@ -62,8 +62,8 @@ def _cxrjepa_encoder_ref(path: Path) -> dict:
     from cxrjepa.core.artifact import read_manifest
     from cxrjepa.models.export import CONFIG, find_export
 
-    if path.is_dir() and (read_manifest(path) or {}).get("status") == "complete":
-        return input_refs({"encoder": path})[0]
+    if path.is_dir() and read_manifest(path) is not None:  # a run: complete, or refused with one sentence
+        return open_artifact(path, "run", what="run").input_ref("encoder")
     folder = find_export(path)
     try:
         sha = json.loads((folder / CONFIG).read_text()).get("weights_sha256")

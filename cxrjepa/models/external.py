@@ -8,7 +8,8 @@
   ``ARCH`` is a cxrjepa size (``tiny``, ``small``, ``base``, ...) with an optional patch size
   (``random:small/8``), or the path of an export / run whose architecture is copied;
 * ``timm:NAME`` plus a local weights file (``weights=``): any timm model, weights loaded through timm's own
-  pretrained-weights path (its checkpoint filters and input-channel adaptation apply), never downloaded;
+  pretrained-weights path (its checkpoint filters and input-channel adaptation apply), read with
+  safetensors or ``torch.load(weights_only=True)``, never downloaded;
 * a local Hugging Face folder (``config.json`` + weights, e.g. RAD-DINO or a DINOv2/ViT checkpoint), or
   ``hf:FOLDER``, loaded with ``transformers`` (``local_files_only=True``).
 
@@ -198,8 +199,11 @@ def _grey_stats(mean: float, std: float) -> tuple[tuple[float, ...], tuple[float
 
 
 def _cxrjepa_encoder(path: Path, spec: str) -> FeatureEncoder:
+    from cxrjepa.core.artifact import open_artifact, read_manifest
     from cxrjepa.models.export import load_encoder
 
+    if path.is_dir() and read_manifest(path) is not None:
+        open_artifact(path, "run", what="run")  # a partial or other kind of artifact is refused here
     loaded = load_encoder(path)
     norm = loaded.normalization
     mean, std = _grey_stats(norm.mean, norm.std)
@@ -275,13 +279,25 @@ def _timm_encoder(name: str, spec: str, weights: Path | None) -> FeatureEncoder:
         raise UsageError(f"The weights file '{weights}' does not exist.")
     if not timm.is_model(name):
         raise UsageError(f"'{name}' is not a timm model name (see timm.list_models()).")
-    kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(weights)}, "num_classes": 0}
+    from cxrjepa.models.export import load_state_dict
+
+    try:  # safetensors, or torch.load(weights_only=True): never pickled code
+        state = load_state_dict(weights)
+    except Exception as exc:
+        raise UsageError(f"Cannot read the weights file '{weights}' ({type(exc).__name__}); use safetensors or a plain state dict.") from None
+    # through timm's pretrained path (its checkpoint filters and input-channel adaptation), from memory
+    kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state, "source": "state_dict"}, "num_classes": 0}
     try:
         model = timm.create_model(name, dynamic_img_size=True, **kwargs)
     except TypeError:  # not a ViT: no dynamic image size
         model = timm.create_model(name, **kwargs)
     except RuntimeError as exc:
         raise UsageError(f"The weights in '{weights}' do not fit the timm model '{name}' ({str(exc).splitlines()[0][:200]}).") from None
+    for attr in ("pretrained_cfg", "default_cfg"):  # do not keep a second copy of the weights
+        cfg_dict = getattr(model, attr, None)
+        if isinstance(cfg_dict, dict):
+            cfg_dict.pop("state_dict", None)
+    del state
     pcfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     in_chans, size = int(pcfg.get("input_size", (3, 224, 224))[0]), int(pcfg.get("input_size", (3, 224, 224))[-1])
     mean = tuple(float(v) for v in pcfg.get("mean", (0.485, 0.456, 0.406)))

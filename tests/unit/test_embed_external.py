@@ -131,3 +131,14 @@ def test_unknown_specs_are_usage_errors(tmp_path):
         parse_encoder_spec(tmp_path, weights=tmp_path / "w.pth")
     enc = load_feature_encoder("random:small/8", image_size=32)
     assert enc.patch_size == 8 and enc.embed_dim == 384 and enc.grid() == (4, 4)
+
+
+def test_partial_run_is_refused(tmp_path):
+    from cxrjepa.core.artifact import begin
+    from cxrjepa.core.errors import ArtifactError
+
+    cfg = EncoderConfig(size="tiny", image_size=32, patch_size=16)
+    begin(tmp_path / "run", "run", {"x": 1})  # a pretraining run still in progress
+    export_encoder(create_vit(cfg), cfg, tmp_path / "run" / "encoder", Normalization())
+    with pytest.raises(ArtifactError, match="incomplete"):
+        load_feature_encoder(tmp_path / "run")
