@@ -101,7 +101,7 @@ def test_labels_csv_regression_and_multilabel_tasks(emb, tmp_path):
     root, emb_path, meta = emb
     csv = tmp_path / "labels.csv"
     meta[["sample_id", "age", "labels"]].rename(columns={"sample_id": "id"}).to_csv(csv, index=False)
-    cfg = ProbeConfig(**{**FAST, "key": "id=sample_id", "tasks": ["age", "labels"], "attributes": False, "probes": ["linear"]})
+    cfg = ProbeConfig(**{**FAST, "key": "id=sample_id", "tasks": ["age", "labels"], "attributes": False})
     art = run_probe(tmp_path / "p", cfg, embeddings=emb_path, labels=csv)
     m = json.loads((art.path / "metrics.json").read_text())
     assert m["tasks"]["age"]["type"] == "regression" and set(m["tasks"]["age"]["probes"]["linear"]["metrics"]) == {"mae", "r2"}
@@ -145,3 +145,13 @@ def test_cli_probe_json_prints_metrics(emb, tmp_path):
     assert set(m["tasks"]["finding"]["probes"]) == {"linear"}
     res = CliRunner().invoke(app, ["probe", "--embeddings", str(tmp_path / "missing"), "--out", str(tmp_path / "q")])
     assert res.exit_code == 1 and "cxrjepa embed" in res.stderr
+
+
+def test_knn_handles_regression_and_multilabel(emb, tmp_path):
+    root, emb_path, meta = emb
+    csv = tmp_path / "labels.csv"
+    meta[["sample_id", "age", "labels"]].to_csv(csv, index=False)
+    cfg = ProbeConfig(**{**FAST, "tasks": ["age", "labels"], "attributes": False, "fewshot": [], "subgroups": [], "probes": ["knn"]})
+    m = json.loads((run_probe(tmp_path / "p", cfg, embeddings=emb_path, labels=csv).path / "metrics.json").read_text())
+    assert m["tasks"]["age"]["probes"]["knn"]["metrics"]["mae"]["value"] > 0
+    assert m["tasks"]["labels"]["probes"]["knn"]["metrics"]["auroc"]["value"] > 0.7
