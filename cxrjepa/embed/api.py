@@ -99,6 +99,8 @@ class Job:
 
 
 def _resolve_device(options: EmbedOptions) -> tuple[str, int]:
+    if options.batch_size < 1 or options.processes < 1 or (options.gpus is not None and options.gpus < 1):
+        raise UsageError("--batch-size, --gpus and --processes must be at least 1.")
     dev = options.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -205,6 +205,8 @@ def _cxrjepa_encoder(path: Path, spec: str) -> FeatureEncoder:
     if path.is_dir() and read_manifest(path) is not None:
         open_artifact(path, "run", what="run")  # a partial or other kind of artifact is refused here
     loaded = load_encoder(path)
+    if getattr(loaded.config, "tubelet", 1) > 1:
+        raise UsageError(f"'{spec}' is a clip encoder (tubelets of {loaded.config.tubelet} frames); embed runs 2-D encoders only so far.")
     norm = loaded.normalization
     mean, std = _grey_stats(norm.mean, norm.std)
     cfg = loaded.config

@@ -154,7 +154,7 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     index = emb.index
     patients = patient_keys(index)
     strata = next((t.strata() for t in tasks if t.strata() is not None), None)
-    split_arr, split_info = make_split(index, strata, tuple(config.split), config.seed, previous)
+    split_arr, split_info = make_split(index, strata, tuple(config.split_fractions), config.seed, previous)
     write_split(out / SPLIT, index, split_arr)
     console.info(f"Split (patients): train {split_info['patients']['train']}, val {split_info['patients']['val']}, "
                  f"test {split_info['patients']['test']} ({split_info['source']}).")

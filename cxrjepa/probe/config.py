@@ -21,7 +21,7 @@ class ProbeConfig:
     #: which embeddings array to probe: features or features_last4
     features: str = "features"
     #: train / val / test fractions of patients
-    split: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     seed: int = 0
     probes: list[Literal["linear", "knn"]] = field(default_factory=lambda: ["linear", "knn"])
     #: inverse regularisation strengths tried for logistic regression (chosen on validation)
@@ -50,10 +50,11 @@ class ProbeConfig:
     multilabel_sep: str = "|"
 
     def validate(self) -> None:
-        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
-            raise ConfigError("'split' must be three fractions (train, val, test) that add up to 1.")
-        if self.split[0] <= 0 or self.split[2] <= 0:
-            raise ConfigError("'split' needs a train and a test fraction above 0.")
+        f = self.split_fractions
+        if len(f) != 3 or any(v < 0 for v in f) or abs(sum(f) - 1.0) > 1e-6:
+            raise ConfigError("'split_fractions' must be three fractions (train, val, test) that add up to 1.")
+        if f[0] <= 0 or f[2] <= 0:
+            raise ConfigError("'split_fractions' needs a train and a test fraction above 0.")
         if any(not 0 < p <= 100 for p in self.fewshot):
             raise ConfigError("'fewshot' percentages must be in (0, 100].")
         if self.bootstrap < 0 or self.fewshot_seeds < 1:

@@ -189,7 +189,7 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int, block: int | N
     g = len(codes)
     n = len(inverse)
     rng = np.random.default_rng(seed)
-    block = block or max(1, min(n_boot, int(2e7 // max(n, 1))))
+    block = block or max(1, min(n_boot, int(5e6 // max(n, 1))))  # <= ~40 MB of weights at a time
     left = n_boot
     while left > 0:
         b = min(block, left)
