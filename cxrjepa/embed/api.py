@@ -295,12 +295,19 @@ def _run_as_rank(out, config, r: D.Rank, *, encoder, data, weights, options, for
     """One rank of a torchrun launch: rank 0 coordinates, every rank embeds its slice."""
     D.init_group(r)
     dev = "cuda" if (options.device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu"
+    builder = job = None
     if r.is_main:
-        builder, job, _ = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
-                                   device=dev, world=r.world, force=force, dry_run=False)
-    else:
-        builder = job = None
+        try:
+            builder, job, _ = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
+                                       device=dev, world=r.world, force=force, dry_run=False)
+        except Exception:
+            D.broadcast("failed")  # let the other ranks stop instead of waiting for a job
+            raise
     job = D.broadcast(job)
+    if isinstance(job, str):
+        from cxrjepa.core.errors import CxrjepaError
+
+        raise CxrjepaError("Rank 0 could not start the embedding; see its error.")
     if job is not None and job.pending:
         _work(r, job)
     D.barrier()
