@@ -1,12 +1,77 @@
-"""cxrjepa embed (being built)."""
+"""cxrjepa embed: features per sample from an encoder, aligned with a dataset's sample order."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-HELP = "Not built yet."
+from cxrjepa.cli.common import (
+    ConfigOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    PrintConfigOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    execute,
+    print_config,
+    resolve_config,
+)
+
+HELP = (
+    "Embed every sample of a dataset with an encoder (a cxrjepa run or export, random:SIZE, timm:NAME with "
+    "--weights, or a local Hugging Face folder). Writes features.zarr + index.parquet in the dataset's order; "
+    "resumable; --gpus N shards over GPUs."
+)
 
 
-def command() -> None:
-    typer.echo("cxrjepa embed is not built yet.", err=True)
-    raise typer.Exit(1)
+def command(
+    encoder: Annotated[
+        str,
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="RUN or RUN/encoder (cxrjepa), random:SIZE[/PATCH] or random:RUN (random init, seeded), "
+            "timm:NAME (with --weights), or a local Hugging Face model folder (hf:FOLDER).",
+        ),
+    ],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset artifact (from 'cxrjepa ingest').")],
+    out: OutOpt,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Local weights file for --encoder timm:NAME (safetensors or a torch state dict).")] = None,
+    last4: Annotated[bool | None, typer.Option("--last4/--no-last4", help="Also write features_last4: the last 4 blocks' mean-pooled tokens, concatenated.")] = None,
+    patch_tokens: Annotated[bool | None, typer.Option("--patch-tokens/--no-patch-tokens", help="Also write patch_tokens (N, L, D) for dense probes.")] = None,
+    pooling: Annotated[str | None, typer.Option("--pooling", help="Per-image feature: mean (of patch tokens) or cls.")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="Model input size in pixels (default: the encoder's own).")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32 or float16 for the pooled features.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="Extra copy besides zarr: npy (NAME.npy per array) or parquet (features.parquet).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Frames per forward pass.")] = 64,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Dataset reader processes (default: automatic).")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs to shard over, one process each (default: 1 when CUDA is available).")] = None,
+    processes: Annotated[int, typer.Option("--processes", help="CPU processes to shard over (gloo) when running on CPU.")] = 1,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    print_cfg: PrintConfigOpt = False,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    from cxrjepa.embed.api import EmbedConfig, EmbedOptions, run_embed
+
+    flags = {"last4": last4, "patch_tokens": patch_tokens, "pooling": pooling, "image_size": image_size, "dtype": dtype, "format": fmt}
+
+    def go():
+        cfg = resolve_config(EmbedConfig, config, set_, flags)
+        if print_cfg:
+            print_config(cfg)
+            return None
+        opts = EmbedOptions(device=device, gpus=gpus, processes=processes, batch_size=batch_size, workers=workers)
+        return run_embed(out, cfg, encoder=encoder, data=data, weights=weights, options=opts, force=force, dry_run=dry_run)
+
+    execute(go, json_output=json_out, quiet=quiet, verbose=verbose)

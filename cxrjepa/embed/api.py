@@ -1,0 +1,318 @@
+"""``cxrjepa embed`` as a Python function: features per sample from any encoder, resumable and sharded.
+
+    from cxrjepa.embed.api import EmbedConfig, run_embed
+    art = run_embed("EMB", EmbedConfig(last4=True), encoder="RUN", data="DATASET")
+
+The coordinating process opens (or resumes) the artifact, creates the zarr arrays and lists the units of
+rows not yet in the ledger; one or several ranks then embed their slices of those units, each writing its
+own chunks and ledger lines; the coordinator writes index.parquet, the optional npy/parquet copies and the
+complete manifest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrjepa.core import console
+from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
+from cxrjepa.core.config import to_dict
+from cxrjepa.core.errors import UsageError
+from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.data.store import DatasetArtifact
+from cxrjepa.embed import distributed as D
+from cxrjepa.embed import store
+from cxrjepa.embed.config import EmbedConfig, EmbedOptions
+from cxrjepa.embed.extract import PATCH, Extractor, check_config, input_size, output_shapes
+from cxrjepa.embed.reader import auto_workers, batch_loader, plan_batches, plan_frames, unit_ranges
+from cxrjepa.models.external import EncoderSpec, FeatureEncoder, load_feature_encoder, parse_encoder_spec
+
+__all__ = ["EmbedConfig", "EmbedOptions", "run_embed", "embed_input_refs", "load_encoder_for"]
+
+
+def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path | None = None) -> list[dict]:
+    """The inputs of an embed run, as its fingerprint sees them (the pipeline runner uses this too).
+
+    Encoders read from disk (a run, an export, a Hugging Face folder, a timm weights file) are referenced
+    like any input; ``random:SIZE`` and the timm model name are part of the reference itself.
+    """
+    spec = parse_encoder_spec(encoder, weights)
+    refs = input_refs({"data": data})
+    if spec.source == "cxrjepa":
+        refs.append(_cxrjepa_encoder_ref(Path(spec.target)))
+    elif spec.path is not None:
+        ref = input_refs({"encoder": spec.path})[0]
+        kind = {"source": spec.source, "model": spec.target if spec.source == "timm" else None}
+        ref["fingerprint"] = hash_obj({**kind, "path": ref["fingerprint"]})
+        refs.append(ref)
+    else:
+        refs.append({"name": "encoder", "path": spec.text, "kind": "spec", "fingerprint": hash_obj({"spec": spec.text})})
+    return refs
+
+
+def _cxrjepa_encoder_ref(path: Path) -> dict:
+    """A run artifact by its content fingerprint; a bare export folder by its weights' sha256."""
+    import json
+
+    from cxrjepa.core.artifact import read_manifest
+    from cxrjepa.models.export import CONFIG, find_export
+
+    if path.is_dir() and read_manifest(path) is not None:  # a run: complete, or refused with one sentence
+        return open_artifact(path, "run", what="run").input_ref("encoder")
+    folder = find_export(path)
+    try:
+        sha = json.loads((folder / CONFIG).read_text()).get("weights_sha256")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        sha = None
+    if not sha:
+        return input_refs({"encoder": folder})[0]
+    return {"name": "encoder", "path": str(path), "kind": "encoder", "fingerprint": sha}
+
+
+def load_encoder_for(spec: EncoderSpec, config: EmbedConfig, data: DatasetArtifact, device: str | torch.device = "cpu") -> FeatureEncoder:
+    """The encoder as embed uses it (``random:`` encoders take the dataset's size and normalization)."""
+    return load_feature_encoder(
+        spec, device=device, seed=config.seed, image_size=config.image_size or data.size, normalization=data.normalization
+    )
+
+
+@dataclass
+class Job:
+    """What every rank needs to embed its share (picklable: sent to spawned processes)."""
+
+    out: Path
+    data: Path
+    spec: EncoderSpec
+    config: EmbedConfig
+    device: str
+    batch_size: int
+    workers: int | None
+    n_rows: int
+    unit_rows: int
+    pending: list[int] = field(default_factory=list)
+    dtypes: dict = field(default_factory=dict)
+
+
+def _resolve_device(options: EmbedOptions) -> tuple[str, int]:
+    if options.batch_size < 1 or options.processes < 1 or (options.gpus is not None and options.gpus < 1):
+        raise UsageError("--batch-size, --gpus and --processes must be at least 1.")
+    dev = options.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev not in ("cpu", "cuda"):
+        raise UsageError(f"--device must be auto, cpu or cuda, not '{dev}'.")
+    if dev == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but no CUDA device is visible.")
+        n = options.gpus or 1
+        if n > torch.cuda.device_count():
+            raise UsageError(f"--gpus {n} asked for more GPUs than the {torch.cuda.device_count()} visible.")
+        return dev, n
+    if options.gpus and options.gpus > 1:
+        raise UsageError("--gpus needs CUDA devices; on CPU use --processes.")
+    return dev, max(1, int(options.processes))
+
+
+def run_embed(
+    out: str | Path,
+    config: EmbedConfig | None = None,
+    *,
+    encoder: str | Path,
+    data: str | Path,
+    weights: str | Path | None = None,
+    options: EmbedOptions | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> Artifact | dict | None:
+    """Embed every sample of the dataset ``data`` with ``encoder`` into the embeddings artifact ``out``.
+
+    Returns the complete artifact (``None`` on non-zero ranks under torchrun; a plan dict with ``dry_run``).
+    """
+    config = config or EmbedConfig()
+    options = options or EmbedOptions()
+    out = Path(out)
+    env_rank = D.from_env()
+    if env_rank is not None:  # started by torchrun: every rank runs this function
+        return _run_as_rank(out, config, env_rank, encoder=encoder, data=data, weights=weights, options=options, force=force)
+    dev, world = _resolve_device(options)
+    builder, job, enc = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options, device=dev, world=world, force=force, dry_run=dry_run)
+    if builder is None or isinstance(job, dict):
+        return job if isinstance(job, dict) else builder_existing(out)
+    if job.pending:
+        if world > 1:
+            console.info(f"Starting {world} {'GPU' if dev == 'cuda' else 'CPU'} processes.")
+            D.spawn(_work, world, job)
+        else:
+            _work(D.Rank(), job, enc)
+    return _finish(builder, job)
+
+
+def builder_existing(out: Path) -> Artifact:
+    return open_artifact(out, "embeddings")
+
+
+def _prepare(out, config, *, encoder, data, weights, options, device, world, force, dry_run):
+    ds = DatasetArtifact.open(data)
+    spec = parse_encoder_spec(encoder, weights)
+    refs = embed_input_refs(encoder, data, weights)
+    opts = {**to_dict(options), "device": device, "world_size": world}
+    builder = begin(out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run)
+    if builder.skipped:
+        console.info(f"Embeddings '{out}' are up to date.")
+        return None, None, None
+    n = len(ds.meta)
+    if dry_run:
+        plan = {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
+                "samples": n, "encoder": spec.text, "device": device, "world_size": world}
+        console.info(f"Would embed {n} samples of '{data}' with '{spec.text}' into '{out}' ({builder.action}).")
+        return builder, plan, None
+    enc = load_encoder_for(spec, config, ds)
+    check_config(config, enc)
+    shapes = output_shapes(config, enc)
+    dtypes = {k: (config.patch_dtype if k == PATCH else config.dtype) for k in shapes}
+    unit_rows = store.balanced_unit_rows(store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize), n, world)
+    ledger = store.Ledger(out)
+    resumable = store.existing_unit_rows(out, n, shapes, dtypes) if builder.resumed else None
+    if resumable:
+        unit_rows = resumable  # the units of the interrupted run, whatever the number of processes now
+        done = ledger.done()
+        console.info(f"Resuming: {len(done)} of {len(unit_ranges(n, unit_rows))} units already written.")
+    else:
+        ledger.clear()
+        store.create_arrays(out, n, shapes, dtypes, unit_rows)
+        done = {}
+    pending = [u for u in range(len(unit_ranges(n, unit_rows))) if u not in done]
+    size = input_size(config, enc)
+    builder.contents.update(
+        {
+            "arrays": {k: {"path": f"{store.ZARR}/{k}", "shape": [n, *s], "dtype": dtypes[k]} for k, s in shapes.items()},
+            "index": store.INDEX,
+            "label_columns": list(ds.label_columns),
+            "encoder": {**enc.describe(), "load": spec.absolute(),
+                        "weights": str(spec.weights.resolve()) if spec.weights else None},
+            "dataset": {"path": str(Path(data).resolve()), "fingerprint": ds.artifact.content_fingerprint},
+            "input_size": size,
+            "unit_rows": unit_rows,
+        }
+    )
+    if config.patch_tokens:
+        builder.contents["arrays"][PATCH]["grid"] = list(enc.grid(size, size))
+    builder.write_partial()
+    job = Job(out, Path(data), spec, config, device, options.batch_size, options.workers, n, unit_rows, pending, dtypes)
+    msg = f"Embedding {n} samples with '{spec.text}' ({enc.source}, dim {enc.embed_dim}, {size} px) on {device}"
+    console.info(msg + (f" x{world}." if world > 1 else "."))
+    return builder, job, enc
+
+
+def _work(r: D.Rank, job: Job, encoder: FeatureEncoder | None = None) -> None:
+    """Embed this rank's units: read, forward, write each finished unit's chunks, then its ledger line."""
+    units = D.my_units(job.pending, r)
+    if not units:
+        return
+    device = D.device_for(job.device, r)
+    if device.type == "cpu" and r.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // r.world))
+    ds = DatasetArtifact.open(job.data)
+    enc = encoder.to(device) if encoder is not None else load_encoder_for(job.spec, job.config, ds, device)
+    starts, counts = ds.frame_index
+    plan = plan_frames(starts, counts, job.config.clip_frames, job.config.clip_pool)
+    batches = plan_batches(plan, units, job.unit_rows, job.batch_size)
+    workers = auto_workers(len(batches), r.world) if job.workers is None else job.workers
+    loader = batch_loader(ds, plan, batches, workers=workers, pin_memory=device.type == "cuda")
+    arrays = store.open_arrays(job.out, mode="r+")
+    ledger = store.Ledger(job.out, r.rank)
+    extract = Extractor(enc, job.config, device, ds.max_value)
+    ranges = unit_ranges(job.n_rows, job.unit_rows)
+    buf: dict[str, np.ndarray] = {}
+    current = None
+    t0, rows_done = time.time(), 0
+    total_rows = sum(ranges[u][1] - ranges[u][0] for u in units)
+    with console.progress("embed", total=total_rows) if r.is_main else _null() as bar:
+        for item in loader:
+            unit, lo, hi = int(item["unit"]), int(item["lo"]), int(item["hi"])
+            ulo, uhi = ranges[unit]
+            if unit != current:
+                buf = {k: np.empty((uhi - ulo, *a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
+                current = unit
+            feats = extract(item["frames"], item["counts"])
+            for k, v in feats.items():
+                buf[k][lo - ulo : hi - ulo] = v
+            if hi == uhi:  # unit complete: arrays first, then the ledger
+                for k, a in arrays.items():
+                    a[ulo:uhi] = buf[k]
+                ledger.append(unit, ulo, uhi, store.digest(buf))
+            rows_done += hi - lo
+            if r.is_main:
+                bar.advance(hi - lo)
+                bar.update(status=f"{rows_done / max(time.time() - t0, 1e-9):.1f} samples/s")
+
+
+class _null:
+    def __enter__(self):
+        from cxrjepa.core.console import _NullTask
+
+        return _NullTask()
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
+    out = builder.path
+    ds = DatasetArtifact.open(job.data)
+    done = store.Ledger(out).done()
+    ranges = unit_ranges(job.n_rows, job.unit_rows)
+    missing = [u for u in range(len(ranges)) if u not in done]
+    if missing:
+        from cxrjepa.core.errors import CxrjepaError
+
+        raise CxrjepaError(f"{len(missing)} units of rows were not written; rerun the same command to resume.")
+    starts, counts = ds.frame_index
+    plan = plan_frames(starts, counts, job.config.clip_frames, job.config.clip_pool)
+    store.write_index(out, ds.meta, {"frames_embedded": plan.counts().astype(np.int64)})
+    arrays = store.open_arrays(out)
+    files = []
+    if job.config.format == "npy":
+        files = store.export_npy(out, arrays, job.unit_rows)
+    elif job.config.format == "parquet":
+        files = store.export_parquet(out, arrays, ds.sample_ids, job.unit_rows)
+    builder.contents["exports"] = files
+    builder.counts.update({"samples": job.n_rows, "frames_embedded": int(plan.frames.size), "rejected": 0,
+                           "units": len(ranges)})
+    content = hash_obj({"fingerprint": builder.fingerprint, "units": [done[u]["digest"] for u in range(len(ranges))],
+                        "index": ds.artifact.content_fingerprint})
+    art = builder.finish(content)
+    console.info(f"Wrote {job.n_rows} embeddings to '{out}'.")
+    return art
+
+
+def _run_as_rank(out, config, r: D.Rank, *, encoder, data, weights, options, force):
+    """One rank of a torchrun launch: rank 0 coordinates, every rank embeds its slice."""
+    D.init_group(r)
+    dev = "cuda" if (options.device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu"
+    builder = job = None
+    if r.is_main:
+        try:
+            builder, job, _ = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
+                                       device=dev, world=r.world, force=force, dry_run=False)
+        except Exception:
+            D.broadcast("failed")  # let the other ranks stop instead of waiting for a job
+            raise
+    job = D.broadcast(job)
+    if isinstance(job, str):
+        from cxrjepa.core.errors import CxrjepaError
+
+        raise CxrjepaError("Rank 0 could not start the embedding; see its error.")
+    if job is not None and job.pending:
+        _work(r, job)
+    D.barrier()
+    art = _finish(builder, job) if (r.is_main and builder is not None and job is not None) else None
+    D.barrier()
+    if r.is_main:
+        return art if art is not None else builder_existing(out)
+    return None

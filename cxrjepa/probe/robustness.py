@@ -1,0 +1,50 @@
+"""Robustness: corrupt the test images, re-embed them with the embeddings' own encoder and settings, and
+score the probes trained on clean features (UltraBench / US-JEPA protocol)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cxrjepa.core import console
+from cxrjepa.core.config import from_dict
+from cxrjepa.core.errors import ArtifactError
+from cxrjepa.data.store import DatasetArtifact
+from cxrjepa.embed.config import EmbedConfig
+from cxrjepa.embed.extract import embed_rows
+from cxrjepa.embed.store import Embeddings
+from cxrjepa.models.external import load_feature_encoder
+from cxrjepa.probe.corruptions import corruption
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def corrupted_features(emb: Embeddings, rows: np.ndarray, names: list[str], severities: list[int], *, feature: str,
+                       device: str = "auto", batch_size: int = 64, seed: int = 0) -> dict[tuple[str, int], np.ndarray]:
+    """``{(corruption, severity): features of dataset rows ``rows``}`` (rows = embeddings rows)."""
+    enc_info = emb.encoder
+    ds_path = emb.dataset_path
+    if ds_path is None or not ds_path.exists():
+        raise ArtifactError(f"The dataset the embeddings were made from ('{ds_path}') is gone; robustness needs its images.")
+    ds = DatasetArtifact.open(ds_path)
+    want = (emb.artifact.contents.get("dataset") or {}).get("fingerprint")
+    if want and ds.artifact.content_fingerprint != want:
+        raise ArtifactError(f"The dataset '{ds_path}' changed since the embeddings were made; re-run 'cxrjepa embed'.")
+    cfg = from_dict(EmbedConfig, {**emb.config, "patch_tokens": False})
+    dev = _device(device)
+    spec = enc_info.get("load") or enc_info.get("spec")
+    enc = load_feature_encoder(spec, weights=enc_info.get("weights"), device=dev, seed=cfg.seed,
+                               image_size=cfg.image_size or ds.size, normalization=ds.normalization)
+    if enc.fingerprint != enc_info.get("fingerprint"):
+        raise ArtifactError("The encoder the embeddings were made with has changed on disk; re-run 'cxrjepa embed'.")
+    out = {}
+    for name in names:
+        for sev in severities:
+            console.info(f"Robustness: re-embedding {len(rows)} test samples with {name} (severity {sev}).")
+            feats = embed_rows(enc, ds, rows, cfg, device=dev, batch_size=batch_size, transform=corruption(name, sev, seed))
+            out[(name, sev)] = feats[feature]
+    return out

@@ -1,0 +1,144 @@
+"""Encoders from every source give patch tokens on a grid and pooled features that match the library's own."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from cxrjepa.core.errors import UsageError
+from cxrjepa.models.export import Normalization, export_encoder, load_encoder
+from cxrjepa.models.external import load_feature_encoder, parse_encoder_spec
+from cxrjepa.models.vit import EncoderConfig, create_vit
+
+
+def _x(n=2, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((n, 1, size, size), generator=g)
+
+
+def test_cxrjepa_export_matches_vit_encoder(tmp_path):
+    cfg = EncoderConfig(size="tiny", image_size=32, patch_size=16)
+    export_encoder(create_vit(cfg), cfg, tmp_path / "enc", Normalization(mean=0.4, std=0.2))
+    enc = load_feature_encoder(tmp_path / "enc")
+    ref = load_encoder(tmp_path / "enc")
+    x = _x()
+    with torch.no_grad():
+        want = ref.model(ref.normalization.apply(x * 255.0))
+        prepared = enc.prepare(x)
+        out = enc.run(prepared, n_layers=4)
+    assert enc.source == "cxrjepa" and enc.grid() == (2, 2) and not enc.has_cls
+    assert out.tokens.shape == (2, 4, 192) and len(out.layers) == 4 and out.prefix is None
+    torch.testing.assert_close(out.tokens.mean(1), want)
+    torch.testing.assert_close(enc(prepared), want)
+    assert enc.fingerprint == ref.fingerprint
+
+
+def test_prepare_resizes_repeats_channels_and_normalizes(tmp_path):
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    enc = load_feature_encoder("timm:vit_tiny_patch16_224", weights=tmp_path / "w.safetensors")
+    assert enc.preprocess.in_chans == 3 and enc.image_size == 224
+    x = torch.full((1, 1, 64, 64), 0.75)
+    p = enc.prepare(x)
+    assert p.shape == (1, 3, 224, 224)
+    torch.testing.assert_close(p[0, :, 0, 0], (torch.tensor([0.75] * 3) - torch.tensor(enc.preprocess.mean)) / torch.tensor(enc.preprocess.std))
+
+
+def test_timm_model_with_local_weights(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, dynamic_img_size=True).eval()
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    enc = load_feature_encoder("timm:vit_tiny_patch16_224", weights=tmp_path / "w.pth")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = model.forward_features(x)
+        out = enc.run(x, n_layers=2)
+    assert enc.source == "timm" and enc.has_cls and out.prefix.shape == (2, 1, 192)
+    torch.testing.assert_close(out.tokens, want[:, 1:])
+    torch.testing.assert_close(out.prefix, want[:, :1])
+    assert len(out.layers) == 2
+    with pytest.raises(UsageError, match="weights"):
+        load_feature_encoder("timm:vit_tiny_patch16_224")
+    with pytest.raises(UsageError, match="not a timm model"):
+        load_feature_encoder("timm:no_such_model", weights=tmp_path / "w.pth")
+
+
+def test_timm_cnn_gives_tokens_on_its_feature_grid(tmp_path):
+    model = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+    safetensors.torch.save_file(model.state_dict(), str(tmp_path / "r.safetensors"))
+    enc = load_feature_encoder("timm:resnet18", weights=tmp_path / "r.safetensors")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        tokens = enc.tokens(x)
+    assert tokens.shape == (1, 4, 512) and enc.patch_size == 32
+
+
+@pytest.mark.parametrize("kind", ["vit", "dinov2-registers"])
+def test_hugging_face_folder(tmp_path, kind):
+    transformers = pytest.importorskip("transformers")
+    if kind == "vit":
+        cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                                     image_size=32, patch_size=8)
+        model = transformers.ViTModel(cfg, add_pooling_layer=False)
+        n_prefix = 1
+    else:
+        cfg = transformers.Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                                                     mlp_ratio=2, image_size=32, patch_size=8, num_register_tokens=4)
+        model = transformers.Dinov2WithRegistersModel(cfg)
+        n_prefix = 5
+    model.eval().save_pretrained(tmp_path / "hf")
+    (tmp_path / "hf" / "preprocessor_config.json").write_text(
+        '{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "crop_size": {"height": 32, "width": 32}}'
+    )
+    assert parse_encoder_spec(tmp_path / "hf").source == "hf"
+    enc = load_feature_encoder(tmp_path / "hf")
+    assert enc.source == "hf" and enc.num_prefix_tokens == n_prefix and enc.image_size == 32 and enc.grid() == (4, 4)
+    x = _x(2, 48)
+    with torch.no_grad():
+        prepared = enc.prepare(x)
+        ref = model(pixel_values=prepared, output_hidden_states=True)
+        out = enc.run(prepared, n_layers=2)
+    assert prepared.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(out.tokens, ref.last_hidden_state[:, n_prefix:])
+    torch.testing.assert_close(out.prefix, ref.last_hidden_state[:, :n_prefix])
+    torch.testing.assert_close(out.layers[0], model.layernorm(ref.hidden_states[-2])[:, n_prefix:])
+
+
+def test_hf_folder_embeds_end_to_end(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from cxrjepa.data.store import write_dataset
+    from cxrjepa.embed.api import EmbedConfig, run_embed
+    from cxrjepa.embed.store import Embeddings
+
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                 image_size=32, patch_size=8)
+    transformers.ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "hf")
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    write_dataset(tmp_path / "ds", images)
+    art = run_embed(tmp_path / "emb", EmbedConfig(pooling="cls"), encoder=f"hf:{tmp_path / 'hf'}", data=tmp_path / "ds")
+    feats = Embeddings.open(art.path).array()
+    assert feats.shape == (6, 32) and np.isfinite(feats).all()
+    assert art.manifest["contents"]["encoder"]["hf_class"] == "ViTModel"
+
+
+def test_unknown_specs_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="random:SIZE"):
+        load_feature_encoder("random:gigantic")
+    with pytest.raises(UsageError, match="--weights goes with"):
+        parse_encoder_spec(tmp_path, weights=tmp_path / "w.pth")
+    enc = load_feature_encoder("random:small/8", image_size=32)
+    assert enc.patch_size == 8 and enc.embed_dim == 384 and enc.grid() == (4, 4)
+
+
+def test_partial_run_is_refused(tmp_path):
+    from cxrjepa.core.artifact import begin
+    from cxrjepa.core.errors import ArtifactError
+
+    cfg = EncoderConfig(size="tiny", image_size=32, patch_size=16)
+    begin(tmp_path / "run", "run", {"x": 1})  # a pretraining run still in progress
+    export_encoder(create_vit(cfg), cfg, tmp_path / "run" / "encoder", Normalization())
+    with pytest.raises(ArtifactError, match="incomplete"):
+        load_feature_encoder(tmp_path / "run")
