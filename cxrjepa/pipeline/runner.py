@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import COMPLETE, input_refs, plan_artifact, read_manifest
+from cxrjepa.core.artifact import COMPLETE, plan_artifact, read_manifest
 from cxrjepa.core.config import _did_you_mean, load_config, overrides_to_dict, read_yaml
 from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, ConfigError, CxrjepaError
 from cxrjepa.pipeline.spec import Pipeline, StageSpec, load_pipeline
@@ -86,6 +86,13 @@ def resolve_stage(pipeline: Pipeline, spec: StageSpec, sets: dict[str, Any]) -> 
     return sdef, config, inputs, options
 
 
+def fingerprint_params(config: Any) -> Any:
+    """The part of a stage config that enters its fingerprint (a config may keep run-length settings such
+    as a step budget out of it by defining ``science()``)."""
+    science = getattr(config, "science", None)
+    return science() if callable(science) else config
+
+
 def _upstream_pending(pipeline: Pipeline, spec: StageSpec, will_run: set[str]) -> str | None:
     for up in spec.upstream():
         if up in will_run:
@@ -125,11 +132,11 @@ def run_pipeline(
             step.action, step.reason = "would run", f"its input '{pending}' will be remade"
             will_run.add(spec.id)
             continue
-        missing = [str(p) for v in inputs.values() for p in (v if isinstance(v, list) else [v]) if not Path(p).exists()]
+        missing = [str(p) for v in inputs.values() for p in (v if isinstance(v, list) else [v]) if isinstance(p, Path) and not p.exists()]
         if missing and dry_run:
             step.action, step.reason = "would fail", f"input '{missing[0]}' does not exist"
             continue
-        plan = plan_artifact(spec.out, sdef.kind, config, input_refs(inputs), force=spec.id in forced)
+        plan = plan_artifact(spec.out, sdef.kind, fingerprint_params(config), sdef.input_refs(inputs), force=spec.id in forced)
         if plan.action == "skip":
             step.action, step.reason = ("would skip" if dry_run else "skip"), plan.reason
             prev = read_manifest(spec.out) or {}

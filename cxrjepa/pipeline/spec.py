@@ -69,9 +69,7 @@ class Pipeline:
             ref, _, sub = value[1:].partition("/")
             base = self.get(ref).out
             return base / sub if sub else base
-        if isinstance(value, str):
-            return Path(value)
-        return value
+        return value  # a plain path (relative to the current folder) or a spec such as random:tiny
 
 
 def _flat(value: Any) -> list[Any]:

@@ -22,6 +22,15 @@ class StageDef:
     inputs: tuple[str, ...]
     required: tuple[str, ...] = ()
     options: str | None = None  # name of the operational options dataclass, if the stage has one
+    refs: str | None = None  # name of the stage's own input-refs function (else core.artifact.input_refs)
+
+    def input_refs(self, inputs: dict) -> list[dict]:
+        """The inputs as the stage's fingerprint sees them (so a dry run predicts skips exactly)."""
+        from cxrjepa.core.artifact import input_refs
+
+        if self.refs:
+            return getattr(importlib.import_module(self.module), self.refs)(**inputs)
+        return input_refs(inputs)
 
     def load(self) -> tuple[type, Callable]:
         mod = importlib.import_module(self.module)
@@ -49,6 +58,6 @@ def register(stage: StageDef) -> StageDef:
 register(StageDef("demo-data", "demo", "cxrjepa.demo.api", "DemoConfig", "run_demo", ()))
 register(StageDef("ingest", "dataset", "cxrjepa.ingest.api", "IngestConfig", "run_ingest", ("sources", "labels", "masks"), ("sources",), "IngestOptions"))
 register(StageDef("pretrain", "run", "cxrjepa.pretrain.api", "PretrainConfig", "run_pretrain", ("data", "teacher"), ("data",), "PretrainOptions"))
-register(StageDef("embed", "embeddings", "cxrjepa.embed.api", "EmbedConfig", "run_embed", ("encoder", "data", "weights"), ("encoder", "data"), "EmbedOptions"))
+register(StageDef("embed", "embeddings", "cxrjepa.embed.api", "EmbedConfig", "run_embed", ("encoder", "data", "weights"), ("encoder", "data"), "EmbedOptions", "embed_input_refs"))
 register(StageDef("probe", "probe", "cxrjepa.probe.api", "ProbeConfig", "run_probe", ("embeddings", "labels", "split"), ("embeddings",), "ProbeOptions"))
 register(StageDef("report", "report", "cxrjepa.report.api", "ReportConfig", "run_report", ("artifacts",), ("artifacts",)))
