@@ -114,14 +114,18 @@ def _looks_like_bare_dicom(head: bytes) -> bool:
     """A DICOM data set without preamble and file meta: starts with a group 0002 or 0008 element."""
     if len(head) < 8:
         return False
-    group, elem = struct.unpack("<HH", head[:4])
-    if group not in (0x0002, 0x0008) or elem > 0x0020:
-        return False
     vr = head[4:6]
-    if vr.isalpha() and vr.isupper():  # explicit VR
-        return True
-    (length,) = struct.unpack("<I", head[4:8])  # implicit VR: a small value length
-    return 0 < length < 256 or (elem == 0 and length == 4)
+    explicit = vr.isalpha() and vr.isupper()
+    for order in "<>":  # little endian (usual) or explicit VR big endian
+        group, elem = struct.unpack(order + "HH", head[:4])
+        if group not in (0x0002, 0x0008) or elem > 0x0020:
+            continue
+        if explicit:
+            return True
+        if order == "<":
+            (length,) = struct.unpack("<I", head[4:8])  # implicit VR: a small value length
+            return 0 < length < 256 or (elem == 0 and length == 4)
+    return False
 
 
 def _walk(root: Path) -> Iterable[Path]:
