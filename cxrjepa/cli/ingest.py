@@ -40,6 +40,9 @@ def command(
     size: Annotated[int | None, typer.Option("--size", help="Side of the stored square frames in pixels [default: 224].")] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="Storage dtype: uint8 or uint16 [default: uint8].")] = None,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Worker processes (0 = one per CPU core).")] = 0,
+    unit_size: Annotated[
+        int, typer.Option("--unit-size", help="Inputs per work unit, the resume granularity (0 = chosen from the input count).")
+    ] = 0,
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV of labels to join into the metadata table.")] = None,
     key: Annotated[
         str | None, typer.Option("--key", help="How label rows find their sample: path, filename, sop_uid or study_uid [default: path].")
@@ -84,7 +87,7 @@ def command(
         if print_config_:
             print_config(cfg)
             return None
-        options = IngestOptions(workers=workers, salt_file=salt_file)
+        options = IngestOptions(workers=workers, unit_size=unit_size, salt_file=salt_file)
         return run_ingest(out, cfg, sources=sources, labels=labels, options=options, force=force, dry_run=dry_run)
 
     execute(run, json_output=json_output, quiet=quiet, verbose=verbose)

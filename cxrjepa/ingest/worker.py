@@ -24,9 +24,16 @@ from cxrjepa.ingest.table import Sample
 def init_worker() -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    # codec chatter on stderr (FFmpeg, OpenCV) is noise for users and may name files: errors go to the ledger
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
     import cv2
 
     cv2.setNumThreads(1)
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:
+        pass
     try:
         import SimpleITK as sitk
 
