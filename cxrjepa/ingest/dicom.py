@@ -239,8 +239,10 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
             indices, fps = rate_indices(n, src_fps, cfg.clip_fps, cfg.max_frames)
         else:
             indices, fps = even_indices(n, cfg.max_slices), math.nan
-        per_frame = bool(ds.get("PerFrameFunctionalGroupsSequence"))
-        shared_lds = lut_dataset(ds, 0)
+        # enhanced objects keep rescale/window in functional groups: resolve them per frame; classic
+        # objects have them at the top level, where pydicom's LUT functions look
+        per_frame = "PerFrameFunctionalGroupsSequence" in ds
+        shared_lds = lut_dataset(ds, 0) if per_frame or "SharedFunctionalGroupsSequence" in ds else ds
         frames, voi = [], None
         try:
             for index, arr, photometric in decode_frames(ds, path, indices):

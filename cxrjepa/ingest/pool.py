@@ -74,19 +74,23 @@ def run_tasks(
 
 
 def process_units(
-    out: Path, units: Iterable[Unit], ctx: Context, workers: int, on_done: Callable[[dict], None]
+    out: Path, units: Iterable[Unit], ctx: Context, workers: int, on_done: Callable[[dict], None],
+    task: Callable[..., dict] = run_unit,
 ) -> None:
-    """Process ``units`` into the staging area (see :func:`run_tasks`), isolating decoder crashes."""
+    """Process ``units`` into the staging area (see :func:`run_tasks`), isolating decoder crashes.
+
+    ``task`` is :func:`~cxrjepa.ingest.worker.run_unit` (tests pass a wrapper that crashes on purpose).
+    """
     units = list(units)
     tasks = [(str(out), u, ctx) for u in units]
     if workers <= 1:
         init_worker()
-        run_tasks(run_unit, tasks, 1, lambda i, r: on_done(r))
+        run_tasks(task, tasks, 1, lambda i, r: on_done(r))
         return
     staging = Staging(out)
     pool = executor(workers)
     try:
-        run_tasks(run_unit, tasks, workers, lambda i, r: on_done(r), pool)
+        run_tasks(task, tasks, workers, lambda i, r: on_done(r), pool)
         return
     except BrokenProcessPool:
         pass
@@ -100,7 +104,7 @@ def process_units(
             staging.current_path(u.index).unlink(missing_ok=True)
             solo = executor(1)
             try:
-                on_done(solo.submit(run_unit, str(out), u, ctx, tuple(crashed)).result())
+                on_done(solo.submit(task, str(out), u, ctx, tuple(crashed)).result())
                 break
             except BrokenProcessPool:
                 cur = staging.current_path(u.index)

@@ -42,11 +42,12 @@ def init_worker() -> None:
         pass
 
 
-def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] = ()) -> dict:
+def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] | None = None) -> dict:
     """Process one work unit into the staging folder; returns its summary (also written as its done mark).
 
-    ``crashed`` lists positions (within the unit) of inputs that killed a worker before: they are ledgered
-    instead of being tried again.
+    ``crashed`` is given when the unit runs isolated after a worker crash: positions (within the unit) of
+    inputs that killed a worker before are ledgered instead of being tried again, and the position being
+    worked on is written to a marker file so a new crash names its input.
     """
     staging = Staging(Path(out))
     writer = UnitWriter(staging, unit.index)
@@ -56,11 +57,11 @@ def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] = ()) ->
     try:
         for k, item in enumerate(unit.items):
             order = unit.start + k
-            if k in crashed:
+            if crashed is not None and k in crashed:
                 rec = Record(item.rel, item.source_index, ledger.REJECTED, ledger.WORKER_CRASHED)
                 records.append({**rec.to_json(), "_order": order})
                 continue
-            if len(unit.items) > 1:
+            if crashed is not None:
                 current.write_text(str(k))  # names the input if this process dies (decoder crash)
             result = process_input(item, ctx)
             if isinstance(result, Sample):
@@ -72,6 +73,8 @@ def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] = ()) ->
                 records.append({**result.to_json(), "_order": order})
         summary = {"unit": unit.index, "frames": writer.frames, "rows": rows, "records": records}
         writer.commit(summary)
+        if crashed is not None:
+            current.unlink(missing_ok=True)
     except BaseException:
         writer.abort()
         raise
