@@ -19,7 +19,7 @@ import numpy as np
 from cxrjepa.ingest.geometry import Geometry, apply_geometry
 
 #: at most this many pixels per frame enter the percentile estimate (a regular subsample of larger frames)
-MAX_RANGE_PIXELS = 1 << 18
+MAX_RANGE_PIXELS = 1 << 17
 #: at most this many frames of a clip enter the percentile estimate (evenly spaced)
 MAX_RANGE_FRAMES = 16
 
@@ -47,7 +47,7 @@ def robust_range(
     if len(frames) == 0:
         raise ConstantImage("no frames")
     pick = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), MAX_RANGE_FRAMES)).round().astype(int))
-    values = np.concatenate([_subsample(np.asarray(frames[i]), fov) for i in pick]).astype(np.float64, copy=False)
+    values = np.concatenate([_subsample(np.asarray(frames[i]), fov) for i in pick]).astype(np.float32, copy=False)
     values = values[np.isfinite(values)]
     if values.size == 0:
         raise ConstantImage("no finite values")
