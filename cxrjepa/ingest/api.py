@@ -99,7 +99,7 @@ def run_ingest(
 
 def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging) -> Artifact:
     config = ctx.config
-    items, ignored = discover(sources)
+    items, ignored = discover(sources, exclude=[out])
     if not items:
         raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + ".")
     unit_size = options.unit_size if options.unit_size > 0 else unit_size_for(len(items), workers)

@@ -128,8 +128,24 @@ def _looks_like_bare_dicom(head: bytes) -> bool:
     return False
 
 
-def _walk(root: Path) -> Iterable[Path]:
+def _is_artifact(folder: str, filenames: list[str]) -> bool:
+    if "manifest.yaml" not in filenames:
+        return False
+    try:
+        with open(os.path.join(folder, "manifest.yaml"), encoding="utf-8", errors="replace") as fh:
+            head = fh.read(200)
+    except OSError:
+        return False
+    return "cxrjepa.artifact/" in head
+
+
+def _walk(root: Path, exclude: frozenset[str] = frozenset()) -> Iterable[Path]:
+    """Files under ``root`` in sorted order, skipping hidden folders, zarr stores, cxrjepa artifacts
+    (an output folder inside an input folder) and ``exclude``."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        if os.path.realpath(dirpath) in exclude or _is_artifact(dirpath, filenames):
+            dirnames[:] = []
+            continue
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".zarr"))
         for name in sorted(filenames):
             yield Path(dirpath) / name
@@ -146,16 +162,18 @@ def _read_list(path: Path) -> list[Path]:
     return out
 
 
-def discover(sources: Sequence[str | Path]) -> tuple[list[InputItem], int]:
+def discover(sources: Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> tuple[list[InputItem], int]:
     """Inputs of every source in a deterministic order (source order, then sorted path), and how many
     files were ignored as sidecars.
 
     A source is a folder (walked recursively), a file, or ``@LIST`` (a text file with one path per line,
     relative to the list's folder). Paths are recorded relative to their source (a file's own name for a
-    single-file source). Volume data files referenced by a header (.raw next to .mhd) are not inputs.
+    single-file source). Volume data files referenced by a header (.raw next to .mhd) are not inputs, nor
+    is anything inside ``exclude`` (the output folder) or inside another cxrjepa artifact.
     """
     items: list[InputItem] = []
     ignored = 0
+    skip = frozenset(os.path.realpath(p) for p in exclude)
     for index, src in enumerate(sources):
         src_s = str(src)
         if src_s.startswith("@"):
@@ -174,7 +192,7 @@ def discover(sources: Sequence[str | Path]) -> tuple[list[InputItem], int]:
             continue
         if not root.is_dir():
             raise UsageError(f"The input '{root}' does not exist.")
-        files = list(_walk(root))
+        files = list(_walk(root, skip))
         headers = {str(f)[: -len(_ext(f.name))] for f in files if _ext(f.name) in (".mhd", ".nhdr")}
         for f in files:
             if is_sidecar(f.name) or (_ext(f.name) in VOLUME_DATA_EXTS and str(f)[: -len(_ext(f.name))] in headers):

@@ -55,7 +55,7 @@ def probe_many(items: Sequence[InputItem], ctx: Context) -> list[dict]:
 
 
 def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, action: str) -> dict:
-    items, ignored = disc.discover(sources)
+    items, ignored = disc.discover(sources, exclude=[out])
     units = make_units(items, unit_size_for(len(items), workers))
     results: list[list[dict]] = [[] for _ in units]
     pool = executor(workers) if workers > 1 and len(items) > 64 else None

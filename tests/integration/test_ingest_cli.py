@@ -162,3 +162,19 @@ def test_usage_errors(tmp_path):
     assert res.exit_code == 2 and "dtype" in res.stderr
     res = ingest(tmp_path / "in", "--out", tmp_path / "ds", "--print-config", "--size", "96")
     assert res.exit_code == 0 and "size: 96" in res.stdout
+
+
+def test_output_inside_input_and_all_rejected(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "junk.dcm").write_bytes(b"\x00" * 300)
+    (src / "empty.png").write_bytes(b"")
+    out = src / "ds"  # the output folder lives inside the input folder
+    res = ingest(src, "--out", out, "--size", 16, "--json", "--workers", 1)
+    assert res.exit_code == 3, res.output
+    counts = json.loads(res.stdout)["counts"]
+    assert counts["samples"] == 0 and counts["rejected"] == 2 and counts["inputs"] == 2
+    ds = DatasetArtifact.open(out)
+    assert ds.images.shape == (0, 16, 16) and len(ds.meta) == 0
+    res = ingest(src, "--out", out, "--size", 16, "--json", "--workers", 1, "--force")
+    assert res.exit_code == 3 and json.loads(res.stdout)["counts"]["inputs"] == 2  # its own files are not inputs
