@@ -37,21 +37,21 @@ def command(
         typer.Argument(help="Input folders (walked recursively), files, or @LIST (a text file with one path per line).", show_default=False),
     ],
     out: OutOpt,
-    size: Annotated[int | None, typer.Option("--size", help="Side of the stored square frames in pixels [default: 224].")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="Storage dtype: uint8 or uint16 [default: uint8].")] = None,
+    size: Annotated[int | None, typer.Option("--size", help="Side of the stored square frames in pixels (default 224).")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Storage dtype: uint8 or uint16 (default uint8).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Worker processes (0 = one per CPU core).")] = 0,
     unit_size: Annotated[
         int, typer.Option("--unit-size", help="Inputs per work unit, the resume granularity (0 = chosen from the input count).")
     ] = 0,
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV of labels to join into the metadata table.")] = None,
     key: Annotated[
-        str | None, typer.Option("--key", help="How label rows find their sample: path, filename, sop_uid or study_uid [default: path].")
+        str | None, typer.Option("--key", help="How label rows find their sample: path, filename, sop_uid or study_uid (default path).")
     ] = None,
     modality: Annotated[
         str | None, typer.Option("--modality", help="Keep only these DICOM modalities, comma-separated (e.g. CR,DX).")
     ] = None,
-    fps: Annotated[float | None, typer.Option("--fps", help="Frame rate of stored clips (0 = source rate) [default: 15].")] = None,
-    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Most frames stored per clip [default: 64].")] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Frame rate of stored clips, 0 for the source rate (default 15).")] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Most frames stored per clip (default 64).")] = None,
     allow_for_processing: Annotated[
         bool, typer.Option("--allow-for-processing", help="Also ingest FOR PROCESSING radiographs (skipped by default).")
     ] = False,
