@@ -21,6 +21,7 @@ from cxrjepa.ingest.pool import default_workers, executor, process_units, run_ta
 from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
 
 LOCK = ".ingest.lock"
+PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
 def _source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt: Salt) -> list[dict]:
@@ -134,7 +135,9 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             console.warn(f"{res.stats['labels_unmatched_rows']} of {res.stats['labels_rows']} label rows matched no sample.")
         if res.stats["samples_without_labels"]:
             console.warn(f"{res.stats['samples_without_labels']} samples have no label row.")
-    pool = executor(workers) if workers > 1 and len(meta) > 256 else None
+    n_bytes = int(meta["frame_count"].sum()) * config.size**2 * (1 if config.dtype == "uint8" else 2) if len(meta) else 0
+    # a pool pays off only when there is much to compress and write (starting one costs ~0.5 s)
+    pool = executor(workers) if workers > 1 and n_bytes > PARALLEL_WRITE_BYTES else None
     try:
         with console.progress("write", total=int(meta["frame_count"].sum()) if len(meta) else 0) as bar:
             def run(fn, tasks, w, on_done):
