@@ -127,12 +127,16 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
         from cxrjepa.ingest.labels import join_labels
 
         res = join_labels(meta, labels, key=config.labels_key, column=config.labels_column,
-                          patient_column=config.labels_patient_column, salt=ctx.salt)
+                          patient_column=config.labels_patient_column, salt=ctx.salt,
+                          not_samples={r["path"] for r in asm.records})
         meta, label_columns = res.meta, res.label_columns
         builder.counts.update(res.stats)
         builder.notes.extend(res.notes)
-        if res.stats["labels_unmatched_rows"]:
-            console.warn(f"{res.stats['labels_unmatched_rows']} of {res.stats['labels_rows']} label rows matched no sample.")
+        st = res.stats
+        if st["labels_unmatched_rows"]:
+            why = (f" ({st['labels_rows_of_ledgered_inputs']} of them belong to rejected, skipped or duplicate inputs)"
+                   if st["labels_rows_of_ledgered_inputs"] else "")
+            console.warn(f"{st['labels_unmatched_rows']} of {st['labels_rows']} label rows matched no sample{why}.")
         if res.stats["samples_without_labels"]:
             console.warn(f"{res.stats['samples_without_labels']} samples have no label row.")
     n_bytes = int(meta["frame_count"].sum()) * config.size**2 * (1 if config.dtype == "uint8" else 2) if len(meta) else 0

@@ -71,8 +71,11 @@ def _clean_path(value: str) -> str:
 
 
 def join_labels(
-    meta: pd.DataFrame, csv: str | Path, *, key: str, column: str, patient_column: str, salt: Salt
+    meta: pd.DataFrame, csv: str | Path, *, key: str, column: str, patient_column: str, salt: Salt,
+    not_samples: set[str] | None = None,
 ) -> LabelsResult:
+    """Join ``csv`` into ``meta``. ``not_samples``: paths of inputs that are in the ledger (rejected,
+    skipped, duplicates), so unmatched label rows that belong to them are reported apart."""
     try:
         header = list(pd.read_csv(csv, nrows=0).columns)
     except Exception:
@@ -159,10 +162,18 @@ def join_labels(
                 pk[i] = salt.key("patient", v.strip())
         out["patient_key"] = pk
     matched_rows = sum(1 for m in matches if m)
+    ledgered = 0
+    if not_samples and key in ("path", "filename"):
+        names = not_samples if key == "path" else {p.rsplit("/", 1)[-1] for p in not_samples}
+        for k, m in zip(keys, matches):
+            k = _clean_path(k)
+            if not m and (k in names or k.rsplit("/", 1)[-1] in names and key == "filename"):
+                ledgered += 1
     stats = {
         "labels_rows": int(n_rows),
         "labels_matched_rows": int(matched_rows),
         "labels_unmatched_rows": int(n_rows - matched_rows),
+        "labels_rows_of_ledgered_inputs": int(ledgered),
         "samples_with_labels": int(len(rows_idx)),
         "samples_without_labels": int(len(out) - len(rows_idx)),
     }

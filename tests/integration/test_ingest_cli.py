@@ -143,6 +143,7 @@ def test_labels_policy_filters_and_flags(tmp_path):
     assert m.loc["p1/cr.dcm", "patient_key"] == m.loc["p1/dx.dcm", "patient_key"] != m.loc["p3/first.dcm", "patient_key"]
     counts = ds.artifact.counts
     assert counts["labels_unmatched_rows"] == 1 and counts["samples_without_labels"] == 0
+    assert counts["labels_rows_of_ledgered_inputs"] == 0
     assert counts["burned_in_annotation"] == 1 and counts["duplicates"] == 1 and counts["skipped"] == 2
 
     # FOR PROCESSING on request (a new fingerprint: the artifact is redone)
