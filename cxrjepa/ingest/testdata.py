@@ -138,12 +138,9 @@ def make_dataset(
 
 
 def _gdcm_available() -> bool:
-    try:
-        import gdcm  # noqa: F401
+    import importlib.util
 
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec("gdcm") is not None
 
 
 def encodable_syntaxes(*, lossy: bool = True) -> list[UID]:
