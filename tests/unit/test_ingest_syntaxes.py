@@ -88,3 +88,33 @@ def test_clip_and_colour_cases(ingested):
     assert rgb.photometric == "RGB" and rgb.frame_count == 1
     mono1 = meta.loc[f"mono1_10bit/{ExplicitVRLittleEndian}.dcm"]
     assert bool(mono1.inverted)
+
+
+def test_streamed_pixel_data_equals_in_memory(tmp_path, monkeypatch):
+    """Pixel data above the defer size is decoded from the open file frame by frame: same result."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000Lossless, RLELossless
+
+    from cxrjepa.ingest import dicom
+    from cxrjepa.ingest.context import Context, InputItem
+    from cxrjepa.ingest.phi import Salt
+    from cxrjepa.ingest.process import process_input
+
+    from cxrjepa.ingest import dicom_pixels
+
+    streamed_sources = []
+    real_options = dicom_pixels.as_pixel_options
+    monkeypatch.setattr(dicom_pixels, "as_pixel_options", lambda ds: streamed_sources.append(1) or real_options(ds))
+    ctx = Context(IngestConfig(size=32), Salt(b"stream-test-salt", "env"))
+    cine = make_dataset(phantom(40, 48, bits=12, frames=6, seed=3), bits_stored=12, frame_time_ms=200.0, modality="XA")
+    still = make_dataset(phantom(50, 40, bits=12, seed=4), bits_stored=12)
+    for ts in (ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEG2000Lossless):
+        for name, ds in (("cine", cine), ("still", still)):
+            path = write_dicom(ds, tmp_path / f"{name}-{ts}.dcm", ts)
+            item = InputItem(str(path), path.name)
+            monkeypatch.setattr(dicom, "DEFER_SIZE", 1 << 30)
+            in_memory = process_input(item, ctx)
+            monkeypatch.setattr(dicom, "DEFER_SIZE", 256)
+            streamed = process_input(item, ctx)
+            assert np.array_equal(in_memory.frames, streamed.frames), (name, ts.name)
+            assert streamed.frames.shape[0] == (6 if name == "cine" else 1)
+    assert len(streamed_sources) == 8  # every syntax but deflated (inflated in memory) was streamed
