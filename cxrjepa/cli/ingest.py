@@ -1,12 +1,93 @@
-"""cxrjepa ingest (being built)."""
+"""``cxrjepa ingest``: DICOM, video, volume and image archives -> a normalized zarr dataset artifact."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-HELP = "Not built yet."
+from cxrjepa.cli.common import (
+    ConfigOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    PrintConfigOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    execute,
+    print_config,
+    resolve_config,
+)
+
+HELP = (
+    "Turn DICOM files (any common transfer syntax), ultrasound cines and videos, volumes and PNG/JPEG images "
+    "into one normalized, sharded zarr dataset with a metadata table and a failure ledger.\n\n"
+    "Inputs are recognised by content; bad inputs are ledgered, never fatal (exit code 3 when some were "
+    "rejected). An interrupted run resumes when rerun with the same command. Example:\n\n"
+    "  cxrjepa ingest /archive/cxr --out data/cxr --size 256 --labels labels.csv --key path"
+)
 
 
-def command() -> None:
-    typer.echo("cxrjepa ingest is not built yet.", err=True)
-    raise typer.Exit(1)
+def command(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Input folders (walked recursively), files, or @LIST (a text file with one path per line).", show_default=False),
+    ],
+    out: OutOpt,
+    size: Annotated[int | None, typer.Option("--size", help="Side of the stored square frames in pixels (default 224).")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Storage dtype: uint8 or uint16 (default uint8).")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Worker processes (0 = one per CPU core).")] = 0,
+    unit_size: Annotated[
+        int, typer.Option("--unit-size", help="Inputs per work unit, the resume granularity (0 = chosen from the input count).")
+    ] = 0,
+    labels: Annotated[Path | None, typer.Option("--labels", help="CSV of labels to join into the metadata table.")] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", help="How label rows find their sample: path, filename, sop_uid or study_uid (default path).")
+    ] = None,
+    modality: Annotated[
+        str | None, typer.Option("--modality", help="Keep only these DICOM modalities, comma-separated (e.g. CR,DX).")
+    ] = None,
+    fps: Annotated[float | None, typer.Option("--fps", help="Frame rate of stored clips, 0 for the source rate (default 15).")] = None,
+    max_frames: Annotated[int | None, typer.Option("--max-frames", help="Most frames stored per clip (default 64).")] = None,
+    allow_for_processing: Annotated[
+        bool, typer.Option("--allow-for-processing", help="Also ingest FOR PROCESSING radiographs (skipped by default).")
+    ] = False,
+    salt_file: Annotated[
+        Path | None,
+        typer.Option("--salt-file", help="File with the secret salt for sample/patient hashes (else $CXRJEPA_SALT, else a generated one kept in ~/.config/cxrjepa)."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    print_config_: PrintConfigOpt = False,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    from cxrjepa.ingest.config import IngestConfig, IngestOptions
+
+    flags = {
+        "size": size,
+        "dtype": dtype,
+        "labels_key": key,
+        "modality": modality.split(",") if modality else None,
+        "clip_fps": fps,
+        "max_frames": max_frames,
+        "allow_for_processing": True if allow_for_processing else None,
+    }
+
+    def run():
+        from cxrjepa.ingest.api import run_ingest
+
+        cfg = resolve_config(IngestConfig, config, set_, flags)
+        if print_config_:
+            print_config(cfg)
+            return None
+        options = IngestOptions(workers=workers, unit_size=unit_size, salt_file=salt_file)
+        return run_ingest(out, cfg, sources=sources, labels=labels, options=options, force=force, dry_run=dry_run)
+
+    execute(run, json_output=json_output, quiet=quiet, verbose=verbose)

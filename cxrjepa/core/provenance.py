@@ -42,7 +42,13 @@ def package_versions() -> dict[str, str]:
 
 
 def devices() -> dict:
+    """CPU count, and GPUs when the stage uses torch (importing torch only to describe the machine costs
+    seconds, so stages that never load it, like ingest, record ``gpus_checked: false``)."""
     info: dict = {"cpus": os.cpu_count() or 1}
+    if "torch" not in sys.modules:
+        info["gpus"] = []
+        info["gpus_checked"] = False
+        return info
     try:
         import torch
 

@@ -1,8 +1,9 @@
 """PyTorch datasets over a dataset artifact (used by pretrain and embed).
 
-Items are dicts ``{"image": float tensor (1, H, W) or (1, T, H, W), "index": sample or frame index}``
-with intensities scaled to [0, 1] (``stored / max``); models apply their own mean/std normalization.
-The zarr store is opened lazily in each worker, so loaders work under fork and spawn.
+Items are dicts ``{"image": float tensor (1, H, W), "index": sample or frame index, "sample": sample
+index, "sample_id": the sample's id}`` with intensities scaled to [0, 1] (``stored / max``); models apply
+their own mean/std normalization. The zarr store is opened lazily in each worker, so loaders work under
+fork and spawn; per-sample indices travel to workers as compact numpy arrays, not as a table.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ class FrameDataset(Dataset):
     ):
         self.data = _as_dataset(data)
         self.per_sample = per_sample
+        starts, counts = self.data.frame_index
+        self.starts = starts
+        self.ids = np.asarray(self.data.sample_ids, dtype="S")  # fixed-width bytes: cheap to pickle
         if per_sample:
-            starts, counts = self.data.frame_index
             self.frame_of = (starts + counts // 2).astype(np.int64)
             n = len(self.frame_of)
         else:
@@ -51,12 +54,16 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, k: int) -> dict:
         idx = int(self.indices[k])
-        frame = idx if self.frame_of is None else int(self.frame_of[idx])
+        if self.frame_of is None:
+            frame = idx
+            sample = int(np.searchsorted(self.starts, idx, side="right")) - 1
+        else:
+            frame, sample = int(self.frame_of[idx]), idx
         arr = np.asarray(self.data.images[frame])
         img = torch.from_numpy(arr.astype(np.float32) * self.scale).unsqueeze(0)
         if self.transform is not None:
             img = self.transform(img)
-        return {"image": img, "index": idx}
+        return {"image": img, "index": idx, "sample": sample, "sample_id": self.ids[sample].decode()}
 
 
 def worker_init(_worker_id: int) -> None:

@@ -51,6 +51,7 @@ class DatasetArtifact:
         state["_group"] = None  # each process opens its own zarr handle
         state.pop("images", None)
         state.pop("masks", None)
+        state.pop("meta", None)  # the table is re-read on demand; workers get compact arrays instead
         return state
 
     @property

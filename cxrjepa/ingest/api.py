@@ -1,0 +1,229 @@
+"""``cxrjepa ingest`` as a Python function: raw archives -> a ``dataset`` artifact (docs/ingest.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from cxrjepa.core import console
+from cxrjepa.core.artifact import Artifact, begin, input_refs, raw_input_ref
+from cxrjepa.core.errors import UsageError
+from cxrjepa.data import layout
+from cxrjepa.ingest import ledger
+from cxrjepa.ingest.config import IngestConfig, IngestOptions
+from cxrjepa.ingest.context import Context
+from cxrjepa.ingest.discover import discover
+from cxrjepa.ingest.phi import Salt, load_salt
+from cxrjepa.ingest.pool import default_workers, executor, process_units, run_tasks
+from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
+
+LOCK = ".ingest.lock"
+PARALLEL_WRITE_BYTES = 256 * 2**20
+
+
+def _source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt: Salt) -> list[dict]:
+    refs = []
+    for i, src in enumerate(sources):
+        s = str(src)
+        refs.append(raw_input_ref(f"source[{i}]", s[1:]) if s.startswith("@") else input_refs({f"source[{i}]": s})[0])
+    if labels is not None:
+        refs.extend(input_refs({"labels": str(labels)}))
+    refs.append({"name": "salt", "path": "", "kind": "salt", "fingerprint": salt.tag})
+    return refs
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    fh = open(out / LOCK, "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise UsageError(f"Another ingest is writing to '{out}'; wait for it or choose another --out.") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+        with contextlib.suppress(OSError):
+            (out / LOCK).unlink()
+
+
+def run_ingest(
+    out: str | Path,
+    config: IngestConfig | None = None,
+    *,
+    sources: Sequence[str | Path],
+    labels: str | Path | None = None,
+    options: IngestOptions | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> Artifact | dict:
+    """Ingest ``sources`` (folders, files, ``@list`` files) into the dataset artifact ``out``.
+
+    Returns the complete :class:`Artifact`, or with ``dry_run`` a dict describing what would happen
+    (nothing is written). Resumes an interrupted run with the same settings and inputs; returns the
+    existing artifact when it is up to date.
+    """
+    config = config or IngestConfig()
+    config.validate()
+    options = options or IngestOptions()
+    out = Path(out)
+    if not sources:
+        raise UsageError("Give at least one input folder or file to ingest.")
+    if labels is not None and not Path(labels).is_file():
+        raise UsageError(f"The labels file '{labels}' does not exist.")
+    for s in sources:
+        p = Path(str(s)[1:] if str(s).startswith("@") else s)
+        if not p.exists():
+            raise UsageError(f"The input '{p}' does not exist.")
+    salt = load_salt(options.salt_file, create=not dry_run)
+    workers = options.workers if options.workers > 0 else default_workers()
+    refs = _source_refs(sources, labels, salt)
+    builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run)
+    ctx = Context(config, salt)
+    if dry_run:
+        from cxrjepa.ingest.dryrun import dry_run_report
+
+        return dry_run_report(out, sources, ctx, workers, builder.action)
+    staging = Staging(out)
+    if builder.skipped:
+        staging.remove()
+        console.info(f"Dataset '{out}' is up to date.")
+        return builder.existing_artifact()
+    with _lock(out):
+        return _ingest(out, builder, sources, labels, ctx, options, workers, staging)
+
+
+def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging) -> Artifact:
+    config = ctx.config
+    items, ignored = discover(sources, exclude=[out])
+    if not items:
+        raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + ".")
+    unit_size = options.unit_size if options.unit_size > 0 else unit_size_for(len(items), workers)
+    unit_size = staging.prepare(items, unit_size, config.size, config.dtype)
+    units = make_units(items, unit_size)
+    todo = [u for u in units if not staging.is_done(u.index)]
+    if builder.resumed and len(todo) < len(units):
+        console.info(f"Resuming: {len(units) - len(todo)} of {len(units)} work units were already done.")
+    console.info(f"Ingesting {len(items)} inputs with {workers} worker{'s' if workers > 1 else ''} -> {out}")
+    with console.progress("ingest", total=len(items)) as bar:
+        bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
+        process_units(out, todo, ctx, workers, lambda r: bar.advance(r["inputs"]))
+    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), ignored)
+
+
+def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int, ignored: int) -> Artifact:
+    from cxrjepa.ingest import writer
+
+    config = ctx.config
+    asm = writer.collect(staging, n_units, config.dedupe)
+    meta = asm.meta
+    label_columns: list[str] = []
+    if labels is not None:
+        from cxrjepa.ingest.labels import join_labels
+
+        res = join_labels(meta, labels, key=config.labels_key, column=config.labels_column,
+                          patient_column=config.labels_patient_column, salt=ctx.salt,
+                          not_samples={r["path"] for r in asm.records})
+        meta, label_columns = res.meta, res.label_columns
+        builder.counts.update(res.stats)
+        builder.notes.extend(res.notes)
+        st = res.stats
+        if st["labels_unmatched_rows"]:
+            why = (f" ({st['labels_rows_of_ledgered_inputs']} of them belong to rejected, skipped or duplicate inputs)"
+                   if st["labels_rows_of_ledgered_inputs"] else "")
+            console.warn(f"{st['labels_unmatched_rows']} of {st['labels_rows']} label rows matched no sample{why}.")
+        if res.stats["samples_without_labels"]:
+            console.warn(f"{res.stats['samples_without_labels']} samples have no label row.")
+    n_bytes = int(meta["frame_count"].sum()) * config.size**2 * (1 if config.dtype == "uint8" else 2) if len(meta) else 0
+    # a pool pays off only when there is much to compress and write (starting one costs ~0.5 s)
+    pool = executor(workers) if workers > 1 and n_bytes > PARALLEL_WRITE_BYTES else None
+    try:
+        with console.progress("write", total=int(meta["frame_count"].sum()) if len(meta) else 0) as bar:
+            def run(fn, tasks, w, on_done):
+                run_tasks(fn, tasks, w if pool else 1, on_done, pool)
+
+            n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    public = writer.write_tables(out, meta, asm.records)
+    records = asm.records
+    status = Counter(r["status"] for r in records)
+    maxv = float((1 << 8) - 1 if config.dtype == "uint8" else (1 << 16) - 1)
+    builder.counts.update(
+        {
+            "inputs": int(n_items - asm.ignored),
+            "samples": int(len(public)),
+            "frames": int(n_frames),
+            "rejected": int(status.get(ledger.REJECTED, 0)),
+            "skipped": int(status.get(ledger.SKIPPED, 0)),
+            "duplicates": int(status.get(ledger.DUPLICATE, 0)),
+            "ignored": int(ignored + asm.ignored),
+            "burned_in_annotation": int(public["burned_in_annotation"].sum()) if len(public) else 0,
+            "for_processing": int(public["for_processing"].sum()) if len(public) else 0,
+            "by_format": _counter(public["format"]),
+            "by_modality": _counter(public["modality"].replace("", "none")),
+            "by_transfer_syntax": _ts_counts(public["transfer_syntax"]),
+            "by_reason": dict(sorted(Counter(r["reason"] for r in records).items(), key=lambda kv: -kv[1])),
+        }
+    )
+    builder.contents.update(
+        {
+            "images": {
+                "path": f"{layout.ZARR}/{layout.IMAGES}",
+                "shape": [int(n_frames), config.size, config.size],
+                "dtype": config.dtype,
+                "chunks": [1, config.size, config.size],
+                "shards": [min(layout.SHARD_FRAMES, max(1, int(n_frames))), config.size, config.size],
+                "dimension_names": list(layout.DIMENSION_NAMES),
+            },
+            "metadata": layout.METADATA,
+            "failures": layout.FAILURES,
+            "columns": [c for c in public.columns],
+            "label_columns": label_columns,
+            "normalization": writer.normalization(meta, maxv),
+            "size": config.size,
+            "masks": False,
+            "salt": {"source": ctx.salt.source},
+        }
+    )
+    if ctx.salt.source == "generated":
+        builder.notes.append(
+            f"Sample and patient keys use a generated salt kept outside the artifact at {ctx.salt.location}; "
+            "keep it private, and pass it with --salt-file to get the same keys in other datasets."
+        )
+    artifact = builder.finish(writer.content_fingerprint(public, config.size, config.dtype))
+    staging.remove()
+    _report(artifact)
+    return artifact
+
+
+def _counter(series) -> dict[str, int]:
+    return {str(k): int(v) for k, v in Counter(series.astype(str)).most_common()}
+
+
+def _ts_counts(series) -> dict[str, int]:
+    from pydicom.uid import UID
+
+    c = Counter(UID(s).name for s in series.astype(str) if s and s != "private")
+    n_private = int((series.astype(str) == "private").sum())
+    if n_private:
+        c["private"] = n_private
+    return dict(c.most_common())
+
+
+def _report(artifact: Artifact) -> None:
+    c = artifact.counts
+    console.info(
+        f"{c['samples']} samples ({c['frames']} frames) from {c['inputs']} inputs: "
+        f"{c['rejected']} rejected, {c['skipped']} skipped, {c['duplicates']} duplicates, {c['ignored']} ignored."
+    )
+    for reason, n in list(c.get("by_reason", {}).items())[:8]:
+        console.info(f"  {n:>7}  {reason}")
+    if c.get("burned_in_annotation"):
+        console.warn(f"{c['burned_in_annotation']} samples are flagged BurnedInAnnotation=YES (column burned_in_annotation).")

@@ -1,0 +1,28 @@
+"""What every reader gets: the input it works on and the run's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxrjepa.ingest.config import IngestConfig
+from cxrjepa.ingest.phi import Salt
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input file: where it is, its path relative to its source root, which root."""
+
+    path: str  # absolute (or as given) path to open
+    rel: str  # relative to the source root, '/'-separated: what tables and ledgers show
+    source_index: int = 0
+
+    @property
+    def fspath(self) -> Path:
+        return Path(self.path)
+
+
+@dataclass(frozen=True)
+class Context:
+    config: IngestConfig
+    salt: Salt

@@ -1,0 +1,93 @@
+"""``cxrjepa ingest --dry-run``: what would be ingested, skipped or rejected, read from headers only.
+
+Every input is recognised by content; DICOM headers are read (no pixels) to apply the policy (DICOMDIR,
+non-image objects, modality filter, FOR PROCESSING) and to check that this install has a decoder for the
+transfer syntax. Nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from cxrjepa.core import console
+from cxrjepa.ingest import discover as disc
+from cxrjepa.ingest import ledger
+from cxrjepa.ingest.context import Context, InputItem
+from cxrjepa.ingest.ledger import Reject
+from cxrjepa.ingest.pool import executor, run_tasks
+from cxrjepa.ingest.staging import make_units, unit_size_for
+
+
+def probe(item: InputItem, ctx: Context) -> dict:
+    """Header-only verdict on one input: {format, status ('ok' or a ledger status), reason, detail, ts}."""
+    fmt = disc.sniff(item.path)
+    out = {"format": fmt, "status": "ok", "reason": "", "detail": "", "ts": ""}
+    try:
+        if fmt == disc.EMPTY:
+            raise Reject(ledger.EMPTY_FILE)
+        if fmt == disc.TEXT:
+            if disc.promises_image(item.rel):
+                raise Reject(ledger.UNRECOGNIZED, "text")
+            raise Reject(ledger.TEXT_FILE, status=ledger.IGNORED)
+        if fmt == disc.UNKNOWN:
+            raise Reject(ledger.UNRECOGNIZED)
+        if fmt != disc.DICOM and ctx.config.modality:
+            raise ledger.skip(ledger.MODALITY, "none")
+        if fmt == disc.DICOM:
+            from cxrjepa.ingest.dicom import _ts_name, check_pixels, check_policy, quiet_pydicom, read_header
+
+            with quiet_pydicom():
+                ds = read_header(Path(item.path), stop_before_pixels=False)
+                out["ts"] = _ts_name(ds.file_meta.TransferSyntaxUID)
+                check_policy(ds, ctx)
+                check_pixels(ds)
+    except Reject as r:
+        out.update(status=r.status, reason=r.reason, detail=r.detail)
+    except Exception as exc:
+        out.update(status=ledger.REJECTED, reason=ledger.INTERNAL, detail=type(exc).__name__)
+    return out
+
+
+def probe_many(items: Sequence[InputItem], ctx: Context) -> list[dict]:
+    return [probe(i, ctx) for i in items]
+
+
+def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, action: str) -> dict:
+    items, ignored = disc.discover(sources, exclude=[out])
+    units = make_units(items, unit_size_for(len(items), workers))
+    results: list[list[dict]] = [[] for _ in units]
+    pool = executor(workers) if workers > 1 and len(items) > 64 else None
+    try:
+        run_tasks(probe_many, [(u.items, ctx) for u in units], workers, lambda i, r: results.__setitem__(i, r), pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    flat = [r for rs in results for r in rs]
+    ok = [r for r in flat if r["status"] == "ok"]
+    by_status = Counter(r["status"] for r in flat if r["status"] != "ok")
+    report = {
+        "out": str(out),
+        "action": {"create": "create", "overwrite": "replace", "resume": "resume", "skip": "nothing (up to date)"}.get(action, action),
+        "inputs": len(items) - by_status.get(ledger.IGNORED, 0),
+        "ignored": ignored + by_status.get(ledger.IGNORED, 0),
+        "would_ingest": len(ok),
+        "would_ingest_by_format": dict(Counter(r["format"] for r in ok).most_common()),
+        "would_skip": by_status.get(ledger.SKIPPED, 0),
+        "would_reject": by_status.get(ledger.REJECTED, 0),
+        "by_reason": dict(Counter(r["reason"] for r in flat if r["reason"] and r["status"] != ledger.IGNORED).most_common()),
+        "transfer_syntaxes": dict(Counter(r["ts"] for r in flat if r["ts"]).most_common()),
+        "cannot_decode": dict(Counter(r["detail"] for r in flat if r["reason"] == ledger.NO_DECODER).most_common()),
+        "note": "header check only: pixel decoding, constant images and duplicates are found by the real run",
+    }
+    console.info(f"Dry run: would {report['action']} '{out}'.")
+    console.info(
+        f"{report['inputs']} inputs: {report['would_ingest']} would be ingested, {report['would_skip']} skipped, "
+        f"{report['would_reject']} rejected; {report['ignored']} ignored (sidecar / text files)."
+    )
+    for reason, n in report["by_reason"].items():
+        console.info(f"  {n:>7}  {reason}")
+    if report["cannot_decode"]:
+        console.warn("This install cannot decode: " + ", ".join(f"{k} ({v})" for k, v in report["cannot_decode"].items()))
+    return report

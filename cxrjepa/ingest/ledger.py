@@ -1,0 +1,92 @@
+"""The failure ledger: one record per input that did not become a sample, with a categorical reason.
+
+Records are ``{"path", "source_index", "status", "reason", "detail"}``:
+
+* ``status`` is ``rejected`` (bad or undecodable input: the run exits with code 3), ``skipped`` (left out
+  by policy: DICOMDIR, non-image objects, modality filter, FOR PROCESSING) or ``duplicate`` (same
+  instance or same pixels as an earlier input; ``duplicate_of`` names it).
+* ``reason`` is one of a fixed set of sentences; ``detail`` is a category too (an exception class name,
+  a transfer syntax or SOP class name), never text taken from a file or from a library's exception
+  message, because those can hold identifying values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REJECTED = "rejected"
+SKIPPED = "skipped"
+DUPLICATE = "duplicate"
+IGNORED = "ignored"  # a text file among the inputs: counted, never written to the ledger
+
+# reasons (stable strings: they are the keys of counts.by_reason)
+EMPTY_FILE = "empty file"
+UNREADABLE_FILE = "unreadable file"
+UNRECOGNIZED = "unrecognized format"
+TEXT_FILE = "text file"
+UNREADABLE_DICOM = "unreadable DICOM"
+DICOMDIR = "DICOMDIR (a directory index, not an image)"
+NON_IMAGE = "non-image DICOM object"
+NO_PIXELS = "no pixel data"
+UNSUPPORTED_PIXELS = "unsupported pixel data"
+NO_DECODER = "no decoder for the transfer syntax on this install"
+DECODE_FAILED = "pixel data could not be decoded"
+CONSTANT = "constant image"
+MODALITY = "modality not selected"
+FOR_PROCESSING = "FOR PROCESSING image (use --allow-for-processing)"
+UNREADABLE_IMAGE = "unreadable image"
+UNREADABLE_VIDEO = "unreadable video"
+NO_FRAMES = "no frames"
+UNREADABLE_VOLUME = "unreadable volume"
+UNSUPPORTED_SHAPE = "unsupported image shape"
+WORKER_CRASHED = "the decoder crashed on this input"
+INTERNAL = "internal error"
+DUP_INSTANCE = "duplicate instance (same SOPInstanceUID or same file)"
+DUP_PIXELS = "duplicate pixels"
+
+
+class Reject(Exception):
+    """An input that does not become a sample. ``detail`` must be a category, never a value from a file."""
+
+    def __init__(self, reason: str, detail: str = "", status: str = REJECTED):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+        self.status = status
+
+
+def skip(reason: str, detail: str = "") -> Reject:
+    return Reject(reason, detail, SKIPPED)
+
+
+@dataclass
+class Record:
+    path: str
+    source_index: int
+    status: str
+    reason: str
+    detail: str = ""
+    duplicate_of: str = ""
+    format: str = ""
+
+    def to_json(self) -> dict:
+        d = {"path": self.path, "source_index": self.source_index, "status": self.status, "reason": self.reason}
+        if self.detail:
+            d["detail"] = self.detail
+        if self.duplicate_of:
+            d["duplicate_of"] = self.duplicate_of
+        if self.format:
+            d["format"] = self.format
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Record":
+        return cls(
+            path=d["path"],
+            source_index=int(d.get("source_index", 0)),
+            status=d.get("status", REJECTED),
+            reason=d["reason"],
+            detail=d.get("detail", ""),
+            duplicate_of=d.get("duplicate_of", ""),
+            format=d.get("format", ""),
+        )

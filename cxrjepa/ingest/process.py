@@ -1,0 +1,45 @@
+"""One input -> a :class:`Sample` or a ledger :class:`Record`. Never raises for bad input."""
+
+from __future__ import annotations
+
+from cxrjepa.ingest import discover, ledger
+from cxrjepa.ingest.context import Context, InputItem
+from cxrjepa.ingest.ledger import Record, Reject, skip
+from cxrjepa.ingest.table import Sample
+
+
+def process_input(item: InputItem, ctx: Context) -> Sample | Record:
+    fmt = ""
+    try:
+        fmt = discover.sniff(item.path)
+        if fmt == discover.EMPTY:
+            raise Reject(ledger.EMPTY_FILE)
+        if fmt == discover.TEXT:
+            if discover.promises_image(item.rel):
+                raise Reject(ledger.UNRECOGNIZED, "text")
+            raise Reject(ledger.TEXT_FILE, status=ledger.IGNORED)
+        if fmt == discover.UNKNOWN:
+            raise Reject(ledger.UNRECOGNIZED)
+        if fmt != discover.DICOM and ctx.config.modality:
+            raise skip(ledger.MODALITY, "none")
+        if fmt == discover.DICOM:
+            from cxrjepa.ingest.dicom import process_dicom
+
+            return process_dicom(item.fspath, item, ctx)
+        if fmt == discover.IMAGE:
+            from cxrjepa.ingest.raster import process_image
+
+            return process_image(item.fspath, item, ctx)
+        if fmt == discover.VIDEO:
+            from cxrjepa.ingest.video import process_video
+
+            return process_video(item.fspath, item, ctx)
+        from cxrjepa.ingest.volume import process_volume
+
+        return process_volume(item.fspath, item, ctx)
+    except Reject as r:
+        return Record(item.rel, item.source_index, r.status, r.reason, r.detail, format=fmt)
+    except MemoryError:
+        return Record(item.rel, item.source_index, ledger.REJECTED, ledger.INTERNAL, "MemoryError", format=fmt)
+    except Exception as exc:  # a bug or a library failure: ledgered by class name (messages may hold values)
+        return Record(item.rel, item.source_index, ledger.REJECTED, ledger.INTERNAL, type(exc).__name__, format=fmt)

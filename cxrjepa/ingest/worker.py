@@ -1,0 +1,117 @@
+"""Code that runs inside ingest worker processes (and inline with one worker).
+
+Workers are started from a fork server (spawn where there is none), single-threaded in OpenCV, SimpleITK
+and BLAS so N workers use N cores. Each processes whole work units (staging.py) and, in the final step,
+copies whole shards of the final array (writer.py): no two workers ever write the same file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cxrjepa.ingest import ledger
+from cxrjepa.ingest.context import Context
+from cxrjepa.ingest.ledger import Record
+from cxrjepa.ingest.process import process_input
+from cxrjepa.ingest.staging import Staging, Unit, UnitWriter
+from cxrjepa.ingest.table import Sample
+
+
+def init_worker() -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+    # codec chatter on stderr (FFmpeg, OpenCV) is noise for users and may name files: errors go to the ledger
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "OFF")
+    import cv2
+
+    cv2.setNumThreads(1)
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:
+        pass
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    except Exception:
+        pass
+
+
+def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] | None = None) -> dict:
+    """Process one work unit into the staging folder; returns its summary (also written as its done mark).
+
+    ``crashed`` is given when the unit runs isolated after a worker crash: positions (within the unit) of
+    inputs that killed a worker before are ledgered instead of being tried again, and the position being
+    worked on is written to a marker file so a new crash names its input.
+    """
+    staging = Staging(Path(out))
+    writer = UnitWriter(staging, unit.index)
+    rows: list[dict] = []
+    records: list[dict] = []
+    current = staging.current_path(unit.index)
+    try:
+        for k, item in enumerate(unit.items):
+            order = unit.start + k
+            if crashed is not None and k in crashed:
+                rec = Record(item.rel, item.source_index, ledger.REJECTED, ledger.WORKER_CRASHED)
+                records.append({**rec.to_json(), "_order": order})
+                continue
+            if crashed is not None:
+                current.write_text(str(k))  # names the input if this process dies (decoder crash)
+            result = process_input(item, ctx)
+            if isinstance(result, Sample):
+                row = result.row
+                row["_local_start"] = writer.append(result.frames)
+                row["_order"] = order
+                rows.append(row)
+            else:
+                records.append({**result.to_json(), "_order": order})
+        summary = {"unit": unit.index, "frames": writer.frames, "rows": rows, "records": records}
+        writer.commit(summary)
+        if crashed is not None:
+            current.unlink(missing_ok=True)
+    except BaseException:
+        writer.abort()
+        raise
+    return {"unit": unit.index, "inputs": len(unit.items), "samples": len(rows), "records": len(records)}
+
+
+def copy_shards(zarr_path: str, out: str, size: int, dtype: str, shard: int, table: np.ndarray, shard_range: tuple[int, int]) -> int:
+    """Write the final array's shards ``shard_range`` (whole shards, one call each) from the unit files.
+
+    ``table`` rows are (global_start, count, unit, local_start) of the kept samples, sorted by global_start.
+    """
+    import zarr
+
+    arr = zarr.open_array(zarr_path, mode="r+")
+    total = int(arr.shape[0])
+    staging = Staging(Path(out))
+    maps: dict[int, np.ndarray] = {}
+    starts = table[:, 0]
+    written = 0
+    for s in range(*shard_range):
+        f0, f1 = s * shard, min((s + 1) * shard, total)
+        if f1 <= f0:
+            continue
+        buf = np.empty((f1 - f0, size, size), dtype=dtype)
+        r = int(np.searchsorted(starts, f0, side="right")) - 1
+        pos = f0
+        while pos < f1:
+            g, c, u, l = (int(v) for v in table[r])
+            take = min(g + c, f1) - pos
+            src = maps.get(u)
+            if src is None:
+                if len(maps) > 8:
+                    maps.clear()
+                src = maps[u] = staging.frames(u, size, dtype)
+            buf[pos - f0 : pos - f0 + take] = src[l + (pos - g) : l + (pos - g) + take]
+            pos += take
+            r += 1
+        arr[f0:f1] = buf
+        written += f1 - f0
+    return written
