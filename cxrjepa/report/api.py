@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -65,15 +64,6 @@ def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device
     return Document(config.title, subtitle, sections, footer), ctx
 
 
-def _shareable(files: list[Path]) -> None:
-    """Give the page and figures the permissions the user's umask gives new files (atomic writes make them 0600);
-    a report is meant to be opened by colleagues and served from shared folders."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for f in files:
-        os.chmod(f, 0o666 & ~mask)
-
-
 def run_report(
     out: str | Path,
     config: ReportConfig | None = None,
@@ -132,7 +122,6 @@ def run_report(
     })
     builder.notes.extend(ctx.lineage.notes)
     files = [out / INDEX, out / SUMMARY, *[out / FIGURES / f"{f.name}.png" for f in figs]]
-    _shareable(files)
     artifact = builder.finish(hash_files(files, root=out))
     console.info(f"report: wrote {out / INDEX} ({len(figs)} figures, {warnings} warning(s)).")
     return artifact

@@ -119,3 +119,16 @@ def test_fingerprint_tracks_params_and_inputs(tmp_path):
     ref = input_refs({"data": tmp_path / "ds"})[0]
     assert ref["kind"] == "dataset" and ref["fingerprint"] == art.content_fingerprint
     assert hash_obj({"a": 1, "b": 2}) == hash_obj({"b": 2, "a": 1})
+
+
+def test_manifests_get_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        _make(tmp_path / "ds")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "ds" / "manifest.yaml").stat().st_mode)
+    assert mode == 0o644  # colleagues can read a shared dataset's manifest (mkstemp alone gives 0600)
