@@ -35,17 +35,18 @@ HELP = (
 
 def _worker_argv(
     data: Path, out: Path, config: list[Path] | None, sets: list[str] | None, objective: str | None,
-    gpus: int | None, nproc: int | None, max_steps: int | None, workers: int | None, tensorboard: bool,
+    gpus: int | None, max_steps: int | None, workers: int | None, tensorboard: bool,
     resume: bool, force: bool, quiet: bool, verbose: bool,
 ) -> list[str]:
-    """The arguments launched workers get: this command without --json / --dry-run, with absolute paths."""
+    """The arguments launched workers get: this command with absolute paths, without --json / --dry-run and
+    without the launcher's own options (workers take their rank and world size from torchrun; some of
+    those option names would also clash with torchrun's)."""
     argv = ["pretrain", "--data", str(data.absolute()), "--out", str(out.absolute())]
     for c in config or []:
         argv += ["--config", str(Path(c).absolute())]
     for s in sets or []:
         argv += ["--set", s]
-    for flag, value in (("--objective", objective), ("--gpus", gpus), ("--nproc", nproc),
-                        ("--max-steps", max_steps), ("--workers", workers)):
+    for flag, value in (("--objective", objective), ("--gpus", gpus), ("--max-steps", max_steps), ("--workers", workers)):
         if value is not None:
             argv += [flag, str(value)]
     argv += [flag for flag, on in (("--tensorboard", tensorboard), ("--no-resume", not resume), ("--force", force),
@@ -91,7 +92,7 @@ def command(
         options = PretrainOptions(
             gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
             max_steps=max_steps, tensorboard=tensorboard, resume=resume,
-            launch_argv=_worker_argv(data, out, config, set_, objective, gpus, nproc, max_steps, workers,
+            launch_argv=_worker_argv(data, out, config, set_, objective, gpus, max_steps, workers,
                                      tensorboard, resume, force, quiet, verbose),
         )
         return run_pretrain(out, cfg, data=data, options=options, force=force, dry_run=dry_run)

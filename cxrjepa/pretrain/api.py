@@ -87,8 +87,6 @@ def _argv_from_config(out: Path, config: PretrainConfig, data: Path, options: Pr
     argv = ["pretrain", "--data", str(data), "--out", str(out), "--config", str(tmp)]
     if options.gpus is not None:
         argv += ["--gpus", str(options.gpus)]
-    if options.nproc is not None:
-        argv += ["--nproc", str(options.nproc)]
     if options.max_steps is not None:
         argv += ["--max-steps", str(options.max_steps)]
     if options.tensorboard:
@@ -158,7 +156,7 @@ def run_pretrain(
         cmd = D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,
                                rdzv_endpoint=options.rdzv_endpoint)
         console.info(f"Launching {world} processes: {D.format_command(cmd)}")
-        code = D.run_launch(cmd)
+        code = D.run_launch(cmd, cpu_threads=None if cuda else max(1, D.cpu_count() // nproc))
         if code != 0:
             raise CxrjepaError(
                 f"The training processes failed (exit code {code}); see their messages above. "

@@ -177,6 +177,7 @@ class Collator:
 
 
 def default_workers(procs_per_node: int = 1) -> int:
+    """Loader workers per training process: the node's cores shared out, one left for the process, 1..8."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

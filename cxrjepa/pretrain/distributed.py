@@ -69,6 +69,13 @@ def plan_processes(gpus: int | None, nproc: int | None) -> tuple[int, bool]:
     return (nproc or max(gpus, 1)), gpus > 0
 
 
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def launch_command(
     argv: list[str], nproc: int, *, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None
 ) -> list[str]:
@@ -88,11 +95,16 @@ def format_command(cmd: list[str]) -> str:
     return shlex.join(cmd)
 
 
-def run_launch(cmd: list[str]) -> int:
-    """Run the torchrun command and return its exit code (Ctrl-C reaches the workers through torchrun)."""
+def run_launch(cmd: list[str], *, cpu_threads: int | None = None) -> int:
+    """Run the torchrun command and return its exit code (Ctrl-C reaches the workers through torchrun).
+
+    ``cpu_threads``: OMP threads per worker for CPU runs (torchrun's default is 1), unless the user set
+    OMP_NUM_THREADS."""
     env = dict(os.environ)
     for key in WORKER_ENV:  # the launcher sets these for its workers
         env.pop(key, None)
+    if cpu_threads and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(cpu_threads)
     proc = subprocess.Popen(cmd, env=env)
     try:
         return proc.wait()
@@ -203,7 +215,7 @@ def wrap_student(student: nn.Module, strategy: str, info: DistInfo):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DistributedDataParallel(student, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+        return DistributedDataParallel(student, device_ids=ids, gradient_as_bucket_view=True)
     return student
 
 
