@@ -35,6 +35,14 @@ def _source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt:
     return refs
 
 
+def ingest_input_refs(
+    sources: Sequence[str | Path], labels: str | Path | None = None, options: IngestOptions | None = None, **_: object
+) -> list[dict]:
+    """The inputs of an ingest as its fingerprint sees them (the pipeline runner uses this too)."""
+    salt = load_salt((options or IngestOptions()).salt_file, create=False)
+    return _source_refs(sources, labels, salt)
+
+
 @contextlib.contextmanager
 def _lock(out: Path) -> Iterator[None]:
     fh = open(out / LOCK, "w")

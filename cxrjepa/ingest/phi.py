@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cxrjepa.core.atomic import atomic_write_text
+from cxrjepa.core.atomic import atomic_write_bytes
 from cxrjepa.core.errors import UsageError
 
 SALT_ENV = "CXRJEPA_SALT"
@@ -73,8 +73,7 @@ def load_salt(salt_file: str | Path | None = None, *, create: bool = True) -> Sa
     if not create:
         return Salt(b"dry-run-without-salt", "generated", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, secrets.token_hex(32) + "\n")
-    os.chmod(path, 0o600)
+    atomic_write_bytes(path, (secrets.token_hex(32) + "\n").encode(), mode=0o600)
     return Salt(_read_salt_file(path), "generated", str(path))
 
 

@@ -136,7 +136,7 @@ def run_pipeline(
         if missing and dry_run:
             step.action, step.reason = "would fail", f"input '{missing[0]}' does not exist"
             continue
-        plan = plan_artifact(spec.out, sdef.kind, fingerprint_params(config), sdef.input_refs(inputs), force=spec.id in forced)
+        plan = plan_artifact(spec.out, sdef.kind, fingerprint_params(config), sdef.input_refs(inputs, options), force=spec.id in forced)
         if plan.action == "skip":
             step.action, step.reason = ("would skip" if dry_run else "skip"), plan.reason
             prev = read_manifest(spec.out) or {}

@@ -24,26 +24,38 @@ class StageDef:
     options: str | None = None  # name of the operational options dataclass, if the stage has one
     refs: str | None = None  # name of the stage's own input-refs function (else core.artifact.input_refs)
 
-    def input_refs(self, inputs: dict) -> list[dict]:
-        """The inputs as the stage's fingerprint sees them (so a dry run predicts skips exactly)."""
+    def input_refs(self, inputs: dict, options: dict | None = None) -> list[dict]:
+        """The inputs as the stage's fingerprint sees them (so a dry run predicts skips exactly).
+
+        A stage's own refs function gets its options object too when it takes one (the ingest salt)."""
+        import inspect
+
         from cxrjepa.core.artifact import input_refs
 
+        extra = {}
+        if self.refs and self.options:
+            fn = getattr(importlib.import_module(self.module), self.refs)
+            if "options" in inspect.signature(fn).parameters:
+                extra["options"] = self.options_object(options or {})
+
         if self.refs:
-            return getattr(importlib.import_module(self.module), self.refs)(**inputs)
+            return getattr(importlib.import_module(self.module), self.refs)(**inputs, **extra)
         return input_refs(inputs)
 
     def load(self) -> tuple[type, Callable]:
         mod = importlib.import_module(self.module)
         return getattr(mod, self.config), getattr(mod, self.function)
 
-    def call(self, out, config, inputs: dict, options: dict, force: bool):
-        """Run the stage; ``options`` (a plain mapping) becomes the stage's options object."""
+    def options_object(self, options: dict):
         from cxrjepa.core.config import from_dict
 
-        mod = importlib.import_module(self.module)
-        fn = getattr(mod, self.function)
+        return from_dict(getattr(importlib.import_module(self.module), self.options), options)
+
+    def call(self, out, config, inputs: dict, options: dict, force: bool):
+        """Run the stage; ``options`` (a plain mapping) becomes the stage's options object."""
+        fn = getattr(importlib.import_module(self.module), self.function)
         if self.options:
-            return fn(out, config, **inputs, options=from_dict(getattr(mod, self.options), options), force=force)
+            return fn(out, config, **inputs, options=self.options_object(options), force=force)
         return fn(out, config, **inputs, **options, force=force)
 
 
@@ -56,7 +68,7 @@ def register(stage: StageDef) -> StageDef:
 
 
 register(StageDef("demo-data", "demo", "cxrjepa.demo.api", "DemoConfig", "run_demo", ()))
-register(StageDef("ingest", "dataset", "cxrjepa.ingest.api", "IngestConfig", "run_ingest", ("sources", "labels", "masks"), ("sources",), "IngestOptions"))
+register(StageDef("ingest", "dataset", "cxrjepa.ingest.api", "IngestConfig", "run_ingest", ("sources", "labels", "masks"), ("sources",), "IngestOptions", "ingest_input_refs"))
 register(StageDef("pretrain", "run", "cxrjepa.pretrain.api", "PretrainConfig", "run_pretrain", ("data", "teacher"), ("data",), "PretrainOptions"))
 register(StageDef("embed", "embeddings", "cxrjepa.embed.api", "EmbedConfig", "run_embed", ("encoder", "data", "weights"), ("encoder", "data"), "EmbedOptions", "embed_input_refs"))
 register(StageDef("probe", "probe", "cxrjepa.probe.api", "ProbeConfig", "run_probe", ("embeddings", "labels", "split"), ("embeddings",), "ProbeOptions"))
