@@ -131,3 +131,24 @@ def test_a_dataset_without_masks_is_a_clear_error(tmp_path):
     run_embed(tmp_path / "emb", EmbedConfig(), encoder="random:tiny/8", data=tmp_path / "ds", options=EmbedOptions(device="cpu"))
     res = probe(tmp_path / "emb", tmp_path / "probe")
     assert res.exit_code == 2 and "has no masks" in res.output
+
+
+def test_report_shows_dice_and_overlays(chain):
+    """The report's probe section has the Dice table and an overlay figure of predicted vs true masks."""
+    from PIL import Image
+
+    from cxrjepa.report.api import run_report
+
+    if not (chain / "probe" / "metrics.json").is_file():
+        assert probe(chain / "emb", chain / "probe").exit_code == 0
+    art = run_report(chain / "report", artifacts=[chain / "probe"], device="cpu")
+    html = (art.path / "index.html").read_text()
+    summary = (art.path / "summary.md").read_text()
+    assert "Segmentation: 1" in html and "Dice" in html and "IoU" in html
+    assert "segmentation: Dice" in summary  # the headline table lists the segmentation probe too
+    fig = art.path / "figures" / "probe-segmentation-overlays.png"
+    assert fig.is_file()
+    img = np.asarray(Image.open(fig).convert("RGB")).astype(int)
+    red = (img[..., 0] > 150) & (img[..., 1] < 110) & (img[..., 2] < 110)  # predicted fill
+    green = (img[..., 1] > 120) & (img[..., 0] < 90) & (img[..., 2] < 90)  # true outline
+    assert red.sum() > 200 and green.sum() > 200
