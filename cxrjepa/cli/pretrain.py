@@ -1,12 +1,109 @@
-"""cxrjepa pretrain (being built)."""
+"""cxrjepa pretrain: self-supervised pretraining of a ViT encoder on a dataset artifact."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-HELP = "Not built yet."
+from cxrjepa.cli.common import (
+    ConfigOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    PrintConfigOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    artifact_summary,
+    execute,
+    exit_code_for,
+    print_config,
+    resolve_config,
+)
+from cxrjepa.core.artifact import Artifact
+from cxrjepa.core.errors import EXIT_OK
+
+HELP = (
+    "Pretrain an encoder (I-JEPA by default) on a dataset artifact; writes a run artifact with checkpoints, "
+    "metrics and the exported encoder. --gpus N trains on N GPUs (torchrun); an interrupted run resumes "
+    "when the same command is run again."
+)
 
 
-def command() -> None:
-    typer.echo("cxrjepa pretrain is not built yet.", err=True)
-    raise typer.Exit(1)
+def _worker_argv(
+    data: Path, out: Path, config: list[Path] | None, sets: list[str] | None, objective: str | None,
+    gpus: int | None, max_steps: int | None, workers: int | None, tensorboard: bool,
+    resume: bool, force: bool, quiet: bool, verbose: bool,
+) -> list[str]:
+    """The arguments launched workers get: this command with absolute paths, without --json / --dry-run and
+    without the launcher's own options (workers take their rank and world size from torchrun; some of
+    those option names would also clash with torchrun's)."""
+    argv = ["pretrain", "--data", str(data.absolute()), "--out", str(out.absolute())]
+    for c in config or []:
+        argv += ["--config", str(Path(c).absolute())]
+    for s in sets or []:
+        argv += ["--set", s]
+    for flag, value in (("--objective", objective), ("--gpus", gpus), ("--max-steps", max_steps), ("--workers", workers)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += [flag for flag, on in (("--tensorboard", tensorboard), ("--no-resume", not resume), ("--force", force),
+                                   ("--quiet", quiet), ("--verbose", verbose)) if on]
+    return argv
+
+
+def command(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset artifact to train on (made by 'cxrjepa ingest').")] = None,
+    out: OutOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="Pretraining objective (default ijepa).")] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs on this node; 0 = CPU. Default: 1 GPU if CUDA is available, else CPU.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", help="Processes on this node; with --gpus 0, several CPU (gloo) processes.")] = None,
+    nnodes: Annotated[int, typer.Option("--nnodes", help="Number of nodes of a multi-node run (run the same command on each).")] = 1,
+    node_rank: Annotated[int, typer.Option("--node-rank", help="This node's index in a multi-node run (0 .. nnodes-1).")] = 0,
+    rdzv_endpoint: Annotated[str | None, typer.Option("--rdzv-endpoint", help="HOST:PORT of node 0 for a multi-node run.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (smoke tests); rerun without it to continue.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Data-loader workers per process (runtime.workers).")] = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard logs to RUN/tensorboard.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an interrupted run from its newest checkpoint (default), or start over.")] = True,
+    print_config_: PrintConfigOpt = False,
+    force: ForceOpt = False,
+    dry_run: DryRunOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    from cxrjepa.core.errors import UsageError
+    from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
+    from cxrjepa.pretrain.api import DryRun
+
+    flags = {"objective": objective, "runtime": {"workers": workers}}
+
+    def _run():
+        cfg = resolve_config(PretrainConfig, config, set_, flags)
+        if print_config_:
+            print_config(cfg)
+            return None
+        if data is None or out is None:
+            raise UsageError("Missing option '--data' or '--out': the dataset artifact to train on and the run folder.")
+        options = PretrainOptions(
+            gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+            max_steps=max_steps, tensorboard=tensorboard, resume=resume,
+            launch_argv=_worker_argv(data, out, config, set_, objective, gpus, max_steps, workers,
+                                     tensorboard, resume, force, quiet, verbose),
+        )
+        return run_pretrain(out, cfg, data=data, options=options, force=force, dry_run=dry_run)
+
+    def _summarize(result):
+        if isinstance(result, DryRun):
+            if not json_output:
+                typer.echo(result.text(), nl=False)
+            return result.as_dict(), EXIT_OK
+        if isinstance(result, Artifact):
+            return artifact_summary(result), exit_code_for(result)
+        return None, EXIT_OK
+
+    execute(_run, json_output=json_output, quiet=quiet, verbose=verbose, summarize=_summarize)

@@ -42,6 +42,8 @@ class EncoderConfig:
     drop_path: float = 0.0
     #: frames per tubelet for clip (video) encoders; 1 = a 2-D image encoder
     tubelet: int = 1
+    #: number of transformer blocks when not the size's default (e.g. a 6-block ViT-Tiny for CPU runs)
+    layers: int | None = None
 
     def validate(self) -> None:
         if self.patch_size not in (8, 14, 16, 32):
@@ -54,6 +56,8 @@ class EncoderConfig:
             raise ConfigError("'model.drop_path' must be in [0, 1).")
         if self.tubelet < 1:
             raise ConfigError("'model.tubelet' must be at least 1.")
+        if self.layers is not None and self.layers < 1:
+            raise ConfigError("'model.layers' must be at least 1 (or empty for the size's default).")
 
     @property
     def timm_model(self) -> str:
@@ -65,7 +69,11 @@ class EncoderConfig:
 
     @property
     def depth(self) -> int:
-        return SIZES[self.size][2]
+        return self.layers if self.layers is not None else SIZES[self.size][2]
+
+    @property
+    def mlp_ratio(self) -> float:
+        return 4.0 if self.size != "giant" else 48 / 11
 
     @property
     def num_heads(self) -> int:
@@ -76,9 +84,15 @@ class EncoderConfig:
         g = self.image_size // self.patch_size
         return g, g
 
+    def token_grid(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The token grid of an input of spatial ``shape`` ((H, W) images, (T, H, W) clips)."""
+        *time, h, w = shape
+        grid = (h // self.patch_size, w // self.patch_size)
+        return (time[0] // self.tubelet, *grid) if time else grid
+
     def timm_kwargs(self) -> dict:
         """Keyword arguments for ``timm.create_model(self.timm_model, pretrained=False, **kwargs)``."""
-        return {
+        kwargs = {
             "img_size": self.image_size,
             "patch_size": self.patch_size,
             "in_chans": self.in_chans,
@@ -89,6 +103,9 @@ class EncoderConfig:
             "dynamic_img_size": True,
             "drop_path_rate": self.drop_path,
         }
+        if self.layers is not None:
+            kwargs["depth"] = self.layers
+        return kwargs
 
 
 def create_vit(config: EncoderConfig) -> nn.Module:

@@ -1,0 +1,258 @@
+"""``run_pretrain``: the pretrain stage as a Python function (the CLI calls it)."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cxrjepa.core import console
+from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact, plan_artifact
+from cxrjepa.core.atomic import atomic_write_text
+from cxrjepa.core.config import dump_yaml, to_dict
+from cxrjepa.core.errors import CxrjepaError
+from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.data.store import DatasetArtifact
+from cxrjepa.pretrain import checkpoint as ckpt
+from cxrjepa.pretrain import distributed as D
+from cxrjepa.pretrain.config import PretrainConfig
+from cxrjepa.pretrain.monitors import METRICS_CSV, METRICS_JSONL, TENSORBOARD
+from cxrjepa.pretrain.trainer import Trainer, TrainOutcome, planned_steps
+
+KIND = "run"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class PretrainOptions:
+    """Operational settings (not fingerprinted): devices, processes, early stop, logging, resume."""
+
+    #: GPUs on this node (0 = CPU); None = one GPU if CUDA is available, else the CPU
+    gpus: int | None = None
+    #: processes on this node (CPU runs with several gloo processes; with GPUs it equals ``gpus``)
+    nproc: int | None = None
+    nnodes: int = 1
+    node_rank: int = 0
+    #: host:port of node 0 for multi-node rendezvous
+    rdzv_endpoint: str | None = None
+    #: stop after this many optimizer steps (the run stays resumable to its planned length)
+    max_steps: int | None = None
+    tensorboard: bool = False
+    #: continue from the newest complete checkpoint of an interrupted run with the same settings
+    resume: bool = True
+    #: cxrjepa arguments that reproduce this call in launched workers (the CLI sets them); None = write
+    #: the resolved config to a temporary file and pass that
+    launch_argv: list[str] | None = field(default=None, repr=False)
+
+
+@dataclass
+class DryRun:
+    """What ``run_pretrain(..., dry_run=True)`` would do."""
+
+    action: str
+    reason: str
+    processes: int
+    device: str
+    launch: str | None
+    resume_step: int
+    planned_steps: int
+    frames: int
+    config: dict
+
+    def as_dict(self) -> dict:
+        return to_dict(self.__dict__)
+
+    def text(self) -> str:
+        lines = [
+            f"# plan: {self.action} ({self.reason})",
+            f"# processes: {self.processes} on {self.device}",
+            f"# launch: {self.launch or 'this process (no launcher)'}",
+            f"# steps: {self.planned_steps} planned over {self.frames} frames"
+            + (f", resuming at {self.resume_step}" if self.resume_step else ""),
+            "# resolved config:",
+            dump_yaml(self.config).rstrip(),
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _device_words(nproc: int, cuda: bool, nnodes: int) -> str:
+    what = f"{nproc} GPU{'s' if nproc > 1 else ''}" if cuda else f"CPU ({nproc} gloo process{'es' if nproc > 1 else ''})"
+    return what + (f" per node x {nnodes} nodes" if nnodes > 1 else "")
+
+
+def _argv_from_config(out: Path, config: PretrainConfig, data: Path, options: PretrainOptions, force: bool) -> list[str]:
+    """Worker arguments for a call made from Python: the resolved config goes through a temporary file."""
+    tmp = Path(tempfile.mkdtemp(prefix="cxrjepa-launch-")) / CONFIG_FILE
+    tmp.write_text(dump_yaml(config))
+    argv = ["pretrain", "--data", str(data), "--out", str(out), "--config", str(tmp)]
+    if options.gpus is not None:
+        argv += ["--gpus", str(options.gpus)]
+    if options.max_steps is not None:
+        argv += ["--max-steps", str(options.max_steps)]
+    if options.tensorboard:
+        argv.append("--tensorboard")
+    if not options.resume:
+        argv.append("--no-resume")
+    if force:
+        argv.append("--force")
+    return argv
+
+
+def _resume_step(out: Path, action: str) -> int:
+    if action != "resume":
+        return 0
+    folder = ckpt.latest_checkpoint(out)
+    return int(ckpt.read_state(folder)["step"]) if folder else 0
+
+
+def _continues_early_stop(existing: dict | None, max_steps: int | None) -> bool:
+    """A complete run that was stopped by --max-steps continues when asked for more steps."""
+    if not existing or not (existing.get("contents") or {}).get("stopped_early"):
+        return False
+    counts = existing.get("counts") or {}
+    done, planned = int(counts.get("steps", 0)), int(counts.get("planned_steps", 0))
+    want = min(planned, max_steps) if max_steps else planned
+    return want > done
+
+
+def run_pretrain(
+    out: str | Path,
+    config: PretrainConfig,
+    *,
+    data: str | Path,
+    options: PretrainOptions | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+) -> Artifact | DryRun | None:
+    """Pretrain ``config``'s objective on the dataset artifact ``data`` into the run artifact ``out``.
+
+    Launches torchrun workers when more than one process is asked for (unless this process is already
+    one); returns the run artifact (``None`` on non-zero ranks), or a :class:`DryRun` with ``dry_run``.
+    """
+    options = options or PretrainOptions()
+    out, data = Path(out).absolute(), Path(data).absolute()
+    dataset = DatasetArtifact.open(data)
+    refs = input_refs({"data": data})
+    nproc, cuda = D.plan_processes(options.gpus, options.nproc)
+    world = nproc * options.nnodes
+    launching = world > 1 and not D.in_worker()
+    if dry_run:
+        plan = plan_artifact(out, KIND, config.science(), refs, force=force or not options.resume)
+        action = plan.action
+        if action == "skip" and _continues_early_stop(plan.existing, options.max_steps):
+            action, plan.reason = "resume", "continue a run stopped early by --max-steps"
+        launch = None
+        if launching:
+            argv = options.launch_argv or ["pretrain", "..."]
+            launch = D.format_command(
+                D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,
+                                 rdzv_endpoint=options.rdzv_endpoint)
+            )
+        frames = int(dataset.images.shape[0])
+        return DryRun(action, plan.reason, world, _device_words(nproc, cuda, options.nnodes), launch,
+                      _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config))
+    if launching:
+        argv = options.launch_argv or _argv_from_config(out, config, data, options, force)
+        cmd = D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,
+                               rdzv_endpoint=options.rdzv_endpoint)
+        console.info(f"Launching {world} processes: {D.format_command(cmd)}")
+        code = D.run_launch(cmd, cpu_threads=None if cuda else max(1, D.cpu_count() // nproc))
+        if code != 0:
+            raise CxrjepaError(
+                f"The training processes failed (exit code {code}); see their messages above. "
+                "Rerun the same command to resume from the last checkpoint."
+            )
+        return open_artifact(out, KIND) if options.node_rank == 0 else None
+    info = D.init_worker(cuda)
+    try:
+        return _train(out, config, dataset, refs, info, options, force)
+    finally:
+        D.shutdown(info)
+
+
+def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], info: D.DistInfo,
+           options: PretrainOptions, force: bool) -> Artifact | None:
+    science = config.science()
+    force = force or not options.resume
+    run_options = {
+        "runtime": to_dict(config.runtime),
+        "processes": info.world,
+        "device": info.device.type,
+        "max_steps": options.max_steps,
+        "tensorboard": options.tensorboard,
+    }
+    decision = begin(out, KIND, science, refs, options=run_options, force=force, dry_run=True)
+    continue_early = decision.skipped and _continues_early_stop(decision.existing, options.max_steps)
+    if decision.skipped and not continue_early:
+        if info.is_main:
+            console.info(f"'{out}' is up to date; pass --force to train again.")
+        return decision.existing_artifact() if info.is_main else None
+    D.barrier(info)  # every rank has decided before rank 0 changes the folder
+    builder = decision
+    if info.is_main:
+        if continue_early:
+            builder.action = "resume"
+            builder.created = (decision.existing or {}).get("created", builder.created)
+            builder.write_partial()
+        else:
+            builder = begin(out, KIND, science, refs, options=run_options, force=force)
+        atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
+    D.barrier(info)
+    trainer = Trainer(out, config, dataset, info, max_steps=options.max_steps, tensorboard=options.tensorboard,
+                      resume=True, fingerprint=builder.fingerprint)
+    outcome = trainer.fit()
+    artifact = None
+    if info.is_main:
+        artifact = _finish(builder, config, trainer, outcome, options)
+    D.barrier(info)
+    return artifact
+
+
+def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOutcome, options: PretrainOptions) -> Artifact:
+    out = builder.path
+    batch = config.train.batch_size
+    frames = trainer.frames
+    builder.counts.update(
+        {
+            "steps": outcome.steps,
+            "planned_steps": outcome.total_steps,
+            "images_seen": outcome.steps * batch,
+            "epochs": round(outcome.steps * batch / max(frames, 1), 3),
+            "frames": frames,
+            "collapse_warnings": outcome.collapse_warnings,
+        }
+    )
+    export = outcome.export
+    final = {k: outcome.last[k] for k in ("loss", "feat_std", "rankme", "images_per_s", "mfu") if k in outcome.last}
+    builder.contents.update(
+        {
+            "objective": config.objective,
+            "config": CONFIG_FILE,
+            "metrics": [METRICS_JSONL, METRICS_CSV],
+            "checkpoints": [f"{ckpt.CHECKPOINTS}/{p.name}" for _, p in ckpt.list_checkpoints(out)],
+            "encoder": {
+                "weights": "encoder/encoder.safetensors",
+                "config": "encoder/config.json",
+                "timm_model": export.get("timm_model"),
+                "embed_dim": export.get("embed_dim"),
+                "image_size": export.get("image_size"),
+                "patch_size": export.get("patch_size"),
+                "weights_sha256": export.get("weights_sha256"),
+                "normalization": export.get("normalization"),
+            },
+            "final": final,
+            "stopped_early": outcome.stopped_early,
+            "world_size": outcome.world,
+            "strategy": outcome.strategy,
+        }
+    )
+    if options.tensorboard:
+        builder.contents["tensorboard"] = TENSORBOARD
+    if outcome.stopped_early:
+        builder.notes.append(
+            f"Stopped early by --max-steps at step {outcome.steps} of {outcome.total_steps}; "
+            "rerun without --max-steps to continue."
+        )
+    if outcome.collapse_warnings:
+        builder.notes.append("The collapse monitor fired during training; see feat_std and rankme in metrics.jsonl.")
+    return builder.finish(hash_obj({"weights": export.get("weights_sha256"), "steps": outcome.steps}))

@@ -1,0 +1,123 @@
+"""The pretrain config: science settings (fingerprinted) plus a ``runtime`` section (not fingerprinted).
+
+Precedence: these defaults < ``--config`` files < CLI flags < ``--set a.b=value``. The defaults are the
+RadJEPA-like recipe (ViT-B/16 at 224 px, I-JEPA); recipes in ``pipelines/`` change them.
+
+``runtime`` holds how the run is executed (parallelism strategy, compile, activation checkpointing,
+gradient accumulation, loader workers, logging and checkpoint cadence). Changing it never makes a run
+stale: a run interrupted on 8 GPUs can resume on 4 with another ``runtime.grad_accum`` and continue the
+same training, because the global batch, the data order and the masks do not depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cxrjepa.core.config import to_dict
+from cxrjepa.core.errors import ConfigError
+from cxrjepa.models.vit import EncoderConfig
+from cxrjepa.pretrain.augment import AugmentConfig
+from cxrjepa.pretrain.objectives.ijepa import IJEPAConfig
+from cxrjepa.pretrain.optim import OptimConfig
+
+
+@dataclass
+class TrainConfig:
+    """How long and on how much data per step."""
+
+    #: global batch (all processes and accumulation steps together)
+    batch_size: int = 256
+    epochs: float = 100.0
+    #: total optimizer steps; overrides ``epochs`` when set
+    steps: int | None = None
+    seed: int = 0
+    #: auto = bf16 autocast on CUDA (fp32 master weights, no loss scaler), fp32 on CPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError("'train.batch_size' must be at least 1.")
+        if self.steps is None and self.epochs <= 0:
+            raise ConfigError("'train.epochs' must be positive (or set 'train.steps').")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError("'train.steps' must be at least 1.")
+
+
+@dataclass
+class RuntimeConfig:
+    """How the run is executed. Not part of the fingerprint: changing it never restarts a run."""
+
+    #: auto = FSDP2 (fully_shard per block) for huge/giant encoders, DDP otherwise
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    #: torch.compile each transformer block (CUDA)
+    compile: bool = False
+    #: recompute block activations in the backward pass (saves memory, costs ~30 % speed)
+    activation_checkpointing: bool = False
+    #: split each process's share of the global batch into this many micro-batches
+    grad_accum: int = 1
+    #: data-loader worker processes per training process; empty = automatic
+    workers: int | None = None
+    prefetch: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    #: TF32 matrix multiplies for the remaining fp32 work on CUDA
+    tf32: bool = True
+    #: fused AdamW on CUDA
+    fused_optim: bool = True
+    #: deterministic algorithms (slower on CUDA; CPU runs are deterministic anyway)
+    deterministic: bool = False
+    log_every: int = 10
+    #: target-feature std / RankMe on a fixed batch every this many steps (0 = only at the end)
+    monitor_every: int = 100
+    monitor_batch: int = 256
+    #: warn loudly when the target-feature std falls below this (healthy runs stay near 1)
+    collapse_std: float = 0.05
+    #: ... or when RankMe falls below this fraction of min(monitor batch, width)
+    collapse_rank: float = 0.02
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    #: peak dense bf16 TFLOP/s per GPU for MFU; empty = known value for the GPU model
+    peak_tflops: float | None = None
+
+    def validate(self) -> None:
+        if self.grad_accum < 1:
+            raise ConfigError("'runtime.grad_accum' must be at least 1.")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError("'runtime.workers' must not be negative.")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise ConfigError("'runtime.log_every' and 'runtime.checkpoint_every' must be at least 1.")
+        if self.keep_last < 1:
+            raise ConfigError("'runtime.keep_last' must be at least 1.")
+        if self.monitor_every < 0 or self.monitor_batch < 2:
+            raise ConfigError("'runtime.monitor_every' must not be negative and 'runtime.monitor_batch' at least 2.")
+
+
+def _default_model() -> EncoderConfig:
+    return EncoderConfig(size="base", patch_size=16, image_size=224)
+
+
+@dataclass
+class PretrainConfig:
+    """Everything ``cxrjepa pretrain`` needs besides paths and devices."""
+
+    #: pretraining objective (see cxrjepa.pretrain.objectives)
+    objective: str = "ijepa"
+    model: EncoderConfig = field(default_factory=_default_model)
+    ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def validate(self) -> None:
+        from cxrjepa.pretrain.objectives import OBJECTIVES
+
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"'objective' must be one of {', '.join(sorted(OBJECTIVES))}, not '{self.objective}'.")
+
+    def science(self) -> dict:
+        """The fingerprinted part: everything but ``runtime``."""
+        data = to_dict(self)
+        data.pop("runtime")
+        return data

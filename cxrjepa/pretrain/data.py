@@ -1,0 +1,213 @@
+"""The pretraining data stream: which frames each step sees, their crops, and their masks.
+
+Design: every random choice is a pure function of ``(seed, step, position in the global batch)``.
+
+* :class:`StepSampler` walks an endless stream made of one seeded permutation of the frames per epoch;
+  global step ``s`` takes stream positions ``[s * B, (s + 1) * B)``. Each process takes its slice of that
+  global batch and splits it into micro-batches. Resuming at step ``s`` is starting the sampler at ``s``.
+* :class:`PretrainImages` crops sample ``(step, pos, frame)`` with a generator seeded by
+  ``(seed, step, pos)``.
+* :class:`Collator` builds the masks of the whole global batch from ``(seed, step)`` and keeps its rows.
+
+So the data a run sees does not depend on the number of processes, loader workers or accumulation
+steps, and an interrupted run continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cxrjepa.core.errors import ConfigError
+from cxrjepa.data.loader import FrameDataset, worker_init
+from cxrjepa.data.store import DatasetArtifact
+from cxrjepa.pretrain.augment import AugmentConfig, RandomResizedCrop, resize
+from cxrjepa.pretrain.masks import Masks
+
+Key = tuple[int, int, int]  # (global step, position in the global batch, frame index)
+
+_SAMPLE_STREAM = 1
+_MASK_STREAM = 2
+_ORDER_STREAM = 3
+
+
+def sample_rng(seed: int, step: int, pos: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _SAMPLE_STREAM, step, pos])
+
+
+def mask_rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _MASK_STREAM, step])
+
+
+class StepSampler(Sampler):
+    """Yields the micro-batches of keys of one process, from ``start_step`` to ``total_steps``."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        global_batch: int,
+        seed: int,
+        total_steps: int,
+        *,
+        start_step: int = 0,
+        world: int = 1,
+        rank: int = 0,
+        accum: int = 1,
+    ):
+        if num_samples < 1:
+            raise ConfigError("The dataset has no frames to train on.")
+        if global_batch % (world * accum):
+            raise ConfigError(
+                f"'train.batch_size' ({global_batch}) must be divisible by processes x runtime.grad_accum "
+                f"({world} x {accum})."
+            )
+        self.n = num_samples
+        self.batch = global_batch
+        self.seed = seed
+        self.total = total_steps
+        self.start = start_step
+        self.world, self.rank, self.accum = world, rank, accum
+        self.micro = global_batch // (world * accum)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            perm = self._perms[epoch] = np.random.default_rng([self.seed, _ORDER_STREAM, epoch]).permutation(self.n)
+        return perm
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """Frame indices of the global batch of ``step`` (B,)."""
+        stream = np.arange(step * self.batch, (step + 1) * self.batch, dtype=np.int64)
+        epochs, offsets = np.divmod(stream, self.n)
+        out = np.empty(self.batch, dtype=np.int64)
+        for e in np.unique(epochs):
+            sel = epochs == e
+            out[sel] = self.permutation(int(e))[offsets[sel]]
+        return out
+
+    def epoch_at(self, step: int) -> float:
+        return step * self.batch / self.n
+
+    def micro_batches(self, step: int) -> list[list[Key]]:
+        idx = self.global_indices(step)
+        share = self.batch // self.world
+        out = []
+        for m in range(self.accum):
+            lo = self.rank * share + m * self.micro
+            out.append([(step, p, int(idx[p])) for p in range(lo, lo + self.micro)])
+        return out
+
+    def __iter__(self):
+        for step in range(self.start, self.total):
+            yield from self.micro_batches(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start) * self.accum
+
+
+class PretrainImages(Dataset):
+    """Frames of a dataset artifact as normalised random-resized crops, addressed by :data:`Key`."""
+
+    def __init__(self, data: DatasetArtifact, size: int, augment: AugmentConfig, normalization: dict, seed: int):
+        self.frames = FrameDataset(data)
+        self.crop = RandomResizedCrop(size, augment)
+        self.seed = seed
+        # frames arrive as stored / max; model input is (stored / divide_by - mean) / std
+        self.gain = float(data.max_value) / float(normalization["divide_by"])
+        self.mean = float(normalization["mean"])
+        self.std = float(normalization["std"])
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def normalize(self, img01: np.ndarray) -> np.ndarray:
+        return ((img01 * self.gain - self.mean) / self.std).astype(np.float32, copy=False)
+
+    def _item(self, img01: np.ndarray, key: Key) -> dict:
+        step, pos, idx = key
+        out = self.crop(img01, sample_rng(self.seed, step, pos))
+        return {"image": self.normalize(out)[None], "step": step, "pos": pos, "index": idx}
+
+    def __getitem__(self, key: Key) -> dict:
+        img = self.frames[key[2]]["image"][0].numpy()
+        return self._item(img, key)
+
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict]:
+        """A micro-batch in one zarr read (shards are fetched concurrently), then per-sample crops."""
+        frames = np.asarray([int(self.frames.indices[k[2]]) for k in keys], dtype=np.int64)
+        unique, inverse = np.unique(frames, return_inverse=True)
+        arr = np.asarray(self.frames.data.images.oindex[unique])
+        scale = np.float32(self.frames.scale)
+        return [self._item(arr[j].astype(np.float32) * scale, key) for j, key in zip(inverse, keys)]
+
+
+class Collator:
+    """Stacks crops and attaches the masks of their rows of the global batch (picklable for workers)."""
+
+    def __init__(self, masks: Callable[[np.random.Generator, int], Masks] | None, global_batch: int, seed: int):
+        self.masks = masks
+        self.global_batch = global_batch
+        self.seed = seed
+        self._cache: tuple[int, Masks] | None = None
+
+    def global_masks(self, step: int) -> Masks:
+        if self._cache is None or self._cache[0] != step:
+            self._cache = (step, self.masks(mask_rng(self.seed, step), self.global_batch))
+        return self._cache[1]
+
+    def __call__(self, items: list[dict]) -> dict:
+        step = int(items[0]["step"])
+        out = {
+            "images": torch.from_numpy(np.stack([it["image"] for it in items])),
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
+            "step": step,
+        }
+        if self.masks is not None:
+            rows = self.global_masks(step).rows(np.asarray([it["pos"] for it in items]))
+            out["context"] = torch.from_numpy(rows.context)
+            out["targets"] = torch.from_numpy(rows.targets)
+        return out
+
+
+def default_workers(procs_per_node: int = 1) -> int:
+    """Loader workers per training process: the node's cores shared out, one left for the process, 1..8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus // max(procs_per_node, 1) - 1))
+
+
+def build_loader(
+    dataset: PretrainImages,
+    sampler: StepSampler,
+    collator: Collator,
+    *,
+    workers: int,
+    pin_memory: bool = False,
+    prefetch: int = 4,
+    persistent: bool = True,
+) -> DataLoader:
+    kwargs = {}
+    if workers > 0:
+        kwargs = {"prefetch_factor": prefetch, "persistent_workers": persistent, "worker_init_fn": worker_init}
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collator, num_workers=workers, pin_memory=pin_memory, **kwargs
+    )
+
+
+def fixed_batch(data: DatasetArtifact, count: int, size: int, normalization: dict) -> torch.Tensor:
+    """``count`` frames spread evenly over the dataset, whole (no crop), resized and normalised: (N, 1, S, S)."""
+    images = PretrainImages(data, size, AugmentConfig(), normalization, seed=0)
+    n = len(images)
+    idx = np.unique(np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64))
+    arr = np.asarray(data.images.oindex[idx]).astype(np.float32) * np.float32(images.frames.scale)
+    out = np.stack([images.normalize(resize(a, size))[None] for a in arr])
+    return torch.from_numpy(out)

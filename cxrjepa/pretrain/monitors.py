@@ -1,0 +1,189 @@
+"""Training monitors: metrics files, collapse measures, throughput and MFU.
+
+* ``metrics.jsonl`` (one JSON object per logged step) and ``metrics.csv`` (the contract's columns) always;
+  TensorBoard scalars with ``--tensorboard``. On resume both files are cut back to the checkpoint's step, so
+  they hold each step once.
+* ``feat_std``: standard deviation, over the tokens of a fixed batch, of the layer-normed features the
+  objective watches (I-JEPA: the EMA target's, i.e. the regression targets), averaged over channels. Healthy
+  runs stay near 1; a collapsed target (every token alike) goes to 0.
+* ``rankme``: effective rank (exp of the entropy of the normalised singular values; Garrido et al. 2023) of
+  the mean-pooled features of the fixed batch; at most min(batch, width).
+* ``mfu``: matrix FLOPs the objective needs per step (analytic count) / elapsed time / peak dense bf16 FLOP/s.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cxrjepa.core import console
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+TENSORBOARD = "tensorboard"
+COLUMNS = (
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "wd",
+    "momentum",
+    "grad_norm",
+    "feat_std",
+    "rankme",
+    "images_per_s",
+    "mfu",
+    "gpu_mem_gb",
+    "time_s",
+)
+
+#: peak dense bf16 tensor-core FLOP/s by GPU model (vendor datasheets, without sparsity)
+PEAK_BF16_TFLOPS = (
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM / NVL
+    ("H800", 989.0),
+    ("GH200", 989.0),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
+    ("RTX 4090", 165.0),
+    ("RTX 3090", 71.0),
+    ("V100", 125.0),  # fp16 (no bf16)
+)
+
+
+def peak_flops(device: torch.device, override_tflops: float | None = None) -> float | None:
+    """Peak dense bf16 FLOP/s of ``device`` (None on CPU or an unknown GPU without an override)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in name:
+            return tflops * 1e12
+    return None
+
+
+def rankme(features: torch.Tensor, eps: float = 1e-7) -> float:
+    """Effective rank of a (N, D) feature matrix."""
+    s = torch.linalg.svdvals(features.float())
+    p = s / (s.sum() + eps) + eps
+    return float(torch.exp(-(p * torch.log(p)).sum()))
+
+
+def feature_std(tokens: torch.Tensor) -> float:
+    """Mean over channels of the std over all tokens of layer-normed (B, L, D) features."""
+    x = F.layer_norm(tokens.float(), (tokens.shape[-1],)).reshape(-1, tokens.shape[-1])
+    return float(x.std(dim=0).mean())
+
+
+class CollapseWatch:
+    """Warns loudly (once per episode) when the feature std or RankMe falls below its floor."""
+
+    def __init__(self, std_floor: float, rank_fraction: float):
+        self.std_floor = std_floor
+        self.rank_fraction = rank_fraction
+        self.alarmed = False
+        self.warnings = 0
+
+    def check(self, step: int, std: float, rank: float, rank_cap: int) -> bool:
+        rank_floor = max(1.5, self.rank_fraction * rank_cap)
+        collapsed = std < self.std_floor or rank < rank_floor
+        if collapsed and not self.alarmed:
+            self.warnings += 1
+            console.loud_warning(
+                f"representation collapse suspected at step {step}: target-feature std {std:.4f} "
+                f"(floor {self.std_floor}), RankMe {rank:.1f} (floor {rank_floor:.1f}). "
+                "Check the learning rate, the EMA momentum and the masks; resume from an earlier checkpoint."
+            )
+        self.alarmed = collapsed
+        return collapsed
+
+
+class MetricsLog:
+    """Appends metric rows to metrics.jsonl / metrics.csv (and TensorBoard); a no-op when not ``enabled``."""
+
+    def __init__(self, run: str | Path, *, enabled: bool = True, tensorboard: bool = False, resume_step: int | None = None):
+        self.run = Path(run)
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        self.jsonl = self.run / METRICS_JSONL
+        self.csv = self.run / METRICS_CSV
+        rows = self.read(self.run) if resume_step is not None else []
+        rows = [r for r in rows if int(r.get("step", 0)) <= (resume_step or 0)]
+        with open(self.jsonl, "w") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+        with open(self.csv, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                console.warn("TensorBoard is not installed (pip install tensorboard); metrics go to CSV/JSONL only.")
+            else:
+                self._tb = SummaryWriter(str(self.run / TENSORBOARD), purge_step=resume_step)
+
+    @staticmethod
+    def read(run: str | Path) -> list[dict]:
+        path = Path(run) / METRICS_JSONL
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut by a crash
+                continue
+        return rows
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.jsonl, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        with open(self.csv, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+        if self._tb is not None:
+            step = int(row["step"])
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"pretrain/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None
+
+
+def format_row(row: dict, total: int) -> str:
+    parts = [f"step {row['step']}/{total}"]
+    for key, fmt in (
+        ("loss", "{:.4f}"),
+        ("lr", "{:.2e}"),
+        ("momentum", "{:.4f}"),
+        ("grad_norm", "{:.3f}"),
+        ("feat_std", "{:.3f}"),
+        ("rankme", "{:.1f}"),
+        ("images_per_s", "{:.1f} img/s"),
+        ("mfu", "{:.1%} MFU"),
+        ("gpu_mem_gb", "{:.1f} GB"),
+    ):
+        if row.get(key) is not None:
+            value = fmt.format(row[key])
+            parts.append(value if " " in fmt else f"{key} {value}")
+    return "  ".join(parts)

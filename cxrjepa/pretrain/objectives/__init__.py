@@ -1,0 +1,27 @@
+"""Pretraining objectives, by name (``objective:`` in the config, ``--objective`` on the command line).
+
+An objective is a :class:`~cxrjepa.pretrain.objectives.base.Objective`: it owns its modules (a trainable
+``student`` and any frozen ones, like I-JEPA's EMA target or SALT's teacher), says which masks the data
+stream must carry, computes the loss, updates itself after each optimizer step, and names the encoder to
+export. The trainer does the rest (devices, parallelism, precision, schedules, checkpoints, monitors).
+To add one: subclass ``Objective`` in a module here and add it to :data:`OBJECTIVES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: objective name -> "module:Class"
+OBJECTIVES: dict[str, str] = {
+    "ijepa": "cxrjepa.pretrain.objectives.ijepa:IJEPA",
+}
+
+
+def objective_class(name: str):
+    module, cls = OBJECTIVES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_objective(config):
+    """The objective named by ``config.objective``, built from ``config`` (a PretrainConfig)."""
+    return objective_class(config.objective)(config)
