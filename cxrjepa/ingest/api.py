@@ -101,7 +101,7 @@ def run_ingest(
     if dry_run:
         from cxrjepa.ingest.dryrun import dry_run_report
 
-        return dry_run_report(out, sources, ctx, workers, builder.action)
+        return dry_run_report(out, sources, ctx, workers, builder.action, mask_sources)
     staging = Staging(out)
     if builder.skipped:
         staging.remove()

@@ -74,8 +74,8 @@ def load_data(emb, index: pd.DataFrame, config: SegmentationConfig, *, device: s
     if ds.masks is None:
         raise UsageError(f"The dataset '{ds.path}' has no masks; ingest it with --masks (see docs/segmentation.md).")
     has = ds.meta["has_mask"].fillna(False).astype(bool).to_numpy() if "has_mask" in ds.meta else np.zeros(len(ds.meta), bool)
-    if len(ds.meta) != len(index):
-        raise UsageError("The embeddings and their dataset have different numbers of samples; re-run 'cxrjepa embed'.")
+    if len(ds.meta) != len(index) or not np.array_equal(ds.meta["sample_id"].astype(str).to_numpy(), index["sample_id"].astype(str).to_numpy()):
+        raise UsageError("The embeddings' rows are not the samples of their dataset; re-run 'cxrjepa embed'.")
     rows = np.flatnonzero(has & (ds.meta["frame_count"].to_numpy() == 1))
     if len(rows) == 0:
         raise UsageError(f"No sample of the dataset '{ds.path}' has a mask; check the --masks folder given to ingest.")

@@ -268,3 +268,19 @@ def test_demo_archive_with_its_masks(tmp_path):
     for f in range(6):  # lungs are darker than the mediastinum around them in every stored image
         img, m = np.asarray(ds.images[f]).astype(float), np.asarray(ds.masks[f]) > 0
         assert m.mean() > 0.1 and img[m].mean() < img[~m & (img > 0)].mean()
+
+
+def test_dry_run_reports_the_pairing(tmp_path):
+    src, lab = tmp_path / "in", tmp_path / "masks"
+    for d in (src, lab):
+        d.mkdir()
+    for name in ("a", "b", "c"):
+        img, mask = shape_image(30, 30, seed=ord(name))
+        cv2.imwrite(str(src / f"{name}.png"), img)
+        if name != "c":
+            cv2.imwrite(str(lab / f"{name}_mask.png"), mask)
+    cv2.imwrite(str(lab / "zzz.png"), mask)
+    plan = run_ingest(tmp_path / "out", IngestConfig(size=32), sources=[src], masks=[lab], dry_run=True,
+                      options=IngestOptions(workers=1))
+    assert plan["masks"]["inputs_with_masks"] == 2 and plan["masks"]["mask_files_unmatched"] == 1
+    assert plan["would_ingest"] == 3 and not (tmp_path / "out").exists()

@@ -509,7 +509,7 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int
     picks = [s for s in picks if s in pos]
     grey = [readers.to_unit(f) for f in readers.read_frames(images, frames)]
     truth = readers.read_frames(masks, frames)
-    rows = [("image · truth", "#333333", [figures.Tile(overlay(g, t, None), "true mask") for g, t in zip(grey, truth)])]
+    rows = [("image\ntrue mask", "#333333", [figures.Tile(overlay(g, t, None), "true mask") for g, t in zip(grey, truth)])]
     for e, s in have:
         preds = readers.read_segmentation_predictions(e.node.path, s.get("predictions"))
         tab = table if e is e0 else readers.read_segmentation(e.node.path, s.get("per_image"))
@@ -528,11 +528,11 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int
                 pred = np.asarray(group[head][index[sid]])
                 d = tab[(tab["sample_id"] == sid) & (tab["head"] == head)]["dice"].mean() if tab is not None else np.nan
                 tiles.append(figures.Tile(overlay(g, t, pred), f"Dice {d:.3f}" if np.isfinite(d) else ""))
-            rows.append((f"{e.label} · {head}", e.variant.color, tiles))
+            rows.append((f"{e.label}\n{head} head", e.variant.color, tiles))
     if len(rows) < 2:
         sec.note("Segmentation overlays are left out: the probes stored no predicted masks.")
         return
-    sec.add(ctx.figure("probe-segmentation-overlays", figures.tile_rows(rows, cell=1.6),
+    sec.add(ctx.figure("probe-segmentation-overlays", figures.tile_rows(rows, cell=1.6, label_chars=24),
                        alt=f"Test images ordered from the lowest to the highest Dice of {e0.label} · {head0}; first row the true "
                            "masks outlined in green, then one row per run and head with the predicted mask filled in red and "
                            "the true outline in green.",
