@@ -31,7 +31,7 @@ from torch import nn
 from cxrjepa.core import console
 from cxrjepa.core.errors import UsageError
 from cxrjepa.probe import seg_metrics
-from cxrjepa.probe.config import HEADS, IGNORE, SegmentationConfig
+from cxrjepa.probe.config import IGNORE, SegmentationConfig
 
 PER_IMAGE = "segmentation.parquet"
 PREDICTIONS = "segmentation.zarr"
