@@ -27,7 +27,8 @@ HELP = (
     "into one normalized, sharded zarr dataset with a metadata table and a failure ledger.\n\n"
     "Inputs are recognised by content; bad inputs are ledgered, never fatal (exit code 3 when some were "
     "rejected). An interrupted run resumes when rerun with the same command. Example:\n\n"
-    "  cxrjepa ingest /archive/cxr --out data/cxr --size 256 --labels labels.csv --key path"
+    "  cxrjepa ingest /archive/cxr --out data/cxr --size 256 --labels labels.csv --key path\n\n"
+    "  cxrjepa ingest DEMO/dicom --out data/demo --masks lung=DEMO/masks"
 )
 
 
@@ -44,6 +45,14 @@ def command(
         int, typer.Option("--unit-size", help="Inputs per work unit, the resume granularity (0 = chosen from the input count).")
     ] = 0,
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV of labels to join into the metadata table.")] = None,
+    masks: Annotated[
+        list[str] | None,
+        typer.Option("--masks", help="Folder of mask files paired with the inputs by file name (IMG1.png or IMG1_mask.png for IMG1.dcm) "
+                     "and stored with each image's geometry; NAME=FOLDER for binary masks of one class (repeat per class)."),
+    ] = None,
+    mask_col: Annotated[
+        str | None, typer.Option("--mask-col", help="Column of the labels CSV with mask file paths (relative to the CSV), instead of --masks.")
+    ] = None,
     key: Annotated[
         str | None, typer.Option("--key", help="How label rows find their sample: path, filename, sop_uid or study_uid (default path).")
     ] = None,
@@ -74,6 +83,7 @@ def command(
         "size": size,
         "dtype": dtype,
         "labels_key": key,
+        "labels_mask_column": mask_col,
         "modality": modality.split(",") if modality else None,
         "clip_fps": fps,
         "max_frames": max_frames,
@@ -88,6 +98,6 @@ def command(
             print_config(cfg)
             return None
         options = IngestOptions(workers=workers, unit_size=unit_size, salt_file=salt_file)
-        return run_ingest(out, cfg, sources=sources, labels=labels, options=options, force=force, dry_run=dry_run)
+        return run_ingest(out, cfg, sources=sources, labels=labels, masks=masks, options=options, force=force, dry_run=dry_run)
 
     execute(run, json_output=json_output, quiet=quiet, verbose=verbose)

@@ -27,7 +27,8 @@ from cxrjepa.core.errors import UsageError
 HELP = (
     "Probe embeddings on labelled tasks: patient-level split (saved as split.csv, reused), linear and kNN "
     "probes with bootstrap 95% intervals, few-shot fractions, subgroup gaps, sex/age prediction and "
-    "robustness to corruptions. --json prints the metrics."
+    "robustness to corruptions; with --task segmentation, dense probes (linear and small conv heads on patch "
+    "tokens, Dice and IoU) against the dataset's masks. --json prints the metrics."
 )
 
 
@@ -55,7 +56,8 @@ def command(
     labels: Annotated[Path | None, typer.Option("--labels", help="CSV of labels to join to the embeddings (default: the dataset's label columns).")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Join key for --labels: a column in both (sample_id, source_path, ...) or CSVCOL=INDEXCOL.")] = None,
     label_col: Annotated[list[str] | None, typer.Option("--label-col", help="Label column to probe (repeatable or comma-separated; default: all).")] = None,
-    task: Annotated[list[str] | None, typer.Option("--task", help="Set a task type: COLUMN=binary|multiclass|multilabel|regression (repeatable).")] = None,
+    task: Annotated[list[str] | None, typer.Option("--task", help="Set a task type: COLUMN=binary|multiclass|multilabel|regression (repeatable); "
+                                                               "'--task segmentation' trains dense probes on patch tokens against the dataset's masks.")] = None,
     positive: Annotated[list[str] | None, typer.Option("--positive", help="Positive class of a binary task: COLUMN=CLASS (repeatable).")] = None,
     split: Annotated[Path | None, typer.Option("--split", help="Reuse this split.csv (e.g. another probe's) instead of a new patient-level split.")] = None,
     features: Annotated[str | None, typer.Option("--features", help="Embeddings array to probe: features or features_last4.")] = None,
@@ -83,9 +85,12 @@ def command(
                 fs = [] if fewshot.strip().lower() in ("none", "off", "") else [float(v) for v in fewshot.split(",") if v.strip()]
             except ValueError:
                 raise UsageError(f"--fewshot must be percentages like 1,5,10,50,100, not '{fewshot}'.") from None
+        seg = [t for t in task or [] if t.strip().lower() == "segmentation"]
+        others = [t for t in task or [] if t.strip().lower() != "segmentation"]
         flags = {
             "tasks": _split_list(label_col),
-            "task_types": _pairs(task, "--task"),
+            "task_types": _pairs(others, "--task"),
+            "segmentation": {"enabled": True if seg else None},
             "positive": _pairs(positive, "--positive"),
             "key": key,
             "features": features,

@@ -16,6 +16,7 @@ from cxrjepa.ingest import ledger
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
 from cxrjepa.ingest.context import Context
 from cxrjepa.ingest.discover import discover
+from cxrjepa.ingest.masks import MaskSource, Pairing, pair_masks, pair_masks_from_csv, parse_sources
 from cxrjepa.ingest.phi import Salt, load_salt
 from cxrjepa.ingest.pool import default_workers, executor, process_units, run_tasks
 from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
@@ -24,13 +25,15 @@ LOCK = ".ingest.lock"
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
-def _source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt: Salt) -> list[dict]:
+def _source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt: Salt, masks: Sequence[MaskSource] = ()) -> list[dict]:
     refs = []
     for i, src in enumerate(sources):
         s = str(src)
         refs.append(raw_input_ref(f"source[{i}]", s[1:]) if s.startswith("@") else input_refs({f"source[{i}]": s})[0])
     if labels is not None:
         refs.extend(input_refs({"labels": str(labels)}))
+    for i, m in enumerate(masks):  # a class name changes the stored labels: it is part of the reference
+        refs.append(raw_input_ref(f"masks[{i}]" + (f"={m.name}" if m.name else ""), m.path))
     refs.append({"name": "salt", "path": "", "kind": "salt", "fingerprint": salt.tag})
     return refs
 
@@ -66,11 +69,16 @@ def run_ingest(
     *,
     sources: Sequence[str | Path],
     labels: str | Path | None = None,
+    masks: Sequence[str | Path] | str | Path | None = None,
     options: IngestOptions | None = None,
     force: bool = False,
     dry_run: bool = False,
 ) -> Artifact | dict:
     """Ingest ``sources`` (folders, files, ``@list`` files) into the dataset artifact ``out``.
+
+    ``masks``: folders of mask files (``DIR`` or ``NAME=DIR``, see :mod:`cxrjepa.ingest.masks`) stored as
+    ``data.zarr/masks`` with each image's geometry; ``config.labels_mask_column`` takes them from the
+    labels CSV instead.
 
     Returns the complete :class:`Artifact`, or with ``dry_run`` a dict describing what would happen
     (nothing is written). Resumes an interrupted run with the same settings and inputs; returns the
@@ -88,29 +96,55 @@ def run_ingest(
         p = Path(str(s)[1:] if str(s).startswith("@") else s)
         if not p.exists():
             raise UsageError(f"The input '{p}' does not exist.")
+    mask_sources = parse_sources(masks)
+    if config.labels_mask_column and labels is None:
+        raise UsageError("'labels_mask_column' needs a labels CSV (--labels).")
+    if config.labels_mask_column and mask_sources:
+        raise UsageError("Give masks either with --masks or with a masks column of the labels CSV, not both.")
     salt = load_salt(options.salt_file, create=not dry_run)
     workers = options.workers if options.workers > 0 else default_workers()
-    refs = _source_refs(sources, labels, salt)
+    refs = _source_refs(sources, labels, salt, mask_sources)
     builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run)
     ctx = Context(config, salt)
     if dry_run:
         from cxrjepa.ingest.dryrun import dry_run_report
 
-        return dry_run_report(out, sources, ctx, workers, builder.action)
+        return dry_run_report(out, sources, ctx, workers, builder.action, mask_sources)
     staging = Staging(out)
     if builder.skipped:
         staging.remove()
         console.info(f"Dataset '{out}' is up to date.")
         return builder.existing_artifact()
     with _lock(out):
-        return _ingest(out, builder, sources, labels, ctx, options, workers, staging)
+        return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
 
 
-def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging) -> Artifact:
+def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -> Pairing | None:
+    if mask_sources:
+        pairing = pair_masks(items, mask_sources)
+    elif config.labels_mask_column:
+        pairing = pair_masks_from_csv(items, labels, config.labels_mask_column, config.labels_key, config.labels_column)
+    else:
+        return None
+    st = pairing.stats
+    console.info(f"Masks: {st['inputs_with_masks']} of {len(items)} inputs have a mask ({st['mask_files']} mask files).")
+    if st.get("mask_files_unmatched"):
+        console.warn(f"{st['mask_files_unmatched']} mask files match no input (named after no input file).")
+    if st["inputs_with_masks"] == 0:
+        console.warn("No mask matched an input: masks are matched by file name without extension "
+                     "(IMG1.png or IMG1_mask.png for IMG1.dcm) or by a path that mirrors the inputs.")
+    return pairing
+
+
+def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging,
+            mask_sources: list[MaskSource] = ()) -> Artifact:
     config = ctx.config
-    items, ignored = discover(sources, exclude=[out])
+    items, ignored = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
     if not items:
         raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + ".")
+    pairing = _pair(items, labels, config, list(mask_sources))
+    if pairing is not None:
+        items = pairing.items
     unit_size = options.unit_size if options.unit_size > 0 else unit_size_for(len(items), workers)
     unit_size = staging.prepare(items, unit_size, config.size, config.dtype)
     units = make_units(items, unit_size)
@@ -121,10 +155,11 @@ def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions,
     with console.progress("ingest", total=len(items)) as bar:
         bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
         process_units(out, todo, ctx, workers, lambda r: bar.advance(r["inputs"]))
-    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), ignored)
+    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), ignored, pairing)
 
 
-def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int, ignored: int) -> Artifact:
+def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int, ignored: int,
+              pairing: Pairing | None = None) -> Artifact:
     from cxrjepa.ingest import writer
 
     config = ctx.config
@@ -136,7 +171,8 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
 
         res = join_labels(meta, labels, key=config.labels_key, column=config.labels_column,
                           patient_column=config.labels_patient_column, salt=ctx.salt,
-                          not_samples={r["path"] for r in asm.records})
+                          not_samples={r["path"] for r in asm.records},
+                          skip_columns=[config.labels_mask_column] if config.labels_mask_column else ())
         meta, label_columns = res.meta, res.label_columns
         builder.counts.update(res.stats)
         builder.notes.extend(res.notes)
@@ -155,7 +191,8 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             def run(fn, tasks, w, on_done):
                 run_tasks(fn, tasks, w if pool else 1, on_done, pool)
 
-            n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance)
+            n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
+                                       masks=pairing is not None)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -196,19 +233,44 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             "label_columns": label_columns,
             "normalization": writer.normalization(meta, maxv),
             "size": config.size,
-            "masks": False,
+            "masks": _masks_contents(meta, pairing, config, int(n_frames)) if pairing is not None else False,
             "salt": {"source": ctx.salt.source},
         }
     )
+    if pairing is not None:
+        builder.counts.update({"masks": int(public["has_mask"].sum()) if len(public) else 0,
+                               "mask_files": int(pairing.stats.get("mask_files", 0)),
+                               "mask_files_unmatched": int(pairing.stats.get("mask_files_unmatched", 0))})
     if ctx.salt.source == "generated":
         builder.notes.append(
             f"Sample and patient keys use a generated salt kept outside the artifact at {ctx.salt.location}; "
             "keep it private, and pass it with --salt-file to get the same keys in other datasets."
         )
-    artifact = builder.finish(writer.content_fingerprint(public, config.size, config.dtype))
+    artifact = builder.finish(writer.content_fingerprint(
+        public, config.size, config.dtype, meta["_mask_hash"] if pairing is not None else None))
     staging.remove()
     _report(artifact)
     return artifact
+
+
+def _masks_contents(meta, pairing: Pairing, config: IngestConfig, n_frames: int) -> dict:
+    from cxrjepa.ingest.masks import IGNORE, class_names
+
+    has = meta["has_mask"].astype(bool) if len(meta) else meta["has_mask"]
+    values = sorted({int(v) for text in meta.loc[has, "_mask_values"].fillna("") for v in str(text).split(",") if v})
+    return {
+        "path": f"{layout.ZARR}/{layout.MASKS}",
+        "shape": [n_frames, config.size, config.size],
+        "dtype": "uint8",
+        "chunks": [1, config.size, config.size],
+        "shards": [min(layout.SHARD_FRAMES, max(1, n_frames)), config.size, config.size],
+        "dimension_names": list(layout.DIMENSION_NAMES),
+        "classes": class_names(pairing.classes, config.mask_classes, meta.loc[has, "_mask_names"].fillna("").tolist(), values),
+        "values": values,
+        "ignore_value": IGNORE,
+        "samples": int(has.sum()),
+        "source": "labels" if config.labels_mask_column else "folders",
+    }
 
 
 def _counter(series) -> dict[str, int]:

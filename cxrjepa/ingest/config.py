@@ -50,6 +50,12 @@ class IngestConfig:
     #: labels CSV: column with patient identifiers, hashed into patient_key and never stored raw
     #: ('auto': a column named patient_id / patientid / patient; 'none': do not use one)
     labels_patient_column: str = "auto"
+    #: labels CSV: a column of mask file paths (relative to the CSV's folder, '|' between several), paired
+    #: with the rows' inputs like --masks (empty: none)
+    labels_mask_column: str = ""
+    #: masks: names of the label values 1, 2, ... of unnamed masks (--masks DIR); empty: 'foreground' for
+    #: binary masks, the value itself for label maps (NAME=DIR masks and DICOM SEG files name their own)
+    mask_classes: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not 8 <= self.size <= 4096:

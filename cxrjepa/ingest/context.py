@@ -16,6 +16,11 @@ class InputItem:
     path: str  # absolute (or as given) path to open
     rel: str  # relative to the source root, '/'-separated: what tables and ledgers show
     source_index: int = 0
+    #: mask files paired with this input (``--masks``): (path, label); label 0 keeps the file's own values
+    #: (binary -> 1, label maps as stored), label k > 0 makes every non-zero pixel class k
+    masks: tuple[tuple[str, int], ...] = ()
+    #: why pairing failed (a ledger reason), e.g. a mask name that matches several inputs
+    mask_error: str = ""
 
     @property
     def fspath(self) -> Path:

@@ -54,8 +54,13 @@ def probe_many(items: Sequence[InputItem], ctx: Context) -> list[dict]:
     return [probe(i, ctx) for i in items]
 
 
-def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, action: str) -> dict:
-    items, ignored = disc.discover(sources, exclude=[out])
+def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, action: str, masks: Sequence = ()) -> dict:
+    items, ignored = disc.discover(sources, exclude=[out, *(m.path for m in masks)])
+    pairing = None
+    if masks:
+        from cxrjepa.ingest.masks import pair_masks
+
+        pairing = pair_masks(items, masks)
     units = make_units(items, unit_size_for(len(items), workers))
     results: list[list[dict]] = [[] for _ in units]
     pool = executor(workers) if workers > 1 and len(items) > 64 else None
@@ -81,6 +86,8 @@ def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, act
         "cannot_decode": dict(Counter(r["detail"] for r in flat if r["reason"] == ledger.NO_DECODER).most_common()),
         "note": "header check only: pixel decoding, constant images and duplicates are found by the real run",
     }
+    if pairing is not None:
+        report["masks"] = {**pairing.stats, "ambiguous": sum(1 for i in pairing.items if i.mask_error)}
     console.info(f"Dry run: would {report['action']} '{out}'.")
     console.info(
         f"{report['inputs']} inputs: {report['would_ingest']} would be ingested, {report['would_skip']} skipped, "
@@ -88,6 +95,10 @@ def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, act
     )
     for reason, n in report["by_reason"].items():
         console.info(f"  {n:>7}  {reason}")
+    if pairing is not None:
+        m = report["masks"]
+        console.info(f"Masks: {m['inputs_with_masks']} inputs have a mask; {m['mask_files_unmatched']} mask files match no input; "
+                     f"{m['ambiguous']} inputs would be rejected for an ambiguous mask name (mask size and content are checked by the real run).")
     if report["cannot_decode"]:
         console.warn("This install cannot decode: " + ", ".join(f"{k} ({v})" for k, v in report["cannot_decode"].items()))
     return report

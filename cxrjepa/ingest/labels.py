@@ -72,10 +72,11 @@ def _clean_path(value: str) -> str:
 
 def join_labels(
     meta: pd.DataFrame, csv: str | Path, *, key: str, column: str, patient_column: str, salt: Salt,
-    not_samples: set[str] | None = None,
+    not_samples: set[str] | None = None, skip_columns: tuple[str, ...] | list[str] = (),
 ) -> LabelsResult:
     """Join ``csv`` into ``meta``. ``not_samples``: paths of inputs that are in the ledger (rejected,
-    skipped, duplicates), so unmatched label rows that belong to them are reported apart."""
+    skipped, duplicates), so unmatched label rows that belong to them are reported apart; ``skip_columns``
+    are not labels (the masks column)."""
     try:
         header = list(pd.read_csv(csv, nrows=0).columns)
     except Exception:
@@ -129,7 +130,7 @@ def join_labels(
                 index.setdefault(v, []).append(i)
         matches = [index.get(salt.key(kind, k), []) for k in keys]
 
-    label_cols_src = [c for c in header if c not in (key_col, pcol) and _norm(c) not in IDENTIFYING]
+    label_cols_src = [c for c in header if c not in (key_col, pcol, *skip_columns) and _norm(c) not in IDENTIFYING]
     dropped = [c for c in header if c not in (key_col, pcol) and _norm(c) in IDENTIFYING]
     out = meta.copy()
     assign: dict[int, int] = {}  # sample row -> CSV row (first CSV row wins)

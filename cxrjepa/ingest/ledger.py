@@ -43,6 +43,13 @@ WORKER_CRASHED = "the decoder crashed on this input"
 INTERNAL = "internal error"
 DUP_INSTANCE = "duplicate instance (same SOPInstanceUID or same file)"
 DUP_PIXELS = "duplicate pixels"
+# masks (--masks): the image is rejected with its mask, never kept with a wrong or missing one
+MASK_UNREADABLE = "unreadable mask"
+MASK_SIZE = "mask size differs from the image"
+MASK_VALUES = "mask values are not a label map"
+MASK_AMBIGUOUS = "mask name matches several inputs or files"
+MASK_MULTIFRAME = "mask for a multi-frame sample (masks are for still images)"
+MASK_OTHER_IMAGE = "DICOM SEG mask references another image"
 
 
 class Reject(Exception):

@@ -1,4 +1,4 @@
-"""One input -> a :class:`Sample` or a ledger :class:`Record`. Never raises for bad input."""
+"""One input -> a :class:`Sample` (with its paired mask, if any) or a ledger :class:`Record`. Never raises for bad input."""
 
 from __future__ import annotations
 
@@ -6,6 +6,24 @@ from cxrjepa.ingest import discover, ledger
 from cxrjepa.ingest.context import Context, InputItem
 from cxrjepa.ingest.ledger import Record, Reject, skip
 from cxrjepa.ingest.table import Sample
+
+
+def _read(item: InputItem, ctx: Context, fmt: str) -> Sample:
+    if fmt == discover.DICOM:
+        from cxrjepa.ingest.dicom import process_dicom
+
+        return process_dicom(item.fspath, item, ctx)
+    if fmt == discover.IMAGE:
+        from cxrjepa.ingest.raster import process_image
+
+        return process_image(item.fspath, item, ctx)
+    if fmt == discover.VIDEO:
+        from cxrjepa.ingest.video import process_video
+
+        return process_video(item.fspath, item, ctx)
+    from cxrjepa.ingest.volume import process_volume
+
+    return process_volume(item.fspath, item, ctx)
 
 
 def process_input(item: InputItem, ctx: Context) -> Sample | Record:
@@ -22,21 +40,12 @@ def process_input(item: InputItem, ctx: Context) -> Sample | Record:
             raise Reject(ledger.UNRECOGNIZED)
         if fmt != discover.DICOM and ctx.config.modality:
             raise skip(ledger.MODALITY, "none")
-        if fmt == discover.DICOM:
-            from cxrjepa.ingest.dicom import process_dicom
+        sample = _read(item, ctx, fmt)
+        if item.masks or item.mask_error:
+            from cxrjepa.ingest.masks import attach_masks
 
-            return process_dicom(item.fspath, item, ctx)
-        if fmt == discover.IMAGE:
-            from cxrjepa.ingest.raster import process_image
-
-            return process_image(item.fspath, item, ctx)
-        if fmt == discover.VIDEO:
-            from cxrjepa.ingest.video import process_video
-
-            return process_video(item.fspath, item, ctx)
-        from cxrjepa.ingest.volume import process_volume
-
-        return process_volume(item.fspath, item, ctx)
+            sample = attach_masks(sample, item, ctx)
+        return sample
     except Reject as r:
         return Record(item.rel, item.source_index, r.status, r.reason, r.detail, format=fmt)
     except MemoryError:

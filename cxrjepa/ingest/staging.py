@@ -4,6 +4,8 @@ The sorted input list is cut into fixed *work units*. A worker processes a unit'
 writes, in ``OUT/staging/``:
 
     unit-NNNNNN.raw    the unit's stored frames, back to back (written to a temporary name, fsynced, renamed)
+    unit-NNNNNN.mask.raw  with --masks, only for units with masks: the masks of its samples that have one
+                       (uint8, same frame size), in the same way
     unit-NNNNNN.json   its metadata rows and ledger records: written last and atomically, this file is the
                        unit's "done" mark (the ledger of completed work)
 
@@ -55,8 +57,8 @@ class Staging:
     def __init__(self, out: Path):
         self.dir = Path(out) / STAGING
 
-    def raw(self, unit: int) -> Path:
-        return self.dir / f"unit-{unit:06d}.raw"
+    def raw(self, unit: int, kind: str = "images") -> Path:
+        return self.dir / (f"unit-{unit:06d}.raw" if kind == "images" else f"unit-{unit:06d}.mask.raw")
 
     def done_path(self, unit: int) -> Path:
         return self.dir / f"unit-{unit:06d}.json"
@@ -70,10 +72,10 @@ class Staging:
     def load(self, unit: int) -> dict:
         return json.loads(self.done_path(unit).read_text())
 
-    def frames(self, unit: int, size: int, dtype: str) -> np.ndarray:
-        """The unit's frames as a read-only memory map (T, size, size)."""
-        path = self.raw(unit)
-        n = path.stat().st_size // (size * size * np.dtype(dtype).itemsize)
+    def frames(self, unit: int, size: int, dtype: str, kind: str = "images") -> np.ndarray:
+        """The unit's frames (``kind="masks"``: its masks) as a read-only memory map (T, size, size)."""
+        path = self.raw(unit, kind)
+        n = path.stat().st_size // (size * size * np.dtype(dtype).itemsize) if path.is_file() else 0
         if n == 0:
             return np.zeros((0, size, size), dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r", shape=(n, size, size))
@@ -81,7 +83,8 @@ class Staging:
     def prepare(self, items: Sequence[InputItem], unit_size: int, size: int, dtype: str) -> int:
         """Create the staging folder, or check that the one there belongs to this input list (else start
         it over). Returns the unit size to use (the stored one when resuming)."""
-        inputs_hash = hash_obj([(i.source_index, i.rel) for i in items])
+        inputs_hash = hash_obj([(i.source_index, i.rel, *((i.masks, i.mask_error) if i.masks or i.mask_error else ()))
+                                for i in items])
         plan = {"n_inputs": len(items), "inputs_hash": inputs_hash, "unit_size": unit_size, "size": size, "dtype": dtype}
         path = self.dir / PLAN
         if path.is_file():
@@ -111,6 +114,9 @@ class UnitWriter:
         self.tmp = staging.dir / f".unit-{unit:06d}.{os.getpid()}.raw.tmp"
         self.fh = open(self.tmp, "wb")
         self.frames = 0
+        self.mask_tmp = staging.dir / f".unit-{unit:06d}.{os.getpid()}.mask.raw.tmp"
+        self.mask_fh = None  # opened by the first mask: units without masks write no mask file
+        self.mask_frames = 0
 
     def append(self, frames: np.ndarray) -> int:
         """Write frames; returns the unit-local index of the first one."""
@@ -119,7 +125,21 @@ class UnitWriter:
         self.frames += int(frames.shape[0])
         return start
 
+    def append_mask(self, masks: np.ndarray) -> int:
+        """Write a sample's masks (uint8, one per frame); returns the unit-local index of the first one."""
+        if self.mask_fh is None:
+            self.mask_fh = open(self.mask_tmp, "wb")
+        start = self.mask_frames
+        self.mask_fh.write(np.ascontiguousarray(masks, dtype=np.uint8).data)
+        self.mask_frames += int(masks.shape[0])
+        return start
+
     def commit(self, summary: dict) -> None:
+        if self.mask_fh is not None:
+            self.mask_fh.flush()
+            os.fsync(self.mask_fh.fileno())
+            self.mask_fh.close()
+            os.replace(self.mask_tmp, self.staging.raw(self.unit, "masks"))
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
@@ -128,8 +148,10 @@ class UnitWriter:
         atomic_write_text(self.staging.done_path(self.unit), json.dumps(summary, allow_nan=True))
 
     def abort(self) -> None:
-        try:
-            self.fh.close()
-            self.tmp.unlink()
-        except OSError:
-            pass
+        for fh, tmp in ((self.fh, self.tmp), (self.mask_fh, self.mask_tmp)):
+            try:
+                if fh is not None:
+                    fh.close()
+                    tmp.unlink()
+            except OSError:
+                pass

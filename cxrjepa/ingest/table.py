@@ -62,7 +62,7 @@ COLUMNS: dict[str, Any] = {
 }
 
 #: per-sample values the writer needs but the table does not keep
-PRIVATE = ("_dedupe_key", "_sum", "_sumsq", "_npix")
+PRIVATE = ("_dedupe_key", "_sum", "_sumsq", "_npix", "_mask_hash", "_mask_names", "_mask_values")
 
 
 def new_row(**values: Any) -> dict[str, Any]:
@@ -88,6 +88,8 @@ class Sample:
 
     frames: np.ndarray
     row: dict[str, Any] = field(default_factory=dict)
+    #: (T, size, size) uint8 label map with the frames' geometry, when a mask was paired (``--masks``)
+    mask: np.ndarray | None = None
 
     def finish(self) -> "Sample":
         """Fill the columns computed from the stored frames (count, hash, intensity sums)."""

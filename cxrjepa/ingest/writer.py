@@ -5,7 +5,9 @@
    or the same file bytes for non-DICOM) and then the same stored pixels; each is ledgered with the input
    it repeats.
 3. Frame offsets are laid out densely; the final ``images`` array is written shard by shard (64 frames,
-   one call per shard), the shards split into contiguous ranges, one range per worker task.
+   one call per shard), the shards split into contiguous ranges, one range per worker task. With
+   ``--masks`` the ``masks`` array (uint8 label maps, same shape and shards) is written in the same loop,
+   shard for shard; frames without a mask stay 0 and ``has_mask`` says which samples have one.
 4. metadata.parquet and failures.jsonl are written; the caller writes the manifest last.
 """
 
@@ -36,7 +38,7 @@ class Assembled:
     ignored: int = 0
 
 
-INTERNAL = ["_unit", "_local_start", "_order"]
+INTERNAL = ["_unit", "_local_start", "_order", "_mask_local"]
 
 
 def _frame(rows: list[dict], unit: int) -> pd.DataFrame:
@@ -101,18 +103,27 @@ def _dtype(default: object) -> str:
     return "object"
 
 
-def frame_table(meta: pd.DataFrame) -> np.ndarray:
-    """(global_start, count, unit, local_start) per kept sample, int64."""
+def frame_table(meta: pd.DataFrame, masks: bool = False) -> np.ndarray:
+    """(global_start, count, unit, local_start) per kept sample, int64; ``masks=True``: of the samples
+    with a mask, local_start into the unit's mask file."""
+    if masks:
+        meta = meta[meta["has_mask"].astype(bool)]
+    local = "_mask_local" if masks else "_local_start"
     return np.stack(
-        [meta[c].to_numpy(np.int64) for c in ("frame_start", "frame_count", "_unit", "_local_start")], axis=1
+        [meta[c].to_numpy(np.int64) for c in ("frame_start", "frame_count", "_unit", local)], axis=1
     ) if len(meta) else np.zeros((0, 4), np.int64)
 
 
-def create_images(out: Path, n_frames: int, size: int, dtype: str) -> tuple[str, int]:
+def create_images(out: Path, n_frames: int, size: int, dtype: str, masks: bool = False) -> tuple[str, str | None, int]:
+    """The final ``images`` array (and ``masks``, same shape and shards, uint8); their paths and the shard length."""
     root = zarr.open_group(str(out / layout.ZARR), mode="w")
     arr = create_frames_array(root, layout.IMAGES, n_frames, size, dtype)
+    mask_path = None
+    if masks:
+        create_frames_array(root, layout.MASKS, n_frames, size, "uint8")
+        mask_path = str(out / layout.ZARR / layout.MASKS)
     shard = int(arr.shards[0]) if arr.shards else layout.SHARD_FRAMES
-    return str(out / layout.ZARR / layout.IMAGES), shard
+    return str(out / layout.ZARR / layout.IMAGES), mask_path, shard
 
 
 def shard_tasks(n_frames: int, shard: int, pieces: int) -> list[tuple[int, int]]:
@@ -144,27 +155,40 @@ def normalization(meta: pd.DataFrame, max_value: float) -> dict:
     return {"divide_by": float(max_value), "mean": round(mean, 6), "std": round(max(var**0.5, 1e-3), 6)}
 
 
-def content_fingerprint(public: pd.DataFrame, size: int, dtype: str) -> str:
-    """Hash of what the dataset holds: every table value (pixel hashes stand for the pixels)."""
+def content_fingerprint(public: pd.DataFrame, size: int, dtype: str, mask_hashes: pd.Series | None = None) -> str:
+    """Hash of what the dataset holds: every table value (pixel hashes stand for the pixels, mask hashes
+    for the masks when there are masks)."""
     h = pd.util.hash_pandas_object(public, index=False).to_numpy().tobytes() if len(public) else b""
+    if mask_hashes is not None:
+        h += b"|masks|" + "|".join(mask_hashes.fillna("").astype(str)).encode()
     return hash_bytes(f"{size}|{dtype}|{list(public.columns)}".encode() + h)
 
 
 def copy_all(
     out: Path, meta: pd.DataFrame, size: int, dtype: str, workers: int,
     run: Callable[[Callable, list[tuple], int, Callable], None], on_progress: Callable[[int], None] = lambda n: None,
+    masks: bool = False,
 ) -> int:
-    """Create the final array and fill it from the staging units; returns the number of frames."""
+    """Create the final array (and ``masks``) and fill it from the staging units; returns the number of frames."""
     from cxrjepa.ingest.worker import copy_shards
 
     n_frames = int(meta["frame_count"].sum()) if len(meta) else 0
-    zpath, shard = create_images(out, n_frames, size, dtype)
+    zpath, mpath, shard = create_images(out, n_frames, size, dtype, masks)
     table = frame_table(meta)
+    mtable = frame_table(meta, masks=True) if masks else None
     tasks = []
     for s0, s1 in shard_tasks(n_frames, shard, max(1, workers) * 4):
         # only the rows overlapping this range travel to the worker
-        lo = max(0, int(np.searchsorted(table[:, 0], s0 * shard, side="right")) - 1)
-        hi = int(np.searchsorted(table[:, 0], s1 * shard, side="left"))
-        tasks.append((zpath, str(out), size, dtype, shard, table[lo:hi], (s0, s1)))
+        task = (zpath, str(out), size, dtype, shard, _rows_in(table, s0 * shard, s1 * shard), (s0, s1))
+        if mtable is not None:
+            task += (mpath, _rows_in(mtable, s0 * shard, s1 * shard))
+        tasks.append(task)
     run(copy_shards, tasks, workers, lambda i, n: on_progress(n))
     return n_frames
+
+
+def _rows_in(table: np.ndarray, f0: int, f1: int) -> np.ndarray:
+    """The rows of a frame table whose frames overlap ``f0:f1``."""
+    lo = max(0, int(np.searchsorted(table[:, 0], f0, side="right")) - 1)
+    hi = int(np.searchsorted(table[:, 0], f1, side="left"))
+    return table[lo:hi]

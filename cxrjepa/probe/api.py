@@ -134,13 +134,15 @@ def run_probe(
     if builder.skipped:
         console.info(f"Probe '{out}' is up to date.")
         return builder.existing_artifact()
-    tasks, join_info = build_tasks(config, emb, labels)
+    seg = config.segmentation.enabled
+    # with --task segmentation, label tasks run only when asked for (--label-col or --labels)
+    tasks, join_info = build_tasks(config, emb, labels) if (not seg or config.tasks or labels is not None) else ([], {})
     if dry_run:
-        console.info(f"Would probe {len(tasks)} task(s) on '{embeddings}' into '{out}' ({builder.action}).")
+        console.info(f"Would probe {len(tasks)} task(s){' and segmentation' if seg else ''} on '{embeddings}' into '{out}' ({builder.action}).")
         return {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
-                "tasks": {t.name: t.type for t in tasks}}
+                "tasks": {t.name: t.type for t in tasks}, "segmentation": seg}
 
-    X = emb.array(config.features)
+    X = emb.array(config.features) if tasks else np.zeros((len(emb.index), 0), np.float32)
     if not np.isfinite(X).all():
         raise UsageError(f"The embeddings' {config.features} hold non-finite values; re-run 'cxrjepa embed' (the encoder may have diverged).")
     # small problems: BLAS threads only add overhead (6x slower fits on a busy 2-core machine)
@@ -213,9 +215,13 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
         result["tasks"][task.name] = entry
         _summarize(task, entry)
 
-    if not result["tasks"]:
+    if config.segmentation.enabled:
+        from cxrjepa.probe.segmentation import run_segmentation
+
+        result["segmentation"] = run_segmentation(out, emb, index, split_arr, patients, config, options)
+    elif not result["tasks"]:
         raise UsageError("No task could be probed (see the warnings above); check the labels and the split.")
-    if config.attributes:
+    if config.attributes and X.shape[1]:
         attrs = predict_attributes(X, index, split_arr, patients, c_grid=config.c_grid, alpha_grid=config.alpha_grid,
                                    n_boot=config.bootstrap, seed=config.seed)
         if attrs:
@@ -231,6 +237,11 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     tmp.replace(out / PREDICTIONS)
     builder.counts.update({"samples": int(len(index)), "tasks": len(result["tasks"]), "rejected": 0,
                            **{s: int(split_info["counts"][s]) for s in SIDES}})
+    if "segmentation" in result:
+        seg_part = result["segmentation"]
+        builder.counts["segmentation_images"] = int(sum(seg_part["n"].values()))
+        builder.contents["segmentation"] = {"per_image": seg_part["per_image"], "predictions": seg_part["predictions"],
+                                            "classes": seg_part["classes"], "heads": list(seg_part["probes"])}
     builder.contents.update({
         "metrics": METRICS_JSON, "metrics_yaml": METRICS_YAML, "predictions": PREDICTIONS,
         "split": {"path": SPLIT, **split_info},

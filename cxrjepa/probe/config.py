@@ -8,6 +8,42 @@ from typing import Literal
 from cxrjepa.core.errors import ConfigError
 
 
+#: segmentation heads, and the label value that masks use for "ignore this pixel"
+HEADS = ("linear", "conv")
+IGNORE = 255
+
+
+@dataclass
+class SegmentationConfig:
+    """Settings of the segmentation probe (they enter the probe's fingerprint)."""
+
+    #: run the segmentation probe (``--task segmentation``)
+    enabled: bool = False
+    #: where patch tokens come from: the embeddings' patch_tokens, the encoder (on the fly), or auto (the first available)
+    source: Literal["auto", "patch_tokens", "encoder"] = "auto"
+    #: heads to train: linear (1x1 convolution per patch) and conv (two convolution layers)
+    heads: list[Literal["linear", "conv"]] = field(default_factory=lambda: ["linear", "conv"])
+    #: training loss: cross-entropy, soft Dice over the foreground classes, or their sum
+    loss: Literal["ce", "dice", "ce+dice"] = "ce"
+    #: passes over the training images
+    epochs: int = 40
+    #: images per optimisation step
+    batch_size: int = 16
+    #: AdamW learning rates tried; the one with the best validation Dice is kept
+    lr_grid: list[float] = field(default_factory=lambda: [1e-3, 1e-2, 1e-1])
+    weight_decay: float = 1e-4
+    #: channels of the conv head's hidden layer
+    hidden: int = 128
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.hidden < 1:
+            raise ConfigError("'segmentation.epochs', 'segmentation.batch_size' and 'segmentation.hidden' must be at least 1.")
+        if not self.lr_grid or any(lr <= 0 for lr in self.lr_grid):
+            raise ConfigError("'segmentation.lr_grid' must hold positive learning rates.")
+        if not self.heads or any(h not in HEADS for h in self.heads):
+            raise ConfigError("'segmentation.heads' must name linear, conv or both.")
+
+
 @dataclass
 class ProbeConfig:
     #: label columns to probe (index columns, or CSV columns with --labels); empty = every label column
@@ -48,6 +84,8 @@ class ProbeConfig:
     severities: list[int] = field(default_factory=lambda: [1, 2, 3])
     #: separator of labels in multi-label text columns
     multilabel_sep: str = "|"
+    #: dense probes on patch tokens against the dataset's masks (``--task segmentation``; docs/segmentation.md)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
     def validate(self) -> None:
         f = self.split_fractions
@@ -65,6 +103,7 @@ class ProbeConfig:
             raise ConfigError("'severities' must be among 1, 2, 3.")
         if not self.c_grid or not self.alpha_grid or not self.knn_k:
             raise ConfigError("'c_grid', 'alpha_grid' and 'knn_k' must not be empty.")
+        self.segmentation.validate()
 
 
 @dataclass

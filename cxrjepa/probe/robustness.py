@@ -23,24 +23,34 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def corrupted_features(emb: Embeddings, rows: np.ndarray, names: list[str], severities: list[int], *, feature: str,
-                       device: str = "auto", batch_size: int = 64, seed: int = 0) -> dict[tuple[str, int], np.ndarray]:
-    """``{(corruption, severity): features of dataset rows ``rows``}`` (rows = embeddings rows)."""
+def source_of(emb: Embeddings, device: str = "auto", what: str = "robustness needs its images", encoder: bool = True):
+    """The dataset and the encoder an embeddings artifact was made from, checked unchanged, and the
+    embedding settings: ``(dataset, encoder, EmbedConfig without patch tokens, device)``; the encoder is
+    ``None`` with ``encoder=False``."""
     enc_info = emb.encoder
     ds_path = emb.dataset_path
     if ds_path is None or not ds_path.exists():
-        raise ArtifactError(f"The dataset the embeddings were made from ('{ds_path}') is gone; robustness needs its images.")
+        raise ArtifactError(f"The dataset the embeddings were made from ('{ds_path}') is gone; {what}.")
     ds = DatasetArtifact.open(ds_path)
     want = (emb.artifact.contents.get("dataset") or {}).get("fingerprint")
     if want and ds.artifact.content_fingerprint != want:
         raise ArtifactError(f"The dataset '{ds_path}' changed since the embeddings were made; re-run 'cxrjepa embed'.")
     cfg = from_dict(EmbedConfig, {**emb.config, "patch_tokens": False})
     dev = _device(device)
+    if not encoder:
+        return ds, None, cfg, dev
     spec = enc_info.get("load") or enc_info.get("spec")
     enc = load_feature_encoder(spec, weights=enc_info.get("weights"), device=dev, seed=cfg.seed,
                                image_size=cfg.image_size or ds.size, normalization=ds.normalization)
     if enc.fingerprint != enc_info.get("fingerprint"):
         raise ArtifactError("The encoder the embeddings were made with has changed on disk; re-run 'cxrjepa embed'.")
+    return ds, enc, cfg, dev
+
+
+def corrupted_features(emb: Embeddings, rows: np.ndarray, names: list[str], severities: list[int], *, feature: str,
+                       device: str = "auto", batch_size: int = 64, seed: int = 0) -> dict[tuple[str, int], np.ndarray]:
+    """``{(corruption, severity): features of dataset rows ``rows``}`` (rows = embeddings rows)."""
+    ds, enc, cfg, dev = source_of(emb, device)
     out = {}
     for name in names:
         for sev in severities:

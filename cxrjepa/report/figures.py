@@ -174,8 +174,9 @@ class Tile:
     frame: str | None = None
 
 
-def tile_rows(rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.25, gap_every: int = 0) -> bytes:
-    """Rows of image tiles with a coloured row label: (label, colour, tiles)."""
+def tile_rows(rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.25, gap_every: int = 0, label_chars: int = 16) -> bytes:
+    """Rows of image tiles with a coloured row label: (label, colour, tiles); a label may hold line breaks
+    (each line is cut to ``label_chars``)."""
     ncols = max(len(t) for _, _, t in rows)
     fig, axes = _new(len(rows), ncols, cell * ncols + 0.5, (cell + 0.25) * len(rows))
     for r, (label, color, tiles) in enumerate(rows):
@@ -195,7 +196,8 @@ def tile_rows(rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.2
                 continue
             ax.imshow(t.image, cmap="gray", vmin=0, vmax=1, interpolation="lanczos")
             ax.set_title(truncate(t.title, 22), fontsize=7.5, pad=3, fontweight="normal")
-        axes[r, 0].set_ylabel(truncate(label, 16), fontsize=8.5, color=color, fontweight="bold")
+        axes[r, 0].set_ylabel("\n".join(truncate(part, label_chars) for part in label.split("\n")), fontsize=8.5,
+                              color=color, fontweight="bold")
         if tiles and tiles[0].image is None:
             axes[r, 0].set_axis_on()
             for sp in axes[r, 0].spines.values():

@@ -333,3 +333,26 @@ def read_predictions(probe: Path, task: str, probe_kind: str, split: str = "test
     except (OSError, ValueError, KeyError):
         return None
     return table.to_pandas()
+
+
+def read_segmentation(probe: Path, name: str | None = None) -> pd.DataFrame | None:
+    """The per-image table of a segmentation probe (sample_id, head, class, dice, iou, ...)."""
+    path = probe / (name or "segmentation.parquet")
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path, columns=["sample_id", "head", "class", "dice", "iou"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def read_segmentation_predictions(probe: Path, name: str | None = None):
+    """``(sample ids, zarr group)`` of a segmentation probe's predicted test masks (lazy), or ``None``."""
+    import zarr
+
+    path = probe / (name or "segmentation.zarr")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        return [str(s) for s in group.attrs.get("sample_id", [])], group
+    except Exception:  # missing or unreadable: the caller leaves the overlays out
+        return None

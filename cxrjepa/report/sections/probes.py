@@ -1,8 +1,11 @@
 """Probes: metric tables with intervals, ROC curves, confusion matrices, few-shot, subgroup and corruption
 curves; every run's probes side by side (rows of one table, lines of one chart, in the run's colour).
+Segmentation probes (metrics.json ``segmentation``) get the same tables, Dice few-shot curves and overlays
+of predicted and true masks on test images.
 
 Reads metrics.json (schema: docs/artifacts.md and the probe stage), split.csv, and predictions.parquet
-only to draw a binary ROC curve when metrics.json carries none.
+only to draw a binary ROC curve when metrics.json carries none; for overlays, segmentation.parquet,
+a few frames of segmentation.zarr and of the dataset's images and masks.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ from cxrjepa.report.lineage import Node, Variant
 from cxrjepa.report.sections.base import Context, guarded
 
 METRIC_NAMES = {
+    "dice": "Dice", "iou": "IoU",
     "auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "macro-F1", "f1": "F1", "accuracy": "Accuracy",
     "balanced_accuracy": "Balanced acc.", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
 }
-METRIC_ORDER = ("auroc", "auprc", "macro_f1", "accuracy", "balanced_accuracy", "r2", "mae", "rmse")
+METRIC_ORDER = ("dice", "iou", "auroc", "auprc", "macro_f1", "accuracy", "balanced_accuracy", "r2", "mae", "rmse")
 LOWER_IS_BETTER = {"mae", "rmse", "mse", "loss", "brier", "ece"}
-PRIMARY = ("auroc", "macro_f1", "accuracy", "r2", "mae")
-PROBE_ORDER = ("linear", "knn")
+PRIMARY = ("dice", "auroc", "macro_f1", "accuracy", "r2", "mae")
+PROBE_ORDER = ("linear", "knn", "conv")
+SEGMENTATION = "segmentation"
+#: overlay colours: true mask outline, predicted mask fill
+TRUE_COLOR = (0.17, 0.63, 0.17)
+PRED_COLOR = (0.84, 0.15, 0.16)
 
 
 @dataclass
@@ -39,6 +47,19 @@ class Entry:
     def tasks(self) -> dict:
         t = self.metrics.get("tasks")
         return t if isinstance(t, dict) else {}
+
+    @property
+    def segmentation(self) -> dict | None:
+        s = self.metrics.get(SEGMENTATION)
+        return s if isinstance(s, dict) else None
+
+
+def task_entries(metrics: dict) -> dict:
+    """A probe's tasks, with its segmentation part (shaped like a task) as the task ``segmentation``."""
+    out = dict(metrics.get("tasks") or {}) if isinstance(metrics.get("tasks"), dict) else {}
+    if isinstance(metrics.get(SEGMENTATION), dict):
+        out.setdefault(SEGMENTATION, metrics[SEGMENTATION])
+    return out
 
 
 def metric_name(key: str) -> str:
@@ -113,6 +134,9 @@ def build(ctx: Context) -> Section:
     for task in tasks:
         have = [(e, e.tasks[task]) for e in entries if isinstance(e.tasks.get(task), dict)]
         guarded(sec, f"task {task}", lambda task=task, have=have: _task(ctx, sec, task, have))
+    seg = [(e, e.segmentation) for e in entries if e.segmentation is not None]
+    if seg:
+        guarded(sec, "the segmentation probes", lambda: _segmentation(ctx, sec, seg))
     guarded(sec, "the attribute probes", lambda: _attributes(sec, entries))
     return sec
 
@@ -414,6 +438,106 @@ def _robustness(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, d
                        alt=f"Line charts of test {metric_name(metric)} of task {task} against corruption severity for "
                            + ", ".join(p.title for p in panels) + "; one line per run.",
                        caption=f"Test {metric_name(metric)} under corruptions of increasing severity, with probes trained on clean images."))
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+def _segmentation(ctx: Context, sec: Section, have: list[tuple[Entry, dict]]) -> None:
+    first = have[0][1]
+    classes = [str(c) for c in first.get("classes") or []]
+    heads = ", ".join(dict.fromkeys(h for _, s in have for h in ordered_probes(s.get("probes") or {})))
+    sec.add(Heading("Segmentation" + (f": {', '.join(classes)}" if classes else "")),
+            Para(f"Dense probes on frozen patch tokens ({heads} heads; grid {'×'.join(map(str, first.get('grid') or []))}, "
+                 f"upsampled to {first.get('image_size', '?')} px) against the dataset's masks: Dice and IoU averaged over test "
+                 "images, 95 % intervals from a patient bootstrap."))
+    sec.add(_metric_table(have))
+    if len(classes) > 1:
+        per_class = _per_class_table(have)
+        if per_class is not None:
+            sec.add(Details("Per-class Dice and IoU", [per_class]))
+    guarded(sec, "the segmentation few-shot curves", lambda: _fewshot(ctx, sec, SEGMENTATION, have))
+    guarded(sec, "the segmentation overlays", lambda: _overlays(ctx, sec, have))
+
+
+def overlay(image: np.ndarray, true: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
+    """An RGB picture: the grey image, the predicted mask filled in red, the true mask outlined in green."""
+    import cv2
+
+    rgb = np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2).astype(np.float32)
+    if pred is not None:
+        fg = (pred > 0) & (pred != 255)
+        rgb[fg] = 0.55 * rgb[fg] + 0.45 * np.asarray(PRED_COLOR, np.float32)
+    if true is not None:
+        t = ((true > 0) & (true != 255)).astype(np.uint8)
+        edge = (t - cv2.erode(t, np.ones((3, 3), np.uint8))).astype(bool)
+        rgb[edge] = TRUE_COLOR
+    return rgb
+
+
+def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int = 4) -> None:
+    """Test images from the worst to the best Dice of the first probe; one row per run and head."""
+    import zarr
+
+    from cxrjepa.data import layout
+    from cxrjepa.report.sections.images import hidden_ids
+
+    e0, s0 = have[0]
+    ds = e0.node.upstream("dataset")
+    table = readers.read_segmentation(e0.node.path, s0.get("per_image"))
+    if ds is None or table is None or table.empty:
+        sec.note("Segmentation overlays are left out: the dataset or the per-image table of the probe cannot be found.")
+        return
+    loc = readers.frame_locator(ds.path)
+    images = readers.open_images(ds.path)
+    try:
+        masks = zarr.open_group(str(ds.path / layout.ZARR), mode="r")[layout.MASKS]
+    except Exception:
+        masks = None
+    if loc is None or images is None or masks is None:
+        sec.note("Segmentation overlays are left out: the dataset's images or masks cannot be read.")
+        return
+    hidden = hidden_ids(ds)
+    head0 = ordered_probes(s0.get("probes") or {})[0]
+    per = table[(table["head"] == head0) & ~table["sample_id"].isin(hidden)].groupby("sample_id", sort=True)["dice"].mean()
+    per = per.dropna().sort_values(kind="mergesort")
+    if per.empty:
+        return
+    picks = list(dict.fromkeys(per.index[np.unique(np.linspace(0, len(per) - 1, min(k, len(per))).round().astype(int))]))
+    pos = {sid: i for i, sid in enumerate(loc.sample_id)}
+    frames = [loc.middle(pos[s]) for s in picks if s in pos]
+    picks = [s for s in picks if s in pos]
+    grey = [readers.to_unit(f) for f in readers.read_frames(images, frames)]
+    truth = readers.read_frames(masks, frames)
+    rows = [("image\ntrue mask", "#333333", [figures.Tile(overlay(g, t, None), "true mask") for g, t in zip(grey, truth)])]
+    for e, s in have:
+        preds = readers.read_segmentation_predictions(e.node.path, s.get("predictions"))
+        tab = table if e is e0 else readers.read_segmentation(e.node.path, s.get("per_image"))
+        if preds is None:
+            continue
+        ids, group = preds
+        index = {sid: i for i, sid in enumerate(ids)}
+        for head in ordered_probes(s.get("probes") or {}):
+            if head not in group:
+                continue
+            tiles = []
+            for sid, g, t in zip(picks, grey, truth):
+                if sid not in index:
+                    tiles.append(figures.Tile(None))
+                    continue
+                pred = np.asarray(group[head][index[sid]])
+                d = tab[(tab["sample_id"] == sid) & (tab["head"] == head)]["dice"].mean() if tab is not None else np.nan
+                tiles.append(figures.Tile(overlay(g, t, pred), f"Dice {d:.3f}" if np.isfinite(d) else ""))
+            rows.append((f"{e.label}\n{head} head", e.variant.color, tiles))
+    if len(rows) < 2:
+        sec.note("Segmentation overlays are left out: the probes stored no predicted masks.")
+        return
+    sec.add(ctx.figure("probe-segmentation-overlays", figures.tile_rows(rows, cell=1.6, label_chars=24),
+                       alt=f"Test images ordered from the lowest to the highest Dice of {e0.label} · {head0}; first row the true "
+                           "masks outlined in green, then one row per run and head with the predicted mask filled in red and "
+                           "the true outline in green.",
+                       caption="Predicted (red fill) and true (green outline) masks on test images, from the worst to the best "
+                               f"Dice of {e0.label} · {head0}."))
 
 
 # ---------------------------------------------------------------- attributes

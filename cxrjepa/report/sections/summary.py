@@ -5,7 +5,15 @@ from __future__ import annotations
 from cxrjepa.report import readers
 from cxrjepa.report.doc import Card, Cards, Cell, Note, Para, Section, Table, human_int, is_best
 from cxrjepa.report.sections.base import Context, encoder_label, run_objective
-from cxrjepa.report.sections.probes import LOWER_IS_BETTER, fmt_metric, metric_name, ordered_probes, primary_metric, value_of
+from cxrjepa.report.sections.probes import (
+    LOWER_IS_BETTER,
+    fmt_metric,
+    metric_name,
+    ordered_probes,
+    primary_metric,
+    task_entries,
+    value_of,
+)
 
 
 def build(ctx: Context, sections: list[Section]) -> Section:
@@ -47,7 +55,7 @@ def side_by_side(ctx: Context) -> Table | None:
         found: dict[str, tuple[str, dict]] = {}
         for p in v.probes:
             m = readers.read_probe_metrics(p.path) or {}
-            for task, body in (m.get("tasks") or {}).items():
+            for task, body in task_entries(m).items():
                 if task in found or not isinstance(body, dict):
                     continue
                 probes = body.get("probes") or {}
