@@ -39,11 +39,14 @@ def _source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt:
 
 
 def ingest_input_refs(
-    sources: Sequence[str | Path], labels: str | Path | None = None, options: IngestOptions | None = None, **_: object
+    sources: Sequence[str | Path],
+    labels: str | Path | None = None,
+    masks: Sequence[str | Path] | str | Path | None = None,
+    options: IngestOptions | None = None,
 ) -> list[dict]:
     """The inputs of an ingest as its fingerprint sees them (the pipeline runner uses this too)."""
     salt = load_salt((options or IngestOptions()).salt_file, create=False)
-    return _source_refs(sources, labels, salt)
+    return _source_refs(sources, labels, salt, parse_sources(masks))
 
 
 @contextlib.contextmanager

@@ -43,6 +43,8 @@ class StageSpec:
         """Ids of the stages whose outputs this stage reads."""
         ids = []
         for value in _flat(self.inputs):
+            if isinstance(value, str) and "=" + REF in value:
+                value = value.partition("=")[2]
             if isinstance(value, str) and value.startswith(REF):
                 ids.append(value[1:].split("/", 1)[0])
         return ids
@@ -69,6 +71,9 @@ class Pipeline:
             ref, _, sub = value[1:].partition("/")
             base = self.get(ref).out
             return base / sub if sub else base
+        if isinstance(value, str) and "=" + REF in value:  # NAME=@ID/sub (ingest --masks NAME=DIR)
+            name, _, ref = value.partition("=")
+            return f"{name}={self.resolve(ref)}"
         return value  # a plain path (relative to the current folder) or a spec such as random:tiny
 
 
