@@ -63,9 +63,11 @@ PACKAGES: tuple[Package, ...] = (
     Package("matplotlib", "matplotlib", "report figures"),
     Package("safetensors", "safetensors", "checkpoints and exported encoders"),
     Package("psutil", "psutil", "memory and CPU monitoring"),
+    Package("transformers", "transformers", "local Hugging Face encoders (RAD-DINO, DINOv2) as teachers and for embed"),
+    Package("highdicom", "highdicom", "DICOM SEG masks"),
     Package("tensorboard", "tensorboard", "pretrain --tensorboard", required=False),
-    Package("pyjpegls", "jpeg_ls", "JPEG-LS encoding in pydicom (optional)", required=False),
-    Package("pillow", "PIL", "extra JPEG / JPEG 2000 decoder", required=False),
+    Package("pyjpegls", "jpeg_ls", "JPEG-LS encoding in pydicom"),
+    Package("pillow", "PIL", "PNG / JPEG images and an extra JPEG decoder"),
     Package("pytest", "pytest", "running the test suite", required=False),
 )
 
