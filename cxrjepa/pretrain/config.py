@@ -75,6 +75,8 @@ class RuntimeConfig:
     collapse_std: float = 0.05
     #: ... or when RankMe falls below this fraction of min(monitor batch, width)
     collapse_rank: float = 0.02
+    #: ... or below this fraction of the run's highest RankMe (partial collapse; 0 = off)
+    collapse_rank_drop: float = 0.25
     checkpoint_every: int = 500
     keep_last: int = 2
     #: peak dense bf16 TFLOP/s per GPU for MFU; empty = known value for the GPU model

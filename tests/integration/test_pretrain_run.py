@@ -269,3 +269,25 @@ def test_cli_errors_are_one_sentence(dataset, tmp_path):
         assert res.exit_code == 2 and "--gpus 0" in res.stderr
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(tmp_path / "r"), "--objective", "mae"])
     assert res.exit_code == 2 and "objective" in res.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(straight, dataset, tmp_path, monkeypatch):
+    """Cluster preemption: SIGTERM mid-run checkpoints the current step; the rerun finishes identically."""
+    out = tmp_path / "preempted"
+    original = IJEPA.after_step
+
+    def preempt(self, step, total):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step, total)
+
+    monkeypatch.setattr(IJEPA, "after_step", preempt)
+    from cxrjepa.core.errors import CxrjepaError
+
+    with pytest.raises(CxrjepaError, match="Stopped by a signal at step 3"):
+        run_pretrain(out, tiny_config(**{"runtime.checkpoint_every": 100}), data=dataset)
+    monkeypatch.setattr(IJEPA, "after_step", original)
+    assert [s for s, _ in list_checkpoints(out)] == [3]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    run_pretrain(out, tiny_config(), data=dataset)
+    assert_same_weights(straight / "checkpoints" / "step-000008", out / "checkpoints" / "step-000008", 1e-6)
