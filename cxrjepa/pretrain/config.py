@@ -96,7 +96,8 @@ class RuntimeConfig:
 
 
 def _default_model() -> EncoderConfig:
-    return EncoderConfig(size="base", patch_size=16, image_size=224)
+    # fixed 2-D sin-cos positions, as in the I-JEPA reference encoder
+    return EncoderConfig(size="base", patch_size=16, image_size=224, pos_embed="sincos")
 
 
 @dataclass

@@ -107,7 +107,7 @@ def test_tiny_run_trains_checkpoints_and_exports(straight, dataset):
     assert [r["step"] for r in rows] == [0, 2, 4, 6, 8] and all(np.isfinite(losses))
     last = rows[-1]
     assert last["feat_std"] > 0.3  # no collapse: targets still vary across tokens
-    assert last["rankme"] > 3
+    assert last["rankme"] > max(1.5, 0.5 * rows[0]["rankme"])  # nor across images
     for key in ("lr", "wd", "momentum", "grad_norm", "images_per_s", "epoch", "time_s"):
         assert key in last
     assert [s for s, _ in list_checkpoints(straight)] == [6, 8]
