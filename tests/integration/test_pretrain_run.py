@@ -175,6 +175,8 @@ def test_interrupted_run_resumes_to_the_same_weights(straight, dataset, tmp_path
     monkeypatch.setattr(IJEPA, "after_step", original)
     assert yaml.safe_load((out / "manifest.yaml").read_text())["status"] == "partial"
     assert [s for s, _ in list_checkpoints(out)] == [2, 4]
+    plan = run_pretrain(out, tiny_config(), data=dataset, dry_run=True)
+    assert (plan.action, plan.resume_step) == ("resume", 4)
     run_pretrain(out, tiny_config(), data=dataset)
     for step in ("step-000006", "step-000008"):
         assert_same_weights(straight / "checkpoints" / step, out / "checkpoints" / step, 1e-6)
@@ -196,9 +198,12 @@ def test_max_steps_stops_early_and_a_rerun_continues(straight, dataset, tmp_path
     assert_same_weights(straight / "checkpoints" / "step-000008", out / "checkpoints" / "step-000008", 1e-6)
 
 
-def test_gradient_accumulation_matches_the_full_batch(straight, dataset, tmp_path):
-    out = tmp_path / "accum"
-    run_pretrain(out, tiny_config(**{"runtime.grad_accum": 2}), data=dataset)
+@pytest.mark.parametrize("runtime", [{"runtime.grad_accum": 2}, {"runtime.activation_checkpointing": "true"},
+                                     {"runtime.workers": 1}])
+def test_runtime_settings_train_the_same_model(straight, dataset, tmp_path, runtime):
+    """Accumulation, activation checkpointing and loader workers change how, not what, the run computes."""
+    out = tmp_path / "variant"
+    run_pretrain(out, tiny_config(**runtime), data=dataset)
     assert_same_weights(straight / "checkpoints" / "step-000008", out / "checkpoints" / "step-000008", 1e-5)
 
 
@@ -253,10 +258,11 @@ def test_cli_print_config_and_json_result(dataset, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(tmp_path / "r"), "--config",
-                              str(cfg_file), "--gpus", "0", "--max-steps", "2", "--json", "--quiet"])
+                              str(cfg_file), "--gpus", "0", "--max-steps", "2", "--json", "--quiet", "--tensorboard"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["kind"] == "run" and summary["counts"]["steps"] == 2
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_cli_errors_are_one_sentence(dataset, tmp_path):
