@@ -177,7 +177,7 @@ def phantom_dataset(folder: Path, n: int, size: int) -> Path:
 def loader_rate(cfg: PretrainConfig, data: Path, batch: int, batches: int, workers: int | None = None) -> dict:
     ds = DatasetArtifact.open(data)
     workers = default_workers(1) if workers is None else workers
-    images = PretrainImages(ds, cfg.model.image_size, cfg.augment, ds.normalization, seed=0)
+    images = PretrainImages(ds, cfg.model.image_size, cfg.augment, seed=0)
     size = cfg.model.image_size
     sampler = StepSampler(len(images), batch, 0, batches + 2)
     loader = build_loader(images, sampler, Collator(MultiBlockMasks(cfg.ijepa.masks, cfg.model.token_grid((size, size))),

@@ -23,7 +23,15 @@ from cxrjepa.models.vit import create_vit
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.config import PretrainConfig, TrainConfig
-from cxrjepa.pretrain.data import Collator, PretrainImages, StepSampler, build_loader, default_workers, fixed_batch
+from cxrjepa.pretrain.data import (
+    Collator,
+    Normalizer,
+    StepSampler,
+    build_loader,
+    default_workers,
+    fixed_batch,
+    training_images,
+)
 from cxrjepa.pretrain.monitors import CollapseWatch, MetricsLog, feature_std, format_row, peak_flops, rankme
 from cxrjepa.pretrain.objectives import build_objective
 from cxrjepa.pretrain.optim import apply_schedule, build_optimizer
@@ -96,6 +104,7 @@ class Trainer:
         self.device = info.device
         self.amp = autocast_dtype(config.train.precision, self.device)
         self.normalization = dict(data.normalization)
+        self.normalizer = Normalizer(self.normalization)
 
     # ------------------------------------------------------------------ setup
     def _setup_backend(self) -> None:
@@ -143,7 +152,7 @@ class Trainer:
     def _data(self, start: int) -> None:
         cfg, rt, info = self.config, self.rt, self.info
         size = cfg.model.image_size
-        images = PretrainImages(self.data, size, cfg.augment, self.normalization, cfg.train.seed)
+        images = training_images(cfg, self.data)
         self.frames = len(images)
         self.sampler = StepSampler(
             self.frames,
@@ -171,7 +180,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces of a step
     def _to_device(self, batch: dict) -> dict:
-        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out["images"] = self.normalizer(out["images"])
+        return out
 
     def _autocast(self):
         if self.amp is None:
