@@ -59,6 +59,10 @@ class RuntimeConfig:
     #: data-loader worker processes per training process; empty = automatic
     workers: int | None = None
     prefetch: int = 4
+    #: node-local folder for an uncompressed memory-mapped copy of the frames (fast random reads; costs
+    #: frames x H x W bytes of disk once); ``auto`` = the temporary folder ($TMPDIR) when it has room;
+    #: empty = read the zarr store directly
+    frame_cache: str | None = None
     pin_memory: bool = True
     persistent_workers: bool = True
     #: TF32 matrix multiplies for the remaining fp32 work on CUDA

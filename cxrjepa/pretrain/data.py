@@ -17,12 +17,16 @@ steps, and an interrupted run continues with exactly the batches it would have s
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cxrjepa.core import console
 from cxrjepa.core.errors import ConfigError
 from cxrjepa.data.loader import worker_init
 from cxrjepa.data.store import DatasetArtifact
@@ -129,33 +133,102 @@ class Normalizer:
         return x.mul_(1.0 / (self.divide_by * self.std)).sub_(self.mean / self.std)
 
 
+class FrameCache:
+    """An uncompressed copy of a dataset's frames in one local file, read by memory map.
+
+    Random single-frame reads from a sharded zarr store cost ~2-3 ms each in zarr's Python machinery, which
+    caps a loader worker near 300-400 frames/s; from the memory map they cost microseconds. The copy is made
+    once per node (frames x H x W x itemsize bytes, named by the dataset's content fingerprint, so a changed
+    dataset gets a new file) by reading whole shards in order.
+    """
+
+    def __init__(self, folder: str | Path, data: DatasetArtifact):
+        self.shape = tuple(int(x) for x in data.images.shape)
+        self.dtype = np.dtype(data.images.dtype)
+        digest = data.artifact.content_fingerprint.split(":")[-1][:16]
+        self.path = Path(folder) / f"cxrjepa-frames-{digest}-{'x'.join(map(str, self.shape))}-{self.dtype.name}.raw"
+        self._data = data
+        self._map: np.memmap | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    @classmethod
+    def resolve(cls, setting: str | None, data: DatasetArtifact) -> "FrameCache | None":
+        """The cache ``runtime.frame_cache`` asks for: a folder, ``auto`` (the temporary folder, e.g. a
+        cluster job's node-local ``$TMPDIR``, when it has 1.5x the room) or nothing."""
+        if not setting:
+            return None
+        folder = Path(tempfile.gettempdir()) if setting == "auto" else Path(setting)
+        cache = cls(folder, data)
+        if setting == "auto" and not cache.path.is_file():
+            free = shutil.disk_usage(folder).free
+            if free < 1.5 * cache.nbytes:
+                console.warn(
+                    f"No room for the frame cache in {folder} ({cache.nbytes / 1e9:.1f} GB needed, "
+                    f"{free / 1e9:.1f} GB free); reading the zarr store directly (slower loader)."
+                )
+                return None
+        return cache
+
+    def build(self, block: int = 256) -> bool:
+        """Write the file if it is not there yet; True when it was written now."""
+        if self.path.is_file() and self.path.stat().st_size == self.nbytes:
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        mm = np.memmap(tmp, dtype=self.dtype, mode="w+", shape=self.shape)
+        images = self._data.images
+        for start in range(0, self.shape[0], block):
+            mm[start : start + block] = images[start : start + block]
+        mm.flush()
+        del mm
+        os.replace(tmp, self.path)
+        return True
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_map"] = None
+        return state
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
+        return self._map[i]
+
+
 class PretrainImages(Dataset):
     """Frames of a dataset artifact as random-resized crops in the stored dtype, addressed by :data:`Key`.
 
     Items: ``{"image": (1, S, S) uint8/uint16, "step", "pos", "index"}``; normalise with :class:`Normalizer`.
+    Frames come from the zarr store, or from a :class:`FrameCache` when one is given.
     """
 
-    def __init__(self, data: DatasetArtifact, size: int, augment: AugmentConfig, seed: int):
+    def __init__(self, data: DatasetArtifact, size: int, augment: AugmentConfig, seed: int,
+                 cache: FrameCache | None = None):
         self.data = data
         self.crop = RandomResizedCrop(size, augment)
         self.seed = seed
+        self.cache = cache
 
     def __len__(self) -> int:
         return int(self.data.images.shape[0])
 
     def __getitem__(self, key: Key) -> dict:
         step, pos, idx = key
-        frame = np.asarray(self.data.images[int(idx)])  # one chunk read (faster in zarr 3 than a fancy index)
+        source = self.cache if self.cache is not None else self.data.images
+        frame = np.asarray(source[int(idx)])  # one chunk read (faster in zarr 3 than a fancy index)
         out = self.crop(frame, sample_rng(self.seed, step, pos))
         return {"image": out[None], "step": step, "pos": pos, "index": idx}
 
 
-def training_images(config, data: DatasetArtifact) -> Dataset:
+def training_images(config, data: DatasetArtifact, cache: FrameCache | None = None) -> Dataset:
     """The dataset a run trains on, addressed by :data:`Key`: frames as random-resized crops.
 
     The one place that decides what a sample is; clip (video) sampling plugs in here.
     """
-    return PretrainImages(data, config.model.image_size, config.augment, config.train.seed)
+    return PretrainImages(data, config.model.image_size, config.augment, config.train.seed, cache)
 
 
 class Collator:

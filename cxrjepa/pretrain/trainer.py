@@ -25,6 +25,7 @@ from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.config import PretrainConfig, TrainConfig
 from cxrjepa.pretrain.data import (
     Collator,
+    FrameCache,
     Normalizer,
     StepSampler,
     build_loader,
@@ -152,7 +153,12 @@ class Trainer:
     def _data(self, start: int) -> None:
         cfg, rt, info = self.config, self.rt, self.info
         size = cfg.model.image_size
-        images = training_images(cfg, self.data)
+        cache = FrameCache.resolve(rt.frame_cache, self.data)
+        if cache is not None:
+            if info.local_rank == 0 and cache.build():
+                console.info(f"Copied {cache.shape[0]} frames to the frame cache {cache.path}.")
+            D.barrier(info)
+        images = training_images(cfg, self.data, cache)
         self.frames = len(images)
         self.sampler = StepSampler(
             self.frames,

@@ -199,10 +199,12 @@ def test_max_steps_stops_early_and_a_rerun_continues(straight, dataset, tmp_path
 
 
 @pytest.mark.parametrize("runtime", [{"runtime.grad_accum": 2}, {"runtime.activation_checkpointing": "true"},
-                                     {"runtime.workers": 1}])
+                                     {"runtime.workers": 1}, {"runtime.frame_cache": "CACHE"}])
 def test_runtime_settings_train_the_same_model(straight, dataset, tmp_path, runtime):
-    """Accumulation, activation checkpointing and loader workers change how, not what, the run computes."""
+    """Accumulation, activation checkpointing, loader workers and the frame cache change how, not what, the
+    run computes."""
     out = tmp_path / "variant"
+    runtime = {k: (str(tmp_path / "cache") if v == "CACHE" else v) for k, v in runtime.items()}
     run_pretrain(out, tiny_config(**runtime), data=dataset)
     assert_same_weights(straight / "checkpoints" / "step-000008", out / "checkpoints" / "step-000008", 1e-5)
 

@@ -141,3 +141,19 @@ def test_loader_with_workers_matches_the_main_process(dataset):
     b = list(build_loader(images, StepSampler(20, 4, 1, 3), Collator(masks, 4, 1), workers=2, persistent=False))
     for x, y in zip(a, b):
         assert torch.equal(x["images"], y["images"]) and torch.equal(x["context"], y["context"])
+
+
+def test_frame_cache_gives_the_same_crops_and_is_built_once(dataset, tmp_path):
+    import pickle
+
+    from cxrjepa.pretrain.data import FrameCache
+
+    data, raw = dataset
+    cache = FrameCache(tmp_path / "cache", data)
+    assert cache.build() and not cache.build()
+    assert cache.path.stat().st_size == raw.nbytes
+    assert np.array_equal(cache[3], raw[3])
+    plain = PretrainImages(data, 24, AugmentConfig(), seed=2)
+    cached = PretrainImages(data, 24, AugmentConfig(), seed=2, cache=pickle.loads(pickle.dumps(cache)))
+    for key in [(0, 0, 1), (5, 3, 19), (9, 1, 7)]:
+        assert np.array_equal(plain[key]["image"], cached[key]["image"])
