@@ -77,10 +77,11 @@ class RuntimeConfig:
     monitor_batch: int = 256
     #: warn loudly when the target-feature std falls below this (healthy runs stay near 1)
     collapse_std: float = 0.05
-    #: ... or when RankMe falls below this fraction of min(monitor batch, width)
-    collapse_rank: float = 0.02
-    #: ... or below this fraction of the run's highest RankMe (partial collapse; 0 = off)
+    #: ... or when RankMe falls below this fraction of its highest value in the run (0 = off)
     collapse_rank_drop: float = 0.25
+    #: ... or below this fraction of min(monitor batch, width) (0 = off; similar images, e.g. aligned
+    #: radiographs, have a low RankMe from the start, so the relative rule above is the default)
+    collapse_rank: float = 0.0
     checkpoint_every: int = 500
     keep_last: int = 2
     #: peak dense bf16 TFLOP/s per GPU for MFU; empty = known value for the GPU model

@@ -100,7 +100,7 @@ class CollapseWatch:
 
     def check(self, step: int, std: float, rank: float, rank_cap: int) -> bool:
         self.best_rank = max(self.best_rank, rank)
-        rank_floor = max(1.5, self.rank_fraction * rank_cap, self.rank_drop * self.best_rank)
+        rank_floor = max(self.rank_fraction * rank_cap, self.rank_drop * self.best_rank)
         collapsed = std < self.std_floor or rank < rank_floor
         if collapsed and not self.alarmed:
             self.warnings += 1

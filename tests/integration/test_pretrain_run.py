@@ -299,3 +299,12 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(straight, dataset, tmp_pat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     run_pretrain(out, tiny_config(), data=dataset)
     assert_same_weights(straight / "checkpoints" / "step-000008", out / "checkpoints" / "step-000008", 1e-6)
+
+
+def test_collapse_monitor_warns_loudly_and_is_recorded(dataset, tmp_path, capsys):
+    """Wiring of the collapse monitor: an unreachable std floor must fire the warning and reach the manifest."""
+    art = run_pretrain(tmp_path / "alarm", tiny_config(**{"runtime.collapse_std": 5.0}), data=dataset)
+    err = capsys.readouterr().err
+    assert "WARNING: representation collapse suspected at step 4" in err
+    assert art.counts["collapse_warnings"] == 1  # once per episode, not at every check
+    assert any("collapse" in note for note in art.manifest["notes"])
