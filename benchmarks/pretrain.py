@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import sys
 import tempfile
@@ -80,6 +81,13 @@ def mask_sets(cfg: PretrainConfig, batch: int, n: int, seed: int = 0):
 
 def autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp)
+
+
+def release(device: torch.device) -> None:
+    """Free one model's GPU memory before the next is built."""
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def time_loop(step, n_warm: int, n_steps: int, device: torch.device) -> float:
@@ -277,7 +285,9 @@ def main(argv: list[str] | None = None) -> dict:
         batch = 256
         print(f"== GPU {results['cuda']}: ViT-B/16 224 px, bf16, batch {batch}")
         eager = cxrjepa_step(vitb, batch, gpu, args.steps * 2, amp=True, warm=3)
+        release(gpu)
         comp = cxrjepa_step(vitb, batch, gpu, args.steps * 2, amp=True, compile_blocks=True, warm=8)
+        release(gpu)
         results["gpu_vitb16"] = {"eager": eager, "compiled": comp}
         for name, r in (("eager", eager), ("compiled", comp)):
             mfu = f"{r['mfu']:.1%}" if "mfu" in r else "n/a"
