@@ -25,6 +25,7 @@ import argparse
 import copy
 import gc
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -225,6 +226,14 @@ def fmt(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="cxrjepa-bench-"))
+    try:
+        return _main(argv, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _main(argv: list[str] | None, tmp: Path) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sections", default="cpu,loader,lightly,gpu")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
@@ -234,7 +243,6 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available()
     cpu = torch.device("cpu")
     results: dict = {"threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if cuda else None}
-    tmp = Path(tempfile.mkdtemp(prefix="cxrjepa-bench-"))
     small = recipe("cxr-small-cpu")
     small_batch = small.train.batch_size
     small_data = None
