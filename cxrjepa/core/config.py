@@ -134,6 +134,14 @@ def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
     return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls) if f.init}
 
 
+def _field_default(fld: dataclasses.Field) -> Any:
+    if fld.default_factory is not dataclasses.MISSING:
+        return fld.default_factory()
+    if fld.default is not dataclasses.MISSING:
+        return fld.default
+    return None
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     """Build ``cls`` from a (possibly partial) mapping; unknown keys are errors."""
     fields = _fields(cls)
@@ -142,7 +150,13 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
             raise ConfigError(f"Unknown setting '{where}'." + _did_you_mean(str(key), fields))
-        kwargs[key] = _coerce(value, fields[key][1], where)
+        fld, tp = fields[key]
+        if isinstance(value, Mapping) and dataclasses.is_dataclass(tp):
+            # a partial section keeps the field's own defaults (its default_factory), not the bare class's
+            default = _field_default(fld)
+            if dataclasses.is_dataclass(default) and not isinstance(default, type):
+                value = deep_merge(to_dict(default), value)
+        kwargs[key] = _coerce(value, tp, where)
     try:
         obj = cls(**kwargs)
     except TypeError as exc:  # a required field without default

@@ -111,5 +111,4 @@ class Predictor(nn.Module):
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        x = self.proj(self.norm(x[:, k:]))
-        return x.reshape(b, m, t, -1)
+        return self.proj(self.norm(x[:, k:]).reshape(b, m, t, -1))  # a new tensor, not a view (FSDP2 hooks)

@@ -44,6 +44,9 @@ class EncoderConfig:
     tubelet: int = 1
     #: number of transformer blocks when not the size's default (e.g. a 6-block ViT-Tiny for CPU runs)
     layers: int | None = None
+    #: positional embedding: ``learned`` (timm's, random init) or ``sincos`` (fixed 2-D sin-cos, as in the
+    #: I-JEPA and MAE reference encoders; stored in the weights, so exports load the same way)
+    pos_embed: Literal["learned", "sincos"] = "learned"
 
     def validate(self) -> None:
         if self.patch_size not in (8, 14, 16, 32):
@@ -110,7 +113,15 @@ class EncoderConfig:
 
 def create_vit(config: EncoderConfig) -> nn.Module:
     """The bare timm VisionTransformer for ``config`` (randomly initialised, never downloaded)."""
-    return timm.create_model(config.timm_model, pretrained=False, **config.timm_kwargs())
+    vit = timm.create_model(config.timm_model, pretrained=False, **config.timm_kwargs())
+    if config.pos_embed == "sincos":
+        from cxrjepa.models.posembed import sincos_grid
+
+        with torch.no_grad():
+            pe = vit.pos_embed
+            pe.copy_(sincos_grid(pe.shape[-1], config.grid).reshape(pe.shape))
+        pe.requires_grad_(False)
+    return vit
 
 
 class ViTEncoder(nn.Module):

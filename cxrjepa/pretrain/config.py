@@ -59,6 +59,10 @@ class RuntimeConfig:
     #: data-loader worker processes per training process; empty = automatic
     workers: int | None = None
     prefetch: int = 4
+    #: node-local folder for an uncompressed memory-mapped copy of the frames (fast random reads; costs
+    #: frames x H x W bytes of disk once); ``auto`` = the temporary folder ($TMPDIR) when it has room;
+    #: empty = read the zarr store directly
+    frame_cache: str | None = None
     pin_memory: bool = True
     persistent_workers: bool = True
     #: TF32 matrix multiplies for the remaining fp32 work on CUDA
@@ -73,8 +77,11 @@ class RuntimeConfig:
     monitor_batch: int = 256
     #: warn loudly when the target-feature std falls below this (healthy runs stay near 1)
     collapse_std: float = 0.05
-    #: ... or when RankMe falls below this fraction of min(monitor batch, width)
-    collapse_rank: float = 0.02
+    #: ... or when RankMe falls below this fraction of its highest value in the run (0 = off)
+    collapse_rank_drop: float = 0.25
+    #: ... or below this fraction of min(monitor batch, width) (0 = off; similar images, e.g. aligned
+    #: radiographs, have a low RankMe from the start, so the relative rule above is the default)
+    collapse_rank: float = 0.0
     checkpoint_every: int = 500
     keep_last: int = 2
     #: peak dense bf16 TFLOP/s per GPU for MFU; empty = known value for the GPU model
@@ -94,7 +101,8 @@ class RuntimeConfig:
 
 
 def _default_model() -> EncoderConfig:
-    return EncoderConfig(size="base", patch_size=16, image_size=224)
+    # fixed 2-D sin-cos positions, as in the I-JEPA reference encoder
+    return EncoderConfig(size="base", patch_size=16, image_size=224, pos_embed="sincos")
 
 
 @dataclass

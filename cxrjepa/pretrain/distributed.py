@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -106,11 +108,21 @@ def run_launch(cmd: list[str], *, cpu_threads: int | None = None) -> int:
     if cpu_threads and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(cpu_threads)
     proc = subprocess.Popen(cmd, env=env)
+
+    def forward(_signum, _frame):  # preemption: torchrun passes SIGTERM on to the workers, which checkpoint
+        proc.send_signal(signal.SIGTERM)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         return proc.wait()
     except KeyboardInterrupt:
         proc.wait()
         raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def init_worker(use_cuda: bool) -> DistInfo:
@@ -197,9 +209,14 @@ def set_activation_checkpointing(module: nn.Module, enable: bool) -> None:
             child.set_grad_checkpointing(enable)
 
 
+#: methods besides ``forward`` that run a sharded module (FSDP2 only hooks ``forward`` by default)
+FORWARD_METHODS = ("tokens",)
+
+
 def shard(module: nn.Module, mp_dtype: torch.dtype | None) -> None:
-    """FSDP2: ``fully_shard`` every transformer block, then the root."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    """FSDP2: ``fully_shard`` every transformer block, then the root (whose ``tokens`` method also gathers
+    the root's parameters, like ``forward``)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     kwargs = {}
     if mp_dtype is not None:
@@ -207,6 +224,9 @@ def shard(module: nn.Module, mp_dtype: torch.dtype | None) -> None:
     for blk in transformer_blocks(module):
         fully_shard(blk, **kwargs)
     fully_shard(module, **kwargs)
+    for name in FORWARD_METHODS:
+        if callable(getattr(module, name, None)):
+            register_fsdp_forward_method(module, name)
 
 
 def wrap_student(student: nn.Module, strategy: str, info: DistInfo):

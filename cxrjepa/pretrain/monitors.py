@@ -87,16 +87,20 @@ def feature_std(tokens: torch.Tensor) -> float:
 
 
 class CollapseWatch:
-    """Warns loudly (once per episode) when the feature std or RankMe falls below its floor."""
+    """Warns loudly (once per episode) when the feature std or RankMe falls below its floor, or RankMe
+    below ``rank_drop`` times the highest RankMe of the run (partial, dimensional collapse)."""
 
-    def __init__(self, std_floor: float, rank_fraction: float):
+    def __init__(self, std_floor: float, rank_fraction: float, rank_drop: float = 0.0, best_rank: float = 0.0):
         self.std_floor = std_floor
         self.rank_fraction = rank_fraction
+        self.rank_drop = rank_drop
+        self.best_rank = best_rank
         self.alarmed = False
         self.warnings = 0
 
     def check(self, step: int, std: float, rank: float, rank_cap: int) -> bool:
-        rank_floor = max(1.5, self.rank_fraction * rank_cap)
+        self.best_rank = max(self.best_rank, rank)
+        rank_floor = max(self.rank_fraction * rank_cap, self.rank_drop * self.best_rank)
         collapsed = std < self.std_floor or rank < rank_floor
         if collapsed and not self.alarmed:
             self.warnings += 1

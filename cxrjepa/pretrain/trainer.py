@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,16 @@ from cxrjepa.models.vit import create_vit
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.config import PretrainConfig, TrainConfig
-from cxrjepa.pretrain.data import Collator, PretrainImages, StepSampler, build_loader, default_workers, fixed_batch
+from cxrjepa.pretrain.data import (
+    Collator,
+    FrameCache,
+    Normalizer,
+    StepSampler,
+    build_loader,
+    default_workers,
+    fixed_batch,
+    training_images,
+)
 from cxrjepa.pretrain.monitors import CollapseWatch, MetricsLog, feature_std, format_row, peak_flops, rankme
 from cxrjepa.pretrain.objectives import build_objective
 from cxrjepa.pretrain.optim import apply_schedule, build_optimizer
@@ -94,6 +105,7 @@ class Trainer:
         self.device = info.device
         self.amp = autocast_dtype(config.train.precision, self.device)
         self.normalization = dict(data.normalization)
+        self.normalizer = Normalizer(self.normalization)
 
     # ------------------------------------------------------------------ setup
     def _setup_backend(self) -> None:
@@ -141,7 +153,12 @@ class Trainer:
     def _data(self, start: int) -> None:
         cfg, rt, info = self.config, self.rt, self.info
         size = cfg.model.image_size
-        images = PretrainImages(self.data, size, cfg.augment, self.normalization, cfg.train.seed)
+        cache = FrameCache.resolve(rt.frame_cache, self.data)
+        if cache is not None:
+            if info.local_rank == 0 and cache.build():
+                console.info(f"Copied {cache.shape[0]} frames to the frame cache {cache.path}.")
+            D.barrier(info)
+        images = training_images(cfg, self.data, cache)
         self.frames = len(images)
         self.sampler = StepSampler(
             self.frames,
@@ -169,7 +186,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ pieces of a step
     def _to_device(self, batch: dict) -> dict:
-        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out["images"] = self.normalizer(out["images"])
+        return out
 
     def _autocast(self):
         if self.amp is None:
@@ -240,6 +259,35 @@ class Trainer:
         )
         return json.loads((folder / CONFIG).read_text())
 
+    # ------------------------------------------------------------------ preemption
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """SIGTERM / SIGUSR1 (cluster preemption, ``scancel``) ask for a checkpoint and a clean stop."""
+        self._stop_signal: int | None = None
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, _frame):
+            self._stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _stop_requested(self, sync_point: bool) -> bool:
+        """Whether to stop now; in a process group every rank must agree, so only at sync points."""
+        flag = self._stop_signal is not None
+        if not self.info.distributed:
+            return flag
+        if not sync_point:
+            return False
+        box = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(D.all_reduce_mean(box, self.info).item() > 0)
+
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainOutcome:
         self._setup_backend()
@@ -255,13 +303,17 @@ class Trainer:
                                resumed_from=start, world=info.world, strategy=self.strategy)
         log = MetricsLog(self.run, enabled=info.is_main, tensorboard=self.tensorboard,
                          resume_step=start if start > 0 else None)
-        watch = CollapseWatch(rt.collapse_std, rt.collapse_rank)
+        best_rank = max((float(r["rankme"]) for r in MetricsLog.read(self.run) if "rankme" in r and r["step"] <= start),
+                        default=0.0) if start else 0.0
+        watch = CollapseWatch(rt.collapse_std, rt.collapse_rank, rt.collapse_rank_drop, best_rank)
         peak = peak_flops(self.device, rt.peak_tflops)
         if start == 0 and self.stop > 0:  # every rank: the monitor forward is a collective under FSDP
             std, rank = self.monitor()
+            watch.best_rank = rank
             log.write({"step": 0, "epoch": 0.0, "feat_std": std, "rankme": rank})
         try:
-            outcome.last = self._loop(start, log, watch, peak, outcome)
+            with self._stop_signals():
+                outcome.last = self._loop(start, log, watch, peak, outcome)
         finally:
             log.close()
         outcome.steps = max(outcome.steps, start)
@@ -353,7 +405,12 @@ class Trainer:
                     window_loss.zero_()
                     window_steps, window_flops = 0, 0.0
                     t0 = time.perf_counter()  # checkpoint and monitor time is not counted as training time
-                if done % rt.checkpoint_every == 0 or done == self.stop:
+                stop = self._stop_requested(log_now or monitor_now)
+                if done % rt.checkpoint_every == 0 or done == self.stop or stop:
                     self._checkpoint(done)
                     t0 = time.perf_counter()
+                if stop:
+                    raise CxrjepaError(
+                        f"Stopped by a signal at step {done} after saving a checkpoint; rerun the same command to resume."
+                    )
         return last_row

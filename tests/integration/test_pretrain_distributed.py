@@ -29,31 +29,39 @@ CONFIG = {
 }
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The one-process reference run: (dataset, config file, run)."""
+    tmp = tmp_path_factory.mktemp("dist")
     rng = np.random.default_rng(0)
     images = (rng.random((24, 32, 32)) * 64).astype(np.uint8)
     images[:, 8:24, 8:24] += 128
-    data = tmp_path / "data"
+    data = tmp / "data"
     write_dataset(data, images)
-    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file = tmp / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(CONFIG))
+    run = tmp / "single"
+    run_pretrain(run, load_config(PretrainConfig, files=[cfg_file]), data=data)
+    return data, cfg_file, run
 
-    single = tmp_path / "single"
-    run_pretrain(single, load_config(PretrainConfig, files=[cfg_file]), data=data)
 
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_gloo_processes_match_one_process(single, strategy, tmp_path):
+    """DDP, and FSDP2 (sharded EMA update, gathered checkpoints), on 2 CPU processes == 1 process."""
+    data, cfg_file, single = single
     multi = tmp_path / "multi"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OMP_NUM_THREADS", None)
     res = subprocess.run(
         [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(data), "--out", str(multi), "--config",
-         str(cfg_file), "--gpus", "0", "--nproc", "2", "--json"],
+         str(cfg_file), "--gpus", "0", "--nproc", "2", "--json", "--set", f"runtime.strategy={strategy}"],
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.count('"kind": "run"') == 1  # one summary: the launcher's, not one per worker
     manifest = yaml.safe_load((multi / "manifest.yaml").read_text())
     assert manifest["status"] == "complete" and manifest["contents"]["world_size"] == 2
-    assert manifest["contents"]["strategy"] == "ddp"
+    assert manifest["contents"]["strategy"] == strategy
     # the same science settings give the same fingerprint whatever the process count
     assert manifest["fingerprint"] == yaml.safe_load((single / "manifest.yaml").read_text())["fingerprint"]
     for name in ("encoder", "predictor", "target"):

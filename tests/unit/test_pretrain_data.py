@@ -9,7 +9,7 @@ import torch
 from cxrjepa.core.errors import ConfigError
 from cxrjepa.data.store import DatasetArtifact, write_dataset
 from cxrjepa.pretrain.augment import AugmentConfig, RandomResizedCrop
-from cxrjepa.pretrain.data import Collator, PretrainImages, StepSampler, build_loader, fixed_batch
+from cxrjepa.pretrain.data import Collator, Normalizer, PretrainImages, StepSampler, build_loader, fixed_batch
 from cxrjepa.pretrain.masks import MaskConfig, MultiBlockMasks
 
 
@@ -89,23 +89,26 @@ def test_no_horizontal_flip_by_default():
 
 def test_crops_depend_only_on_step_and_position(dataset):
     data, _ = dataset
-    norm = data.normalization
-    images = PretrainImages(data, 24, AugmentConfig(), norm, seed=5)
+    images = PretrainImages(data, 24, AugmentConfig(), seed=5)
     keys = [(3, 0, 4), (3, 1, 7), (3, 2, 4)]
-    batch = images.__getitems__(keys)
-    one = [images[k] for k in keys]
-    for a, b in zip(batch, one):
+    first = [images[k] for k in keys]
+    again = [PretrainImages(data, 24, AugmentConfig(), seed=5)[k] for k in keys]
+    for a, b in zip(first, again):
         assert np.array_equal(a["image"], b["image"])
-    assert not np.array_equal(batch[0]["image"], batch[2]["image"])  # same frame, other position: other crop
-    assert batch[0]["image"].shape == (1, 24, 24)
+    assert not np.array_equal(first[0]["image"], first[2]["image"])  # same frame, other position: other crop
+    assert first[0]["image"].shape == (1, 24, 24) and first[0]["image"].dtype == np.uint8  # stored dtype
+    other_seed = PretrainImages(data, 24, AugmentConfig(), seed=6)[keys[0]]
+    assert not np.array_equal(first[0]["image"], other_seed["image"])
 
 
 def test_images_are_normalised_with_the_dataset_statistics(dataset):
     data, raw = dataset
     norm = {"divide_by": 255.0, "mean": 0.25, "std": 0.5}
-    images = PretrainImages(data, 40, AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)), norm, seed=0)
+    images = PretrainImages(data, 40, AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)), seed=0)
     item = images[(0, 0, 2)]
-    np.testing.assert_allclose(item["image"][0], (raw[2] / 255.0 - 0.25) / 0.5, atol=1e-5)
+    assert np.array_equal(item["image"][0], raw[2])  # a full crop at the stored size is the frame itself
+    x = Normalizer(norm)(torch.from_numpy(item["image"]))
+    np.testing.assert_allclose(x[0].numpy(), (raw[2] / 255.0 - 0.25) / 0.5, atol=1e-5)
     fixed = fixed_batch(data, 5, 40, norm)
     assert fixed.shape == (5, 1, 40, 40)
     np.testing.assert_allclose(fixed[0, 0].numpy(), (raw[0] / 255.0 - 0.25) / 0.5, atol=1e-5)
@@ -114,7 +117,7 @@ def test_images_are_normalised_with_the_dataset_statistics(dataset):
 def test_loader_batches_do_not_depend_on_the_split(dataset):
     """Two ranks x two micro-batches see exactly the rows of the single-process global batch."""
     data, _ = dataset
-    images = PretrainImages(data, 32, AugmentConfig(), data.normalization, seed=1)
+    images = PretrainImages(data, 32, AugmentConfig(), seed=1)
     masks = MultiBlockMasks(MaskConfig(min_context=4), (4, 4))
     collate = Collator(masks, 8, seed=1)
     whole = list(build_loader(images, StepSampler(20, 8, 1, 3), collate, workers=0))
@@ -132,9 +135,25 @@ def test_loader_batches_do_not_depend_on_the_split(dataset):
 
 def test_loader_with_workers_matches_the_main_process(dataset):
     data, _ = dataset
-    images = PretrainImages(data, 32, AugmentConfig(), data.normalization, seed=1)
+    images = PretrainImages(data, 32, AugmentConfig(), seed=1)
     masks = MultiBlockMasks(MaskConfig(min_context=4), (4, 4))
     a = list(build_loader(images, StepSampler(20, 4, 1, 3), Collator(masks, 4, 1), workers=0))
     b = list(build_loader(images, StepSampler(20, 4, 1, 3), Collator(masks, 4, 1), workers=2, persistent=False))
     for x, y in zip(a, b):
         assert torch.equal(x["images"], y["images"]) and torch.equal(x["context"], y["context"])
+
+
+def test_frame_cache_gives_the_same_crops_and_is_built_once(dataset, tmp_path):
+    import pickle
+
+    from cxrjepa.pretrain.data import FrameCache
+
+    data, raw = dataset
+    cache = FrameCache(tmp_path / "cache", data)
+    assert cache.build() and not cache.build()
+    assert cache.path.stat().st_size == raw.nbytes
+    assert np.array_equal(cache[3], raw[3])
+    plain = PretrainImages(data, 24, AugmentConfig(), seed=2)
+    cached = PretrainImages(data, 24, AugmentConfig(), seed=2, cache=pickle.loads(pickle.dumps(cache)))
+    for key in [(0, 0, 1), (5, 3, 19), (9, 1, 7)]:
+        assert np.array_equal(plain[key]["image"], cached[key]["image"])

@@ -41,7 +41,7 @@ def _tiny_config(**sets) -> PretrainConfig:
 
 
 def test_no_weight_decay_on_biases_norms_positions_and_mask_token():
-    obj = IJEPA(_tiny_config())
+    obj = IJEPA(_tiny_config(**{"model.pos_embed": "learned"}))
     opt = build_optimizer(obj.student, OptimConfig())
     names = {id(p): n for n, p in obj.student.named_parameters()}
     decay = {names[id(p)] for g in opt.param_groups if g["decay"] for p in g["params"]}
@@ -55,6 +55,17 @@ def test_no_weight_decay_on_biases_norms_positions_and_mask_token():
     apply_schedule(opt, 0.1, 0.3)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.3, 0.0]
     assert all(g["lr"] == 0.1 for g in opt.param_groups)
+
+
+def test_fixed_sincos_positions_are_not_trained():
+    obj = IJEPA(_tiny_config(**{"model.pos_embed": "sincos"}))
+    from cxrjepa.models.posembed import sincos_grid
+
+    pe = obj.student.encoder.vit.pos_embed
+    torch.testing.assert_close(pe[0], sincos_grid(192, (4, 4)))
+    assert not pe.requires_grad
+    opt = build_optimizer(obj.student, OptimConfig())
+    assert all(p is not pe for g in opt.param_groups for p in g["params"])
 
 
 def test_ema_update_is_a_lerp_with_the_scheduled_momentum():

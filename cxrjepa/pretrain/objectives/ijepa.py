@@ -73,7 +73,6 @@ class IJEPA(Objective):
         encoder = ViTEncoder(config.model)
         self.student = JEPAStudent(encoder, Predictor(self.settings.predictor, encoder.embed_dim))
         self.target = copy.deepcopy(encoder).requires_grad_(False).eval()
-        self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     def frozen(self) -> list[nn.Module]:
         return [self.target]
@@ -99,11 +98,11 @@ class IJEPA(Objective):
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
         """EMA update with the momentum of ``step`` (the step just taken)."""
         m = self.momentum(step, total_steps)
-        if self._ema_pairs is None:  # built lazily: FSDP replaces parameters when it shards them
-            tgt = [_local(p) for p in self.target.parameters()]
-            src = [_local(p) for p in self.student.encoder.parameters()]
-            self._ema_pairs = (tgt, src)
-        tgt, src = self._ema_pairs
+        for module in (self.target, self.student):  # FSDP2: update the sharded parameters, shard by shard
+            if hasattr(module, "reshard"):
+                module.reshard()
+        tgt = [_local(p) for p in self.target.parameters()]
+        src = [_local(p) for p in self.student.encoder.parameters()]
         torch._foreach_lerp_(tgt, src, 1.0 - m)
         return {"momentum": m}
 
@@ -132,9 +131,6 @@ class IJEPA(Objective):
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.student.encoder, "predictor": self.student.predictor, "target": self.target}
-
-    def load_extra_state(self, state: dict) -> None:
-        self._ema_pairs = None
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:
