@@ -18,6 +18,7 @@ stages:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from cxrjepa.core.config import _did_you_mean, read_yaml
 from cxrjepa.core.errors import ConfigError
 
 REF = "@"
+_PREFIXED = re.compile(r"^([\w.-]+[:=])(@.+)$")
 STAGE_KEYS = ("stage", "out", "inputs", "params", "config", "options")
 
 
@@ -43,8 +45,9 @@ class StageSpec:
         """Ids of the stages whose outputs this stage reads."""
         ids = []
         for value in _flat(self.inputs):
-            if isinstance(value, str) and "=" + REF in value:
-                value = value.partition("=")[2]
+            prefixed = _PREFIXED.match(value) if isinstance(value, str) else None
+            if prefixed:
+                value = prefixed.group(2)
             if isinstance(value, str) and value.startswith(REF):
                 ids.append(value[1:].split("/", 1)[0])
         return ids
@@ -71,9 +74,9 @@ class Pipeline:
             ref, _, sub = value[1:].partition("/")
             base = self.get(ref).out
             return base / sub if sub else base
-        if isinstance(value, str) and "=" + REF in value:  # NAME=@ID/sub (ingest --masks NAME=DIR)
-            name, _, ref = value.partition("=")
-            return f"{name}={self.resolve(ref)}"
+        prefixed = _PREFIXED.match(value) if isinstance(value, str) else None
+        if prefixed:  # NAME=@ID/sub (ingest --masks NAME=DIR), random:@ID (embed's random twin of a run)
+            return f"{prefixed.group(1)}{self.resolve(prefixed.group(2))}"
         return value  # a plain path (relative to the current folder) or a spec such as random:tiny
 
 
