@@ -49,6 +49,8 @@ def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path 
         ref = input_refs({"encoder": spec.path})[0]
         kind = {"source": spec.source, "model": spec.target if spec.source == "timm" else None}
         ref["fingerprint"] = hash_obj({**kind, "path": ref["fingerprint"]})
+        # not the artifact itself (random:RUN only borrows a run's architecture): readers must not follow it
+        ref["kind"] = f"{spec.source}-encoder"
         refs.append(ref)
     else:
         refs.append({"name": "encoder", "path": spec.text, "kind": "spec", "fingerprint": hash_obj({"spec": spec.text})})

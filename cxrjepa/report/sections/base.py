@@ -77,17 +77,31 @@ def encoder_meta(run: Node) -> dict | None:
     return None
 
 
-def run_objective(run: Node | None) -> str:
+#: how an embeddings artifact's encoder source reads when no run is behind it
+_SOURCES = {"random": "random init", "timm": "timm weights", "hf": "Hugging Face"}
+
+
+def _embedding_encoder(variant) -> dict:
+    """The encoder an embeddings artifact of a run-less variant recorded (random:, timm:, HF folder)."""
+    for emb in getattr(variant, "embeddings", []) or []:
+        enc = (emb.manifest.get("contents") or {}).get("encoder")
+        if isinstance(enc, dict):
+            return enc
+    return {}
+
+
+def run_objective(run: Node | None, variant=None) -> str:
     if run is None:
-        return "–"
+        source = _embedding_encoder(variant).get("source") if variant is not None else None
+        return _SOURCES.get(str(source), str(source)) if source else "–"
     v = deep_find(run.manifest.get("params") or {}, ("objective", "method", "recipe", "algorithm"))
     return str(v) if v is not None else "–"
 
 
-def encoder_label(run: Node | None) -> str:
-    if run is None:
+def encoder_label(run: Node | None, variant=None) -> str:
+    meta = encoder_meta(run) if run is not None else (_embedding_encoder(variant) if variant is not None else None)
+    if run is None and not meta:
         return "–"
-    meta = encoder_meta(run)
     if meta:
         enc = meta.get("encoder") or {}
         size = enc.get("size")

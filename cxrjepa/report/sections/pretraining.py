@@ -93,8 +93,8 @@ def summary_table(runs: list[Variant], curves: list[RunCurves]) -> Table:
         epochs = _last(df, "epoch") if df is not None else counts.get("epochs")
         rows.append([
             Cell(v.label, strong=True, swatch=v.color, title=str(v.run.path)),
-            Cell(run_objective(v.run)),
-            Cell(encoder_label(v.run)),
+            Cell(run_objective(v.run, v)),
+            Cell(encoder_label(v.run, v)),
             Cell(human_int(steps), numeric=True),
             Cell(num(epochs, 1), numeric=True),
             Cell(num(_last(df, "loss") if df is not None else None, 4), numeric=True),

@@ -79,7 +79,7 @@ def side_by_side(ctx: Context) -> Table | None:
     for v in variants:
         dataset = v.dataset.name if v.dataset is not None else "–"
         row = [Cell(v.label, strong=True, swatch=v.color, title=str(v.run.path if v.run else "")),
-               Cell(run_objective(v.run)), Cell(encoder_label(v.run)), Cell(dataset)]
+               Cell(run_objective(v.run, v)), Cell(encoder_label(v.run, v)), Cell(dataset)]
         for task in tasks:
             hit = per_variant[id(v)].get(task)
             if hit is None:
