@@ -142,3 +142,23 @@ def test_partial_run_is_refused(tmp_path):
     export_encoder(create_vit(cfg), cfg, tmp_path / "run" / "encoder", Normalization())
     with pytest.raises(ArtifactError, match="incomplete"):
         load_feature_encoder(tmp_path / "run")
+
+
+def test_random_twin_of_a_run_is_not_recorded_as_that_run(tmp_path):
+    """random:RUN borrows the run's architecture only: its input must not claim to be the run (the report and
+    lineage readers would otherwise follow it and call the run 'changed')."""
+    from cxrjepa.core.artifact import begin
+    from cxrjepa.data.store import write_dataset
+    from cxrjepa.embed.api import embed_input_refs
+
+    run = tmp_path / "run"
+    b = begin(run, "run", {"objective": "ijepa"})
+    cfg = EncoderConfig(size="tiny", image_size=32, patch_size=8)
+    export_encoder(create_vit(cfg), cfg, run / "encoder", Normalization())
+    b.finish()
+    write_dataset(tmp_path / "ds", np.zeros((2, 32, 32), np.uint8))
+    own = {r["name"]: r for r in embed_input_refs(run, tmp_path / "ds")}
+    twin = {r["name"]: r for r in embed_input_refs(f"random:{run}", tmp_path / "ds")}
+    assert own["encoder"]["kind"] == "run"
+    assert twin["encoder"]["kind"] == "random-encoder"
+    assert twin["encoder"]["fingerprint"] != own["encoder"]["fingerprint"]
