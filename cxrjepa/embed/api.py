@@ -30,7 +30,13 @@ from cxrjepa.embed import store
 from cxrjepa.embed.config import EmbedConfig, EmbedOptions
 from cxrjepa.embed.extract import PATCH, Extractor, check_config, input_size, output_shapes
 from cxrjepa.embed.reader import auto_workers, batch_loader, plan_batches, plan_frames, unit_ranges
-from cxrjepa.models.external import EncoderSpec, FeatureEncoder, load_feature_encoder, parse_encoder_spec
+from cxrjepa.models.external import (
+    EncoderSpec,
+    FeatureEncoder,
+    encoder_input_ref,
+    load_feature_encoder,
+    parse_encoder_spec,
+)
 
 __all__ = ["EmbedConfig", "EmbedOptions", "run_embed", "embed_input_refs", "load_encoder_for"]
 
@@ -41,37 +47,7 @@ def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path 
     Encoders read from disk (a run, an export, a Hugging Face folder, a timm weights file) are referenced
     like any input; ``random:SIZE`` and the timm model name are part of the reference itself.
     """
-    spec = parse_encoder_spec(encoder, weights)
-    refs = input_refs({"data": data})
-    if spec.source == "cxrjepa":
-        refs.append(_cxrjepa_encoder_ref(Path(spec.target)))
-    elif spec.path is not None:
-        ref = input_refs({"encoder": spec.path})[0]
-        kind = {"source": spec.source, "model": spec.target if spec.source == "timm" else None}
-        ref["fingerprint"] = hash_obj({**kind, "path": ref["fingerprint"]})
-        refs.append(ref)
-    else:
-        refs.append({"name": "encoder", "path": spec.text, "kind": "spec", "fingerprint": hash_obj({"spec": spec.text})})
-    return refs
-
-
-def _cxrjepa_encoder_ref(path: Path) -> dict:
-    """A run artifact by its content fingerprint; a bare export folder by its weights' sha256."""
-    import json
-
-    from cxrjepa.core.artifact import read_manifest
-    from cxrjepa.models.export import CONFIG, find_export
-
-    if path.is_dir() and read_manifest(path) is not None:  # a run: complete, or refused with one sentence
-        return open_artifact(path, "run", what="run").input_ref("encoder")
-    folder = find_export(path)
-    try:
-        sha = json.loads((folder / CONFIG).read_text()).get("weights_sha256")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        sha = None
-    if not sha:
-        return input_refs({"encoder": folder})[0]
-    return {"name": "encoder", "path": str(path), "kind": "encoder", "fingerprint": sha}
+    return input_refs({"data": data}) + [encoder_input_ref("encoder", encoder, weights)]
 
 
 def load_encoder_for(spec: EncoderSpec, config: EmbedConfig, data: DatasetArtifact, device: str | torch.device = "cpu") -> FeatureEncoder:

@@ -451,3 +451,40 @@ def load_feature_encoder(
     else:
         enc = _cxrjepa_encoder(Path(sp.target), sp.text)
     return enc.to(device)
+
+
+def encoder_input_ref(name: str, encoder: str | Path, weights: str | Path | None = None) -> dict:
+    """How a downstream artifact records an encoder it reads (embed's ``encoder``, SALT's ``teacher``).
+
+    A cxrjepa run by its content fingerprint (a partial run is refused with one sentence), a bare export
+    folder by its weights' sha256, a Hugging Face folder or a timm weights file by their files (plus the
+    timm model name), and ``random:SIZE`` by the spec itself.
+    """
+    from cxrjepa.core.artifact import input_refs
+
+    spec = parse_encoder_spec(encoder, weights)
+    if spec.source == "cxrjepa":
+        return cxrjepa_encoder_ref(name, Path(spec.target))
+    if spec.path is not None:
+        ref = input_refs({name: spec.path})[0]
+        kind = {"source": spec.source, "model": spec.target if spec.source == "timm" else None}
+        ref["fingerprint"] = hash_obj({**kind, "path": ref["fingerprint"]})
+        return ref
+    return {"name": name, "path": spec.text, "kind": "spec", "fingerprint": hash_obj({"spec": spec.text})}
+
+
+def cxrjepa_encoder_ref(name: str, path: Path) -> dict:
+    """A run artifact by its content fingerprint; a bare export folder by its weights' sha256."""
+    from cxrjepa.core.artifact import input_refs, open_artifact, read_manifest
+    from cxrjepa.models.export import CONFIG, find_export
+
+    if path.is_dir() and read_manifest(path) is not None:  # a run: complete, or refused with one sentence
+        return open_artifact(path, "run", what="run").input_ref(name)
+    folder = find_export(path)
+    try:
+        sha = json.loads((folder / CONFIG).read_text()).get("weights_sha256")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        sha = None
+    if not sha:
+        return input_refs({name: folder})[0]
+    return {"name": name, "path": str(path), "kind": "encoder", "fingerprint": sha}
