@@ -29,7 +29,7 @@ from cxrjepa.embed import distributed as D
 from cxrjepa.embed import store
 from cxrjepa.embed.config import EmbedConfig, EmbedOptions
 from cxrjepa.embed.extract import PATCH, Extractor, check_config, input_size, output_shapes
-from cxrjepa.embed.reader import auto_workers, batch_loader, plan_batches, plan_frames, unit_ranges
+from cxrjepa.embed.reader import auto_workers, batch_loader, encoder_clip, plan_batches, plan_for, unit_ranges
 from cxrjepa.models.external import (
     EncoderSpec,
     FeatureEncoder,
@@ -72,6 +72,8 @@ class Job:
     unit_rows: int
     pending: list[int] = field(default_factory=list)
     dtypes: dict = field(default_factory=dict)
+    #: (frames, stride) of a clip encoder (embedded in whole clip windows), None for image encoders
+    clip: tuple[int, int] | None = None
 
 
 def _resolve_device(options: EmbedOptions) -> tuple[str, int]:
@@ -177,9 +179,11 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
         }
     )
     if config.patch_tokens:
-        builder.contents["arrays"][PATCH]["grid"] = list(enc.grid(size, size))
+        builder.contents["arrays"][PATCH]["grid"] = list(enc.token_grid(size, size))
     builder.write_partial()
-    job = Job(out, Path(data), spec, config, device, options.batch_size, options.workers, n, unit_rows, pending, dtypes)
+    clip = encoder_clip(enc)
+    batch_size = max(options.batch_size, clip[0]) if clip else options.batch_size  # at least one whole window
+    job = Job(out, Path(data), spec, config, device, batch_size, options.workers, n, unit_rows, pending, dtypes, clip)
     msg = f"Embedding {n} samples with '{spec.text}' ({enc.source}, dim {enc.embed_dim}, {size} px) on {device}"
     console.info(msg + (f" x{world}." if world > 1 else "."))
     return builder, job, enc
@@ -196,7 +200,7 @@ def _work(r: D.Rank, job: Job, encoder: FeatureEncoder | None = None) -> None:
     ds = DatasetArtifact.open(job.data)
     enc = encoder.to(device) if encoder is not None else load_encoder_for(job.spec, job.config, ds, device)
     starts, counts = ds.frame_index
-    plan = plan_frames(starts, counts, job.config.clip_frames, job.config.clip_pool)
+    plan = plan_for(job.clip, starts, counts, job.config.clip_frames, job.config.clip_pool)
     batches = plan_batches(plan, units, job.unit_rows, job.batch_size)
     workers = auto_workers(len(batches), r.world) if job.workers is None else job.workers
     loader = batch_loader(ds, plan, batches, workers=workers, pin_memory=device.type == "cuda")
@@ -249,7 +253,7 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
 
         raise CxrjepaError(f"{len(missing)} units of rows were not written; rerun the same command to resume.")
     starts, counts = ds.frame_index
-    plan = plan_frames(starts, counts, job.config.clip_frames, job.config.clip_pool)
+    plan = plan_for(job.clip, starts, counts, job.config.clip_frames, job.config.clip_pool)
     store.write_index(out, ds.meta, {"frames_embedded": plan.counts().astype(np.int64)})
     arrays = store.open_arrays(out)
     files = []
