@@ -71,8 +71,10 @@ class HoldoutSelection:
     best_loss: float = math.inf
     history: list[tuple[int, float]] = field(default_factory=list)
 
-    def due(self, done: int, stop: int) -> bool:
-        return (self.every > 0 and done % self.every == 0) or done == stop
+    def due(self, done: int, total: int) -> bool:
+        """Evaluations happen every ``every`` steps and at the planned end (never at an early stop, so a run
+        stopped by --max-steps and continued evaluates exactly where an uninterrupted one does)."""
+        return (self.every > 0 and done % self.every == 0) or done == total
 
     def restore(self, start: int, metrics: list[dict]) -> None:
         """State at ``start`` (resume): the best taken at or before it, and the evaluations up to it."""

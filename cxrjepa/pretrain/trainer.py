@@ -440,7 +440,7 @@ class Trainer:
                     step_loss += loss.detach()
                     window_flops += obj.step_flops(batch)
                 done = step + 1
-                select_now = self.selection is not None and self.selection.due(done, self.stop)
+                select_now = self.selection is not None and self.selection.due(done, self.total)  # on schedule only (not at --max-steps)
                 log_now = done % rt.log_every == 0 or done == self.stop or select_now
                 monitor_now = (rt.monitor_every and done % rt.monitor_every == 0) or done == self.stop
                 grad_norm = None
