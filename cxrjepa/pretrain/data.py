@@ -314,7 +314,14 @@ def training_items(config, data: DatasetArtifact) -> tuple[np.ndarray, np.ndarra
         patient = np.unique(np.where(vals == "", own, vals), return_inverse=True)[1].astype(np.int64)
     if config.model.is_clip:
         return samples, patient
-    return np.arange(int(data.images.shape[0]), dtype=np.int64), np.repeat(patient, counts)
+    n_frames = int(data.images.shape[0])
+    rows = np.repeat(samples, counts)  # frame -> sample, wherever each sample's frames are stored
+    offsets = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    frame_patient = np.full(n_frames, -1, dtype=np.int64)
+    frame_patient[starts[rows] + offsets] = patient[rows]
+    orphans = frame_patient < 0  # frames of no sample (none in ingest's datasets): each its own group
+    frame_patient[orphans] = patient.max(initial=-1) + 1 + np.arange(int(orphans.sum()))
+    return np.arange(n_frames, dtype=np.int64), frame_patient
 
 
 def split_holdout(items: np.ndarray, patients: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
