@@ -262,3 +262,11 @@ def test_recipes_parse_and_plan(name):
         if spec.stage == "pretrain":
             objectives.append(cfg.objective)
     assert objectives
+
+
+@pytest.mark.gpu
+def test_salt_on_cuda_runs_the_teacher_in_bf16(chain, tmp_path):
+    run = run_pretrain(tmp_path / "gpu", config("objective=salt"), data=chain["data"], teacher=chain["teacher"],
+                       options=PretrainOptions(gpus=1))
+    assert run.contents["teacher"]["dtype"] == "bfloat16"
+    assert all(np.isfinite(v) for _, v in run.contents["selection"]["evaluations"])
