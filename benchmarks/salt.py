@@ -117,7 +117,6 @@ def measure(cfg: PretrainConfig, device: torch.device, steps: int, *, teacher: P
     sync(device)
     wall, cpu = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
     out = {"step_s": wall, "cpu_s": cpu, "images_per_s": b / wall}
-    del obj, opt, batches
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

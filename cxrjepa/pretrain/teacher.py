@@ -209,8 +209,3 @@ def _refuse_partial_run(path: Path) -> None:
 
     if path.is_dir() and read_manifest(path) is not None:
         open_artifact(path, "run", what="teacher run")
-
-
-def frame_targets_supported(teacher: Teacher) -> bool:
-    """Whether the teacher's targets can be computed frame by frame (and so cached per frame)."""
-    return not teacher.clip
