@@ -27,9 +27,9 @@ from cxrjepa.core.artifact import Artifact
 from cxrjepa.core.errors import EXIT_OK
 
 HELP = (
-    "Pretrain an encoder (I-JEPA by default) on a dataset artifact; writes a run artifact with checkpoints, "
-    "metrics and the exported encoder. --gpus N trains on N GPUs (torchrun); an interrupted run resumes "
-    "when the same command is run again."
+    "Pretrain an encoder (I-JEPA by default; 'pixel' reconstruction teachers; 'salt' students of a frozen "
+    "--teacher) on a dataset artifact; writes a run artifact with checkpoints, metrics and the exported "
+    "encoder. --gpus N trains on N GPUs (torchrun); an interrupted run resumes when the same command is run again."
 )
 
 
@@ -37,6 +37,7 @@ def _worker_argv(
     data: Path, out: Path, config: list[Path] | None, sets: list[str] | None, objective: str | None,
     gpus: int | None, max_steps: int | None, workers: int | None, tensorboard: bool,
     resume: bool, force: bool, quiet: bool, verbose: bool,
+    teacher: str | None = None, teacher_weights: Path | None = None, init: Path | None = None,
 ) -> list[str]:
     """The arguments launched workers get: this command with absolute paths, without --json / --dry-run and
     without the launcher's own options (workers take their rank and world size from torchrun; some of
@@ -49,6 +50,13 @@ def _worker_argv(
     for flag, value in (("--objective", objective), ("--gpus", gpus), ("--max-steps", max_steps), ("--workers", workers)):
         if value is not None:
             argv += [flag, str(value)]
+    if teacher is not None:
+        from cxrjepa.models.external import parse_encoder_spec
+
+        argv += ["--teacher", parse_encoder_spec(teacher).absolute()]
+    for flag, path in (("--teacher-weights", teacher_weights), ("--init", init)):
+        if path is not None:
+            argv += [flag, str(Path(path).absolute())]
     argv += [flag for flag, on in (("--tensorboard", tensorboard), ("--no-resume", not resume), ("--force", force),
                                    ("--quiet", quiet), ("--verbose", verbose)) if on]
     return argv
@@ -59,7 +67,10 @@ def command(
     out: OutOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    objective: Annotated[str | None, typer.Option("--objective", help="Pretraining objective (default ijepa).")] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="Pretraining objective: ijepa (default), pixel (masked-block pixel reconstruction: a SALT teacher) or salt (student of a frozen --teacher).")] = None,
+    teacher: Annotated[str | None, typer.Option("--teacher", help="SALT's frozen teacher: a run or export folder, timm:NAME (with --teacher-weights), a local Hugging Face folder, or random:ARCH. Never downloaded.")] = None,
+    teacher_weights: Annotated[Path | None, typer.Option("--teacher-weights", help="Local weights file (safetensors or a plain state dict) for --teacher timm:NAME.")] = None,
+    init: Annotated[Path | None, typer.Option("--init", help="Start from the encoder of this run or export (an image encoder is inflated to tubelets for clip models).")] = None,
     gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs on this node; 0 = CPU. Default: 1 GPU if CUDA is available, else CPU.")] = None,
     nproc: Annotated[int | None, typer.Option("--nproc", help="Processes on this node; with --gpus 0, several CPU (gloo) processes.")] = None,
     nnodes: Annotated[int, typer.Option("--nnodes", help="Number of nodes of a multi-node run (run the same command on each).")] = 1,
@@ -93,9 +104,10 @@ def command(
             gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
             max_steps=max_steps, tensorboard=tensorboard, resume=resume,
             launch_argv=_worker_argv(data, out, config, set_, objective, gpus, max_steps, workers,
-                                     tensorboard, resume, force, quiet, verbose),
+                                     tensorboard, resume, force, quiet, verbose, teacher, teacher_weights, init),
         )
-        return run_pretrain(out, cfg, data=data, options=options, force=force, dry_run=dry_run)
+        return run_pretrain(out, cfg, data=data, teacher=teacher, teacher_weights=teacher_weights, init=init,
+                            options=options, force=force, dry_run=dry_run)
 
     def _summarize(result):
         if isinstance(result, DryRun):

@@ -35,6 +35,7 @@ STAGE_FOR_KIND = {
     "demo": "cxrjepa demo-data",
     "dataset": "cxrjepa ingest",
     "run": "cxrjepa pretrain",
+    "targets": "cxrjepa pretrain --objective salt with runtime.teacher_cache",
     "embeddings": "cxrjepa embed",
     "probe": "cxrjepa probe",
     "report": "cxrjepa report",

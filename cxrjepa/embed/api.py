@@ -29,8 +29,14 @@ from cxrjepa.embed import distributed as D
 from cxrjepa.embed import store
 from cxrjepa.embed.config import EmbedConfig, EmbedOptions
 from cxrjepa.embed.extract import PATCH, Extractor, check_config, input_size, output_shapes
-from cxrjepa.embed.reader import auto_workers, batch_loader, plan_batches, plan_frames, unit_ranges
-from cxrjepa.models.external import EncoderSpec, FeatureEncoder, load_feature_encoder, parse_encoder_spec
+from cxrjepa.embed.reader import auto_workers, batch_loader, encoder_clip, plan_batches, plan_for, unit_ranges
+from cxrjepa.models.external import (
+    EncoderSpec,
+    FeatureEncoder,
+    encoder_input_ref,
+    load_feature_encoder,
+    parse_encoder_spec,
+)
 
 __all__ = ["EmbedConfig", "EmbedOptions", "run_embed", "embed_input_refs", "load_encoder_for"]
 
@@ -41,39 +47,7 @@ def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path 
     Encoders read from disk (a run, an export, a Hugging Face folder, a timm weights file) are referenced
     like any input; ``random:SIZE`` and the timm model name are part of the reference itself.
     """
-    spec = parse_encoder_spec(encoder, weights)
-    refs = input_refs({"data": data})
-    if spec.source == "cxrjepa":
-        refs.append(_cxrjepa_encoder_ref(Path(spec.target)))
-    elif spec.path is not None:
-        ref = input_refs({"encoder": spec.path})[0]
-        kind = {"source": spec.source, "model": spec.target if spec.source == "timm" else None}
-        ref["fingerprint"] = hash_obj({**kind, "path": ref["fingerprint"]})
-        # not the artifact itself (random:RUN only borrows a run's architecture): readers must not follow it
-        ref["kind"] = f"{spec.source}-encoder"
-        refs.append(ref)
-    else:
-        refs.append({"name": "encoder", "path": spec.text, "kind": "spec", "fingerprint": hash_obj({"spec": spec.text})})
-    return refs
-
-
-def _cxrjepa_encoder_ref(path: Path) -> dict:
-    """A run artifact by its content fingerprint; a bare export folder by its weights' sha256."""
-    import json
-
-    from cxrjepa.core.artifact import read_manifest
-    from cxrjepa.models.export import CONFIG, find_export
-
-    if path.is_dir() and read_manifest(path) is not None:  # a run: complete, or refused with one sentence
-        return open_artifact(path, "run", what="run").input_ref("encoder")
-    folder = find_export(path)
-    try:
-        sha = json.loads((folder / CONFIG).read_text()).get("weights_sha256")
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        sha = None
-    if not sha:
-        return input_refs({"encoder": folder})[0]
-    return {"name": "encoder", "path": str(path), "kind": "encoder", "fingerprint": sha}
+    return input_refs({"data": data}) + [encoder_input_ref("encoder", encoder, weights)]
 
 
 def load_encoder_for(spec: EncoderSpec, config: EmbedConfig, data: DatasetArtifact, device: str | torch.device = "cpu") -> FeatureEncoder:
@@ -98,6 +72,8 @@ class Job:
     unit_rows: int
     pending: list[int] = field(default_factory=list)
     dtypes: dict = field(default_factory=dict)
+    #: (frames, stride) of a clip encoder (embedded in whole clip windows), None for image encoders
+    clip: tuple[int, int] | None = None
 
 
 def _resolve_device(options: EmbedOptions) -> tuple[str, int]:
@@ -203,9 +179,11 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
         }
     )
     if config.patch_tokens:
-        builder.contents["arrays"][PATCH]["grid"] = list(enc.grid(size, size))
+        builder.contents["arrays"][PATCH]["grid"] = list(enc.token_grid(size, size))
     builder.write_partial()
-    job = Job(out, Path(data), spec, config, device, options.batch_size, options.workers, n, unit_rows, pending, dtypes)
+    clip = encoder_clip(enc)
+    batch_size = max(options.batch_size, clip[0]) if clip else options.batch_size  # at least one whole window
+    job = Job(out, Path(data), spec, config, device, batch_size, options.workers, n, unit_rows, pending, dtypes, clip)
     msg = f"Embedding {n} samples with '{spec.text}' ({enc.source}, dim {enc.embed_dim}, {size} px) on {device}"
     console.info(msg + (f" x{world}." if world > 1 else "."))
     return builder, job, enc
@@ -222,7 +200,7 @@ def _work(r: D.Rank, job: Job, encoder: FeatureEncoder | None = None) -> None:
     ds = DatasetArtifact.open(job.data)
     enc = encoder.to(device) if encoder is not None else load_encoder_for(job.spec, job.config, ds, device)
     starts, counts = ds.frame_index
-    plan = plan_frames(starts, counts, job.config.clip_frames, job.config.clip_pool)
+    plan = plan_for(job.clip, starts, counts, job.config.clip_frames, job.config.clip_pool)
     batches = plan_batches(plan, units, job.unit_rows, job.batch_size)
     workers = auto_workers(len(batches), r.world) if job.workers is None else job.workers
     loader = batch_loader(ds, plan, batches, workers=workers, pin_memory=device.type == "cuda")
@@ -275,7 +253,7 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
 
         raise CxrjepaError(f"{len(missing)} units of rows were not written; rerun the same command to resume.")
     starts, counts = ds.frame_index
-    plan = plan_frames(starts, counts, job.config.clip_frames, job.config.clip_pool)
+    plan = plan_for(job.clip, starts, counts, job.config.clip_frames, job.config.clip_pool)
     store.write_index(out, ds.meta, {"frames_embedded": plan.counts().astype(np.int64)})
     arrays = store.open_arrays(out)
     files = []

@@ -30,11 +30,13 @@ def input_size(config: EmbedConfig, encoder: FeatureEncoder) -> int:
 
 
 def output_shapes(config: EmbedConfig, encoder: FeatureEncoder) -> dict[str, tuple[int, ...]]:
-    """Per-row shape of each output array."""
+    """Per-row shape of each output array (clip encoders: patch tokens on the (T', h, w) grid)."""
     d = encoder.embed_dim
     size = input_size(config, encoder)
-    gh, gw = encoder.grid(size, size)
-    shapes = {FEATURES: (d,), LAST4: (4 * d,), PATCH: (gh * gw, d)}
+    tokens = 1
+    for g in encoder.token_grid(size, size):
+        tokens *= g
+    shapes = {FEATURES: (d,), LAST4: (4 * d,), PATCH: (tokens, d)}
     return {k: shapes[k] for k in output_names(config)}
 
 
@@ -62,6 +64,8 @@ class Extractor:
         self.size = input_size(config, encoder)
         self.transform = transform
         self.n_layers = 4 if config.last4 else 1
+        #: frames per input of a clip encoder (each sample's frames come as whole windows), else 0
+        self.clip = encoder.clip_frames if encoder.clip_frames > 1 else 0
 
     def autocast(self):
         if self.device.type == "cuda":
@@ -74,6 +78,10 @@ class Extractor:
         if self.transform is not None:
             x = self.transform(x)
         x = self.encoder.prepare(x, self.size)
+        if self.clip:  # (windows * T, C, S, S) -> (windows, C, T, S, S); counts become windows per sample
+            n, c, h, w = x.shape
+            x = x.reshape(n // self.clip, self.clip, c, h, w).transpose(1, 2)
+            counts = counts // self.clip
         with self.autocast():
             out = self.encoder.run(x, self.n_layers)
         tokens = out.tokens.float()
@@ -112,12 +120,12 @@ def embed_rows(
 
     The in-memory twin of ``cxrjepa embed`` (probe robustness re-embeds corrupted test images with it).
     """
-    from cxrjepa.embed.reader import FramePlan, plan_frames, read_frames
+    from cxrjepa.embed.reader import FramePlan, encoder_clip, plan_for, read_frames
 
     device = torch.device(device)
     starts, counts = data.frame_index
     rows = np.arange(len(starts)) if rows is None else np.asarray(rows, dtype=np.int64)
-    plan = plan_frames(starts[rows], counts[rows], config.clip_frames, config.clip_pool)
+    plan = plan_for(encoder_clip(encoder), starts[rows], counts[rows], config.clip_frames, config.clip_pool)
     ext = Extractor(encoder, config, device, data.max_value, transform)
     parts: dict[str, list[np.ndarray]] = {}
     for lo, hi in _batches(plan, batch_size):

@@ -57,6 +57,46 @@ def plan_frames(starts: np.ndarray, counts: np.ndarray, clip_frames: int = 16, c
     return FramePlan(starts[row] + offset, ptr)
 
 
+def plan_clips(starts: np.ndarray, counts: np.ndarray, length: int, stride: int = 1, windows: int = 1) -> FramePlan:
+    """Frames of clip windows per sample, for clip encoders: up to ``windows`` windows of ``length`` frames
+    (every ``stride``-th), evenly spread over the sample (one centred window when ``windows`` is 1 or the
+    sample is shorter than a window; past its end the last frame repeats, so a still is a static clip).
+    Row ``i`` gets ``n_i * length`` frames, window by window."""
+    starts = np.asarray(starts, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    if len(counts) and counts.min() < 1:
+        raise ArtifactError("The dataset has a sample with no frames; re-run 'cxrjepa ingest' on it.")
+    span = (length - 1) * stride + 1
+    room = np.maximum(counts - span, 0)
+    n = np.where(room > 0, np.minimum(windows, room + 1), 1).astype(np.int64)
+    ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(n * length, out=ptr[1:])
+    row = np.repeat(np.arange(len(counts)), n * length)
+    p = np.arange(ptr[-1], dtype=np.int64) - ptr[row]
+    j, k = p // length, p % length
+    nn_, rr = n[row], room[row]
+    offset = np.where(nn_ > 1, np.round(j * rr / np.maximum(nn_ - 1, 1)).astype(np.int64), rr // 2)
+    return FramePlan(starts[row] + np.minimum(offset + k * stride, counts[row] - 1), ptr)
+
+
+def plan_for(clip: tuple[int, int] | None, starts: np.ndarray, counts: np.ndarray, clip_frames: int = 16,
+             clip_pool: str = "mean") -> FramePlan:
+    """The frames embed reads: clip windows for a clip encoder (``clip`` = (frames, stride)), else
+    :func:`plan_frames`. A clip encoder embeds ``clip_frames // frames`` windows per sample (at least one;
+    one centred window with ``clip_pool: middle``)."""
+    if clip is None:
+        return plan_frames(starts, counts, clip_frames, clip_pool)
+    length, stride = clip
+    windows = 1 if clip_pool == "middle" else max(1, clip_frames // length)
+    return plan_clips(starts, counts, length, stride, windows)
+
+
+def encoder_clip(encoder) -> tuple[int, int] | None:
+    """(frames, stride) of a clip encoder, None for an image encoder."""
+    frames = int(getattr(encoder, "clip_frames", 1) or 1)
+    return (frames, int(getattr(encoder, "clip_stride", 1) or 1)) if frames > 1 else None
+
+
 def unit_ranges(n_rows: int, unit_rows: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + unit_rows, n_rows)) for lo in range(0, n_rows, unit_rows)]
 

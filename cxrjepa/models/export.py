@@ -7,6 +7,9 @@ The documented snippet (docs/export.md)::
     model = timm.create_model(cfg["timm_model"], pretrained=False, **cfg["timm_kwargs"])
     model.load_state_dict(safetensors.torch.load_file("RUN/encoder/encoder.safetensors"))
     model.eval()  # model(x) -> (B, D) mean-pooled patch features; x: (B, 1, H, W) normalized as cfg says
+
+Clip (video) encoders (``encoder.frames > 1``: 3-D tubelet patches, config ``timm_loadable: false``) cannot be
+built by timm alone; load them with :func:`load_encoder`, whose model takes clips ``(B, 1, T, H, W)``.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def export_encoder(
         "in_chans": config.in_chans,
         "embed_dim": config.embed_dim,
         "features": "mean of final-normed patch tokens (no CLS token)",
+        # clip encoders have a 3-D tubelet patch embedding that timm cannot build: use load_encoder
+        "timm_loadable": not config.is_clip,
         "normalization": to_dict(normalization),
         "weights_sha256": hash_file(out_dir / WEIGHTS),
     }

@@ -18,6 +18,10 @@ Every encoder takes images as ``(B, 1, H, W)`` floats in [0, 1] (stored intensit
 model wants RGB, and applies the model's own mean/std. :meth:`FeatureEncoder.run` returns the final-normed
 patch tokens ``(B, L, D)`` of the last ``n`` blocks on a ``grid`` plus the prefix (CLS/register) tokens;
 ``forward`` gives mean-pooled features ``(B, D)``. SALT's frozen teacher uses the same loader.
+
+Clip encoders (cxrjepa runs with ``model.frames > 1``) have ``clip_frames > 1``: :meth:`FeatureEncoder.run`
+then takes clips ``(B, C, T, S, S)`` (prepare their frames like images, then stack them) and returns tokens
+on the (T', h, w) grid, time-major; ``clip_stride`` is the frame step they were trained with.
 """
 
 from __future__ import annotations
@@ -77,9 +81,15 @@ class FeatureEncoder(nn.Module):
         num_prefix_tokens: int,
         fingerprint: str,
         info: dict | None = None,
+        clip_frames: int = 1,
+        clip_stride: int = 1,
+        tubelet: int = 1,
     ):
         super().__init__()
         self.backbone = backbone
+        self.clip_frames = int(clip_frames)
+        self.clip_stride = int(clip_stride)
+        self.tubelet = int(tubelet)
         self.source = source
         self.spec = spec
         self.preprocess = preprocess
@@ -106,6 +116,11 @@ class FeatureEncoder(nn.Module):
         h = height or self.image_size
         w = width or self.image_size
         return h // self.patch_size, w // self.patch_size
+
+    def token_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, ...]:
+        """The token grid of one input: (h, w), or (T', h, w) for a clip encoder."""
+        grid = self.grid(height, width)
+        return (self.clip_frames // self.tubelet, *grid) if self.clip_frames > 1 else grid
 
     def prepare(self, x: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] -> normalized model input (B, C, S, S)."""
@@ -140,6 +155,8 @@ class FeatureEncoder(nn.Module):
             "mean": list(self.preprocess.mean),
             "std": list(self.preprocess.std),
             "prefix_tokens": self.num_prefix_tokens,
+            **({"clip_frames": self.clip_frames, "clip_stride": self.clip_stride, "tubelet": self.tubelet}
+               if self.clip_frames > 1 else {}),
             **self.info,
         }
 
@@ -167,6 +184,23 @@ class TimmTokens(nn.Module):
         if p:
             return EncoderOutput([o[0] for o in outs], outs[-1][1])
         return EncoderOutput(list(outs))
+
+
+class ClipTokens(nn.Module):
+    """Tokens from a cxrjepa clip encoder (a ViTEncoder with tubelets): clips (B, C, T, H, W) in."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.num_prefix_tokens = 0
+
+    def forward(self, x: torch.Tensor, n_layers: int = 1) -> EncoderOutput:
+        tokens = self.encoder.embed(x)
+        if n_layers <= 1:
+            return EncoderOutput([self.encoder.run_blocks(tokens)])
+        if n_layers > len(self.encoder.vit.blocks):
+            raise UsageError(f"The clip encoder has {len(self.encoder.vit.blocks)} blocks, fewer than the {n_layers} layers asked for.")
+        return EncoderOutput(list(self.encoder.run_blocks(tokens, return_layers=n_layers)))
 
 
 class HFTokens(nn.Module):
@@ -205,13 +239,15 @@ def _cxrjepa_encoder(path: Path, spec: str) -> FeatureEncoder:
     if path.is_dir() and read_manifest(path) is not None:
         open_artifact(path, "run", what="run")  # a partial or other kind of artifact is refused here
     loaded = load_encoder(path)
-    if getattr(loaded.config, "tubelet", 1) > 1:
-        raise UsageError(f"'{spec}' is a clip encoder (tubelets of {loaded.config.tubelet} frames); embed runs 2-D encoders only so far.")
     norm = loaded.normalization
     mean, std = _grey_stats(norm.mean, norm.std)
     cfg = loaded.config
+    clip = {}
+    if cfg.is_clip:  # timm's forward cannot run tubelets: tokens come from the ViTEncoder itself
+        clip = {"clip_frames": cfg.frames, "clip_stride": int(loaded.meta.get("clip_stride", 1) or 1),
+                "tubelet": cfg.tubelet}
     return FeatureEncoder(
-        TimmTokens(loaded.model.vit),
+        ClipTokens(loaded.model) if cfg.is_clip else TimmTokens(loaded.model.vit),
         source="cxrjepa",
         spec=spec,
         preprocess=Preprocess(cfg.image_size, cfg.in_chans, mean * cfg.in_chans, std * cfg.in_chans),
@@ -220,6 +256,7 @@ def _cxrjepa_encoder(path: Path, spec: str) -> FeatureEncoder:
         num_prefix_tokens=int(getattr(loaded.model.vit, "num_prefix_tokens", 0) or 0),
         fingerprint=loaded.fingerprint,
         info={"timm_model": cfg.timm_model, "encoder": dict(loaded.meta.get("encoder", {}))},
+        **clip,
     )
 
 
@@ -451,3 +488,42 @@ def load_feature_encoder(
     else:
         enc = _cxrjepa_encoder(Path(sp.target), sp.text)
     return enc.to(device)
+
+
+def encoder_input_ref(name: str, encoder: str | Path, weights: str | Path | None = None) -> dict:
+    """How a downstream artifact records an encoder it reads (embed's ``encoder``, SALT's ``teacher``).
+
+    A cxrjepa run by its content fingerprint (a partial run is refused with one sentence), a bare export
+    folder by its weights' sha256, a Hugging Face folder or a timm weights file by their files (plus the
+    timm model name), and ``random:SIZE`` by the spec itself.
+    """
+    from cxrjepa.core.artifact import input_refs
+
+    spec = parse_encoder_spec(encoder, weights)
+    if spec.source == "cxrjepa":
+        return cxrjepa_encoder_ref(name, Path(spec.target))
+    if spec.path is not None:
+        ref = input_refs({name: spec.path})[0]
+        kind = {"source": spec.source, "model": spec.target if spec.source == "timm" else None}
+        ref["fingerprint"] = hash_obj({**kind, "path": ref["fingerprint"]})
+        # not the artifact itself (random:RUN only borrows a run's architecture): readers must not follow it
+        ref["kind"] = f"{spec.source}-encoder"
+        return ref
+    return {"name": name, "path": spec.text, "kind": "spec", "fingerprint": hash_obj({"spec": spec.text})}
+
+
+def cxrjepa_encoder_ref(name: str, path: Path) -> dict:
+    """A run artifact by its content fingerprint; a bare export folder by its weights' sha256."""
+    from cxrjepa.core.artifact import input_refs, open_artifact, read_manifest
+    from cxrjepa.models.export import CONFIG, find_export
+
+    if path.is_dir() and read_manifest(path) is not None:  # a run: complete, or refused with one sentence
+        return open_artifact(path, "run", what="run").input_ref(name)
+    folder = find_export(path)
+    try:
+        sha = json.loads((folder / CONFIG).read_text()).get("weights_sha256")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        sha = None
+    if not sha:
+        return input_refs({name: folder})[0]
+    return {"name": name, "path": str(path), "kind": "encoder", "fingerprint": sha}

@@ -61,9 +61,12 @@ def init_weights(module: nn.Module) -> None:
 
 class Predictor(nn.Module):
     """``forward(ctx, ctx_idx, tgt_idx, grid)``: (B, K, D) context tokens at flat positions ``ctx_idx``
-    (B, K) -> predictions (B, M, T, D) for ``M`` target blocks of ``T`` positions ``tgt_idx`` (B, M, T)."""
+    (B, K) -> predictions (B, M, T, D_out) for ``M`` target blocks of ``T`` positions ``tgt_idx`` (B, M, T).
 
-    def __init__(self, config: PredictorConfig, embed_dim: int):
+    ``out_dim`` (default: the encoder width) is the width of what is predicted: a frozen teacher's features
+    (SALT) or a patch's pixels (the pixel-reconstruction decoder)."""
+
+    def __init__(self, config: PredictorConfig, embed_dim: int, out_dim: int | None = None):
         super().__init__()
         from timm.models.vision_transformer import Block
 
@@ -78,7 +81,7 @@ class Predictor(nn.Module):
             for i in range(config.depth)
         )
         self.norm = norm(width)
-        self.proj = nn.Linear(width, embed_dim)
+        self.proj = nn.Linear(width, out_dim or embed_dim)
         self.grad_checkpointing = False
         self._pos: dict[tuple, torch.Tensor] = {}
         self.apply(init_weights)

@@ -40,8 +40,11 @@ class EncoderConfig:
     image_size: int = 224
     in_chans: int = 1
     drop_path: float = 0.0
-    #: frames per tubelet for clip (video) encoders; 1 = a 2-D image encoder
+    #: frames per tubelet for clip (video) encoders (V-JEPA: 2); 1 with ``frames: 1`` = a 2-D image encoder
     tubelet: int = 1
+    #: frames per training clip for clip encoders (a multiple of ``tubelet``; 1 = an image encoder). Like
+    #: ``image_size``, other clip lengths work at inference (the time embedding is interpolated)
+    frames: int = 1
     #: number of transformer blocks when not the size's default (e.g. a 6-block ViT-Tiny for CPU runs)
     layers: int | None = None
     #: positional embedding: ``learned`` (timm's, random init) or ``sincos`` (fixed 2-D sin-cos, as in the
@@ -57,10 +60,26 @@ class EncoderConfig:
             )
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError("'model.drop_path' must be in [0, 1).")
-        if self.tubelet < 1:
-            raise ConfigError("'model.tubelet' must be at least 1.")
+        if self.tubelet < 1 or self.frames < 1:
+            raise ConfigError("'model.tubelet' and 'model.frames' must be at least 1.")
+        if self.frames % self.tubelet or (self.tubelet > 1 and self.frames < self.tubelet):
+            raise ConfigError(
+                f"'model.frames' ({self.frames}) must be a multiple of 'model.tubelet' ({self.tubelet}); "
+                "a clip encoder needs both (for example frames 16, tubelet 2)."
+            )
         if self.layers is not None and self.layers < 1:
             raise ConfigError("'model.layers' must be at least 1 (or empty for the size's default).")
+
+    @property
+    def is_clip(self) -> bool:
+        """A clip (video) encoder: 3-D tubelet patches, input (B, C, T, H, W)."""
+        return self.frames > 1 or self.tubelet > 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Spatial(-temporal) shape of one training input: (H, W), or (T, H, W) for clip encoders."""
+        s = self.image_size
+        return (self.frames, s, s) if self.is_clip else (s, s)
 
     @property
     def timm_model(self) -> str:
@@ -112,7 +131,11 @@ class EncoderConfig:
 
 
 def create_vit(config: EncoderConfig) -> nn.Module:
-    """The bare timm VisionTransformer for ``config`` (randomly initialised, never downloaded)."""
+    """The bare timm VisionTransformer for ``config`` (randomly initialised, never downloaded).
+
+    Clip encoders get a 3-D tubelet patch embedding and a time embedding (cxrjepa.models.tubelet); timm
+    alone cannot build those, so their exports load with ``cxrjepa.models.export.load_encoder``.
+    """
     vit = timm.create_model(config.timm_model, pretrained=False, **config.timm_kwargs())
     if config.pos_embed == "sincos":
         from cxrjepa.models.posembed import sincos_grid
@@ -121,6 +144,10 @@ def create_vit(config: EncoderConfig) -> nn.Module:
             pe = vit.pos_embed
             pe.copy_(sincos_grid(pe.shape[-1], config.grid).reshape(pe.shape))
         pe.requires_grad_(False)
+    if config.is_clip:
+        from cxrjepa.models.tubelet import make_clip_vit
+
+        make_clip_vit(vit, config)
     return vit
 
 
@@ -145,8 +172,16 @@ class ViTEncoder(nn.Module):
         self.grad_checkpointing = enable
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch embedding plus (interpolated) positional embedding: (B, L, D)."""
+        """Patch embedding plus (interpolated) positional embedding: (B, L, D).
+
+        Images are (B, C, H, W); clip encoders take clips (B, C, T, H, W) and order tokens time-major."""
         vit = self.vit
+        if self.config.is_clip:
+            from cxrjepa.models.tubelet import embed_clip
+
+            return embed_clip(vit, x)
+        if x.ndim != 4:
+            raise ValueError(f"an image encoder takes (B, C, H, W) images, not a tensor of shape {tuple(x.shape)}")
         x = vit.patch_embed(x)
         x = vit._pos_embed(x)
         x = vit.patch_drop(x)

@@ -10,14 +10,16 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact, plan_artifact
 from cxrjepa.core.atomic import atomic_write_text
 from cxrjepa.core.config import dump_yaml, to_dict
-from cxrjepa.core.errors import CxrjepaError
+from cxrjepa.core.errors import CxrjepaError, UsageError
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.config import PretrainConfig
 from cxrjepa.pretrain.monitors import METRICS_CSV, METRICS_JSONL, TENSORBOARD
-from cxrjepa.pretrain.trainer import Trainer, TrainOutcome, planned_steps
+from cxrjepa.pretrain.objectives import objective_class
+from cxrjepa.pretrain.objectives.base import ObjectiveInputs
+from cxrjepa.pretrain.trainer import Trainer, TrainOutcome, item_split, planned_steps
 
 KIND = "run"
 CONFIG_FILE = "config.yaml"
@@ -75,16 +77,54 @@ class DryRun:
         return "\n".join(lines) + "\n"
 
 
+def pretrain_input_refs(
+    data: str | Path,
+    teacher: str | Path | None = None,
+    teacher_weights: str | Path | None = None,
+    init: str | Path | None = None,
+) -> list[dict]:
+    """The inputs of a pretrain run, as its fingerprint sees them (the pipeline runner uses this too).
+
+    The dataset; SALT's frozen teacher (a run by its content fingerprint, an export by its weights' hash,
+    a timm weights file or Hugging Face folder by their files, ``random:ARCH`` by its spec); an ``init``
+    encoder (a run or an export) whose weights start the run.
+    """
+    from cxrjepa.models.external import cxrjepa_encoder_ref, encoder_input_ref
+
+    refs = input_refs({"data": data})
+    if teacher is not None:
+        refs.append(encoder_input_ref("teacher", teacher, teacher_weights))
+    elif teacher_weights is not None:
+        raise UsageError("--teacher-weights goes with --teacher timm:NAME.")
+    if init is not None:
+        refs.append(cxrjepa_encoder_ref("init", Path(init)))
+    return refs
+
+
+def _check_inputs(config: PretrainConfig, teacher, teacher_weights) -> None:
+    takes_teacher = getattr(objective_class(config.objective), "takes_inputs", False)
+    if teacher is not None and not takes_teacher:
+        raise UsageError(f"--teacher goes with --objective salt, not '{config.objective}'.")
+    if teacher is None and config.objective == "salt":
+        raise UsageError("--objective salt needs a frozen teacher: --teacher RUN, an export folder, timm:NAME "
+                         "with --teacher-weights FILE, or a local Hugging Face folder.")
+
+
 def _device_words(nproc: int, cuda: bool, nnodes: int) -> str:
     what = f"{nproc} GPU{'s' if nproc > 1 else ''}" if cuda else f"CPU ({nproc} gloo process{'es' if nproc > 1 else ''})"
     return what + (f" per node x {nnodes} nodes" if nnodes > 1 else "")
 
 
-def _argv_from_config(out: Path, config: PretrainConfig, data: Path, options: PretrainOptions, force: bool) -> list[str]:
+def _argv_from_config(out: Path, config: PretrainConfig, data: Path, options: PretrainOptions, force: bool,
+                      inputs: ObjectiveInputs | None = None) -> list[str]:
     """Worker arguments for a call made from Python: the resolved config goes through a temporary file."""
     tmp = Path(tempfile.mkdtemp(prefix="cxrjepa-launch-")) / CONFIG_FILE
     tmp.write_text(dump_yaml(config))
     argv = ["pretrain", "--data", str(data), "--out", str(out), "--config", str(tmp)]
+    for flag, value in (("--teacher", inputs and inputs.teacher), ("--teacher-weights", inputs and inputs.teacher_weights),
+                        ("--init", inputs and inputs.init)):
+        if value:
+            argv += [flag, str(value)]
     if options.gpus is not None:
         argv += ["--gpus", str(options.gpus)]
     if options.max_steps is not None:
@@ -120,19 +160,29 @@ def run_pretrain(
     config: PretrainConfig,
     *,
     data: str | Path,
+    teacher: str | Path | None = None,
+    teacher_weights: str | Path | None = None,
+    init: str | Path | None = None,
     options: PretrainOptions | None = None,
     force: bool = False,
     dry_run: bool = False,
 ) -> Artifact | DryRun | None:
     """Pretrain ``config``'s objective on the dataset artifact ``data`` into the run artifact ``out``.
 
-    Launches torchrun workers when more than one process is asked for (unless this process is already
-    one); returns the run artifact (``None`` on non-zero ranks), or a :class:`DryRun` with ``dry_run``.
+    ``teacher`` (+ ``teacher_weights`` for ``timm:NAME``): SALT's frozen teacher; ``init``: a run or export
+    whose encoder starts the run (inflated to tubelets for clip encoders). Launches torchrun workers when
+    more than one process is asked for (unless this process is already one); returns the run artifact
+    (``None`` on non-zero ranks), or a :class:`DryRun` with ``dry_run``.
     """
     options = options or PretrainOptions()
     out, data = Path(out).absolute(), Path(data).absolute()
+    _check_inputs(config, teacher, teacher_weights)
     dataset = DatasetArtifact.open(data)
-    refs = input_refs({"data": data})
+    teacher = _absolute_spec(teacher)
+    teacher_weights = str(Path(teacher_weights).absolute()) if teacher_weights else None
+    init = str(Path(init).absolute()) if init else None
+    refs = pretrain_input_refs(data, teacher, teacher_weights, init)
+    inputs = ObjectiveInputs(teacher=teacher, teacher_weights=teacher_weights, init=init)
     nproc, cuda = D.plan_processes(options.gpus, options.nproc)
     world = nproc * options.nnodes
     launching = world > 1 and not D.in_worker()
@@ -148,11 +198,11 @@ def run_pretrain(
                 D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,
                                  rdzv_endpoint=options.rdzv_endpoint)
             )
-        frames = int(dataset.images.shape[0])
+        frames = len(item_split(config, dataset)[0])
         return DryRun(action, plan.reason, world, _device_words(nproc, cuda, options.nnodes), launch,
                       _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config))
     if launching:
-        argv = options.launch_argv or _argv_from_config(out, config, data, options, force)
+        argv = options.launch_argv or _argv_from_config(out, config, data, options, force, inputs)
         cmd = D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,
                                rdzv_endpoint=options.rdzv_endpoint)
         console.info(f"Launching {world} processes: {D.format_command(cmd)}")
@@ -165,13 +215,22 @@ def run_pretrain(
         return open_artifact(out, KIND) if options.node_rank == 0 else None
     info = D.init_worker(cuda)
     try:
-        return _train(out, config, dataset, refs, info, options, force)
+        return _train(out, config, dataset, refs, info, options, force, inputs)
     finally:
         D.shutdown(info)
 
 
+def _absolute_spec(spec: str | Path | None) -> str | None:
+    """An encoder spec with absolute paths (so launched workers and later reruns find the same teacher)."""
+    if spec is None:
+        return None
+    from cxrjepa.models.external import parse_encoder_spec
+
+    return parse_encoder_spec(str(spec)).absolute()
+
+
 def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], info: D.DistInfo,
-           options: PretrainOptions, force: bool) -> Artifact | None:
+           options: PretrainOptions, force: bool, inputs: ObjectiveInputs) -> Artifact | None:
     science = config.science()
     force = force or not options.resume
     run_options = {
@@ -199,7 +258,7 @@ def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: li
         atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
     D.barrier(info)
     trainer = Trainer(out, config, dataset, info, max_steps=options.max_steps, tensorboard=options.tensorboard,
-                      resume=True, fingerprint=builder.fingerprint)
+                      resume=True, fingerprint=builder.fingerprint, inputs=inputs)
     outcome = trainer.fit()
     artifact = None
     if info.is_main:
@@ -223,7 +282,8 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
         }
     )
     export = outcome.export
-    final = {k: outcome.last[k] for k in ("loss", "feat_std", "rankme", "images_per_s", "mfu") if k in outcome.last}
+    final = {k: outcome.last[k] for k in ("loss", "holdout_loss", "feat_std", "rankme", "images_per_s", "mfu")
+             if k in outcome.last}
     builder.contents.update(
         {
             "objective": config.objective,
@@ -244,8 +304,16 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
             "stopped_early": outcome.stopped_early,
             "world_size": outcome.world,
             "strategy": outcome.strategy,
+            **outcome.describe,
         }
     )
+    if outcome.selection is not None:
+        builder.contents["selection"] = outcome.selection
+    if outcome.init is not None:
+        builder.contents["init"] = outcome.init
+    if config.model.is_clip:
+        builder.contents["clips"] = {"frames": config.model.frames, "tubelet": config.model.tubelet,
+                                     "stride": config.clips.stride}
     if options.tensorboard:
         builder.contents["tensorboard"] = TENSORBOARD
     if outcome.stopped_early:

@@ -19,7 +19,12 @@ from cxrjepa.core.errors import ConfigError
 from cxrjepa.models.vit import EncoderConfig
 from cxrjepa.pretrain.augment import AugmentConfig
 from cxrjepa.pretrain.objectives.ijepa import IJEPAConfig
+from cxrjepa.pretrain.objectives.pixel import PixelConfig
+from cxrjepa.pretrain.objectives.salt import SALTConfig
 from cxrjepa.pretrain.optim import OptimConfig
+
+#: config sections that belong to one objective (left out of the fingerprint of runs of other objectives)
+OBJECTIVE_SECTIONS = ("ijepa", "pixel", "salt")
 
 
 @dataclass
@@ -86,6 +91,9 @@ class RuntimeConfig:
     keep_last: int = 2
     #: peak dense bf16 TFLOP/s per GPU for MFU; empty = known value for the GPU model
     peak_tflops: float | None = None
+    #: SALT: folder of teacher-target caches (each teacher/dataset/grid gets its own subfolder, reused by later
+    #: runs); needs whole-frame crops. Empty = run the teacher every step (cxrjepa.pretrain.targets)
+    teacher_cache: str | None = None
 
     def validate(self) -> None:
         if self.grad_accum < 1:
@@ -98,6 +106,20 @@ class RuntimeConfig:
             raise ConfigError("'runtime.keep_last' must be at least 1.")
         if self.monitor_every < 0 or self.monitor_batch < 2:
             raise ConfigError("'runtime.monitor_every' must not be negative and 'runtime.monitor_batch' at least 2.")
+
+
+@dataclass
+class ClipConfig:
+    """How clips are drawn from clip datasets (clip encoders: ``model.frames > 1``)."""
+
+    #: take every ``stride``-th stored frame (ingest stores clips at ``clip_fps``, 15 fps by default: stride 2
+    #: makes a 16-frame clip span about 2 s). Samples shorter than a clip repeat their last frame (stills
+    #: become static clips)
+    stride: int = 1
+
+    def validate(self) -> None:
+        if self.stride < 1:
+            raise ConfigError("'clips.stride' must be at least 1.")
 
 
 def _default_model() -> EncoderConfig:
@@ -113,6 +135,11 @@ class PretrainConfig:
     objective: str = "ijepa"
     model: EncoderConfig = field(default_factory=_default_model)
     ijepa: IJEPAConfig = field(default_factory=IJEPAConfig)
+    #: stage-1 pixel-reconstruction teacher (``objective: pixel``)
+    pixel: PixelConfig = field(default_factory=PixelConfig)
+    #: SALT student of a frozen teacher (``objective: salt``)
+    salt: SALTConfig = field(default_factory=SALTConfig)
+    clips: ClipConfig = field(default_factory=ClipConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -125,7 +152,14 @@ class PretrainConfig:
             raise ConfigError(f"'objective' must be one of {', '.join(sorted(OBJECTIVES))}, not '{self.objective}'.")
 
     def science(self) -> dict:
-        """The fingerprinted part: everything but ``runtime``."""
+        """The fingerprinted part: everything but ``runtime``, without the sections of other objectives and,
+        for image encoders, without the clip settings (so adding objectives never makes a run stale)."""
         data = to_dict(self)
         data.pop("runtime")
+        for section in OBJECTIVE_SECTIONS:
+            if section != self.objective:
+                data.pop(section, None)
+        if not self.model.is_clip:
+            data.pop("clips")
+            data["model"].pop("frames")
         return data

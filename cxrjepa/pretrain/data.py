@@ -12,6 +12,11 @@ Design: every random choice is a pure function of ``(seed, step, position in the
 
 So the data a run sees does not depend on the number of processes, loader workers or accumulation
 steps, and an interrupted run continues with exactly the batches it would have seen.
+
+What is an *item* (:func:`training_items`): a frame for image encoders (every frame of every sample, stills
+and clip frames alike), a sample for clip encoders (:class:`PretrainClips` draws a window of
+``model.frames`` frames, every ``clips.stride``-th, at a random start, with one crop for all its frames).
+Objectives with model selection hold out a seeded share of the *patients* (:func:`split_holdout`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ Key = tuple[int, int, int]  # (global step, position in the global batch, frame 
 _SAMPLE_STREAM = 1
 _MASK_STREAM = 2
 _ORDER_STREAM = 3
+_HOLDOUT_STREAM = 5
 
 
 def sample_rng(seed: int, step: int, pos: int) -> np.random.Generator:
@@ -201,34 +207,169 @@ class FrameCache:
 class PretrainImages(Dataset):
     """Frames of a dataset artifact as random-resized crops in the stored dtype, addressed by :data:`Key`.
 
-    Items: ``{"image": (1, S, S) uint8/uint16, "step", "pos", "index"}``; normalise with :class:`Normalizer`.
-    Frames come from the zarr store, or from a :class:`FrameCache` when one is given.
+    Items: ``{"image": (1, S, S) uint8/uint16, "step", "pos", "index"}`` (``index``: the frame); normalise with
+    :class:`Normalizer`. Frames come from the zarr store, or from a :class:`FrameCache` when one is given.
+    ``items`` maps the sampler's indices to frames (default: every frame); ``extras(frames)`` adds per-frame
+    arrays (cached teacher targets). ``stream`` separates the random draws of held-out sets from training's.
     """
 
     def __init__(self, data: DatasetArtifact, size: int, augment: AugmentConfig, seed: int,
-                 cache: FrameCache | None = None):
+                 cache: FrameCache | None = None, *, items: np.ndarray | None = None,
+                 extras: Callable[[np.ndarray], dict] | None = None, stream: int = _SAMPLE_STREAM):
         self.data = data
         self.crop = RandomResizedCrop(size, augment)
         self.seed = seed
         self.cache = cache
+        self.items = None if items is None else np.asarray(items, dtype=np.int64)
+        self.extras = extras
+        self.stream = stream
 
     def __len__(self) -> int:
-        return int(self.data.images.shape[0])
+        return int(self.data.images.shape[0]) if self.items is None else len(self.items)
+
+    def rng(self, step: int, pos: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.stream, step, pos])
+
+    def source(self):
+        return self.cache if self.cache is not None else self.data.images
+
+    def _extras(self, frames: np.ndarray, squeeze: bool) -> dict:
+        if self.extras is None:
+            return {}
+        return {k: (v[0] if squeeze else v) for k, v in self.extras(frames).items()}
 
     def __getitem__(self, key: Key) -> dict:
-        step, pos, idx = key
-        source = self.cache if self.cache is not None else self.data.images
-        frame = np.asarray(source[int(idx)])  # one chunk read (faster in zarr 3 than a fancy index)
-        out = self.crop(frame, sample_rng(self.seed, step, pos))
-        return {"image": out[None], "step": step, "pos": pos, "index": idx}
+        step, pos, i = key
+        idx = int(i) if self.items is None else int(self.items[int(i)])
+        frame = np.asarray(self.source()[idx])  # one chunk read (faster in zarr 3 than a fancy index)
+        out = self.crop(frame, self.rng(step, pos))
+        return {"image": out[None], "step": step, "pos": pos, "index": idx,
+                **self._extras(np.array([idx]), squeeze=True)}
 
 
-def training_images(config, data: DatasetArtifact, cache: FrameCache | None = None) -> Dataset:
-    """The dataset a run trains on, addressed by :data:`Key`: frames as random-resized crops.
+def clip_frames(start: int, count: int, length: int, stride: int, offset: int) -> np.ndarray:
+    """Frame indices of the clip of ``length`` frames, every ``stride``-th, from ``offset`` in the sample
+    ``[start, start + count)``; past the sample's end the last frame repeats (stills: a static clip)."""
+    return start + np.minimum(offset + np.arange(length, dtype=np.int64) * stride, count - 1)
 
-    The one place that decides what a sample is; clip (video) sampling plugs in here.
+
+def clip_offset(count: int, length: int, stride: int, rng: np.random.Generator | None) -> int:
+    """A random start that keeps the clip inside the sample (the middle one without ``rng``)."""
+    room = count - ((length - 1) * stride + 1)
+    if room <= 0:
+        return 0
+    return int(rng.integers(0, room + 1)) if rng is not None else room // 2
+
+
+class PretrainClips(PretrainImages):
+    """Clips of a dataset's samples, addressed by :data:`Key` with the sample as index.
+
+    Items: ``{"image": (1, T, S, S), "frames": (T,) frame indices, "step", "pos", "index"}``: ``T`` =
+    ``length`` frames every ``stride``-th from a random start, one random-resized crop (and flip) for all.
     """
-    return PretrainImages(data, config.model.image_size, config.augment, config.train.seed, cache)
+
+    def __init__(self, data: DatasetArtifact, size: int, augment: AugmentConfig, seed: int, length: int,
+                 stride: int, cache: FrameCache | None = None, *, items: np.ndarray | None = None,
+                 extras: Callable[[np.ndarray], dict] | None = None, stream: int = _SAMPLE_STREAM,
+                 random_window: bool = True):
+        super().__init__(data, size, augment, seed, cache, items=items, extras=extras, stream=stream)
+        self.length, self.stride = int(length), int(stride)
+        self.random_window = random_window
+        self.starts, self.counts = data.frame_index
+
+    def __len__(self) -> int:
+        return len(self.starts) if self.items is None else len(self.items)
+
+    def __getitem__(self, key: Key) -> dict:
+        step, pos, i = key
+        sample = int(i) if self.items is None else int(self.items[int(i)])
+        rng = self.rng(step, pos)
+        start, count = int(self.starts[sample]), int(self.counts[sample])
+        offset = clip_offset(count, self.length, self.stride, rng if self.random_window else None)
+        frames = clip_frames(start, count, self.length, self.stride, offset)
+        lo, hi = int(frames[0]), int(frames[-1])
+        slab = np.asarray(self.source()[lo : hi + 1])  # consecutive frames: one slab read
+        top, left, h, w = self.crop.params(rng, slab.shape[1], slab.shape[2])
+        flip = self.crop.config.hflip and rng.random() < 0.5
+        out = np.stack([resize(np.ascontiguousarray(slab[f - lo, top : top + h, left : left + w]), self.crop.size)
+                        for f in frames])
+        if flip:
+            out = out[:, :, ::-1]
+        return {"image": np.ascontiguousarray(out)[None], "frames": frames, "step": step, "pos": pos,
+                "index": sample, **self._extras(frames, squeeze=False)}
+
+
+def training_items(config, data: DatasetArtifact) -> tuple[np.ndarray, np.ndarray]:
+    """``(items, patients)``: what a run samples -- frames for image encoders, samples for clip encoders --
+    and each item's patient (``patient_key``; a sample without one is its own patient)."""
+    starts, counts = data.frame_index
+    meta = data.meta
+    keys = meta["patient_key"].astype("string").fillna("") if "patient_key" in meta else None
+    samples = np.arange(len(starts), dtype=np.int64)
+    if keys is None:
+        patient = samples.copy()
+    else:
+        own = np.asarray(["\0" + str(i) for i in samples], dtype=object)
+        vals = keys.to_numpy(dtype=object)
+        patient = np.unique(np.where(vals == "", own, vals), return_inverse=True)[1].astype(np.int64)
+    if config.model.is_clip:
+        return samples, patient
+    n_frames = int(data.images.shape[0])
+    rows = np.repeat(samples, counts)  # frame -> sample, wherever each sample's frames are stored
+    offsets = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    frame_patient = np.full(n_frames, -1, dtype=np.int64)
+    frame_patient[starts[rows] + offsets] = patient[rows]
+    orphans = frame_patient < 0  # frames of no sample (none in ingest's datasets): each its own group
+    frame_patient[orphans] = patient.max(initial=-1) + 1 + np.arange(int(orphans.sum()))
+    return np.arange(n_frames, dtype=np.int64), frame_patient
+
+
+def split_holdout(items: np.ndarray, patients: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, holdout)`` items: whole patients, in a seeded order, until ``fraction`` of the items are
+    held out (at least one patient; none when ``fraction`` is 0). Both keep the items' order."""
+    if fraction <= 0 or len(items) == 0:
+        return items, items[:0]
+    groups, inverse, sizes = np.unique(patients, return_inverse=True, return_counts=True)
+    if len(groups) < 2:
+        raise ConfigError("Model selection needs at least two patients (or samples) to hold one out; "
+                          "set salt.holdout=0 and salt.export=last.")
+    order = np.random.default_rng([seed, _HOLDOUT_STREAM]).permutation(len(groups))
+    target = fraction * len(items)
+    held = np.zeros(len(groups), dtype=bool)
+    total = 0
+    for g in order:
+        if total >= target or held.sum() >= len(groups) - 1:
+            break
+        held[g] = True
+        total += int(sizes[g])
+    mask = held[inverse]
+    return items[~mask], items[mask]
+
+
+def training_images(config, data: DatasetArtifact, cache: FrameCache | None = None, *,
+                    items: np.ndarray | None = None, extras: Callable[[np.ndarray], dict] | None = None) -> Dataset:
+    """The dataset a run trains on, addressed by :data:`Key`: crops of frames, or clips of samples for clip
+    encoders (``model.frames > 1``). ``items``: the frames / samples to draw from (default: all)."""
+    model = config.model
+    if model.is_clip:
+        return PretrainClips(data, model.image_size, config.augment, config.train.seed, model.frames,
+                             config.clips.stride, cache, items=items, extras=extras)
+    return PretrainImages(data, model.image_size, config.augment, config.train.seed, cache, items=items, extras=extras)
+
+
+def evaluation_images(config, data: DatasetArtifact, items: np.ndarray, cache: FrameCache | None = None, *,
+                      extras: Callable[[np.ndarray], dict] | None = None) -> Dataset:
+    """Fixed inputs for held-out evaluation: whole frames (no crop, no flip) and middle clip windows."""
+    whole = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False)
+    model = config.model
+    if model.is_clip:
+        return PretrainClips(data, model.image_size, whole, config.train.seed, model.frames, config.clips.stride,
+                             cache, items=items, extras=extras, stream=_HOLDOUT_STREAM, random_window=False)
+    return PretrainImages(data, model.image_size, whole, config.train.seed, cache, items=items, extras=extras,
+                          stream=_HOLDOUT_STREAM)
+
+
+_ITEM_KEYS = {"image", "index", "step", "pos"}
 
 
 class Collator:
@@ -252,6 +393,8 @@ class Collator:
             "index": torch.tensor([it["index"] for it in items], dtype=torch.int64),
             "step": step,
         }
+        for key in items[0].keys() - _ITEM_KEYS:  # per-item arrays: clip frame indices, cached targets
+            out[key] = torch.from_numpy(np.stack([it[key] for it in items]))
         if self.masks is not None:
             rows = self.global_masks(step).rows(np.asarray([it["pos"] for it in items]))
             out["context"] = torch.from_numpy(rows.context)
@@ -286,9 +429,24 @@ def build_loader(
     )
 
 
-def fixed_batch(data: DatasetArtifact, count: int, size: int, normalization: dict) -> torch.Tensor:
-    """``count`` frames spread evenly over the dataset, whole (no crop), resized and normalised: (N, 1, S, S)."""
+def fixed_batch(data: DatasetArtifact, count: int, size: int, normalization: dict, config=None) -> torch.Tensor:
+    """``count`` frames spread evenly over the dataset, whole (no crop), resized and normalised: (N, 1, S, S).
+
+    With a clip encoder's ``config``: ``count`` samples' middle clips, (N, 1, T, S, S)."""
+    if config is not None and config.model.is_clip:
+        n = len(data.frame_index[0])
+        idx = np.unique(np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64))
+        ds = evaluation_images(config, data, idx)
+        stored = np.stack([ds[(0, j, j)]["image"] for j in range(len(idx))])
+        return Normalizer(normalization)(torch.from_numpy(stored))
     n = int(data.images.shape[0])
     idx = np.unique(np.linspace(0, n - 1, num=min(count, n)).round().astype(np.int64))
     stored = np.stack([resize(np.asarray(data.images[int(i)]), size)[None] for i in idx])
     return Normalizer(normalization)(torch.from_numpy(stored))
+
+
+def spread(items: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of ``items``, evenly spread (all of them when there are fewer)."""
+    if len(items) <= count:
+        return items
+    return items[np.unique(np.linspace(0, len(items) - 1, num=count).round().astype(np.int64))]

@@ -123,3 +123,32 @@ class MultiBlockMasks:
         ctx_idx = np.sort(np.argsort(keys, axis=1, kind="stable")[:, :keep], axis=1).astype(np.int64)
         tgt_idx = np.nonzero(targets.reshape(batch * m, n_tok))[1].reshape(batch, m, th * tw).astype(np.int64)
         return Masks(ctx_idx, tgt_idx, (th, tw), (ch, cw))
+
+
+class TubeMasks:
+    """Tube masks for clips (V-JEPA): multi-block masks drawn on the spatial grid and repeated over time.
+
+    ``grid`` = (T, h, w) tubelet grid. Every target block and the context cover the same spatial positions at
+    every time step, so the student cannot copy a target from the frame next to it. Flat indices are
+    time-major (``t * h * w + y * w + x``), as the clip encoder orders its tokens; ``masks.min_context`` counts
+    spatial positions (each is repeated ``T`` times).
+    """
+
+    def __init__(self, config: MaskConfig, grid: tuple[int, int, int]):
+        self.time = int(grid[0])
+        self.spatial = MultiBlockMasks(config, (int(grid[1]), int(grid[2])))
+        self.num_tokens = self.time * self.spatial.num_tokens
+
+    def __call__(self, rng: np.random.Generator, batch: int) -> Masks:
+        m = self.spatial(rng, batch)
+        offsets = np.arange(self.time, dtype=np.int64) * self.spatial.num_tokens
+        b, k = m.context.shape
+        _, n, t = m.targets.shape
+        context = (m.context[:, None, :] + offsets[None, :, None]).reshape(b, self.time * k)
+        targets = (m.targets[:, :, None, :] + offsets[None, None, :, None]).reshape(b, n, self.time * t)
+        return Masks(context, targets, m.target_block, m.context_block)
+
+
+def block_masks(config: MaskConfig, grid: tuple[int, ...]) -> "MultiBlockMasks | TubeMasks":
+    """The mask generator for a token grid: multi-block for images (h, w), tube masks for clips (T, h, w)."""
+    return TubeMasks(config, grid) if len(grid) == 3 else MultiBlockMasks(config, grid)

@@ -10,7 +10,7 @@ from torch import nn
 from cxrjepa.core.errors import ConfigError
 
 #: parameters never decayed besides biases and norm weights (1-D tensors)
-NO_DECAY_NAMES = ("pos_embed", "mask_token")
+NO_DECAY_NAMES = ("pos_embed", "mask_token", "time_embed")
 
 
 @dataclass

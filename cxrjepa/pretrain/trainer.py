@@ -31,16 +31,20 @@ from cxrjepa.pretrain.data import (
     build_loader,
     default_workers,
     fixed_batch,
+    split_holdout,
     training_images,
+    training_items,
 )
 from cxrjepa.pretrain.monitors import CollapseWatch, MetricsLog, feature_std, format_row, peak_flops, rankme
-from cxrjepa.pretrain.objectives import build_objective
+from cxrjepa.pretrain.objectives import build_objective, objective_class
+from cxrjepa.pretrain.objectives.base import ObjectiveInputs, TrainEnv
 from cxrjepa.pretrain.optim import apply_schedule, build_optimizer
 from cxrjepa.pretrain.schedules import Schedules
 
 
 def planned_steps(train: TrainConfig, frames: int) -> int:
-    """Optimizer steps of the whole run: ``train.steps``, else ``epochs`` over ``frames`` frames."""
+    """Optimizer steps of the whole run: ``train.steps``, else ``epochs`` over ``frames`` items (frames, or
+    samples for clip encoders)."""
     if train.steps is not None:
         return int(train.steps)
     return max(1, math.ceil(train.epochs * frames / train.batch_size))
@@ -50,6 +54,50 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
+
+
+def item_split(config: PretrainConfig, data: DatasetArtifact) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(train items, held-out items, held-out patients)`` of a run (cxrjepa.pretrain.data.split_holdout)."""
+    items, patients = training_items(config, data)
+    fraction = objective_class(config.objective).holdout_fraction(config)
+    train, held = split_holdout(items, patients, fraction, config.train.seed)
+    held_patients = len(np.unique(patients[np.isin(items, held)])) if len(held) else 0
+    return train, held, held_patients
+
+
+def load_init(objective, init: str | Path, config: PretrainConfig) -> dict:
+    """Load the encoder weights of the run / export ``init`` into the objective's encoders (an image encoder
+    is inflated to tubelets for a clip student; positions are resampled to the training grid)."""
+    from timm.layers import resample_abs_pos_embed
+
+    from cxrjepa.core.errors import UsageError
+    from cxrjepa.models.export import load_encoder
+    from cxrjepa.models.tubelet import inflate_state_dict
+
+    loaded = load_encoder(init)
+    src, dst = loaded.config, config.model
+    if (src.embed_dim, src.depth, src.patch_size, src.in_chans) != (dst.embed_dim, dst.depth, dst.patch_size, dst.in_chans):
+        raise UsageError(
+            f"The init encoder '{init}' ({src.size}, {src.depth} blocks, patch {src.patch_size}) does not fit "
+            f"model ({dst.size}, {dst.depth} blocks, patch {dst.patch_size}); use the same width, depth and patch."
+        )
+    if src.is_clip and not dst.is_clip:
+        raise UsageError(f"The init encoder '{init}' is a clip encoder; an image student cannot start from it.")
+    if src.is_clip and src.tubelet != dst.tubelet:
+        raise UsageError(f"The init clip encoder '{init}' has tubelets of {src.tubelet} frames, the model {dst.tubelet}.")
+    state = {k: v for k, v in loaded.model.vit.state_dict().items()}
+    if dst.is_clip and not src.is_clip:
+        state = inflate_state_dict(state, dst)
+    if tuple(src.grid) != tuple(dst.grid):
+        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=dst.grid, old_size=src.grid,
+                                                    num_prefix_tokens=0)
+    if dst.is_clip and state["time_embed"].shape[1] != dst.frames // dst.tubelet:
+        from cxrjepa.models.tubelet import time_positions
+
+        state["time_embed"] = time_positions(state["time_embed"], dst.frames // dst.tubelet).contiguous()
+    for encoder in objective.init_encoders():
+        encoder.vit.load_state_dict(state)
+    return {"path": str(init), "fingerprint": loaded.fingerprint, "inflated": dst.is_clip and not src.is_clip}
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -68,6 +116,11 @@ class TrainOutcome:
     last: dict = field(default_factory=dict)
     collapse_warnings: int = 0
     export: dict = field(default_factory=dict)
+    #: model selection summary (contents.selection), when the objective holds data out
+    selection: dict | None = None
+    #: the objective's extra manifest contents (SALT: teacher)
+    describe: dict = field(default_factory=dict)
+    init: dict | None = None
 
 
 class _NullTask:
@@ -92,6 +145,7 @@ class Trainer:
         tensorboard: bool = False,
         resume: bool = True,
         fingerprint: str = "",
+        inputs: ObjectiveInputs | None = None,
     ):
         self.run = Path(run)
         self.config = config
@@ -106,6 +160,10 @@ class Trainer:
         self.amp = autocast_dtype(config.train.precision, self.device)
         self.normalization = dict(data.normalization)
         self.normalizer = Normalizer(self.normalization)
+        self.inputs = inputs or ObjectiveInputs()
+        self.inputs.normalization = self.normalization
+        self.selection = None
+        self.init_info = None
 
     # ------------------------------------------------------------------ setup
     def _setup_backend(self) -> None:
@@ -118,8 +176,12 @@ class Trainer:
     def _build(self) -> None:
         cfg, rt, info = self.config, self.rt, self.info
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        obj = build_objective(cfg).to(self.device)
+        obj = build_objective(cfg, self.inputs)
+        if self.inputs.init:
+            self.init_info = load_init(obj, self.inputs.init, cfg)
+        obj = obj.to(self.device)
         self.objective = obj
+        obj.prepare(TrainEnv(self.device, self.amp, info, self.data, self.run, rt))
         if rt.activation_checkpointing:
             D.set_activation_checkpointing(obj.student, True)
         if rt.compile:
@@ -127,7 +189,7 @@ class Trainer:
         self.strategy = D.resolve_strategy(rt.strategy, cfg.model.size, info)
         if self.strategy == "fsdp":
             D.shard(obj.student, self.amp)
-            for module in obj.frozen():
+            for module in obj.shard_frozen():
                 D.shard(module, self.amp)
         self.wrapped = D.wrap_student(obj.student, self.strategy, info)
         self.optimizer = build_optimizer(obj.student, cfg.optim, fused=rt.fused_optim and self.device.type == "cuda")
@@ -158,7 +220,9 @@ class Trainer:
             if info.local_rank == 0 and cache.build():
                 console.info(f"Copied {cache.shape[0]} frames to the frame cache {cache.path}.")
             D.barrier(info)
-        images = training_images(cfg, self.data, cache)
+        extras = self.objective.item_extras()
+        items = self.train_items if len(self.holdout_items) else None
+        images = training_images(cfg, self.data, cache, items=items, extras=extras)
         self.frames = len(images)
         self.sampler = StepSampler(
             self.frames,
@@ -170,7 +234,7 @@ class Trainer:
             rank=info.rank,
             accum=rt.grad_accum,
         )
-        grid = cfg.model.token_grid((size, size))
+        grid = cfg.model.token_grid(cfg.model.input_shape)
         collator = Collator(self.objective.masks(grid), cfg.train.batch_size, cfg.train.seed)
         workers = rt.workers if rt.workers is not None else default_workers(info.local_world)
         self.loader = build_loader(
@@ -182,7 +246,16 @@ class Trainer:
             prefetch=rt.prefetch,
             persistent=rt.persistent_workers,
         )
-        self.fixed = fixed_batch(self.data, rt.monitor_batch, size, self.normalization).to(self.device)
+        self.fixed = fixed_batch(self.data, rt.monitor_batch, size, self.normalization, cfg).to(self.device)
+        if len(self.holdout_items):
+            from cxrjepa.pretrain.selection import HoldoutSelection, holdout_batches
+
+            every, export_best, max_items = self.objective.selection()
+            batches = holdout_batches(cfg, self.data, self.holdout_items, self.objective.masks(grid), max_items,
+                                      cache, extras=extras)
+            self.selection = HoldoutSelection(self.run, batches, len(self.holdout_items), self.holdout_patients,
+                                              self.objective.holdout_fraction(cfg), every, export_best)
+            self.selection.restore(start, MetricsLog.read(self.run) if start else [])
 
     # ------------------------------------------------------------------ pieces of a step
     def _to_device(self, batch: dict) -> dict:
@@ -248,6 +321,15 @@ class Trainer:
         state = ckpt.module_state(encoder, self.strategy == "fsdp")
         if not self.info.is_main:
             return {}
+        extra = {"objective": self.objective.name, "step": step}
+        sel = self.selection
+        if sel is not None and sel.export_best:
+            best = sel.best_encoder_state()
+            if best is not None:
+                state = best
+                extra.update({"step": sel.best_step, "selected_by": "holdout_loss", "holdout_loss": sel.best_loss})
+        if self.config.model.is_clip:
+            extra["clip_stride"] = self.config.clips.stride
         vit = create_vit(self.config.model)
         vit.load_state_dict({k.removeprefix("vit."): v for k, v in state.items()})
         folder = export_encoder(
@@ -255,7 +337,7 @@ class Trainer:
             self.config.model,
             self.run / EXPORT_DIR,
             Normalization(**{k: float(self.normalization[k]) for k in ("divide_by", "mean", "std")}),
-            extra={"objective": self.objective.name, "step": step},
+            extra=extra,
         )
         return json.loads((folder / CONFIG).read_text())
 
@@ -293,7 +375,8 @@ class Trainer:
         self._setup_backend()
         self._build()
         cfg, rt, info = self.config, self.rt, self.info
-        self.total = planned_steps(cfg.train, int(self.data.images.shape[0]))
+        self.train_items, self.holdout_items, self.holdout_patients = item_split(cfg, self.data)
+        self.total = planned_steps(cfg.train, len(self.train_items))
         self.stop = min(self.total, self.max_steps) if self.max_steps else self.total
         self.schedules = Schedules(cfg.optim, self.total)
         start = self._restore()
@@ -318,8 +401,12 @@ class Trainer:
             log.close()
         outcome.steps = max(outcome.steps, start)
         outcome.collapse_warnings = watch.warnings
+        outcome.describe = self.objective.describe()
+        outcome.init = self.init_info
         if outcome.steps >= self.stop:
             outcome.export = self._export(outcome.steps)
+            if self.selection is not None:
+                outcome.selection = self.selection.summary(int(outcome.export.get("step", outcome.steps) or outcome.steps))
             D.barrier(info)
         return outcome
 
@@ -353,7 +440,8 @@ class Trainer:
                     step_loss += loss.detach()
                     window_flops += obj.step_flops(batch)
                 done = step + 1
-                log_now = done % rt.log_every == 0 or done == self.stop
+                select_now = self.selection is not None and self.selection.due(done, self.total)  # on schedule only (not at --max-steps)
+                log_now = done % rt.log_every == 0 or done == self.stop or select_now
                 monitor_now = (rt.monitor_every and done % rt.monitor_every == 0) or done == self.stop
                 grad_norm = None
                 if cfg.optim.clip_grad > 0 or log_now or monitor_now:
@@ -395,6 +483,12 @@ class Trainer:
                         row["feat_std"], row["rankme"] = std, rank
                         if info.is_main:
                             watch.check(done, std, rank, rank_cap)
+                    if select_now:  # before the checkpoint of this step: a resume never loses a best
+                        held = self.selection.evaluate(obj, self._to_device, self._autocast)
+                        row["holdout_loss"] = held
+                        self.selection.update(done, held, obj.selection_modules(), write=info.is_main,
+                                              sharded=self.strategy == "fsdp")
+                        D.barrier(info)
                     row = {k: v for k, v in row.items() if v is not None}
                     log.write(row)
                     if info.is_main:

@@ -14,6 +14,8 @@ import importlib
 #: objective name -> "module:Class"
 OBJECTIVES: dict[str, str] = {
     "ijepa": "cxrjepa.pretrain.objectives.ijepa:IJEPA",
+    "pixel": "cxrjepa.pretrain.objectives.pixel:PixelReconstruction",
+    "salt": "cxrjepa.pretrain.objectives.salt:SALT",
 }
 
 
@@ -22,6 +24,10 @@ def objective_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
-def build_objective(config):
-    """The objective named by ``config.objective``, built from ``config`` (a PretrainConfig)."""
-    return objective_class(config.objective)(config)
+def build_objective(config, inputs=None):
+    """The objective named by ``config.objective``, built from ``config`` (a PretrainConfig) and, for
+    objectives that take them, ``inputs`` (an ObjectiveInputs: teacher, data normalization)."""
+    cls = objective_class(config.objective)
+    if getattr(cls, "takes_inputs", False):
+        return cls(config, inputs=inputs)
+    return cls(config)

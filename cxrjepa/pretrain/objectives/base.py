@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -16,6 +17,39 @@ if TYPE_CHECKING:
     from cxrjepa.pretrain.config import PretrainConfig
 
 MaskMaker = Callable[[np.random.Generator, int], Masks]
+#: per-frame extras a data item carries besides its pixels: ``extras(frame_ids) -> {name: (n_frames, ...) array}``
+ItemExtras = Callable[[np.ndarray], dict]
+
+
+@dataclass
+class ObjectiveInputs:
+    """What an objective gets besides its config: the run's other inputs and the data's normalization."""
+
+    #: the dataset's ``contents.normalization`` (``x = (stored / divide_by - mean) / std``)
+    normalization: dict = field(default_factory=dict)
+    #: SALT: the frozen teacher (a run, an export folder, ``timm:NAME``, a Hugging Face folder, ``random:ARCH``)
+    teacher: str | None = None
+    #: SALT with ``teacher: timm:NAME``: the local weights file
+    teacher_weights: str | None = None
+    #: a cxrjepa run or export whose encoder weights start the run (an image encoder is inflated for clips)
+    init: str | None = None
+
+
+@dataclass
+class TrainEnv:
+    """Where an objective runs (given to :meth:`Objective.prepare` once its modules are on the device)."""
+
+    device: torch.device
+    #: autocast dtype (bf16 on CUDA), or None for fp32
+    amp: torch.dtype | None
+    #: the process group (cxrjepa.pretrain.distributed.DistInfo)
+    info: Any
+    #: the dataset artifact (cxrjepa.data.store.DatasetArtifact)
+    data: Any
+    #: the run folder
+    run: Any
+    #: the ``runtime`` config section (operational settings)
+    runtime: Any
 
 
 class Objective(nn.Module):
@@ -32,18 +66,66 @@ class Objective(nn.Module):
     * :meth:`step_flops` -- matrix FLOPs of one training step on a batch (for MFU);
     * :meth:`checkpoint_modules` -- modules saved as ``<name>.safetensors`` in each checkpoint;
     * :meth:`extra_state` / :meth:`load_extra_state` -- JSON-able state beyond tensors.
+
+    Optional hooks (defaults do nothing): :meth:`prepare` (after the modules are on the device),
+    :meth:`item_extras` (per-frame data the loader attaches to items, e.g. cached teacher targets),
+    :meth:`holdout_fraction` / :meth:`holdout_loss` (model selection on a held-out patient split),
+    :meth:`init_encoders` (the encoders a ``init`` weights file is loaded into) and :meth:`describe`
+    (what the run manifest records about the objective's inputs). Objectives that need the run's inputs
+    (a teacher) set ``takes_inputs = True`` and accept ``inputs=`` (an :class:`ObjectiveInputs`).
     """
 
     name: ClassVar[str] = ""
+    #: the constructor takes ``inputs=ObjectiveInputs(...)``
+    takes_inputs: ClassVar[bool] = False
     student: nn.Module
 
-    def __init__(self, config: "PretrainConfig"):
+    def __init__(self, config: "PretrainConfig", inputs: ObjectiveInputs | None = None):
         super().__init__()
         self.config = config
+        self.inputs = inputs or ObjectiveInputs()
 
     def frozen(self) -> list[nn.Module]:
-        """Modules without gradients that still live on the device (and are sharded with FSDP)."""
+        """Modules without gradients that still live on the device (kept in eval mode)."""
         return []
+
+    def shard_frozen(self) -> list[nn.Module]:
+        """The frozen modules FSDP shards (default: all of them; a frozen teacher stays whole on every rank)."""
+        return self.frozen()
+
+    def prepare(self, env: TrainEnv) -> None:
+        """Called once the objective is on ``env.device``, before training (on every rank)."""
+
+    def item_extras(self) -> ItemExtras | None:
+        """A picklable callable giving per-frame extras for data items, or None."""
+        return None
+
+    @classmethod
+    def holdout_fraction(cls, config: "PretrainConfig") -> float:
+        """Share of the patients held out for model selection (0 = none; all data trains)."""
+        return 0.0
+
+    def selection(self) -> tuple[int, bool, int]:
+        """Model selection settings: (evaluate every N steps (0 = at the end), export the best student,
+        at most this many held-out items evaluated)."""
+        return 0, False, 512
+
+    @torch.no_grad()
+    def holdout_loss(self, batch: dict) -> torch.Tensor:
+        """The loss of a held-out batch (the student in eval mode, no gradients)."""
+        return self.loss(self.student, batch)[0]
+
+    def selection_modules(self) -> dict[str, nn.Module]:
+        """Modules saved as the best model when the held-out loss improves (``checkpoints/best``)."""
+        return self.checkpoint_modules()
+
+    def init_encoders(self) -> list[ViTEncoder]:
+        """Encoders that an ``init`` encoder's weights are loaded into (default: every ViTEncoder it owns)."""
+        return [m for m in self.modules() if isinstance(m, ViTEncoder)]
+
+    def describe(self) -> dict:
+        """Extra ``contents`` entries for the run manifest (e.g. ``teacher``)."""
+        return {}
 
     def masks(self, grid: tuple[int, ...]) -> MaskMaker | None:
         return None

@@ -20,7 +20,7 @@ from cxrjepa.core.errors import ConfigError
 from cxrjepa.models.flops import blocks_flops, encoder_flops, linear_flops
 from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import ViTEncoder, gather_tokens
-from cxrjepa.pretrain.masks import MaskConfig, MultiBlockMasks
+from cxrjepa.pretrain.masks import MaskConfig, block_masks
 from cxrjepa.pretrain.objectives.base import Objective
 from cxrjepa.pretrain.schedules import linear
 
@@ -78,7 +78,7 @@ class IJEPA(Objective):
         return [self.target]
 
     def masks(self, grid):
-        return MultiBlockMasks(self.settings.masks, grid)
+        return block_masks(self.settings.masks, grid)  # tube masks for clip encoders
 
     def loss(self, student, batch):
         images, context, targets = batch["images"], batch["context"], batch["targets"]

@@ -51,7 +51,7 @@ def patch_pca(frames: list[np.ndarray], run: Node, device: str) -> list[np.ndarr
 
     enc = load_encoder(run.path, device=device)
     cfg = enc.config
-    if cfg.tubelet > 1:
+    if cfg.is_clip:
         return f"the encoder of {run.name} is a clip encoder (tubelets of {cfg.tubelet} frames); maps are drawn for image encoders only"
     size = int(cfg.image_size)
     x = torch.stack([torch.as_tensor(np.asarray(f, dtype=np.float32)) for f in frames])[:, None]
