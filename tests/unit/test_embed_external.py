@@ -142,3 +142,22 @@ def test_partial_run_is_refused(tmp_path):
     export_encoder(create_vit(cfg), cfg, tmp_path / "run" / "encoder", Normalization())
     with pytest.raises(ArtifactError, match="incomplete"):
         load_feature_encoder(tmp_path / "run")
+
+
+def test_pixel_encoder_gives_the_normalised_downsampled_image(tmp_path):
+    from cxrjepa.data.store import write_dataset
+    from cxrjepa.embed.api import EmbedConfig, run_embed
+    from cxrjepa.embed.store import Embeddings
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    write_dataset(tmp_path / "ds", images)
+    art = run_embed(tmp_path / "emb", EmbedConfig(last4=True, patch_tokens=True), encoder="pixels:8", data=tmp_path / "ds")
+    emb = Embeddings.open(art.path)
+    norm = art.manifest["contents"]["encoder"]
+    small = images.reshape(5, 8, 4, 8, 4).mean(axis=(2, 4)) / 255.0  # area downsampling by 4
+    want = ((small - norm["mean"][0]) / norm["std"][0]).reshape(5, 64)
+    np.testing.assert_allclose(emb.array(), want, atol=1e-4)
+    assert emb.array("features_last4").shape == (5, 256)
+    assert emb.array("patch_tokens").shape == (5, 1, 64)
+    with pytest.raises(UsageError, match="pixels:SIZE"):
+        load_feature_encoder("pixels:big")
