@@ -35,7 +35,7 @@ def command(
         typer.Option(
             "--encoder",
             "-e",
-            help="RUN or RUN/encoder (cxrjepa), random:SIZE\\[/PATCH] or random:RUN (random init, seeded), "
+            help="RUN or RUN/encoder (cxrjepa), random:SIZE\\[/PATCH] or random:RUN (random init, seeded), pixels:SIZE (raw pixels), "
             "timm:NAME (with --weights), or a local Hugging Face model folder (hf:FOLDER).",
         ),
     ],

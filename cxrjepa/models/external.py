@@ -7,6 +7,8 @@
 * ``random:ARCH`` -- the same ViT architecture, randomly initialised with a seed (the sanity baseline).
   ``ARCH`` is a cxrjepa size (``tiny``, ``small``, ``base``, ...) with an optional patch size
   (``random:small/8``), or the path of an export / run whose architecture is copied;
+* ``pixels:SIZE`` -- no network: the image downsampled (area) to SIZE x SIZE and flattened, normalised with
+  the dataset's mean/std (the "does the encoder beat raw pixels?" baseline); one token of SIZE^2 values;
 * ``timm:NAME`` plus a local weights file (``weights=``): any timm model, weights loaded through timm's own
   pretrained-weights path (its checkpoint filters and input-channel adaptation apply), read with
   safetensors or ``torch.load(weights_only=True)``, never downloaded;
@@ -39,6 +41,7 @@ from cxrjepa.core.errors import ArtifactError, UsageError
 from cxrjepa.core.fingerprint import hash_obj
 
 RANDOM_PREFIX = "random:"
+PIXELS_PREFIX = "pixels:"
 TIMM_PREFIX = "timm:"
 HF_PREFIX = "hf:"
 
@@ -306,6 +309,47 @@ def _random_encoder(arch: str, spec: str, seed: int, image_size: int | None, nor
     )
 
 
+class PixelTokens(nn.Module):
+    """The prepared image itself, flattened: one token of ``C * H * W`` values."""
+
+    def forward(self, x: torch.Tensor, n_layers: int = 1) -> EncoderOutput:
+        token = x.flatten(1).unsqueeze(1)
+        return EncoderOutput([token] * max(n_layers, 1))
+
+
+class PixelEncoder(FeatureEncoder):
+    """``pixels:SIZE``: the image area-averaged to SIZE x SIZE (whatever the input size), normalised; its
+    single token covers the whole image."""
+
+    def prepare(self, x: torch.Tensor, image_size: int | None = None) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(x.float(), self.image_size)
+        return (x - self._mean) / self._std
+
+    def grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        return 1, 1
+
+
+def _pixel_encoder(size_text: str, spec: str, normalization: dict | None) -> FeatureEncoder:
+    from cxrjepa.models.export import Normalization
+
+    if not size_text.isdigit() or not 2 <= int(size_text) <= 256:
+        raise UsageError(f"Use pixels:SIZE with SIZE a whole number from 2 to 256, not '{spec}'.")
+    size = int(size_text)
+    norm = Normalization(**{k: float(v) for k, v in (normalization or {}).items() if k in ("divide_by", "mean", "std")})
+    mean, std = _grey_stats(norm.mean, norm.std)
+    return PixelEncoder(
+        PixelTokens(),
+        source="pixels",
+        spec=spec,
+        preprocess=Preprocess(size, 1, mean, std),
+        embed_dim=size * size,
+        patch_size=size,
+        num_prefix_tokens=0,
+        fingerprint=hash_obj({"pixels": size, "mean": mean, "std": std}),
+        info={"pixels": size},
+    )
+
+
 def _timm_encoder(name: str, spec: str, weights: Path | None) -> FeatureEncoder:
     import timm
 
@@ -420,7 +464,7 @@ class EncoderSpec:
     """A parsed ``--encoder`` value."""
 
     text: str
-    source: str  # cxrjepa | random | timm | hf
+    source: str  # cxrjepa | random | pixels | timm | hf
     target: str  # path, architecture or model name
     weights: Path | None = None
     extra: dict = field(default_factory=dict)
@@ -452,6 +496,8 @@ def parse_encoder_spec(text: str | Path, weights: str | Path | None = None) -> E
     w = Path(weights) if weights else None
     if text.startswith(RANDOM_PREFIX):
         return EncoderSpec(text, "random", text[len(RANDOM_PREFIX):])
+    if text.startswith(PIXELS_PREFIX):
+        return EncoderSpec(text, "pixels", text[len(PIXELS_PREFIX):])
     if text.startswith(TIMM_PREFIX):
         return EncoderSpec(text, "timm", text[len(TIMM_PREFIX):], w)
     if text.startswith(HF_PREFIX):
@@ -476,11 +522,13 @@ def load_feature_encoder(
     """Load the encoder named by ``spec`` (see the module docstring) in eval mode on ``device``.
 
     ``seed`` and ``image_size`` apply to ``random:SIZE`` encoders; ``normalization`` (``mean``/``std`` of
-    [0, 1] intensities, e.g. a dataset's) is what a ``random:`` encoder normalizes with.
+    [0, 1] intensities, e.g. a dataset's) is what ``random:`` and ``pixels:`` encoders normalize with.
     """
     sp = spec if isinstance(spec, EncoderSpec) else parse_encoder_spec(spec, weights)
     if sp.source == "random":
         enc = _random_encoder(sp.target, sp.text, seed, image_size, normalization)
+    elif sp.source == "pixels":
+        enc = _pixel_encoder(sp.target, sp.text, normalization)
     elif sp.source == "timm":
         enc = _timm_encoder(sp.target, sp.text, sp.weights)
     elif sp.source == "hf":

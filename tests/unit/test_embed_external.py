@@ -162,3 +162,22 @@ def test_random_twin_of_a_run_is_not_recorded_as_that_run(tmp_path):
     assert own["encoder"]["kind"] == "run"
     assert twin["encoder"]["kind"] == "random-encoder"
     assert twin["encoder"]["fingerprint"] != own["encoder"]["fingerprint"]
+
+
+def test_pixel_encoder_gives_the_normalised_downsampled_image(tmp_path):
+    from cxrjepa.data.store import write_dataset
+    from cxrjepa.embed.api import EmbedConfig, run_embed
+    from cxrjepa.embed.store import Embeddings
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8)
+    write_dataset(tmp_path / "ds", images)
+    art = run_embed(tmp_path / "emb", EmbedConfig(last4=True, patch_tokens=True), encoder="pixels:8", data=tmp_path / "ds")
+    emb = Embeddings.open(art.path)
+    norm = art.manifest["contents"]["encoder"]
+    small = images.reshape(5, 8, 4, 8, 4).mean(axis=(2, 4)) / 255.0  # area downsampling by 4
+    want = ((small - norm["mean"][0]) / norm["std"][0]).reshape(5, 64)
+    np.testing.assert_allclose(emb.array(), want, atol=1e-4)
+    assert emb.array("features_last4").shape == (5, 256)
+    assert emb.array("patch_tokens").shape == (5, 1, 64)
+    with pytest.raises(UsageError, match="pixels:SIZE"):
+        load_feature_encoder("pixels:big")

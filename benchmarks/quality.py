@@ -1,0 +1,234 @@
+"""Is a CPU-pretrained cxrjepa encoder any good? Probes on real public data against two baselines.
+
+    PYTHONPATH=. python benchmarks/quality.py --data-root /work/shared/data --work /tmp/cxrjepa-quality \\
+        --write benchmarks/results/quality.md
+
+For each data set (Kermany pediatric CXR: normal vs pneumonia; ieee8023 CXR: COVID-19 vs other; BUSI breast
+ultrasound: benign / malignant / normal; POCUS lung ultrasound: covid / pneumonia / regular), every step a
+cxrjepa command (printed, and listed in the results file):
+
+1. ``cxrjepa ingest`` the set's *training* files only (its patient-level ``split`` column), without labels:
+   the unlabeled pretraining set; and ``cxrjepa ingest --labels`` of every file: the probing set;
+2. ``cxrjepa pretrain`` with the CPU recipe (``pipelines/cxr-small-cpu.yaml``, or ``pipelines/us-small-cpu.yaml``
+   for ultrasound) for a fixed amount of work (the recipe's steps x batch; its CPU time is measured and
+   reported), then three encoders are embedded with ``cxrjepa embed``:
+   (a) the pretrained I-JEPA encoder, (b) the same architecture randomly initialised (``random:RUN``),
+   (c) raw pixels area-downsampled to ``--pixels`` x ``--pixels`` (``pixels:N``);
+3. ``cxrjepa probe`` each with the same split (the set's own patient-level ``split`` column written as a split
+   file): logistic regression on standardized features, regularisation chosen on ``val``, test AUROC
+   (one-vs-rest macro for 3 classes) and macro-F1 with patient-bootstrap 95 % intervals; kNN AUROC beside it.
+
+POCUS: the 3 ``viral`` clips (all in the training split) are left unlabelled: too few to learn or test a
+fourth class, and merging viral into the bacterial ``pneumonia`` class would mix two labels. They still serve
+as unlabeled pretraining data. Videos are stored as clips (15 fps, at most 64 frames); pretraining samples
+their frames, embed averages 16 evenly spaced frames per clip.
+
+Budgets are work, not wall time (the machine is shared): ``--threads`` torch threads, the recipe's steps and
+batch; measured CPU seconds (this process's children) are reported next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("CXRJEPA_SALT", "benchmark-salt-not-secret")
+
+
+@dataclass
+class DataSet:
+    name: str
+    folder: str
+    title: str
+    column: str  # label column of labels.csv
+    recipe: str
+    #: label value -> class name (values not listed keep their name); None = drop from probing
+    relabel: dict = field(default_factory=dict)
+
+
+SETS = {
+    "kermany": DataSet("kermany", "kermany_pediatric_cxr_224", "Kermany pediatric CXR", "label",
+                       "pipelines/cxr-small-cpu.yaml", {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}),
+    "ieee8023": DataSet("ieee8023", "covid_chestxray_ieee8023", "ieee8023 COVID CXR", "covid",
+                        "pipelines/cxr-small-cpu.yaml", {"1": "covid", "0": "other"}),
+    "busi": DataSet("busi", "busi_breast_ultrasound_256", "BUSI breast US", "label", "pipelines/us-small-cpu.yaml"),
+    "pocus": DataSet("pocus", "pocus_lung_ultrasound", "POCUS lung US", "label", "pipelines/us-small-cpu.yaml",
+                     {"viral": None}),
+}
+
+ENCODERS = ("cxrjepa", "random", "pixels")
+
+
+def child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def sh(cmd: list, log: list[str], env: dict) -> tuple[float, float]:
+    """Run a cxrjepa command (printed and recorded); returns (wall seconds, CPU seconds)."""
+    text = "cxrjepa " + " ".join(str(c) for c in cmd)
+    print(f"$ {text}", flush=True)
+    log.append(text)
+    t0, c0 = time.time(), child_cpu()
+    res = subprocess.run([sys.executable, "-m", "cxrjepa", *map(str, cmd)], env=env)  # noqa: S603
+    if res.returncode not in (0, 3):  # 3: finished, some inputs rejected (they are in the ledger)
+        raise SystemExit(f"command failed ({res.returncode}): {text}")
+    return time.time() - t0, child_cpu() - c0
+
+
+def train_list(ds: DataSet, root: Path, work: Path) -> Path:
+    """The set's training files (its patient-level split), one absolute path per line."""
+    import pandas as pd
+
+    df = pd.read_csv(root / ds.folder / "labels.csv", dtype=str)
+    files = [str((root / ds.folder / f).resolve()) for f in df.loc[df["split"] == "train", "file"].dropna()]
+    out = work / "train-files.txt"
+    out.write_text("\n".join(files) + "\n")
+    return out
+
+
+def probe_inputs(ds: DataSet, data: Path, work: Path) -> tuple[Path, Path, dict]:
+    """labels.csv (sample_id, target) and split.csv (sample_id, split) from the probing set's index."""
+    import pandas as pd
+
+    meta = pd.read_parquet(data / "metadata.parquet", columns=None)
+    raw = meta[ds.column].astype("string")
+    raw = raw.str.replace(r"\.0$", "", regex=True)  # 1.0 -> 1 (numeric columns read back as floats)
+    target = raw.map(lambda v: ds.relabel.get(v, v) if v is not pd.NA else None)
+    labels = pd.DataFrame({"sample_id": meta["sample_id"], "target": target})
+    split = pd.DataFrame({"sample_id": meta["sample_id"], "split": meta["split"]})
+    lab, spl = work / "probe-labels.csv", work / "split.csv"
+    labels.to_csv(lab, index=False)
+    split.to_csv(spl, index=False)
+    kept = labels["target"].notna()
+    counts = {s: {c: int(n) for c, n in labels.loc[kept & (split["split"] == s), "target"].value_counts().sort_index().items()}
+              for s in ("train", "val", "test")}
+    return lab, spl, {"counts": counts, "unlabelled": int((~kept).sum())}
+
+
+def run_set(ds: DataSet, args, env: dict) -> dict:
+    root, work = Path(args.data_root), Path(args.work) / ds.name
+    work.mkdir(parents=True, exist_ok=True)
+    log: list[str] = []
+    src = root / ds.folder
+    size = str(args.size)
+    sh(["ingest", f"@{train_list(ds, root, work)}", "--out", work / "pretrain-data", "--size", size, "--quiet"], log, env)
+    sh(["ingest", src, "--out", work / "data", "--size", size, "--labels", src / "labels.csv", "--quiet"], log, env)
+    recipe = ROOT / ds.recipe
+    pre = ["pretrain", "--data", work / "pretrain-data", "--out", work / "run", "--config", recipe, "--gpus", "0",
+           "--set", f"train.seed={args.seed}", "--quiet"]
+    pre += [x for s in args.set for x in ("--set", s)]
+    wall, cpu = sh(pre, log, env)
+    rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    mon = [r for r in rows if "rankme" in r]
+    manifest = __import__("yaml").safe_load((work / "run" / "manifest.yaml").read_text())
+    cfg = __import__("yaml").safe_load((work / "run" / "config.yaml").read_text())
+    lab, spl, info = probe_inputs(ds, work / "data", work)
+    specs = {"cxrjepa": work / "run", "random": f"random:{work / 'run'}", "pixels": f"pixels:{args.pixels}"}
+    results = {}
+    for name in ENCODERS:
+        emb, prb = work / f"emb-{name}", work / f"probe-{name}"
+        embed = ["embed", "--encoder", specs[name], "--data", work / "data", "--out", emb, "--quiet"]
+        if args.features == "features_last4" and name != "pixels":
+            embed.append("--last4")
+        sh(embed, log, env)
+        features = args.features if name != "pixels" else "features"
+        sh(["probe", "--embeddings", emb, "--out", prb, "--labels", lab, "--key", "sample_id", "--label-col", "target",
+            "--split", spl, "--features", features, "--fewshot", "none", "--bootstrap", str(args.bootstrap),
+            "--set", "probes=[linear,knn]", "--set", "subgroups=[]", "--set", "attributes=false",
+            "--set", f"seed={args.seed}", "--quiet"], log, env)
+        metrics = json.loads((prb / "metrics.json").read_text())["tasks"]["target"]
+        results[name] = metrics
+    return {
+        "set": ds, "log": log, "results": results, "info": info,
+        "pretrain": {"wall_s": wall, "cpu_s": cpu, "steps": cfg["train"]["steps"], "batch": cfg["train"]["batch_size"],
+                     "frames": int(manifest.get("counts", {}).get("frames", 0) or 0),
+                     "first": mon[0] if mon else {}, "last": mon[-1] if mon else {}},
+    }
+
+
+def fmt(m: dict | None) -> str:
+    if not m or m.get("value") is None:
+        return "n/a"
+    ci = m.get("ci")
+    return f"{m['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{m['value']:.3f}"
+
+
+def table(outs: list[dict], args, command: str) -> str:
+    lines = [
+        "# Probe quality: CPU-pretrained cxrjepa I-JEPA vs random init vs raw pixels",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Threads: {args.threads} torch/OpenMP threads; input size {args.size} px; pixel baseline {args.pixels} x {args.pixels}; "
+        f"probe features: `{args.features}`; {args.bootstrap} patient-bootstrap resamples; seed {args.seed}.",
+        "",
+        "| data set | test n (classes) | encoder | AUROC [95% CI] | macro-F1 [95% CI] | kNN AUROC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for o in outs:
+        ds, res = o["set"], o["results"]
+        test = o["info"]["counts"]["test"]
+        for i, name in enumerate(ENCODERS):
+            lin = res[name]["probes"]["linear"]["metrics"]
+            knn = res[name]["probes"].get("knn", {}).get("metrics", {})
+            label = {"cxrjepa": "cxrjepa I-JEPA (pretrained)", "random": "same ViT, random init", "pixels": f"raw pixels {args.pixels}x{args.pixels}"}[name]
+            first = f"{ds.title}" if i == 0 else ""
+            n = f"{sum(test.values())} ({', '.join(f'{k} {v}' for k, v in test.items())})" if i == 0 else ""
+            lines.append(f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | {fmt(knn.get('auroc'))} |")
+    lines += ["", "## Pretraining budget (per data set)", "",
+              "| data set | recipe | pretraining frames | steps x batch | CPU s | wall s | feat_std first -> last | RankMe first -> last |",
+              "|---|---|---|---|---|---|---|---|"]
+    for o in outs:
+        p, ds = o["pretrain"], o["set"]
+        f, la = p["first"], p["last"]
+        lines.append(
+            f"| {ds.title} | `{ds.recipe}` | {p['frames']} | {p['steps']} x {p['batch']} | {p['cpu_s']:.0f} | {p['wall_s']:.0f} | "
+            f"{f.get('feat_std', float('nan')):.2f} -> {la.get('feat_std', float('nan')):.2f} | "
+            f"{f.get('rankme', float('nan')):.1f} -> {la.get('rankme', float('nan')):.1f} |")
+    lines += ["", "## Splits (labelled samples per class)", ""]
+    for o in outs:
+        c = o["info"]["counts"]
+        extra = f"; {o['info']['unlabelled']} unlabelled" if o["info"]["unlabelled"] else ""
+        lines.append(f"- {o['set'].title}: " + "; ".join(f"{s} {sum(v.values())} ({', '.join(f'{k} {n}' for k, n in v.items())})" for s, v in c.items()) + extra)
+    lines += ["", "## Commands", ""]
+    for o in outs:
+        lines += [f"{o['set'].title}:", "", "```"] + o["log"] + ["```", ""]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default="/work/shared/data")
+    ap.add_argument("--work", default="/tmp/cxrjepa-quality", help="artifacts land here (reruns skip finished stages)")
+    ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
+    ap.add_argument("--size", type=int, default=64, help="stored and model input size (the CPU recipes' 64 px)")
+    ap.add_argument("--pixels", type=int, default=16, help="side of the raw-pixel baseline")
+    ap.add_argument("--features", default="features", choices=["features", "features_last4"])
+    ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of every stage")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0, help="pretraining and probe seed")
+    ap.add_argument("--set", action="append", default=[], help="extra pretrain --set KEY=VALUE (e.g. train.steps=400)")
+    ap.add_argument("--write", help="write the markdown table here")
+    args = ap.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    outs = [run_set(SETS[name], args, env) for name in args.sets.split(",") if name]
+    command = "PYTHONPATH=. python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    text = table(outs, args, command)
+    print(text)
+    if args.write:
+        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.write).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
