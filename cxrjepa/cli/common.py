@@ -44,6 +44,16 @@ def print_config(cfg: Any) -> None:
     sys.stdout.write(dump_yaml(cfg))
 
 
+def stage_config(cls: type, config: list[Path] | None, sets: list[str] | None, flags: dict[str, Any] | None = None,
+                 *, print_only: bool = False):
+    """The resolved config of a stage; with ``--print-config`` it is printed and the command ends (exit 0)."""
+    cfg = resolve_config(cls, config, sets, flags)
+    if print_only:
+        print_config(cfg)
+        raise typer.Exit(EXIT_OK)
+    return cfg
+
+
 def artifact_summary(artifact: Artifact) -> dict:
     return {
         "path": str(artifact.path),

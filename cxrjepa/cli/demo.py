@@ -17,8 +17,7 @@ from cxrjepa.cli.common import (
     SetOpt,
     VerboseOpt,
     execute,
-    print_config,
-    resolve_config,
+    stage_config,
 )
 
 HELP = (
@@ -48,10 +47,7 @@ def command(
     from cxrjepa.demo.api import DemoConfig, run_demo
 
     def run():
-        cfg = resolve_config(DemoConfig, config, set_, {"n": n, "seed": seed, "ultrasound": ultrasound})
-        if print_config_:
-            print_config(cfg)
-            return None
+        cfg = stage_config(DemoConfig, config, set_, {"n": n, "seed": seed, "ultrasound": ultrasound}, print_only=print_config_)
         return run_demo(out, cfg, force=force, dry_run=dry_run)
 
     execute(run, json_output=json_output, quiet=quiet, verbose=verbose)

@@ -18,8 +18,7 @@ from cxrjepa.cli.common import (
     SetOpt,
     VerboseOpt,
     execute,
-    print_config,
-    resolve_config,
+    stage_config,
 )
 
 HELP = (
@@ -67,10 +66,7 @@ def command(
     flags = {"last4": last4, "patch_tokens": patch_tokens, "pooling": pooling, "image_size": image_size, "dtype": dtype, "format": fmt}
 
     def go():
-        cfg = resolve_config(EmbedConfig, config, set_, flags)
-        if print_cfg:
-            print_config(cfg)
-            return None
+        cfg = stage_config(EmbedConfig, config, set_, flags, print_only=print_cfg)
         opts = EmbedOptions(device=device, gpus=gpus, processes=processes, batch_size=batch_size, workers=workers)
         return run_embed(out, cfg, encoder=encoder, data=data, weights=weights, options=opts, force=force, dry_run=dry_run)
 

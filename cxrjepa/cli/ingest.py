@@ -18,8 +18,7 @@ from cxrjepa.cli.common import (
     SetOpt,
     VerboseOpt,
     execute,
-    print_config,
-    resolve_config,
+    stage_config,
 )
 
 HELP = (
@@ -93,10 +92,7 @@ def command(
     def run():
         from cxrjepa.ingest.api import run_ingest
 
-        cfg = resolve_config(IngestConfig, config, set_, flags)
-        if print_config_:
-            print_config(cfg)
-            return None
+        cfg = stage_config(IngestConfig, config, set_, flags, print_only=print_config_)
         options = IngestOptions(workers=workers, unit_size=unit_size, salt_file=salt_file)
         return run_ingest(out, cfg, sources=sources, labels=labels, masks=masks, options=options, force=force, dry_run=dry_run)
 

@@ -20,8 +20,7 @@ from cxrjepa.cli.common import (
     artifact_summary,
     execute,
     exit_code_for,
-    print_config,
-    resolve_config,
+    stage_config,
 )
 from cxrjepa.core.artifact import Artifact
 from cxrjepa.core.errors import EXIT_OK
@@ -94,10 +93,7 @@ def command(
     flags = {"objective": objective, "runtime": {"workers": workers}}
 
     def _run():
-        cfg = resolve_config(PretrainConfig, config, set_, flags)
-        if print_config_:
-            print_config(cfg)
-            return None
+        cfg = stage_config(PretrainConfig, config, set_, flags, print_only=print_config_)
         if data is None or out is None:
             raise UsageError("Missing option '--data' or '--out': the dataset artifact to train on and the run folder.")
         options = PretrainOptions(

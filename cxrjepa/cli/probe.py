@@ -19,8 +19,7 @@ from cxrjepa.cli.common import (
     SetOpt,
     VerboseOpt,
     execute,
-    print_config,
-    resolve_config,
+    stage_config,
 )
 from cxrjepa.core.errors import UsageError
 
@@ -99,10 +98,7 @@ def command(
             "bootstrap": bootstrap,
             "corruptions": _split_list([corruptions]) if corruptions else None,
         }
-        cfg = resolve_config(ProbeConfig, config, set_, flags)
-        if print_cfg:
-            print_config(cfg)
-            return None
+        cfg = stage_config(ProbeConfig, config, set_, flags, print_only=print_cfg)
         opts = ProbeOptions(device=device, batch_size=batch_size)
         return run_probe(out, cfg, embeddings=embeddings, labels=labels, split=split, options=opts, force=force, dry_run=dry_run)
 

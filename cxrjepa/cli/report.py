@@ -9,7 +9,7 @@ import typer
 
 from cxrjepa.cli.common import (
     ConfigOpt, DryRunOpt, ForceOpt, JsonOpt, OutOpt, PrintConfigOpt, QuietOpt, SetOpt, VerboseOpt, execute,
-    print_config, resolve_config,
+    stage_config,
 )
 
 HELP = (
@@ -41,10 +41,7 @@ def command(
     from cxrjepa.report.config import ReportConfig
 
     def go():
-        cfg = resolve_config(ReportConfig, config, set_, {"title": title})
-        if print_cfg:
-            print_config(cfg)
-            raise typer.Exit(0)
+        cfg = stage_config(ReportConfig, config, set_, {"title": title}, print_only=print_cfg)
         return run_report(out, cfg, artifacts=list(artifacts or []), device=device, force=force, dry_run=dry_run)
 
     execute(go, json_output=json_output, quiet=quiet, verbose=verbose)
