@@ -27,3 +27,21 @@ def encoder_flops(config, tokens: int, sequences: float = 1.0, embedded: int | N
     embedded = tokens if embedded is None else embedded
     patch = linear_flops(embedded * sequences, config.patch_size**2 * config.in_chans * config.tubelet, config.embed_dim)
     return patch + blocks_flops(tokens, config.embed_dim, config.depth, config.mlp_ratio, sequences)
+
+
+def masked_student_flops(config, batch: dict, head, out_dim: int) -> tuple[int, float]:
+    """Forward FLOPs of a masked-prediction student on one batch: the visible-token encoder ``config`` on the
+    context tokens, plus a narrow head (``head``: width, depth, mlp_ratio; a predictor or a decoder) mapping
+    context and mask tokens to ``out_dim`` values per target token. Returns (tokens per image, FLOPs)."""
+    b, k = batch["context"].shape
+    _, m, t = batch["targets"].shape
+    n_tok = 1
+    for g in config.token_grid(tuple(batch["images"].shape[2:])):
+        n_tok *= g
+    encoder = encoder_flops(config, k, b, embedded=n_tok)
+    predictor = (
+        linear_flops(b * k, config.embed_dim, head.width)
+        + blocks_flops(k + t, head.width, head.depth, head.mlp_ratio, b * m)
+        + linear_flops(b * m * t, head.width, out_dim)
+    )
+    return n_tok, encoder + predictor

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrjepa.core.errors import ConfigError
-from cxrjepa.models.flops import blocks_flops, encoder_flops, linear_flops
+from cxrjepa.models.flops import encoder_flops, masked_student_flops
 from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
@@ -114,20 +114,8 @@ class IJEPA(Objective):
 
     def step_flops(self, batch: dict) -> float:
         cfg = self.config.model
-        b, k = batch["context"].shape
-        _, m, t = batch["targets"].shape
-        n_tok = 1
-        for g in cfg.token_grid(tuple(batch["images"].shape[2:])):
-            n_tok *= g
-        p = self.settings.predictor
-        context = encoder_flops(cfg, k, b, embedded=n_tok)
-        target = encoder_flops(cfg, n_tok, b)
-        predictor = (
-            linear_flops(b * k, cfg.embed_dim, p.width)
-            + blocks_flops(k + t, p.width, p.depth, p.mlp_ratio, b * m)
-            + linear_flops(b * m * t, p.width, cfg.embed_dim)
-        )
-        return 3.0 * (context + predictor) + target
+        n_tok, student = masked_student_flops(cfg, batch, self.settings.predictor, cfg.embed_dim)
+        return 3.0 * student + encoder_flops(cfg, n_tok, batch["images"].shape[0])  # + the EMA target's forward
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.student.encoder, "predictor": self.student.predictor, "target": self.target}

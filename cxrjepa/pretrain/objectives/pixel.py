@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from cxrjepa.models.flops import blocks_flops, encoder_flops, linear_flops
+from cxrjepa.models.flops import masked_student_flops
 from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import EncoderConfig, ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
@@ -95,19 +95,7 @@ class PixelReconstruction(Objective):
 
     def step_flops(self, batch: dict) -> float:
         cfg = self.config.model
-        b, k = batch["context"].shape
-        _, m, t = batch["targets"].shape
-        n_tok = 1
-        for g in cfg.token_grid(tuple(batch["images"].shape[2:])):
-            n_tok *= g
-        d = self.settings.decoder
-        encoder = encoder_flops(cfg, k, b, embedded=n_tok)
-        decoder = (
-            linear_flops(b * k, cfg.embed_dim, d.width)
-            + blocks_flops(k + t, d.width, d.depth, d.mlp_ratio, b * m)
-            + linear_flops(b * m * t, d.width, patch_pixels(cfg))
-        )
-        return 3.0 * (encoder + decoder)
+        return 3.0 * masked_student_flops(cfg, batch, self.settings.decoder, patch_pixels(cfg))[1]
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.student.encoder, "decoder": self.student.predictor}

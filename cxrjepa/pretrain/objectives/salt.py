@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrjepa.core.errors import ConfigError, UsageError
-from cxrjepa.models.flops import blocks_flops, encoder_flops, linear_flops
+from cxrjepa.models.flops import masked_student_flops
 from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
@@ -166,19 +166,9 @@ class SALT(Objective):
 
     def step_flops(self, batch: dict) -> float:
         cfg = self.config.model
-        b, k = batch["context"].shape
-        _, m, t = batch["targets"].shape
+        b = batch["images"].shape[0]
         grid = cfg.token_grid(tuple(batch["images"].shape[2:]))
-        n_tok = 1
-        for g in grid:
-            n_tok *= g
-        p = self.settings.predictor
-        student = encoder_flops(cfg, k, b, embedded=n_tok)
-        predictor = (
-            linear_flops(b * k, cfg.embed_dim, p.width)
-            + blocks_flops(k + t, p.width, p.depth, p.mlp_ratio, b * m)
-            + linear_flops(b * m * t, p.width, self.teacher.embed_dim)
-        )
+        _, student = masked_student_flops(cfg, batch, self.settings.predictor, self.teacher.embed_dim)
         teacher = 0.0
         if "teacher_tokens" not in batch:  # ~2 FLOPs per parameter per token (matrix work of a transformer)
             size = self.teacher.input_size(grid[-2:])
@@ -186,4 +176,4 @@ class SALT(Objective):
             frames = batch["images"].shape[2] if batch["images"].ndim == 5 and not self.teacher.clip else 1
             params = sum(p.numel() for p in self.teacher.parameters())
             teacher = 2.0 * params * tg[0] * tg[1] * b * frames
-        return 3.0 * (student + predictor) + teacher
+        return 3.0 * student + teacher
