@@ -17,6 +17,7 @@ from cxrjepa.ingest import ledger
 from cxrjepa.ingest.context import Context, InputItem
 from cxrjepa.ingest.ledger import Reject
 from cxrjepa.ingest.pool import executor, run_tasks
+from cxrjepa.ingest.process import check_format
 from cxrjepa.ingest.staging import make_units, unit_size_for
 
 
@@ -25,16 +26,7 @@ def probe(item: InputItem, ctx: Context) -> dict:
     fmt = disc.sniff(item.path)
     out = {"format": fmt, "status": "ok", "reason": "", "detail": "", "ts": ""}
     try:
-        if fmt == disc.EMPTY:
-            raise Reject(ledger.EMPTY_FILE)
-        if fmt == disc.TEXT:
-            if disc.promises_image(item.rel):
-                raise Reject(ledger.UNRECOGNIZED, "text")
-            raise Reject(ledger.TEXT_FILE, status=ledger.IGNORED)
-        if fmt == disc.UNKNOWN:
-            raise Reject(ledger.UNRECOGNIZED)
-        if fmt != disc.DICOM and ctx.config.modality:
-            raise ledger.skip(ledger.MODALITY, "none")
+        check_format(fmt, item, ctx)
         if fmt == disc.DICOM:
             from cxrjepa.ingest.dicom import _ts_name, check_pixels, check_policy, quiet_pydicom, read_header
 

@@ -8,6 +8,21 @@ from cxrjepa.ingest.ledger import Record, Reject, skip
 from cxrjepa.ingest.table import Sample
 
 
+def check_format(fmt: str, item: InputItem, ctx: Context) -> None:
+    """Raises :class:`Reject` for an input (format ``fmt``, from :func:`discover.sniff`) that is empty, text or
+    unknown, or that is not DICOM while a modality filter is set."""
+    if fmt == discover.EMPTY:
+        raise Reject(ledger.EMPTY_FILE)
+    if fmt == discover.TEXT:
+        if discover.promises_image(item.rel):
+            raise Reject(ledger.UNRECOGNIZED, "text")
+        raise Reject(ledger.TEXT_FILE, status=ledger.IGNORED)
+    if fmt == discover.UNKNOWN:
+        raise Reject(ledger.UNRECOGNIZED)
+    if fmt != discover.DICOM and ctx.config.modality:
+        raise skip(ledger.MODALITY, "none")
+
+
 def _read(item: InputItem, ctx: Context, fmt: str) -> Sample:
     if fmt == discover.DICOM:
         from cxrjepa.ingest.dicom import process_dicom
@@ -30,16 +45,7 @@ def process_input(item: InputItem, ctx: Context) -> Sample | Record:
     fmt = ""
     try:
         fmt = discover.sniff(item.path)
-        if fmt == discover.EMPTY:
-            raise Reject(ledger.EMPTY_FILE)
-        if fmt == discover.TEXT:
-            if discover.promises_image(item.rel):
-                raise Reject(ledger.UNRECOGNIZED, "text")
-            raise Reject(ledger.TEXT_FILE, status=ledger.IGNORED)
-        if fmt == discover.UNKNOWN:
-            raise Reject(ledger.UNRECOGNIZED)
-        if fmt != discover.DICOM and ctx.config.modality:
-            raise skip(ledger.MODALITY, "none")
+        check_format(fmt, item, ctx)
         sample = _read(item, ctx, fmt)
         if item.masks or item.mask_error:
             from cxrjepa.ingest.masks import attach_masks
