@@ -11,7 +11,9 @@ seconds apart. Rows:
 * ``salt (cached targets)``     SALT reading fp16 teacher targets (runtime.teacher_cache): no teacher forward.
 
 Ratios are I-JEPA step time / row step time (> 1 = faster than I-JEPA). CPU time per step is measured with
-``time.process_time`` as well, so a loaded machine changes wall time more than the ratios.
+``time.process_time`` as well, so a loaded machine changes wall time more than the ratios; the model-FLOP
+ratio (the objectives' ``step_flops``: 3x forward for trained parts, 1x for the teacher/target forward) is
+the noise-free expectation the timed ratios scatter around.
 
     PYTHONPATH=. python benchmarks/salt.py [--sections cpu,gpu] [--steps 20] [--threads 2] [--json out.json]
 
@@ -116,7 +118,8 @@ def measure(cfg: PretrainConfig, device: torch.device, steps: int, *, teacher: P
         step(i)
     sync(device)
     wall, cpu = (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
-    out = {"step_s": wall, "cpu_s": cpu, "images_per_s": b / wall}
+    flops = sum(obj.step_flops(batches[i]) for i in range(warm, warm + steps)) / steps
+    out = {"step_s": wall, "cpu_s": cpu, "images_per_s": b / wall, "gflop": flops / 1e9}
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -147,17 +150,20 @@ def section(device: torch.device, model: dict, head: dict, masks: dict, batch: i
     for r in rows:
         r["speedup_vs_ijepa"] = base / r["step_s"]
         r["cpu_speedup_vs_ijepa"] = base_cpu / r["cpu_s"] if r["cpu_s"] > 0 else None
+        r["flop_ratio_vs_ijepa"] = rows[0]["gflop"] / r["gflop"] if r["gflop"] > 0 else None
     return rows
 
 
 def print_rows(title: str, rows: list[dict]) -> None:
     print(f"\n## {title}\n")
-    print("| step | wall s/step | CPU s/step | images/s | speed-up vs I-JEPA (wall) | (CPU time) |")
-    print("|---|---|---|---|---|---|")
+    print("| step | wall s/step | CPU s/step | images/s | GFLOP/step | speed-up vs I-JEPA (wall) | (CPU time) "
+          "| (model FLOPs) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         cpu = f"{r['cpu_speedup_vs_ijepa']:.2f}x" if r.get("cpu_speedup_vs_ijepa") else "-"
-        print(f"| {r['row']} | {r['step_s']:.4f} | {r['cpu_s']:.4f} | {r['images_per_s']:.1f} | "
-              f"{r['speedup_vs_ijepa']:.2f}x | {cpu} |")
+        flop = f"{r['flop_ratio_vs_ijepa']:.2f}x" if r.get("flop_ratio_vs_ijepa") else "-"
+        print(f"| {r['row']} | {r['step_s']:.4f} | {r['cpu_s']:.4f} | {r['images_per_s']:.1f} | {r['gflop']:.1f} | "
+              f"{r['speedup_vs_ijepa']:.2f}x | {cpu} | {flop} |")
 
 
 def main() -> None:

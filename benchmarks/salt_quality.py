@@ -25,6 +25,8 @@ Every pretraining call's real CPU time (getrusage, loader in-process) is reporte
 
     PYTHONPATH=. flock /work/bench.lock python benchmarks/salt_quality.py --budget 240 --seeds 0,1,2 --jobs 2
 
+(benchmarks/results/salt.md was made with ``--budget 180``: ~30 min of wall time on 2 cores.)
+
 Results go to ``--work`` (artifacts, results.json) and the table to ``--out`` (Markdown).
 """
 
