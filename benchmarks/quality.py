@@ -53,6 +53,8 @@ class DataSet:
     recipe: str
     #: label value -> class name (values not listed keep their name); None = drop from probing
     relabel: dict = field(default_factory=dict)
+    #: extra ``cxrjepa ingest`` settings (ultrasound: US-JEPA's 2-98 percentile rescale, speckle makes extremes noisy)
+    ingest: tuple = ()
 
 
 SETS = {
@@ -60,9 +62,10 @@ SETS = {
                        "pipelines/cxr-small-cpu.yaml", {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}),
     "ieee8023": DataSet("ieee8023", "covid_chestxray_ieee8023", "ieee8023 COVID CXR", "covid",
                         "pipelines/cxr-small-cpu.yaml", {"1": "covid", "0": "other"}),
-    "busi": DataSet("busi", "busi_breast_ultrasound_256", "BUSI breast US", "label", "pipelines/us-small-cpu.yaml"),
+    "busi": DataSet("busi", "busi_breast_ultrasound_256", "BUSI breast US", "label", "pipelines/us-small-cpu.yaml",
+                 ingest=("--set", "percentile_low=2", "--set", "percentile_high=98")),
     "pocus": DataSet("pocus", "pocus_lung_ultrasound", "POCUS lung US", "label", "pipelines/us-small-cpu.yaml",
-                     {"viral": None}),
+                     {"viral": None}, ingest=("--set", "percentile_low=2", "--set", "percentile_high=98")),
 }
 
 ENCODERS = ("cxrjepa", "random", "pixels")
@@ -121,8 +124,9 @@ def run_set(ds: DataSet, args, env: dict) -> dict:
     log: list[str] = []
     src = root / ds.folder
     size = str(args.size)
-    sh(["ingest", f"@{train_list(ds, root, work)}", "--out", work / "pretrain-data", "--size", size, "--quiet"], log, env)
-    sh(["ingest", src, "--out", work / "data", "--size", size, "--labels", src / "labels.csv", "--quiet"], log, env)
+    sh(["ingest", f"@{train_list(ds, root, work)}", "--out", work / "pretrain-data", "--size", size, *ds.ingest, "--quiet"], log, env)
+    sh(["ingest", src, "--out", work / "data", "--size", size, *ds.ingest, "--labels", src / "labels.csv", "--quiet"],
+       log, env)
     recipe = ROOT / ds.recipe
     pre = ["pretrain", "--data", work / "pretrain-data", "--out", work / "run", "--config", recipe, "--gpus", "0",
            "--set", f"train.seed={args.seed}", "--quiet"]
