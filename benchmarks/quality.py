@@ -69,6 +69,7 @@ SETS = {
 }
 
 ENCODERS = ("cxrjepa", "random", "pixels")
+NOTES = "<!-- notes: written by hand, kept when quality.py --write rewrites the tables above -->"
 
 
 def child_cpu() -> float:
@@ -118,6 +119,44 @@ def probe_inputs(ds: DataSet, data: Path, work: Path) -> tuple[Path, Path, dict]
     return lab, spl, {"counts": counts, "unlabelled": int((~kept).sum())}
 
 
+def test_scores(prb: Path, patients: dict) -> tuple:
+    """(classes, labels, scores (N, C), patient keys) of the linear probe's test predictions, by sample_id."""
+    import pandas as pd
+
+    df = pd.read_parquet(prb / "predictions.parquet")
+    df = df[(df["probe"] == "linear") & (df["split"] == "test")].sort_values("sample_id")
+    cols = sorted(c for c in df.columns if c.startswith("score_"))
+    return [c[6:] for c in cols], df["target"].astype(str).to_numpy(), df[cols].to_numpy(float), df["sample_id"].map(patients).to_numpy()
+
+
+def auroc(y, scores, classes) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if len(classes) == 2:
+        return float(roc_auc_score(y == classes[1], scores[:, 1]))
+    return float(roc_auc_score(y, scores, multi_class="ovr", average="macro", labels=classes))
+
+
+def paired_delta(a: Path, b: Path, patients: dict, n: int, seed: int) -> dict:
+    """Test AUROC of probe a minus probe b on the same samples, with a paired patient-bootstrap 95 % interval
+    (both probes scored on each resample): the interval excludes 0 when one encoder really beats the other."""
+    import numpy as np
+
+    classes, y, sa, pa = test_scores(a, patients)
+    _, yb, sb, _ = test_scores(b, patients)
+    assert (y == yb).all()
+    value = auroc(y, sa, classes) - auroc(y, sb, classes)
+    groups = {p: np.flatnonzero(pa == p) for p in dict.fromkeys(pa)}
+    keys, rng, deltas = list(groups), np.random.default_rng(seed), []
+    for _ in range(n):
+        idx = np.concatenate([groups[keys[i]] for i in rng.integers(0, len(keys), len(keys))])
+        if len(set(y[idx])) < len(classes):
+            continue  # a resample without every class has no AUROC
+        deltas.append(auroc(y[idx], sa[idx], classes) - auroc(y[idx], sb[idx], classes))
+    lo, hi = np.percentile(deltas, [2.5, 97.5])
+    return {"value": value, "ci": [float(lo), float(hi)]}
+
+
 def run_set(ds: DataSet, args, env: dict) -> dict:
     root, work = Path(args.data_root), Path(args.work) / ds.name
     work.mkdir(parents=True, exist_ok=True)
@@ -152,19 +191,25 @@ def run_set(ds: DataSet, args, env: dict) -> dict:
             "--set", f"seed={args.seed}", "--quiet"], log, env)
         metrics = json.loads((prb / "metrics.json").read_text())["tasks"]["target"]
         results[name] = metrics
+    import pandas as pd
+
+    meta = pd.read_parquet(work / "data" / "metadata.parquet", columns=["sample_id", "patient_key"])
+    patients = dict(zip(meta["sample_id"], meta["patient_key"]))
+    deltas = {b: paired_delta(work / "probe-cxrjepa", work / f"probe-{b}", patients, args.bootstrap, args.seed)
+              for b in ("random", "pixels")}
     return {
-        "set": ds, "log": log, "results": results, "info": info,
+        "set": ds, "log": log, "results": results, "info": info, "deltas": deltas,
         "pretrain": {"wall_s": wall, "cpu_s": cpu, "steps": cfg["train"]["steps"], "batch": cfg["train"]["batch_size"],
                      "frames": int(manifest.get("counts", {}).get("frames", 0) or 0),
                      "first": mon[0] if mon else {}, "last": mon[-1] if mon else {}},
     }
 
 
-def fmt(m: dict | None) -> str:
+def fmt(m: dict | None, signed: bool = False) -> str:
     if not m or m.get("value") is None:
         return "n/a"
-    ci = m.get("ci")
-    return f"{m['value']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{m['value']:.3f}"
+    ci, f = m.get("ci"), "+.3f" if signed else ".3f"
+    return f"{m['value']:{f}} [{ci[0]:{f}}, {ci[1]:{f}}]" if ci else f"{m['value']:{f}}"
 
 
 def table(outs: list[dict], args, command: str) -> str:
@@ -176,8 +221,8 @@ def table(outs: list[dict], args, command: str) -> str:
         f"Threads: {args.threads} torch/OpenMP threads; input size {args.size} px; pixel baseline {args.pixels} x {args.pixels}; "
         f"probe features: `{args.features}`; {args.bootstrap} patient-bootstrap resamples; seed {args.seed}.",
         "",
-        "| data set | test n (classes) | encoder | AUROC [95% CI] | macro-F1 [95% CI] | kNN AUROC |",
-        "|---|---|---|---|---|---|",
+        "| data set | test n (classes) | encoder | AUROC [95% CI] | macro-F1 [95% CI] | kNN AUROC | I-JEPA AUROC minus this [95% CI] |",
+        "|---|---|---|---|---|---|---|",
     ]
     for o in outs:
         ds, res = o["set"], o["results"]
@@ -188,7 +233,8 @@ def table(outs: list[dict], args, command: str) -> str:
             label = {"cxrjepa": "cxrjepa I-JEPA (pretrained)", "random": "same ViT, random init", "pixels": f"raw pixels {args.pixels}x{args.pixels}"}[name]
             first = f"{ds.title}" if i == 0 else ""
             n = f"{sum(test.values())} ({', '.join(f'{k} {v}' for k, v in test.items())})" if i == 0 else ""
-            lines.append(f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | {fmt(knn.get('auroc'))} |")
+            delta = fmt(o["deltas"][name], signed=True) if name in o["deltas"] else ""
+            lines.append(f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | {fmt(knn.get('auroc'))} | {delta} |")
     lines += ["", "## Pretraining budget (per data set)", "",
               "| data set | recipe | pretraining frames | steps x batch | CPU s | wall s | feat_std first -> last | RankMe first -> last |",
               "|---|---|---|---|---|---|---|---|"]
@@ -230,8 +276,12 @@ def main() -> None:
     text = table(outs, args, command)
     print(text)
     if args.write:
-        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(text)
+        path = Path(args.write)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        old = path.read_text() if path.exists() else ""
+        if NOTES in old:  # the hand-written analysis below the marker survives a rerun
+            text += "\n" + old[old.index(NOTES):]
+        path.write_text(text)
 
 
 if __name__ == "__main__":
