@@ -69,6 +69,13 @@ SETS = {
 }
 
 ENCODERS = ("cxrjepa", "random", "pixels")
+FEATURE_NAMES = {"features": "mean-pooled last layer", "features_last4": "last 4 layers"}
+
+
+def row_key(encoder: str, features: str) -> str:
+    """Probe folder / result key: ``cxrjepa`` (mean-pooled features), ``cxrjepa-last4``, ``pixels``."""
+    return encoder if features == "features" else f"{encoder}-{features.removeprefix('features_')}"
+
 NOTES = "<!-- notes: written by hand, kept when quality.py --write rewrites the tables above -->"
 
 
@@ -170,33 +177,42 @@ def run_set(ds: DataSet, args, env: dict) -> dict:
     pre = ["pretrain", "--data", work / "pretrain-data", "--out", work / "run", "--config", recipe, "--gpus", "0",
            "--set", f"train.seed={args.seed}", "--quiet"]
     pre += [x for s in args.set for x in ("--set", s)]
+    budget = work / "pretrain-cost.json"  # measured when the run was made; a rerun that skips it reads it back
+    finished = (work / "run" / "manifest.yaml").exists() and budget.exists()
     wall, cpu = sh(pre, log, env)
+    if finished:
+        wall, cpu = (json.loads(budget.read_text())[k] for k in ("wall_s", "cpu_s"))
+    else:
+        budget.write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
     mon = [r for r in rows if "rankme" in r]
     manifest = __import__("yaml").safe_load((work / "run" / "manifest.yaml").read_text())
     cfg = __import__("yaml").safe_load((work / "run" / "config.yaml").read_text())
     lab, spl, info = probe_inputs(ds, work / "data", work)
     specs = {"cxrjepa": work / "run", "random": f"random:{work / 'run'}", "pixels": f"pixels:{args.pixels}"}
+    feats = args.features.split(",")
     results = {}
     for name in ENCODERS:
-        emb, prb = work / f"emb-{name}", work / f"probe-{name}"
+        emb = work / f"emb-{name}"
         embed = ["embed", "--encoder", specs[name], "--data", work / "data", "--out", emb, "--quiet"]
-        if args.features == "features_last4" and name != "pixels":
+        if "features_last4" in feats and name != "pixels":
             embed.append("--last4")
         sh(embed, log, env)
-        features = args.features if name != "pixels" else "features"
-        sh(["probe", "--embeddings", emb, "--out", prb, "--labels", lab, "--key", "sample_id", "--label-col", "target",
-            "--split", spl, "--features", features, "--fewshot", "none", "--bootstrap", str(args.bootstrap),
-            "--set", "probes=[linear,knn]", "--set", "subgroups=[]", "--set", "attributes=false",
-            "--set", f"seed={args.seed}", "--quiet"], log, env)
-        metrics = json.loads((prb / "metrics.json").read_text())["tasks"]["target"]
-        results[name] = metrics
+        for features in (feats if name != "pixels" else ["features"]):
+            row = row_key(name, features)
+            sh(["probe", "--embeddings", emb, "--out", work / f"probe-{row}", "--labels", lab, "--key", "sample_id",
+                "--label-col", "target", "--split", spl, "--features", features, "--fewshot", "none",
+                "--bootstrap", str(args.bootstrap), "--set", "probes=[linear,knn]", "--set", "subgroups=[]",
+                "--set", "attributes=false", "--set", f"seed={args.seed}", "--quiet"], log, env)
+            results[row] = json.loads((work / f"probe-{row}" / "metrics.json").read_text())["tasks"]["target"]
     import pandas as pd
 
     meta = pd.read_parquet(work / "data" / "metadata.parquet", columns=["sample_id", "patient_key"])
     patients = dict(zip(meta["sample_id"], meta["patient_key"]))
-    deltas = {b: paired_delta(work / "probe-cxrjepa", work / f"probe-{b}", patients, args.bootstrap, args.seed)
-              for b in ("random", "pixels")}
+    # I-JEPA minus the same-pooling random init, and minus raw pixels (I-JEPA's default mean-pooled features)
+    pairs = {row_key("random", f): row_key("cxrjepa", f) for f in feats} | {"pixels": "cxrjepa"}
+    deltas = {b: paired_delta(work / f"probe-{a}", work / f"probe-{b}", patients, args.bootstrap, args.seed)
+              for b, a in pairs.items()}
     return {
         "set": ds, "log": log, "results": results, "info": info, "deltas": deltas,
         "pretrain": {"wall_s": wall, "cpu_s": cpu, "steps": cfg["train"]["steps"], "batch": cfg["train"]["batch_size"],
@@ -219,22 +235,29 @@ def table(outs: list[dict], args, command: str) -> str:
         f"Command: `{command}`",
         "",
         f"Threads: {args.threads} torch/OpenMP threads; input size {args.size} px; pixel baseline {args.pixels} x {args.pixels}; "
-        f"probe features: `{args.features}`; {args.bootstrap} patient-bootstrap resamples; seed {args.seed}.",
+        f"ViT features probed: {', '.join(FEATURE_NAMES[f] for f in args.features.split(','))}; {args.bootstrap} patient-bootstrap resamples; seed {args.seed}.",
         "",
-        "| data set | test n (classes) | encoder | AUROC [95% CI] | macro-F1 [95% CI] | kNN AUROC | I-JEPA AUROC minus this [95% CI] |",
+        "| data set | test n (classes) | encoder, features | AUROC [95% CI] | macro-F1 [95% CI] | kNN AUROC | I-JEPA AUROC minus this [95% CI] |",
         "|---|---|---|---|---|---|---|",
     ]
     for o in outs:
         ds, res = o["set"], o["results"]
         test = o["info"]["counts"]["test"]
-        for i, name in enumerate(ENCODERS):
-            lin = res[name]["probes"]["linear"]["metrics"]
-            knn = res[name]["probes"].get("knn", {}).get("metrics", {})
-            label = {"cxrjepa": "cxrjepa I-JEPA (pretrained)", "random": "same ViT, random init", "pixels": f"raw pixels {args.pixels}x{args.pixels}"}[name]
+        rows = [r for r in res]  # cxrjepa[-last4], random[-last4], pixels, in run order
+        rows = sorted(rows, key=lambda r: (ENCODERS.index(r.split("-")[0]), r))
+        for i, row in enumerate(rows):
+            lin = res[row]["probes"]["linear"]["metrics"]
+            knn = res[row]["probes"].get("knn", {}).get("metrics", {})
+            enc, _, feat = row.partition("-")
+            label = {"cxrjepa": "cxrjepa I-JEPA", "random": "same ViT, random init",
+                     "pixels": f"raw pixels {args.pixels}x{args.pixels}"}[enc]
+            if enc != "pixels":
+                label += f", {FEATURE_NAMES['features_' + feat if feat else 'features']}"
             first = f"{ds.title}" if i == 0 else ""
             n = f"{sum(test.values())} ({', '.join(f'{k} {v}' for k, v in test.items())})" if i == 0 else ""
-            delta = fmt(o["deltas"][name], signed=True) if name in o["deltas"] else ""
-            lines.append(f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | {fmt(knn.get('auroc'))} | {delta} |")
+            delta = fmt(o["deltas"][row], signed=True) if row in o["deltas"] else ""
+            lines.append(f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | "
+                         f"{fmt(knn.get('auroc'))} | {delta} |")
     lines += ["", "## Pretraining budget (per data set)", "",
               "| data set | recipe | pretraining frames | steps x batch | CPU s | wall s | feat_std first -> last | RankMe first -> last |",
               "|---|---|---|---|---|---|---|---|"]
@@ -263,7 +286,8 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
     ap.add_argument("--size", type=int, default=64, help="stored and model input size (the CPU recipes' 64 px)")
     ap.add_argument("--pixels", type=int, default=16, help="side of the raw-pixel baseline")
-    ap.add_argument("--features", default="features", choices=["features", "features_last4"])
+    ap.add_argument("--features", default="features,features_last4",
+                    help="comma-separated pooled arrays probed for the two ViTs (features, features_last4)")
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of every stage")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0, help="pretraining and probe seed")
