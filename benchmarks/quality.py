@@ -17,6 +17,10 @@ cxrjepa command (printed, and listed in the results file):
 3. ``cxrjepa probe`` each with the same split (the set's own patient-level ``split`` column written as a split
    file): logistic regression on standardized features, regularisation chosen on ``val``, test AUROC
    (one-vs-rest macro for 3 classes) and macro-F1 with patient-bootstrap 95 % intervals; kNN AUROC beside it.
+   The two ViTs are probed on their mean-pooled last layer and on their last 4 layers (``--features``), and
+   the I-JEPA encoder's test AUROC minus each baseline's gets a paired patient-bootstrap interval.
+
+Text below the notes marker of an existing ``--write`` file (the hand-written analysis) is kept on rewrite.
 
 POCUS: the 3 ``viral`` clips (all in the training split) are left unlabelled: too few to learn or test a
 fourth class, and merging viral into the bacterial ``pneumonia`` class would mix two labels. They still serve
