@@ -52,3 +52,11 @@ def test_bad_settings_are_one_sentence():
         load_config(PretrainConfig, overrides=["augment.crop_scale=[0.5, 2]"])
     with pytest.raises(ConfigError, match="pos_embed"):
         load_config(PretrainConfig, overrides=["model.pos_embed=rope"])
+
+
+def test_ultrasound_cpu_recipe_is_the_cxr_twin():
+    """us-small-cpu.yaml = cxr-small-cpu.yaml (same encoder, masks, optimiser, steps: same cost) + hflip."""
+    cxr = load_config(PretrainConfig, files=[ROOT / "pipelines" / "cxr-small-cpu.yaml"]).science()
+    us = load_config(PretrainConfig, files=[ROOT / "pipelines" / "us-small-cpu.yaml"]).science()
+    assert us["augment"].pop("hflip") is True and cxr["augment"].pop("hflip") is False
+    assert us == cxr
