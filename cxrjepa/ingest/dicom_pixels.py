@@ -63,6 +63,21 @@ PLUGIN_PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 
 
+#: in pool workers (one per core) CPU time per image is what counts: gdcm decodes JPEG 2000 with OpenJPEG's
+#: own threads (about 1.7 cores' CPU for 1.0x the wall time of one core; not controllable from Python), so a
+#: worker per core oversubscribes the machine. There the single-threaded plugin comes first.
+PARALLEL_PREFERENCE: dict[str, tuple[str, ...]] = {
+    JPEG2000Lossless: ("pylibjpeg", "gdcm", "pillow"),
+}
+_parallel = False
+
+
+def prefer_single_threaded() -> None:
+    """Called in pool workers: prefer decoders that use one thread (see :data:`PARALLEL_PREFERENCE`)."""
+    global _parallel
+    _parallel = True
+
+
 class DecodeError(Exception):
     """Every plugin failed on a frame (the message names no value from the file)."""
 
@@ -82,7 +97,8 @@ def plugins_for(tsyntax: str) -> list[str]:
     available = set(decoder.available_plugins)
     if not available:  # native (uncompressed / deflated): no plugins involved
         return [""]
-    preferred = [p for p in PLUGIN_PREFERENCE.get(UID(tsyntax), ()) if p in available]
+    table = {**PLUGIN_PREFERENCE, **PARALLEL_PREFERENCE} if _parallel else PLUGIN_PREFERENCE
+    preferred = [p for p in table.get(UID(tsyntax), ()) if p in available]
     rest = sorted(available - set(preferred))
     return preferred + rest
 

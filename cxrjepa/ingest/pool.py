@@ -21,7 +21,7 @@ from typing import Any
 
 from cxrjepa.ingest.context import Context
 from cxrjepa.ingest.staging import Staging, Unit
-from cxrjepa.ingest.worker import init_worker, run_unit
+from cxrjepa.ingest.worker import init_pool_worker, init_worker, run_unit
 
 
 def default_workers() -> int:
@@ -40,7 +40,7 @@ def _context() -> mp.context.BaseContext:
 
 
 def executor(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=init_worker)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=init_pool_worker)
 
 
 def run_tasks(

@@ -42,6 +42,14 @@ def init_worker() -> None:
         pass
 
 
+def init_pool_worker() -> None:
+    """A pool worker (one per core): :func:`init_worker`, and decoders that use one thread each."""
+    from cxrjepa.ingest.dicom_pixels import prefer_single_threaded
+
+    init_worker()
+    prefer_single_threaded()
+
+
 def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] | None = None) -> dict:
     """Process one work unit into the staging folder; returns its summary (also written as its done mark).
 

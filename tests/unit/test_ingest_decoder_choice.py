@@ -1,0 +1,23 @@
+"""Which pydicom plugin decodes a transfer syntax first, alone and in pool workers."""
+
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLSLossless
+
+from cxrjepa.ingest import dicom_pixels
+
+
+@pytest.fixture
+def restore_mode():
+    yield
+    dicom_pixels._parallel = False
+
+
+def test_pool_workers_prefer_a_single_threaded_jpeg2000_decoder(restore_mode):
+    plugins = dicom_pixels.plugins_for(JPEG2000Lossless)
+    if not {"gdcm", "pylibjpeg"} <= set(plugins):
+        pytest.skip("needs both gdcm and pylibjpeg-openjpeg")
+    assert plugins[0] == "gdcm"  # one process: gdcm's OpenJPEG threads use the idle cores
+    ls_before = dicom_pixels.plugins_for(JPEGLSLossless)
+    dicom_pixels.prefer_single_threaded()
+    assert dicom_pixels.plugins_for(JPEG2000Lossless)[:2] == ["pylibjpeg", "gdcm"]
+    assert dicom_pixels.plugins_for(JPEGLSLossless) == ls_before  # single-threaded either way: unchanged
