@@ -69,13 +69,14 @@ PLUGIN_PREFERENCE: dict[str, tuple[str, ...]] = {
 PARALLEL_PREFERENCE: dict[str, tuple[str, ...]] = {
     JPEG2000Lossless: ("pylibjpeg", "gdcm", "pillow"),
 }
-_parallel = False
+#: the table :func:`plugins_for` reads: PLUGIN_PREFERENCE, or in pool workers PARALLEL_PREFERENCE over it
+_preference: dict[str, tuple[str, ...]] = PLUGIN_PREFERENCE
 
 
 def prefer_single_threaded() -> None:
     """Called in pool workers: prefer decoders that use one thread (see :data:`PARALLEL_PREFERENCE`)."""
-    global _parallel
-    _parallel = True
+    global _preference
+    _preference = {**PLUGIN_PREFERENCE, **PARALLEL_PREFERENCE}
 
 
 class DecodeError(Exception):
@@ -97,8 +98,7 @@ def plugins_for(tsyntax: str) -> list[str]:
     available = set(decoder.available_plugins)
     if not available:  # native (uncompressed / deflated): no plugins involved
         return [""]
-    table = {**PLUGIN_PREFERENCE, **PARALLEL_PREFERENCE} if _parallel else PLUGIN_PREFERENCE
-    preferred = [p for p in table.get(UID(tsyntax), ()) if p in available]
+    preferred = [p for p in _preference.get(UID(tsyntax), ()) if p in available]
     rest = sorted(available - set(preferred))
     return preferred + rest
 

@@ -9,7 +9,7 @@ from cxrjepa.ingest import dicom_pixels
 @pytest.fixture
 def restore_mode():
     yield
-    dicom_pixels._parallel = False
+    dicom_pixels._preference = dicom_pixels.PLUGIN_PREFERENCE
 
 
 def test_pool_workers_prefer_a_single_threaded_jpeg2000_decoder(restore_mode):
