@@ -85,7 +85,7 @@ def load_init(objective, init: str | Path, config: PretrainConfig) -> dict:
         raise UsageError(f"The init encoder '{init}' is a clip encoder; an image student cannot start from it.")
     if src.is_clip and src.tubelet != dst.tubelet:
         raise UsageError(f"The init clip encoder '{init}' has tubelets of {src.tubelet} frames, the model {dst.tubelet}.")
-    state = {k: v for k, v in loaded.model.vit.state_dict().items()}
+    state = dict(loaded.model.vit.state_dict())
     if dst.is_clip and not src.is_clip:
         state = inflate_state_dict(state, dst)
     if tuple(src.grid) != tuple(dst.grid):
