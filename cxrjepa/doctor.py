@@ -66,7 +66,7 @@ PACKAGES: tuple[Package, ...] = (
     Package("transformers", "transformers", "local Hugging Face encoders (RAD-DINO, DINOv2) as teachers and for embed"),
     Package("highdicom", "highdicom", "DICOM SEG masks"),
     Package("tensorboard", "tensorboard", "pretrain --tensorboard", required=False),
-    Package("pyjpegls", "jpeg_ls", "JPEG-LS encoding in pydicom"),
+    Package("pyjpegls", "jpeg_ls", "fastest JPEG-LS decoder; JPEG-LS encoding"),
     Package("pillow", "PIL", "PNG / JPEG images and an extra JPEG decoder"),
     Package("pytest", "pytest", "running the test suite", required=False),
 )

@@ -21,3 +21,10 @@ def test_pool_workers_prefer_a_single_threaded_jpeg2000_decoder(restore_mode):
     dicom_pixels.prefer_single_threaded()
     assert dicom_pixels.plugins_for(JPEG2000Lossless)[:2] == ["pylibjpeg", "gdcm"]
     assert dicom_pixels.plugins_for(JPEGLSLossless) == ls_before  # single-threaded either way: unchanged
+
+
+def test_jpeg_ls_is_decoded_by_charls_first():
+    plugins = dicom_pixels.plugins_for(JPEGLSLossless)
+    if "pyjpegls" not in plugins:
+        pytest.skip("needs pyjpegls")
+    assert plugins[0] == "pyjpegls"  # CharLS: 1.7x gdcm, 4x pylibjpeg on 12-bit radiographs
