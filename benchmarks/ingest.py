@@ -8,7 +8,10 @@ Figures (printed as a table and, with --json, as JSON):
 * decode-only: plain ``pydicom.dcmread(f).pixel_array`` over the same files, one process;
 * ingest with 1 worker, end to end (discovery, decode, pipeline, staging, final zarr, tables,
   manifest): images/s and its ratio to decode-only (goal >= 0.85);
-* ingest with 2 workers: images/s and speed-up over 1 worker (goal >= 1.7 on an idle 2-core machine);
+* ingest with 2 workers: images/s and speed-up over 1 worker (goal >= 1.7 on an idle 2-core machine); how
+  many cores the 1-worker run kept busy (gdcm decodes JPEG 2000 with threads in a single process, which caps
+  the speed-up on few cores); and the speed-up over 1 worker using the pool workers' single-threaded
+  decoders (scaling of the worker design itself);
 * peak resident memory (main process + workers) of whole ``cxrjepa ingest`` runs over two input counts of
   small synthetic files (goal: flat, under 2 GB).
 
@@ -58,17 +61,22 @@ def decode_only(paths: list[Path]) -> float:
 
 
 def ingest_time(src: Path, out: Path, workers: int, size: int) -> float:
+    return ingest_times(src, out, workers, size)[0]
+
+
+def ingest_times(src: Path, out: Path, workers: int, size: int) -> tuple[float, float]:
+    """Wall seconds of one ingest and the CPU seconds this process used meanwhile (all its threads)."""
     from cxrjepa.core import console
     from cxrjepa.ingest.api import run_ingest
     from cxrjepa.ingest.config import IngestConfig, IngestOptions
 
     console.configure(quiet=True)
     shutil.rmtree(out, ignore_errors=True)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     art = run_ingest(out, IngestConfig(size=size), sources=[src], options=IngestOptions(workers=workers))
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
     assert art.counts["rejected"] == 0, art.counts
-    return dt
+    return dt, dc
 
 
 def peak_rss(src: Path, out: Path, workers: int, size: int) -> tuple[float, float]:
@@ -102,6 +110,8 @@ def peak_rss(src: Path, out: Path, workers: int, size: int) -> tuple[float, floa
 def main() -> None:
     from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless
 
+    from cxrjepa.ingest import dicom_pixels
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=200, help="files for the speed figures (0 skips them)")
     ap.add_argument("--rows", type=int, default=1024)
@@ -127,12 +137,18 @@ def main() -> None:
                 shutil.copy(p, warm / p.name)
             ingest_time(warm, tmp / "out-warm", 1, args.size)
             t_dec = decode_only(paths)
-            t_1 = ingest_time(src, tmp / "out1", 1, args.size)
+            t_1, cpu_1 = ingest_times(src, tmp / "out1", 1, args.size)
+            ingest_time(warm, tmp / "out-warm", 2, args.size)  # starts the fork server pools fork from (once a run)
             t_2 = ingest_time(src, tmp / "out2", 2, args.size)
+            # the same single worker with the decoders pool workers use (one thread each: see dicom_pixels)
+            dicom_pixels.prefer_single_threaded(True)
+            t_1s = ingest_time(src, tmp / "out1s", 1, args.size)
+            dicom_pixels.prefer_single_threaded(False)
             n = len(paths)
             results.update(
                 decode_only_img_s=n / t_dec, ingest_1w_img_s=n / t_1, ingest_2w_img_s=n / t_2,
-                ratio_1w_vs_decode=t_dec / t_1, speedup_2w_vs_1w=t_1 / t_2,
+                ratio_1w_vs_decode=t_dec / t_1, speedup_2w_vs_1w=t_1 / t_2, cores_busy_1w=cpu_1 / t_1,
+                ingest_1w_single_threaded_img_s=n / t_1s, speedup_2w_vs_1w_single_threaded=t_1s / t_2,
             )
         if args.rss:
             counts = [int(c) for c in args.rss.split(",")]
@@ -154,6 +170,10 @@ def main() -> None:
         print(f"  decode only (pydicom)   {results['decode_only_img_s']:8.1f} img/s")
         print(f"  ingest, 1 worker        {results['ingest_1w_img_s']:8.1f} img/s   x{results['ratio_1w_vs_decode']:.2f} of decode-only (goal >= 0.85)")
         print(f"  ingest, 2 workers       {results['ingest_2w_img_s']:8.1f} img/s   x{results['speedup_2w_vs_1w']:.2f} of 1 worker (goal >= 1.7)")
+        print(f"    1 worker kept {results['cores_busy_1w']:.2f} cores busy (gdcm's JPEG 2000 threads): at most "
+              f"x{results['cpus'] / results['cores_busy_1w']:.2f} is left for {results['cpus']} cores")
+        print(f"  ingest, 1 worker with the pool's single-threaded decoders {results['ingest_1w_single_threaded_img_s']:.1f} img/s;"
+              f" 2 workers x{results['speedup_2w_vs_1w_single_threaded']:.2f} of it")
     for c, v in results.get("peak_rss_mb", {}).items():
         print(f"  peak RSS, {int(c):>6} files  {v['total']:6d} MB total, {v['largest_process']} MB largest process (goal < 2048, flat)")
 

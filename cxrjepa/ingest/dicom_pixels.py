@@ -64,20 +64,23 @@ PLUGIN_PREFERENCE: dict[str, tuple[str, ...]] = {
 }
 
 
-#: in pool workers (one per core) CPU time per image is what counts: gdcm decodes JPEG 2000 with OpenJPEG's
-#: own threads (about 1.7 cores' CPU for 1.0x the wall time of one core; not controllable from Python), so a
-#: worker per core oversubscribes the machine. There the single-threaded plugin comes first.
+#: when pool workers fill the cores, CPU time per image is what counts: gdcm decodes JPEG 2000 with
+#: OpenJPEG's own threads (1.6-1.7 cores' CPU on 2 cores for 1.4x the speed of single-threaded pylibjpeg,
+#: i.e. 20 % more CPU per image; the thread count is not settable from Python, and pinned to one core gdcm
+#: is slower than pylibjpeg: 4.2 vs 5.5 img/s), so a worker per core oversubscribes the machine. There
+#: the single-threaded plugin comes first (see :func:`cxrjepa.ingest.pool.single_threaded_decoders`).
 PARALLEL_PREFERENCE: dict[str, tuple[str, ...]] = {
     JPEG2000Lossless: ("pylibjpeg", "gdcm", "pillow"),
 }
-#: the table :func:`plugins_for` reads: PLUGIN_PREFERENCE, or in pool workers PARALLEL_PREFERENCE over it
+#: the table :func:`plugins_for` reads: PLUGIN_PREFERENCE, or PARALLEL_PREFERENCE over it
 _preference: dict[str, tuple[str, ...]] = PLUGIN_PREFERENCE
 
 
-def prefer_single_threaded() -> None:
-    """Called in pool workers: prefer decoders that use one thread (see :data:`PARALLEL_PREFERENCE`)."""
+def prefer_single_threaded(on: bool = True) -> None:
+    """Called in pool workers that fill the cores: prefer decoders that use one thread (see :data:`PARALLEL_PREFERENCE`);
+    ``on=False`` goes back to the fastest decoders for one process."""
     global _preference
-    _preference = {**PLUGIN_PREFERENCE, **PARALLEL_PREFERENCE}
+    _preference = {**PLUGIN_PREFERENCE, **PARALLEL_PREFERENCE} if on else PLUGIN_PREFERENCE
 
 
 class DecodeError(Exception):

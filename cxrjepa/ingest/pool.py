@@ -39,8 +39,16 @@ def _context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
+def single_threaded_decoders(workers: int, cores: int | None = None) -> bool:
+    """Whether pool workers decode with one thread each: when they fill the machine (2 x workers > cores),
+    where gdcm's threaded JPEG 2000 decoder would only oversubscribe the cores. With spare cores (at most
+    half of them busy with workers) they keep the fastest decoders, threads included."""
+    return 2 * workers > (cores or default_workers())
+
+
 def executor(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=init_pool_worker)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=init_pool_worker,
+                               initargs=(single_threaded_decoders(workers),))
 
 
 def run_tasks(

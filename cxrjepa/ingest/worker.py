@@ -42,12 +42,13 @@ def init_worker() -> None:
         pass
 
 
-def init_pool_worker() -> None:
-    """A pool worker (one per core): :func:`init_worker`, and decoders that use one thread each."""
+def init_pool_worker(single_threaded: bool = True) -> None:
+    """A pool worker: :func:`init_worker`, and (when the workers fill the cores) decoders that use one
+    thread each (see :func:`cxrjepa.ingest.dicom_pixels.prefer_single_threaded`)."""
     from cxrjepa.ingest.dicom_pixels import prefer_single_threaded
 
     init_worker()
-    prefer_single_threaded()
+    prefer_single_threaded(single_threaded)
 
 
 def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] | None = None) -> dict:
