@@ -77,8 +77,8 @@ _preference: dict[str, tuple[str, ...]] = PLUGIN_PREFERENCE
 
 
 def prefer_single_threaded(on: bool = True) -> None:
-    """Called in pool workers that fill the cores: prefer decoders that use one thread (see :data:`PARALLEL_PREFERENCE`);
-    ``on=False`` goes back to the fastest decoders for one process."""
+    """Called in pool workers that fill the cores: prefer decoders that use one thread (see
+    :data:`PARALLEL_PREFERENCE`); ``on=False`` goes back to the fastest decoders for one process."""
     global _preference
     _preference = {**PLUGIN_PREFERENCE, **PARALLEL_PREFERENCE} if on else PLUGIN_PREFERENCE
 
