@@ -6,23 +6,24 @@
 * ``sop_uid`` / ``study_uid``: raw UIDs in the CSV are hashed with the dataset's salt and matched to
   ``sample_id`` / ``study_key``; the raw UIDs are never stored.
 
-Every other column becomes a label column, except identifying ones: a patient column (``patient_id`` ...)
-is hashed into ``patient_key`` (so probes split by patient) and never stored raw; names, birth dates,
-accession numbers and UIDs are dropped. ``sex``, ``age`` and ``view`` fill the table's own columns where
+Every other column becomes a label column, except identifying ones (:mod:`cxrjepa.core.phi`, the rule every
+stage applies): a patient column (``patient_id`` ...) is hashed into ``patient_key`` (so probes split by
+patient) and never stored raw; names, IDs, dates, accession numbers, UIDs, institutions, contact details and
+free text are dropped. ``sex``, ``age`` and ``view`` fill the table's own columns where
 DICOM left them empty; other names that clash with table columns get a ``label_`` prefix.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from cxrjepa.core.errors import UsageError
-from cxrjepa.ingest.phi import AGE_CAP, Salt, age_years, coded, sex_code
+from cxrjepa.core.phi import AGE_CAP, is_identifying, normalized
+from cxrjepa.ingest.phi import Salt, age_years, coded, sex_code
 from cxrjepa.ingest.table import COLUMNS
 
 KEY_COLUMNS = {
@@ -32,19 +33,7 @@ KEY_COLUMNS = {
     "study_uid": ("study_uid", "studyinstanceuid", "study_instance_uid"),
 }
 PATIENT_COLUMNS = ("patient_id", "patientid", "patient")
-IDENTIFYING = {
-    "patient_name", "patientname", "name", "first_name", "last_name", "birth_date", "birthdate", "dob",
-    "patient_birth_date", "patientbirthdate", "accession", "accession_number", "accessionnumber", "mrn",
-    "ssn", "address", "phone", "email", "sop_uid", "sopinstanceuid", "sop_instance_uid", "study_uid",
-    "studyinstanceuid", "study_instance_uid", "series_uid", "seriesinstanceuid", "series_instance_uid",
-    "patient_id", "patientid", "other_patient_ids", "institution", "institution_name", "physician",
-    "referring_physician", "study_description", "series_description",
-}
 FILL_COLUMNS = ("sex", "age", "view")
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
 @dataclass
@@ -56,10 +45,10 @@ class LabelsResult:
 
 
 def _find(columns: list[str], wanted: tuple[str, ...]) -> str | None:
-    by_norm = {_norm(c): c for c in columns}
+    by_norm = {normalized(c): c for c in columns}
     for w in wanted:
-        if _norm(w) in by_norm:
-            return by_norm[_norm(w)]
+        if normalized(w) in by_norm:
+            return by_norm[normalized(w)]
     return None
 
 
@@ -130,8 +119,8 @@ def join_labels(
                 index.setdefault(v, []).append(i)
         matches = [index.get(salt.key(kind, k), []) for k in keys]
 
-    label_cols_src = [c for c in header if c not in (key_col, pcol, *skip_columns) and _norm(c) not in IDENTIFYING]
-    dropped = [c for c in header if c not in (key_col, pcol) and _norm(c) in IDENTIFYING]
+    label_cols_src = [c for c in header if c not in (key_col, pcol, *skip_columns) and not is_identifying(c)]
+    dropped = [c for c in header if c not in (key_col, pcol) and is_identifying(c)]
     out = meta.copy()
     assign: dict[int, int] = {}  # sample row -> CSV row (first CSV row wins)
     duplicate_keys = 0
@@ -147,7 +136,7 @@ def join_labels(
 
     stored_names: list[str] = []
     for c in label_cols_src:
-        norm = _norm(c)
+        norm = normalized(c)
         values = sub[c]
         if norm in FILL_COLUMNS:
             _fill(out, norm, rows_idx, values)
