@@ -6,7 +6,8 @@
 
 Per task: a patient-level split (saved, reused), linear and kNN probes chosen on validation and scored on
 test with patient-bootstrap 95 % intervals, few-shot curves, subgroup metrics and gaps; plus sex/age
-prediction and, with corruptions, robustness of the clean-trained linear probe. Schema: docs/probe.md.
+prediction and, with corruptions, robustness of the clean-trained linear probe. Schema: docs/probe.md; file
+names and the schema the report reads with: :mod:`cxrjepa.probe.layout` (what is written is checked against it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from cxrjepa.core.atomic import atomic_write_json, atomic_write_yaml
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.phi import is_identifying
+from cxrjepa.core.schema import check_written
 from cxrjepa.embed.store import Embeddings
 from cxrjepa.probe import metrics
 from cxrjepa.probe.attributes import predict_attributes
@@ -30,31 +33,41 @@ from cxrjepa.probe.config import ProbeConfig, ProbeOptions
 from cxrjepa.probe.corruptions import check as check_corruptions
 from cxrjepa.probe.fewshot import run_fewshot
 from cxrjepa.probe.knn import fit_knn
+from cxrjepa.probe.layout import (
+    KIND,
+    METRICS_JSON,
+    METRICS_YAML,
+    PREDICTION_COLUMNS,
+    PREDICTIONS,
+    SIDES,
+    SPLIT,
+    ProbeContents,
+    ProbeMetrics,
+)
 from cxrjepa.probe.linear import Probe, fit_linear
 from cxrjepa.probe.splits import make_split, patient_keys, read_split, write_split
 from cxrjepa.probe.subgroups import attribute_columns, evaluate_subgroups
 from cxrjepa.probe.tasks import Task, join_labels, make_task
 
-__all__ = ["ProbeConfig", "ProbeOptions", "run_probe", "build_tasks"]
+__all__ = ["ProbeConfig", "ProbeOptions", "run_probe", "build_tasks", "METRICS_JSON"]
 
-METRICS_JSON = "metrics.json"
-METRICS_YAML = "metrics.yaml"
-PREDICTIONS = "predictions.parquet"
-SPLIT = "split.csv"
-SIDES = ("train", "val", "test")
+#: bump when a change to the probe stage's code changes its results for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 
 
 def build_tasks(config: ProbeConfig, emb: Embeddings, labels: str | Path | None) -> tuple[list[Task], dict]:
     """The tasks to probe, with labels aligned to the embeddings rows."""
     index = emb.index
     join_info: dict = {}
+    refuse_identifying(config.tasks, "probe")
     if labels is not None:
         table, join_info = join_labels(index, labels, config.key, config.tasks or None)
         names = list(config.tasks or table.columns)
         if join_info["matched_samples"] == 0:
             raise UsageError(f"No row of the labels file matched the embeddings on '{config.key}'; check --key.")
     else:
-        names = list(config.tasks or emb.label_columns)
+        names = list(config.tasks) or [c for c in emb.label_columns if not is_identifying(c)]
         if not names:
             raise UsageError("The embeddings carry no label columns; pass --labels CSV (with --key) or --label-col COLUMN.")
         missing = [n for n in names if n not in index.columns]
@@ -68,11 +81,19 @@ def build_tasks(config: ProbeConfig, emb: Embeddings, labels: str | Path | None)
     return tasks, join_info
 
 
+def refuse_identifying(columns, what: str) -> None:
+    """A usage error when a column asked for by name is identifying (core.phi): its values would be written."""
+    bad = [c for c in columns if is_identifying(c)]
+    if bad:
+        raise UsageError(f"The column '{bad[0]}' holds identifying values (names, IDs, dates, contact details or "
+                         f"free text); cxrjepa does not {what} it.")
+
+
 def _previous_split(out: Path, split: str | Path | None) -> pd.DataFrame | None:
     if split is not None:
         return read_split(split)
     prev = out / SPLIT
-    if prev.is_file() and (read_manifest(out) or {}).get("kind") == "probe":
+    if prev.is_file() and (read_manifest(out) or {}).get("kind") == KIND:
         return read_split(prev)
     return None
 
@@ -127,10 +148,12 @@ def run_probe(
     options = options or ProbeOptions()
     out = Path(out)
     check_corruptions(config.corruptions)
+    refuse_identifying(config.subgroups, "group metrics by")
     emb = Embeddings.open(embeddings)
     refs = input_refs({"embeddings": embeddings, "labels": labels, "split": split})
     previous = _previous_split(out, split)
-    builder = begin(out, "probe", config, refs, options=to_dict(options), force=force, dry_run=dry_run)
+    builder = begin(out, KIND, config, refs, options=to_dict(options), force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     if builder.skipped:
         console.info(f"Probe '{out}' is up to date.")
         return builder.existing_artifact()
@@ -229,9 +252,10 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     if config.corruptions and linear_probes:
         _robustness(result, emb, linear_probes, patients, config.corruptions, config, options)
 
+    check_written(ProbeMetrics, result, what=METRICS_JSON)
     atomic_write_json(out / METRICS_JSON, result)
     atomic_write_yaml(out / METRICS_YAML, json.loads(json.dumps(result)))
-    pred_df = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=["sample_id", "task", "probe", "split", "target", "prediction"])
+    pred_df = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
     tmp = out / f".{PREDICTIONS}.tmp"
     pred_df.to_parquet(tmp, index=False)
     tmp.replace(out / PREDICTIONS)
@@ -249,6 +273,9 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
         "features": config.features,
         "labels_join": join_info or None,
     })
+    if join_info.get("identifying_columns_left_out"):
+        builder.notes.append("labels: identifying columns not used: " + ", ".join(join_info["identifying_columns_left_out"]))
+    check_written(ProbeContents, builder.contents, what="a probe manifest")
     return builder.finish(hash_obj({"fingerprint": builder.fingerprint, "metrics": result}))
 
 
