@@ -31,6 +31,9 @@ from cxrjepa.demo import codecs, dicom, ultrasound
 from cxrjepa.demo.phantom import Anatomy, Findings, Phantom, View, draw, persist_findings, sample_anatomy, sample_findings, sample_view
 from cxrjepa.demo.storage import Storage, sample_storage, set_pixel_tags, to_stored
 
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 LABEL_COLUMNS = ("nodule", "effusion")
 CSV_COLUMNS = ("file", "patient_id", "nodule", "effusion", "sex", "age", "view")
 US_CSV_COLUMNS = ("file", "patient_id", "frames", "fps", "photometric", "transfer_syntax", "regions", "x0", "y0", "x1", "y1")
@@ -364,7 +367,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
     # the fingerprint holds the settings as given ("auto" stays "auto", so a pipeline's dry run computes the
     # same one); which syntaxes "auto" meant here is recorded in contents, and the files' hash covers them
     cfg = config.resolved()
-    builder = begin(out, "demo", config, [], force=force, dry_run=dry_run)
+    builder = begin(out, "demo", config, [], force=force, dry_run=dry_run, version=ALGORITHM_VERSION)
     if dry_run:
         console.info(f"demo-data: would {builder.action} '{out}' ({cfg.n} radiographs, {cfg.ultrasound} ultrasound cines).")
         return {"path": str(out), "kind": "demo", "action": builder.action, "fingerprint": builder.fingerprint}

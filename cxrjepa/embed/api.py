@@ -40,6 +40,10 @@ from cxrjepa.models.external import (
 
 __all__ = ["EmbedConfig", "EmbedOptions", "run_embed", "embed_input_refs", "load_encoder_for"]
 
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
+
 
 def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path | None = None) -> list[dict]:
     """The inputs of an embed run, as its fingerprint sees them (the pipeline runner uses this too).
@@ -139,7 +143,8 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     spec = parse_encoder_spec(encoder, weights)
     refs = embed_input_refs(encoder, data, weights)
     opts = {**to_dict(options), "device": device, "world_size": world}
-    builder = begin(out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run)
+    builder = begin(out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     if builder.skipped:
         console.info(f"Embeddings '{out}' are up to date.")
         return None, None, None

@@ -21,6 +21,9 @@ from cxrjepa.ingest.phi import Salt, load_salt
 from cxrjepa.ingest.pool import default_workers, executor, process_units, run_tasks
 from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
 
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 LOCK = ".ingest.lock"
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
@@ -107,7 +110,8 @@ def run_ingest(
     salt = load_salt(options.salt_file, create=not dry_run)
     workers = options.workers if options.workers > 0 else default_workers()
     refs = _source_refs(sources, labels, salt, mask_sources)
-    builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run)
+    builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     ctx = Context(config, salt)
     if dry_run:
         from cxrjepa.ingest.dryrun import dry_run_report

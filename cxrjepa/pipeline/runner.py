@@ -1,8 +1,10 @@
 """``cxrjepa run``: run a pipeline's stages in order, skipping the ones that are up to date.
 
-A stage is skipped when its output folder holds a complete artifact whose fingerprint equals the one the
-stage would compute now (same kind, resolved params and input fingerprints). ``force`` redoes every stage
-or the named ones; ``dry_run`` prints the plan and writes nothing.
+The runner does not plan on its own: it asks each stage (:meth:`StageDef.plan`), which applies the rule it
+applies when run directly. A stage is skipped when its output folder holds a complete artifact whose
+fingerprint equals the one the stage would compute now (same kind, resolved params, input fingerprints and
+algorithm version) and the stage has nothing to add (a pretraining run stopped by ``--max-steps`` continues).
+``force`` redoes every stage or the named ones; ``dry_run`` prints the plan and writes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import COMPLETE, plan_artifact, read_manifest
+from cxrjepa.core.artifact import COMPLETE, read_manifest
 from cxrjepa.core.config import _did_you_mean, load_config, overrides_to_dict, read_yaml
 from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, ConfigError, CxrjepaError
 from cxrjepa.pipeline.spec import Pipeline, StageSpec, load_pipeline
@@ -86,13 +88,6 @@ def resolve_stage(pipeline: Pipeline, spec: StageSpec, sets: dict[str, Any]) -> 
     return sdef, config, inputs, options
 
 
-def fingerprint_params(config: Any) -> Any:
-    """The part of a stage config that enters its fingerprint (a config may keep run-length settings such
-    as a step budget out of it by defining ``science()``)."""
-    science = getattr(config, "science", None)
-    return science() if callable(science) else config
-
-
 def _upstream_pending(pipeline: Pipeline, spec: StageSpec, will_run: set[str]) -> str | None:
     for up in spec.upstream():
         if up in will_run:
@@ -136,7 +131,7 @@ def run_pipeline(
         if missing and dry_run:
             step.action, step.reason = "would fail", f"input '{missing[0]}' does not exist"
             continue
-        plan = plan_artifact(spec.out, sdef.kind, fingerprint_params(config), sdef.input_refs(inputs, options), force=spec.id in forced)
+        plan = sdef.plan(spec.out, config, inputs, options, force=spec.id in forced)
         if plan.action == "skip":
             step.action, step.reason = ("would skip" if dry_run else "skip"), plan.reason
             prev = read_manifest(spec.out) or {}

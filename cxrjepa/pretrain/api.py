@@ -7,22 +7,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact, plan_artifact
+from cxrjepa.core.artifact import Artifact, Plan, begin, input_refs, open_artifact, plan_artifact
 from cxrjepa.core.atomic import atomic_write_text
 from cxrjepa.core.config import dump_yaml, to_dict
 from cxrjepa.core.errors import CxrjepaError, UsageError
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.schema import check_written
 from cxrjepa.data.store import DatasetArtifact
+from cxrjepa.models.export import CONFIG as EXPORT_CONFIG
+from cxrjepa.models.export import EXPORT_DIR
+from cxrjepa.models.export import WEIGHTS as EXPORT_WEIGHTS
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.config import PretrainConfig
+from cxrjepa.pretrain.layout import CONFIG_FILE, KIND, Run, RunContents, RunCounts
 from cxrjepa.pretrain.monitors import METRICS_CSV, METRICS_JSONL, TENSORBOARD
 from cxrjepa.pretrain.objectives import objective_class
 from cxrjepa.pretrain.objectives.base import ObjectiveInputs
 from cxrjepa.pretrain.trainer import Trainer, TrainOutcome, item_split, planned_steps
 
-KIND = "run"
-CONFIG_FILE = "config.yaml"
+#: bump when a change to the pretrain stage's code changes the run it makes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
+#: the plan's reason when a complete run stopped by --max-steps is continued instead of skipped
+CONTINUE_EARLY_STOP = "continue a run stopped early by --max-steps"
 
 
 @dataclass
@@ -145,14 +153,36 @@ def _resume_step(out: Path, action: str) -> int:
     return int(ckpt.read_state(folder)["step"]) if folder else 0
 
 
-def _continues_early_stop(existing: dict | None, max_steps: int | None) -> bool:
-    """A complete run that was stopped by --max-steps continues when asked for more steps."""
-    if not existing or not (existing.get("contents") or {}).get("stopped_early"):
-        return False
-    counts = existing.get("counts") or {}
-    done, planned = int(counts.get("steps", 0)), int(counts.get("planned_steps", 0))
-    want = min(planned, max_steps) if max_steps else planned
-    return want > done
+def plan_pretrain(
+    out: str | Path,
+    config: PretrainConfig,
+    *,
+    data: str | Path,
+    teacher: str | Path | None = None,
+    teacher_weights: str | Path | None = None,
+    init: str | Path | None = None,
+    options: PretrainOptions | None = None,
+    force: bool = False,
+) -> Plan:
+    """Skip, resume, continue or redo the run ``out``: the one rule ``cxrjepa pretrain`` and ``cxrjepa run`` use.
+
+    As for every stage, the fingerprint decides (science settings, inputs, :data:`ALGORITHM_VERSION`); in
+    addition a complete run stopped by ``--max-steps`` is continued (action ``resume``) when asked for more
+    steps than it has, and ``options.resume=False`` redoes the run.
+    """
+    options = options or PretrainOptions()
+    teacher = _absolute_spec(teacher)
+    teacher_weights = str(Path(teacher_weights).absolute()) if teacher_weights else None
+    init = str(Path(init).absolute()) if init else None
+    refs = pretrain_input_refs(Path(data).absolute(), teacher, teacher_weights, init)
+    return _plan(Path(out).absolute(), config, refs, options, force)
+
+
+def _plan(out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions, force: bool) -> Plan:
+    plan = plan_artifact(out, KIND, config.science(), refs, force=force or not options.resume, version=ALGORITHM_VERSION)
+    if plan.action == "skip" and Run(Artifact(out, plan.existing or {})).steps_to_go(options.max_steps) > 0:
+        return Plan("resume", CONTINUE_EARLY_STOP, plan.fingerprint, plan.existing)
+    return plan
 
 
 def run_pretrain(
@@ -187,10 +217,8 @@ def run_pretrain(
     world = nproc * options.nnodes
     launching = world > 1 and not D.in_worker()
     if dry_run:
-        plan = plan_artifact(out, KIND, config.science(), refs, force=force or not options.resume)
+        plan = _plan(out, config, refs, options, force)
         action = plan.action
-        if action == "skip" and _continues_early_stop(plan.existing, options.max_steps):
-            action, plan.reason = "resume", "continue a run stopped early by --max-steps"
         launch = None
         if launching:
             argv = options.launch_argv or ["pretrain", "..."]
@@ -240,21 +268,20 @@ def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: li
         "max_steps": options.max_steps,
         "tensorboard": options.tensorboard,
     }
-    decision = begin(out, KIND, science, refs, options=run_options, force=force, dry_run=True)
-    continue_early = decision.skipped and _continues_early_stop(decision.existing, options.max_steps)
-    if decision.skipped and not continue_early:
+    plan = _plan(out, config, refs, options, force)
+    if plan.action == "skip":
         if info.is_main:
             console.info(f"'{out}' is up to date; pass --force to train again.")
-        return decision.existing_artifact() if info.is_main else None
+        return Artifact(out, plan.existing or {}) if info.is_main else None
+    builder = begin(out, KIND, science, refs, options=run_options, force=force, dry_run=True, version=ALGORITHM_VERSION)
     D.barrier(info)  # every rank has decided before rank 0 changes the folder
-    builder = decision
     if info.is_main:
-        if continue_early:
+        if plan.reason == CONTINUE_EARLY_STOP:
             builder.action = "resume"
-            builder.created = (decision.existing or {}).get("created", builder.created)
+            builder.created = (plan.existing or {}).get("created", builder.created)
             builder.write_partial()
         else:
-            builder = begin(out, KIND, science, refs, options=run_options, force=force)
+            builder = begin(out, KIND, science, refs, options=run_options, force=force, version=ALGORITHM_VERSION)
         atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
     D.barrier(info)
     trainer = Trainer(out, config, dataset, info, max_steps=options.max_steps, tensorboard=options.tensorboard,
@@ -291,8 +318,8 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
             "metrics": [METRICS_JSONL, METRICS_CSV],
             "checkpoints": [f"{ckpt.CHECKPOINTS}/{p.name}" for _, p in ckpt.list_checkpoints(out)],
             "encoder": {
-                "weights": "encoder/encoder.safetensors",
-                "config": "encoder/config.json",
+                "weights": f"{EXPORT_DIR}/{EXPORT_WEIGHTS}",
+                "config": f"{EXPORT_DIR}/{EXPORT_CONFIG}",
                 "timm_model": export.get("timm_model"),
                 "embed_dim": export.get("embed_dim"),
                 "image_size": export.get("image_size"),
@@ -323,4 +350,6 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
         )
     if outcome.collapse_warnings:
         builder.notes.append("The collapse monitor fired during training; see feat_std and rankme in metrics.jsonl.")
+    check_written(RunContents, builder.contents, what="a run manifest's contents")
+    check_written(RunCounts, builder.counts, what="a run manifest's counts")
     return builder.finish(hash_obj({"weights": export.get("weights_sha256"), "steps": outcome.steps}))

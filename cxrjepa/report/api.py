@@ -21,6 +21,9 @@ from cxrjepa.report.lineage import READABLE, collect
 from cxrjepa.report.sections import data, embeddings, features, pretraining, probes, provenance, summary
 from cxrjepa.report.sections.base import Context
 
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 INDEX = "index.html"
 SUMMARY = "summary.md"
 FIGURES = markdown.FIGURES_DIR
@@ -90,7 +93,8 @@ def run_report(
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], not '{device}'.")
     refs = input_refs({"artifacts": paths})
-    builder = begin(out, "report", config, refs, options={"device": device}, force=force, dry_run=dry_run)
+    builder = begin(out, "report", config, refs, options={"device": device}, force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     if dry_run:
         console.info(f"report: would {'skip' if builder.skipped else builder.action} '{out}' ({len(paths)} artifact(s) given).")
         return {"out": str(out), "action": "skip" if builder.skipped else builder.action, "artifacts": [str(p) for p in paths]}
