@@ -24,6 +24,7 @@ from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, 
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.schema import check_written
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.embed import distributed as D
 from cxrjepa.embed import store
@@ -269,6 +270,7 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
     builder.contents["exports"] = files
     builder.counts.update({"samples": job.n_rows, "frames_embedded": int(plan.frames.size), "rejected": 0,
                            "units": len(ranges)})
+    check_written(store.EmbeddingsContents, builder.contents, what="an embeddings manifest's contents")
     content = hash_obj({"fingerprint": builder.fingerprint, "units": [done[u]["digest"] for u in range(len(ranges))],
                         "index": ds.artifact.content_fingerprint})
     art = builder.finish(content)
