@@ -56,8 +56,8 @@ class DatasetCounts:
 
     samples: int
     frames: int
+    rejected: int
     inputs: int | None = None
-    rejected: int = 0
     skipped: int = 0
     duplicates: int = 0
     by_reason: dict[str, int] = field(default_factory=dict)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from cxrjepa.core.artifact import STAGE_FOR_KIND, Artifact, open_artifact
 from cxrjepa.core.errors import ArtifactError
-from cxrjepa.core.schema import parse
+from cxrjepa.core.schema import SchemaError, parse
 
 KIND = "probe"
 METRICS_JSON = "metrics.json"
@@ -250,8 +250,9 @@ class Probe:
     def open(cls, path: str | Path) -> Probe:
         return cls(open_artifact(path, KIND))
 
-    def _missing(self, name: str) -> ArtifactError:
-        return ArtifactError(f"The probe '{self.path}' has no readable {name}; rerun '{STAGE_FOR_KIND[KIND]}' with --force.")
+    def _missing(self, name: str) -> SchemaError:
+        """A file the manifest names is missing or unreadable: the artifact does not hold what it says."""
+        return SchemaError(f"The probe '{self.path}' has no readable {name}; rerun '{STAGE_FOR_KIND[KIND]}' with --force.")
 
     @cached_property
     def metrics(self) -> ProbeMetrics:

@@ -14,6 +14,7 @@ from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact
 from cxrjepa.core.atomic import atomic_write_bytes, atomic_write_text
 from cxrjepa.core.errors import UsageError
 from cxrjepa.core.fingerprint import hash_files
+from cxrjepa.core.schema import SchemaError
 from cxrjepa.report import html, markdown
 from cxrjepa.report.config import ReportConfig
 from cxrjepa.report.doc import Document, Note, Section
@@ -49,6 +50,8 @@ def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device
         started = time.perf_counter()
         try:
             sec = fn(ctx)
+        except SchemaError:
+            raise  # an artifact that does not match its kind's schema: one sentence naming the stage to rerun
         except Exception as exc:  # one broken section must not cost the whole page
             if console.settings.verbose:
                 traceback.print_exc()
