@@ -376,6 +376,27 @@ def bare_artifact(path: Path, kind: str, inputs: dict | None = None, params: dic
     return b.finish()
 
 
+# ---------------------------------------------------------------- reading back what a stage wrote
+
+
+def unread_fields(raw, typed, path: str = "") -> list[str]:
+    """Paths of ``raw`` (a file or manifest part as written) whose value a reader's typed view
+    (``cxrjepa.core.config.to_dict`` of it) does not hold unchanged: fields the reader drops or alters."""
+    if isinstance(raw, dict):
+        if not isinstance(typed, dict):
+            return [path or "(top level)"]
+        out = []
+        for k, v in raw.items():
+            where = f"{path}.{k}" if path else str(k)
+            out += unread_fields(v, typed[k], where) if k in typed else [where]
+        return out
+    if isinstance(raw, list):
+        if not isinstance(typed, list) or len(typed) != len(raw):
+            return [path]
+        return [p for i, (a, b) in enumerate(zip(raw, typed)) for p in unread_fields(a, b, f"{path}[{i}]")]
+    return [] if raw == typed else [path]
+
+
 # ---------------------------------------------------------------- checking a page
 
 

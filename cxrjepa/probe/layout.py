@@ -206,9 +206,11 @@ class ProbeMetrics:
 @dataclass
 class SplitInfo:
     path: str
-    source: str | None = None
+    source: str | None = None  # new | file
     counts: dict[str, int] = field(default_factory=dict)
     patients: dict[str, int] = field(default_factory=dict)
+    reused_samples: int | None = None
+    new_samples: int | None = None
 
 
 @dataclass
