@@ -192,3 +192,18 @@ def test_the_report_reads_back_everything_the_probe_writes(emb, tmp_path):
     (art.path / "metrics.json").write_text(json.dumps(raw))
     with pytest.raises(SchemaError, match=r"'tasks\.finding\.probes\.linear\.metrics' is missing; rerun 'cxrjepa probe'"):
         probes.build(Context(collect([art.path]), ReportConfig()))
+
+
+def test_a_new_algorithm_version_of_the_probe_redoes_its_artifacts(emb, tmp_path, monkeypatch):
+    import cxrjepa.probe.api as probe_api
+
+    root, emb_path, _ = emb
+    cfg = ProbeConfig(**{**FAST, "fewshot": [], "subgroups": [], "attributes": False, "probes": ["linear"]})
+    first = run_probe(tmp_path / "p", cfg, embeddings=emb_path)
+    assert first.manifest["algorithm_version"] == probe_api.ALGORITHM_VERSION
+    assert run_probe(tmp_path / "p", cfg, embeddings=emb_path).manifest == first.manifest  # up to date
+    monkeypatch.setattr(probe_api, "ALGORITHM_VERSION", probe_api.ALGORITHM_VERSION + 1)
+    plan = run_probe(tmp_path / "p", cfg, embeddings=emb_path, dry_run=True)
+    assert plan["action"] == "overwrite"
+    again = run_probe(tmp_path / "p", cfg, embeddings=emb_path)
+    assert again.manifest["algorithm_version"] == probe_api.ALGORITHM_VERSION and again.fingerprint != first.fingerprint
