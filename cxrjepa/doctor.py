@@ -65,6 +65,7 @@ PACKAGES: tuple[Package, ...] = (
     Package("psutil", "psutil", "memory and CPU monitoring"),
     Package("transformers", "transformers", "local Hugging Face encoders (RAD-DINO, DINOv2) as teachers and for embed"),
     Package("highdicom", "highdicom", "DICOM SEG masks"),
+    Package("pydantic", "pydantic", "artifact schemas"),
     Package("tensorboard", "tensorboard", "pretrain --tensorboard", required=False),
     Package("pyjpegls", "jpeg_ls", "fastest JPEG-LS decoder; JPEG-LS encoding"),
     Package("pillow", "PIL", "PNG / JPEG images and an extra JPEG decoder"),
