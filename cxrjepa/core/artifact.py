@@ -186,7 +186,7 @@ def input_ref(name: str, path: str | Path) -> dict:
 class Plan:
     """What :func:`plan_artifact` decided about an output folder."""
 
-    action: str  # "skip" | "resume" | "create" | "overwrite"
+    action: str  # "skip" | "resume" | "create" | "overwrite" | "refuse"
     reason: str
     fingerprint: str
     existing: dict | None = None
@@ -196,6 +196,8 @@ def stale_reason(manifest: Mapping[str, Any], kind: str, params: Any, inputs: Se
     """Why an artifact whose fingerprint differs is stale: :data:`ALGORITHM_CHANGED` when its parameters and
     inputs are those of now and only the stage's algorithm version differs, else :data:`PARAMS_CHANGED`."""
     old = manifest.get("algorithm_version")
+    if old is not None and (not isinstance(old, int) or isinstance(old, bool)):
+        return PARAMS_CHANGED  # a hand-edited manifest: nothing to compare with
     if old != version and compute_fingerprint(kind, params, inputs, old) == manifest.get("fingerprint"):
         return f"{ALGORITHM_CHANGED} (version {old if old is not None else 'unrecorded'} -> {version})"
     return PARAMS_CHANGED
