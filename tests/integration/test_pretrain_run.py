@@ -243,15 +243,33 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(dataset, tmp_path):
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
                               "--gpus", "0", "--nproc", "2", "--dry-run", "--set", "optim.lr=3e-4"])
     assert res.exit_code == 0, res.output
-    assert "torch.distributed.run --standalone --nproc-per-node=2 -m cxrjepa pretrain" in res.stdout
-    assert f"--out {out}" in res.stdout and "--set optim.lr=3e-4" in res.stdout
-    assert "lr: 0.0003" in res.stdout and "plan: create" in res.stdout
+    assert "torch.distributed.run --standalone --nproc-per-node=2 -m cxrjepa.cli.worker" in res.stdout
+    assert "lr: 0.0003" in res.stdout and "plan: create" in res.stdout  # the resolved config the workers get
     assert not out.exists()
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
                               "--gpus", "0", "--dry-run", "--json"])
     data = json.loads(res.stdout)
     assert data["processes"] == 1 and data["launch"] is None and data["planned_steps"] == 8
     assert data["config"]["train"]["batch_size"] == 8 and not out.exists()
+
+
+def test_cli_dry_run_plans_gpus_on_a_machine_without_them(dataset, tmp_path):
+    """A login node: --gpus 8 --dry-run prints the 8-process torchrun launch and the resolved config, exits 0
+    and writes nothing; without --dry-run the same command is refused there."""
+    from cxrjepa.core.config import to_dict
+
+    out = tmp_path / "R"
+    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--gpus", "8", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    launch = next(line for line in res.stdout.splitlines() if line.startswith("# launch: "))
+    assert "-m torch.distributed.run --standalone --nproc-per-node=8 -m cxrjepa.cli.worker" in launch
+    assert "# processes: 8 on 8 GPUs" in res.stdout
+    assert yaml.safe_load(res.stdout.split("# resolved config:\n", 1)[1]) == to_dict(load_config(PretrainConfig))
+    assert not out.exists()
+    if not torch.cuda.is_available():
+        assert "not checked: CUDA is not available here" in res.stdout
+        res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--gpus", "8"])
+        assert res.exit_code == 2 and "--gpus 0" in res.stderr and not out.exists()
 
 
 def test_cli_print_config_and_json_result(dataset, tmp_path):
