@@ -326,3 +326,51 @@ def test_collapse_monitor_warns_loudly_and_is_recorded(dataset, tmp_path, capsys
     assert "WARNING: representation collapse suspected at step 4" in err
     assert art.counts["collapse_warnings"] == 1  # once per episode, not at every check
     assert any("collapse" in note for note in art.manifest["notes"])
+
+
+def test_extra_hooks_and_sinks_plug_into_the_metrics_processor(dataset, tmp_path):
+    """The loop's extension points (trackers, in-training probes): a hook made from the built trainer adds a
+    column computed from the student's encoder at the steps it chooses (which are then logged), and a sink
+    receives exactly the rows of metrics.jsonl."""
+    from cxrjepa import runtime
+    from cxrjepa.core.artifact import begin
+    from cxrjepa.data.store import DatasetArtifact
+    from cxrjepa.pretrain.trainer import Trainer
+
+    class EncoderNorm:
+        def __init__(self, trainer):
+            self.trainer, self.steps = trainer, []
+
+        def due(self, step):
+            return step % 3 == 0
+
+        def __call__(self, step, row):
+            self.steps.append(step)
+            encoder = self.trainer.objective.export_encoder()
+            row["encoder_norm"] = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in encoder.parameters())))
+
+    class Rows:
+        def __init__(self):
+            self.rows, self.closed = [], False
+
+        def write(self, row):
+            self.rows.append(dict(row))
+
+        def close(self):
+            self.closed = True
+
+    made, sink = [], Rows()
+    run = tmp_path / "run"
+    cfg = tiny_config()
+    begin(run, "run", cfg.science())
+    info = runtime.init_worker(False)
+    try:
+        Trainer(run, cfg, DatasetArtifact.open(dataset), info, hooks=[lambda t: made.append(EncoderNorm(t)) or made[-1]],
+                sinks=[sink]).fit()
+    finally:
+        runtime.shutdown(info)
+    rows = MetricsLog.read(run)
+    assert sink.rows == rows and sink.closed
+    assert [r["step"] for r in rows] == [0, 2, 3, 4, 6, 8]  # log_every 2, the last step, and the hook's 3 and 6
+    assert made[0].steps == [3, 6] and [r["step"] for r in rows if "encoder_norm" in r] == [3, 6]
+    assert rows[2]["encoder_norm"] != rows[4]["encoder_norm"]  # measured on the training encoder, as it moves
