@@ -3,10 +3,11 @@
 The launcher writes a :class:`LaunchSpec` -- the resolved config (``config.yaml``) and ``launch.json`` (the
 stage function each worker calls and its inputs and options) -- to a private temporary folder, runs
 
-    python -m torch.distributed.run --standalone --nproc-per-node=N -m cxrjepa.cli.worker FOLDER/launch.json
+    python -m torch.distributed.run --standalone --nproc-per-node=N --log-dir=FOLDER/torchrun \
+        -m cxrjepa.cli.worker FOLDER/launch.json
 
-and removes the folder when torchrun returns (the folder is node-local: on a multi-node run each node's
-launcher writes its own). Workers therefore start from exactly the config the launcher resolved, whatever
+and removes the folder, with torchrun's own log folder inside it, when torchrun returns (the folder is
+node-local: on a multi-node run each node's launcher writes its own). Workers therefore start from exactly the config the launcher resolved, whatever
 way it was given (command line, Python, a pipeline). ``--standalone`` lets torchrun's c10d rendezvous bind
 its own port, which the workers' process group reuses; multi-node runs use ``--rdzv-endpoint`` instead.
 """
@@ -34,6 +35,8 @@ from cxrjepa.runtime.signals import forwarding
 SPEC_FILE = "launch.json"
 CONFIG_FILE = "config.yaml"
 FORMAT = "cxrjepa.launch/1"
+#: torchrun's log folder, inside the launch folder
+TORCHRUN_LOGS = "torchrun"
 #: the module torchrun runs in every worker (it reads the spec and calls its entry)
 WORKER_MODULE = "cxrjepa.cli.worker"
 
@@ -101,7 +104,8 @@ def launch_command(spec_path: str | Path, plan: ProcessPlan, *, node_rank: int =
         if not 0 <= node_rank < plan.nnodes:
             raise UsageError(f"--node-rank must be between 0 and {plan.nnodes - 1} for --nnodes {plan.nnodes}.")
         cmd += [f"--nnodes={plan.nnodes}", f"--node-rank={node_rank}", f"--rdzv-endpoint={rdzv_endpoint}"]
-    cmd += [f"--nproc-per-node={plan.nproc}", "-m", WORKER_MODULE, str(spec_path)]
+    log_dir = Path(spec_path).parent / TORCHRUN_LOGS  # torchrun's own files go with the spec (else a /tmp leftover)
+    cmd += [f"--nproc-per-node={plan.nproc}", f"--log-dir={log_dir}", "-m", WORKER_MODULE, str(spec_path)]
     return cmd
 
 

@@ -243,7 +243,8 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(dataset, tmp_path):
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
                               "--gpus", "0", "--nproc", "2", "--dry-run", "--set", "optim.lr=3e-4"])
     assert res.exit_code == 0, res.output
-    assert "torch.distributed.run --standalone --nproc-per-node=2 -m cxrjepa.cli.worker" in res.stdout
+    assert "torch.distributed.run --standalone --nproc-per-node=2 --log-dir=" in res.stdout
+    assert "-m cxrjepa.cli.worker" in res.stdout
     assert "lr: 0.0003" in res.stdout and "plan: create" in res.stdout  # the resolved config the workers get
     assert not out.exists()
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
@@ -262,7 +263,8 @@ def test_cli_dry_run_plans_gpus_on_a_machine_without_them(dataset, tmp_path):
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--gpus", "8", "--dry-run"])
     assert res.exit_code == 0, res.output
     launch = next(line for line in res.stdout.splitlines() if line.startswith("# launch: "))
-    assert "-m torch.distributed.run --standalone --nproc-per-node=8 -m cxrjepa.cli.worker" in launch
+    assert "-m torch.distributed.run --standalone --nproc-per-node=8 --log-dir=" in launch
+    assert launch.endswith("/launch.json") and "-m cxrjepa.cli.worker" in launch
     assert "# processes: 8 on 8 GPUs" in res.stdout
     assert yaml.safe_load(res.stdout.split("# resolved config:\n", 1)[1]) == to_dict(load_config(PretrainConfig))
     assert not out.exists()
