@@ -145,7 +145,7 @@ def run_embed(
     config = config or EmbedConfig()
     options = options or EmbedOptions()
     out = Path(out)
-    if in_worker():  # started by an outside torchrun: every rank runs this function
+    if in_worker() and worker_info(False).world > 1:  # ranks of an outside torchrun: every rank runs this function
         return _run_as_rank(out, config, encoder=encoder, data=data, weights=weights, options=options, force=force)
     dev, procs = _resolve_device(options, check=not dry_run)
     builder, job, enc = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,

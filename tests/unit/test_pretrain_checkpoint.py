@@ -168,6 +168,22 @@ class Killed(BaseException):
     """A kill between two file-system operations."""
 
 
+class KillAt:
+    """Counts the wrapped file-system operations and kills the ``k``-th."""
+
+    def __init__(self, k: int):
+        self.k, self.n = k, 0
+
+    def wrap(self, fn):
+        def op(*a, **kw):
+            self.n += 1
+            if self.n == self.k:
+                raise Killed
+            return fn(*a, **kw)
+
+        return op
+
+
 @pytest.mark.parametrize("earlier", [1, 2])
 def test_a_kill_at_any_moment_of_the_best_swap_leaves_the_old_or_the_new_best(tmp_path, earlier):
     """Kill the swap of a new best after each of its file-system operations in turn: ``checkpoints/best``
@@ -182,19 +198,10 @@ def test_a_kill_at_any_moment_of_the_best_swap_leaves_the_old_or_the_new_best(tm
         for step in range(1, earlier + 1):  # earlier bests (the second swap goes back to the first folder)
             sel.update(step, 1.0 / step, _modules(step), write=True, sharded=False)
         new = earlier + 1
-        calls = {"n": 0}
         originals = {(mod, name): getattr(mod, name) for mod, name in ops}
-
-        def wrap(fn):
-            def op(*a, **kw):
-                calls["n"] += 1
-                if calls["n"] == k:
-                    raise Killed
-                return fn(*a, **kw)
-            return op
-
+        kill = KillAt(k)
         for (mod, name), fn in originals.items():
-            setattr(mod, name, wrap(fn))
+            setattr(mod, name, kill.wrap(fn))
         try:
             sel.update(new, 1.0 / new, _modules(new), write=True, sharded=False)
             finished = True
