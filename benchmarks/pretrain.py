@@ -109,7 +109,7 @@ def cxrjepa_step(cfg: PretrainConfig, batch: int, device: torch.device, steps: i
     torch.manual_seed(0)
     obj = IJEPA(cfg).to(device).train()
     if compile_blocks:
-        from cxrjepa.pretrain.distributed import compile_blocks as compile_all
+        from cxrjepa.pretrain.parallel import compile_blocks as compile_all
 
         compile_all(obj)
     opt = build_optimizer(obj.student, cfg.optim, fused=device.type == "cuda")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, Plan, begin, input_refs, open_artifact, plan_artifact
 from cxrjepa.core.atomic import atomic_write_text
-from cxrjepa.core.config import dump_yaml, to_dict
+from cxrjepa.core.config import dump_yaml, from_dict, load_config, to_dict
 from cxrjepa.core.errors import CxrjepaError, UsageError
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.core.schema import check_written
@@ -18,13 +17,24 @@ from cxrjepa.models.export import CONFIG as EXPORT_CONFIG
 from cxrjepa.models.export import EXPORT_DIR
 from cxrjepa.models.export import WEIGHTS as EXPORT_WEIGHTS
 from cxrjepa.pretrain import checkpoint as ckpt
-from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.config import PretrainConfig
 from cxrjepa.pretrain.layout import CONFIG_FILE, KIND, Run, RunContents, RunCounts
 from cxrjepa.pretrain.monitors import METRICS_CSV, METRICS_JSONL, TENSORBOARD
 from cxrjepa.pretrain.objectives import objective_class
 from cxrjepa.pretrain.objectives.base import ObjectiveInputs
 from cxrjepa.pretrain.trainer import Trainer, TrainOutcome, item_split, planned_steps
+from cxrjepa.runtime import (
+    DistInfo,
+    LaunchSpec,
+    ProcessPlan,
+    barrier,
+    dry_run_command,
+    in_worker,
+    init_worker,
+    launch,
+    plan_processes,
+    shutdown,
+)
 
 #: bump when a change to the pretrain stage's code changes the run it makes for the same settings and inputs
 #: (docs/artifacts.md, "Algorithm versions")
@@ -50,9 +60,6 @@ class PretrainOptions:
     tensorboard: bool = False
     #: continue from the newest complete checkpoint of an interrupted run with the same settings
     resume: bool = True
-    #: cxrjepa arguments that reproduce this call in launched workers (the CLI sets them); None = write
-    #: the resolved config to a temporary file and pass that
-    launch_argv: list[str] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -118,32 +125,29 @@ def _check_inputs(config: PretrainConfig, teacher, teacher_weights) -> None:
                          "with --teacher-weights FILE, or a local Hugging Face folder.")
 
 
-def _device_words(nproc: int, cuda: bool, nnodes: int) -> str:
-    what = f"{nproc} GPU{'s' if nproc > 1 else ''}" if cuda else f"CPU ({nproc} gloo process{'es' if nproc > 1 else ''})"
-    return what + (f" per node x {nnodes} nodes" if nnodes > 1 else "")
+def _device_words(procs: ProcessPlan) -> str:
+    import torch
+
+    unchecked = procs.cuda and not torch.cuda.is_available()
+    return procs.describe() + (" (not checked: CUDA is not available here)" if unchecked else "")
 
 
-def _argv_from_config(out: Path, config: PretrainConfig, data: Path, options: PretrainOptions, force: bool,
-                      inputs: ObjectiveInputs | None = None) -> list[str]:
-    """Worker arguments for a call made from Python: the resolved config goes through a temporary file."""
-    tmp = Path(tempfile.mkdtemp(prefix="cxrjepa-launch-")) / CONFIG_FILE
-    tmp.write_text(dump_yaml(config))
-    argv = ["pretrain", "--data", str(data), "--out", str(out), "--config", str(tmp)]
-    for flag, value in (("--teacher", inputs and inputs.teacher), ("--teacher-weights", inputs and inputs.teacher_weights),
-                        ("--init", inputs and inputs.init)):
-        if value:
-            argv += [flag, str(value)]
-    if options.gpus is not None:
-        argv += ["--gpus", str(options.gpus)]
-    if options.max_steps is not None:
-        argv += ["--max-steps", str(options.max_steps)]
-    if options.tensorboard:
-        argv.append("--tensorboard")
-    if not options.resume:
-        argv.append("--no-resume")
-    if force:
-        argv.append("--force")
-    return argv
+def _launch_spec(out: Path, config: PretrainConfig, data: Path, inputs: ObjectiveInputs, options: PretrainOptions,
+                 force: bool) -> LaunchSpec:
+    """What the launched workers start from: this call's resolved config, inputs and options."""
+    args = {"out": str(out), "data": str(data), "teacher": inputs.teacher, "teacher_weights": inputs.teacher_weights,
+            "init": inputs.init, "options": to_dict(options), "force": force}
+    return LaunchSpec("pretrain", f"{__name__}:run_launched", args, dump_yaml(config), quiet=console.settings.quiet,
+                      verbose=console.settings.verbose)
+
+
+def run_launched(spec: LaunchSpec) -> Artifact | None:
+    """One launched worker (``python -m cxrjepa.cli.worker``): :func:`run_pretrain` with the spec's config,
+    inputs and options."""
+    a = spec.args
+    config = load_config(PretrainConfig, files=[spec.config_path])
+    return run_pretrain(a["out"], config, data=a["data"], teacher=a["teacher"], teacher_weights=a["teacher_weights"],
+                        init=a["init"], options=from_dict(PretrainOptions, a["options"]), force=a["force"])
 
 
 def _resume_step(out: Path, action: str) -> int:
@@ -213,39 +217,31 @@ def run_pretrain(
     init = str(Path(init).absolute()) if init else None
     refs = pretrain_input_refs(data, teacher, teacher_weights, init)
     inputs = ObjectiveInputs(teacher=teacher, teacher_weights=teacher_weights, init=init)
-    nproc, cuda = D.plan_processes(options.gpus, options.nproc)
-    world = nproc * options.nnodes
-    launching = world > 1 and not D.in_worker()
+    procs = plan_processes(options.gpus, options.nproc, nnodes=options.nnodes, check=not dry_run)
+    launching = procs.launches and not in_worker()
     if dry_run:
         plan = _plan(out, config, refs, options, force)
         action = plan.action
-        launch = None
+        launch_cmd = None
         if launching:
-            argv = options.launch_argv or ["pretrain", "..."]
-            launch = D.format_command(
-                D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,
-                                 rdzv_endpoint=options.rdzv_endpoint)
-            )
+            launch_cmd = dry_run_command(procs, node_rank=options.node_rank, rdzv_endpoint=options.rdzv_endpoint)
         frames = len(item_split(config, dataset)[0])
-        return DryRun(action, plan.reason, world, _device_words(nproc, cuda, options.nnodes), launch,
+        return DryRun(action, plan.reason, procs.world, _device_words(procs), launch_cmd,
                       _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config))
     if launching:
-        argv = options.launch_argv or _argv_from_config(out, config, data, options, force, inputs)
-        cmd = D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,
-                               rdzv_endpoint=options.rdzv_endpoint)
-        console.info(f"Launching {world} processes: {D.format_command(cmd)}")
-        code = D.run_launch(cmd, cpu_threads=None if cuda else max(1, D.cpu_count() // nproc))
+        code = launch(_launch_spec(out, config, data, inputs, options, force), procs, node_rank=options.node_rank,
+                      rdzv_endpoint=options.rdzv_endpoint)
         if code != 0:
             raise CxrjepaError(
                 f"The training processes failed (exit code {code}); see their messages above. "
                 "Rerun the same command to resume from the last checkpoint."
             )
         return open_artifact(out, KIND) if options.node_rank == 0 else None
-    info = D.init_worker(cuda)
+    info = init_worker(procs.cuda)
     try:
         return _train(out, config, dataset, refs, info, options, force, inputs)
     finally:
-        D.shutdown(info)
+        shutdown(info)
 
 
 def _absolute_spec(spec: str | Path | None) -> str | None:
@@ -257,7 +253,7 @@ def _absolute_spec(spec: str | Path | None) -> str | None:
     return parse_encoder_spec(str(spec)).absolute()
 
 
-def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], info: D.DistInfo,
+def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], info: DistInfo,
            options: PretrainOptions, force: bool, inputs: ObjectiveInputs) -> Artifact | None:
     science = config.science()
     force = force or not options.resume
@@ -274,7 +270,7 @@ def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: li
             console.info(f"'{out}' is up to date; pass --force to train again.")
         return Artifact(out, plan.existing or {}) if info.is_main else None
     builder = begin(out, KIND, science, refs, options=run_options, force=force, dry_run=True, version=ALGORITHM_VERSION)
-    D.barrier(info)  # every rank has decided before rank 0 changes the folder
+    barrier(info)  # every rank has decided before rank 0 changes the folder
     if info.is_main:
         if plan.reason == CONTINUE_EARLY_STOP:
             builder.action = "resume"
@@ -283,14 +279,14 @@ def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: li
         else:
             builder = begin(out, KIND, science, refs, options=run_options, force=force, version=ALGORITHM_VERSION)
         atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
-    D.barrier(info)
+    barrier(info)
     trainer = Trainer(out, config, dataset, info, max_steps=options.max_steps, tensorboard=options.tensorboard,
                       resume=True, fingerprint=builder.fingerprint, inputs=inputs)
     outcome = trainer.fit()
     artifact = None
     if info.is_main:
         artifact = _finish(builder, config, trainer, outcome, options)
-    D.barrier(info)
+    barrier(info)
     return artifact
 
 

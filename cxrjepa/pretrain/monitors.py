@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -111,6 +112,37 @@ class CollapseWatch:
             )
         self.alarmed = collapsed
         return collapsed
+
+
+class FeatureMonitor:
+    """The collapse monitor as a metrics hook (:class:`cxrjepa.pretrain.metrics.Hook`): ``feat_std`` and
+    ``rankme`` of the watched features on the fixed batch every ``every`` steps and at ``last``; rank 0
+    (``check``) also runs the :class:`CollapseWatch`. ``measure`` is the forward pass (a collective under
+    FSDP: every rank runs it)."""
+
+    def __init__(self, measure: Callable[[], tuple[float, float]], watch: CollapseWatch, *, every: int, last: int,
+                 rank_cap: int, check: bool):
+        self.measure = measure
+        self.watch = watch
+        self.every = every
+        self.last = last
+        self.rank_cap = rank_cap
+        self.check = check
+
+    def due(self, step: int) -> bool:
+        return bool(self.every and step % self.every == 0) or step == self.last
+
+    def __call__(self, step: int, row: dict) -> None:
+        std, rank = self.measure()
+        row["feat_std"], row["rankme"] = std, rank
+        if self.check:
+            self.watch.check(step, std, rank, self.rank_cap)
+
+    def baseline(self) -> dict:
+        """The measures before the first step (the step-0 row); RankMe's reference for the drop test."""
+        std, rank = self.measure()
+        self.watch.best_rank = rank
+        return {"feat_std": std, "rankme": rank}
 
 
 class MetricsLog:

@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 import yaml
 
+from cxrjepa import runtime
 from cxrjepa.core.artifact import open_artifact, plan_artifact, read_manifest
 from cxrjepa.core.config import load_config
 from cxrjepa.core.errors import ConfigError, UsageError
@@ -19,7 +20,6 @@ from cxrjepa.models.export import load_encoder
 from cxrjepa.pipeline.runner import run_pipeline
 from cxrjepa.pipeline.stages import STAGES
 from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
-from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.objectives.base import ObjectiveInputs
 from cxrjepa.pretrain.trainer import Trainer
 
@@ -85,14 +85,14 @@ def test_teacher_is_frozen_in_the_training_loop(chain, tmp_path):
     from cxrjepa.core.artifact import begin
 
     cfg = config("objective=salt", "runtime.keep_last=10")
-    info = D.init_worker(False)
+    info = runtime.init_worker(False)
     try:
         begin(tmp_path / "run", "run", cfg.science())
         trainer = Trainer(tmp_path / "run", cfg, DatasetArtifact.open(chain["data"]), info,
                           inputs=ObjectiveInputs(teacher=str(chain["teacher"])))
         outcome = trainer.fit()
     finally:
-        D.shutdown(info)
+        runtime.shutdown(info)
     obj = trainer.objective
     original = load_encoder(chain["teacher"]).model.state_dict()
     after = obj.teacher.vit.state_dict()

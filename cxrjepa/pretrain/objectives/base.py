@@ -42,7 +42,7 @@ class TrainEnv:
     device: torch.device
     #: autocast dtype (bf16 on CUDA), or None for fp32
     amp: torch.dtype | None
-    #: the process group (cxrjepa.pretrain.distributed.DistInfo)
+    #: the process group (cxrjepa.runtime.DistInfo)
     info: Any
     #: the dataset artifact (cxrjepa.data.store.DatasetArtifact)
     data: Any
