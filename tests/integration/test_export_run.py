@@ -319,3 +319,14 @@ def test_quickstart_exports_onnx_and_hf():
     spec = yaml.safe_load((ROOT / "pipelines" / "quickstart.yaml").read_text())
     stage = next(s for s in spec["stages"].values() if s["stage"] == "export")
     assert stage["inputs"]["encoder"] == "@run" and sorted(stage["params"]["formats"]) == ["hf", "onnx"]
+
+
+def test_embed_reads_the_hf_export_back(chain, tmp_path):
+    """`cxrjepa embed --encoder EXPORT/hf` (a TimmWrapperModel folder) gives the run's own features."""
+    root, _, features, tokens = chain
+    emb = run_embed(tmp_path / "emb", EmbedConfig(patch_tokens=True, patch_dtype="float32"), encoder=root / "export" / "hf",
+                    data=root / "ds", options=EmbedOptions(device="cpu", batch_size=16, workers=0))
+    e = Embeddings.open(emb.path)
+    assert emb.manifest["contents"]["encoder"]["hf_model_type"] == "timm_wrapper"
+    np.testing.assert_allclose(e.array("features"), features, atol=1e-5)
+    np.testing.assert_allclose(e.array("patch_tokens"), tokens, atol=1e-5)
