@@ -47,7 +47,8 @@ def _encoder_folder(encoder: Path) -> tuple[Path, Artifact | None]:
     if not (folder / WEIGHTS).is_file():
         raise ArtifactError(
             f"'{encoder}' holds no encoder weights ({folder.name}/{WEIGHTS}); "
-            + ("export it again with --format safetensors." if art.kind == KIND else "rerun 'cxrjepa pretrain' to finish it.")
+            + ("export it again with --format safetensors." if art.kind == KIND
+               else "rerun 'cxrjepa pretrain' to finish it.")
         )
     return folder, art
 
@@ -83,7 +84,8 @@ def _check_data(data: str | Path | None, art: Artifact | None, notes: list[str])
         return None
     manifest = _manifest(Path(path))
     if manifest is None or manifest.get("status") != "complete":
-        note = f"The encoder's dataset '{path}' is not readable here; checking on synthetic images (pass --data to use a dataset)."
+        note = (f"The encoder's dataset '{path}' is not readable here; checking on synthetic images "
+                "(pass --data to use a dataset).")
         console.warn(note)
         notes.append(note)
         return None

@@ -61,7 +61,8 @@ def dataset_frames(data: str | Path, encoder: FeatureEncoder, samples: int) -> t
     return frames, plan.counts(), ds.max_value, source
 
 
-def synthetic_frames(encoder: FeatureEncoder, samples: int, seed: int, max_value: float) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def synthetic_frames(encoder: FeatureEncoder, samples: int, seed: int,
+                     max_value: float) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Seeded uniform-noise frames at the encoder's size, in the integer type ``max_value`` implies."""
     dtype = np.uint8 if max_value <= 255 else np.uint16
     per_row = encoder.clip_frames if encoder.clip_frames > 1 else 1

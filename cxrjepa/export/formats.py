@@ -136,12 +136,12 @@ def _quiet():
 
 def _graph_io(src: Source) -> dict:
     """Input and output description shared by the ONNX and TorchScript graphs."""
-    norm = src.loaded.normalization
+    norm, dim = src.loaded.normalization, src.loaded.config.embed_dim
     return {
         "inputs": {INPUT: {"shape": src.input_shape(), "dtype": "float32",
                            "values": f"stored intensity / maximum of its type ({norm.divide_by:g} for this encoder's "
                                      "training data), i.e. in [0, 1]"}},
-        "outputs": {"features": ["batch", src.loaded.config.embed_dim], "patch_tokens": ["batch", "tokens", src.loaded.config.embed_dim]},
+        "outputs": {"features": ["batch", dim], "patch_tokens": ["batch", "tokens", dim]},
         "normalization": {"where": "inside the graph: (image - mean) / std", "mean": norm.mean, "std": norm.std},
     }
 
