@@ -40,13 +40,14 @@ def _root(
 
 
 def _register() -> None:
-    from cxrjepa.cli import demo, doctor, embed, ingest, inspect, pretrain, probe, report, run
+    from cxrjepa.cli import demo, doctor, embed, export, ingest, inspect, pretrain, probe, report, run
 
     app.command("ingest", help=ingest.HELP, no_args_is_help=True)(ingest.command)
     app.command("pretrain", help=pretrain.HELP)(pretrain.command)
     app.command("embed", help=embed.HELP)(embed.command)
     app.command("probe", help=probe.HELP)(probe.command)
     app.command("report", help=report.HELP)(report.command)
+    app.command("export", help=export.HELP, no_args_is_help=True)(export.command)
     app.command("run", help=run.HELP, no_args_is_help=True)(run.command)
     app.command("doctor", help=doctor.HELP)(doctor.command)
     app.command("inspect", help=inspect.HELP, no_args_is_help=True)(inspect.command)

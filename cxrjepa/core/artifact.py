@@ -47,6 +47,7 @@ STAGE_FOR_KIND = {
     "embeddings": "cxrjepa embed",
     "probe": "cxrjepa probe",
     "report": "cxrjepa report",
+    "export": "cxrjepa export",
 }
 KINDS = tuple(STAGE_FOR_KIND)
 COMPLETE = "complete"

@@ -438,6 +438,8 @@ def _hf_encoder(folder: Path, spec: str) -> FeatureEncoder:
     cfg = model.config
     proc_path = folder / "preprocessor_config.json"
     proc = json.loads(proc_path.read_text()) if proc_path.is_file() else {}
+    if getattr(cfg, "model_type", "") == "timm_wrapper":  # a timm model in a HF folder (cxrjepa export --format hf)
+        return _timm_wrapper_encoder(model, proc, folder, spec)
     chans = int(getattr(cfg, "num_channels", 3))
     mean = tuple(float(v) for v in proc.get("image_mean", [0.5] * chans))
     std = tuple(float(v) for v in proc.get("image_std", [0.5] * chans))
@@ -456,6 +458,30 @@ def _hf_encoder(folder: Path, spec: str) -> FeatureEncoder:
         num_prefix_tokens=prefix,
         fingerprint=fingerprint_path(folder),
         info={"hf_model_type": getattr(cfg, "model_type", ""), "hf_class": type(model).__name__},
+    )
+
+
+def _timm_wrapper_encoder(model: nn.Module, proc: dict, folder: Path, spec: str) -> FeatureEncoder:
+    """transformers' ``TimmWrapperModel``: its timm model runs as a timm encoder, with the folder's preprocessing."""
+    from cxrjepa.core.fingerprint import fingerprint_path
+
+    vit = model.timm_model.eval()
+    args = dict(model.config.model_args or {})
+    chans = int(args.get("in_chans", 3))
+    patch = getattr(getattr(vit, "patch_embed", None), "patch_size", None)
+    patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch or 16)
+    return FeatureEncoder(
+        TimmTokens(vit),
+        source="hf",
+        spec=spec,
+        preprocess=Preprocess(_hf_size(proc, int(args.get("img_size", 224))), chans,
+                              tuple(float(v) for v in proc.get("image_mean", [0.5] * chans)),
+                              tuple(float(v) for v in proc.get("image_std", [0.5] * chans))),
+        embed_dim=int(vit.num_features),
+        patch_size=patch,
+        num_prefix_tokens=int(getattr(vit, "num_prefix_tokens", 0) or 0),
+        fingerprint=fingerprint_path(folder),
+        info={"hf_model_type": "timm_wrapper", "hf_class": type(model).__name__, "timm_model": model.config.architecture},
     )
 
 

@@ -102,3 +102,4 @@ register(StageDef("pretrain", "run", "cxrjepa.pretrain.api", "PretrainConfig", "
 register(StageDef("embed", "embeddings", "cxrjepa.embed.api", "EmbedConfig", "run_embed", ("encoder", "data", "weights"), ("encoder", "data"), "EmbedOptions", "embed_input_refs"))
 register(StageDef("probe", "probe", "cxrjepa.probe.api", "ProbeConfig", "run_probe", ("embeddings", "labels", "split"), ("embeddings",), "ProbeOptions"))
 register(StageDef("report", "report", "cxrjepa.report.api", "ReportConfig", "run_report", ("artifacts",), ("artifacts",)))
+register(StageDef("export", "export", "cxrjepa.export.api", "ExportConfig", "run_export", ("encoder", "data"), ("encoder",), None, "export_input_refs"))
