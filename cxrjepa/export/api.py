@@ -31,6 +31,9 @@ from cxrjepa.models.vit import EncoderConfig
 __all__ = ["ExportConfig", "Tolerance", "run_export", "export_input_refs"]
 
 KIND = "export"
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 STAGING = ".staging-"
 
 
@@ -186,7 +189,7 @@ def run_export(
     notes: list[str] = []
     formats = _formats(config, enc_cfg, notes)
     refs = export_input_refs(encoder, data)
-    builder = begin(out, KIND, config, refs, force=force, dry_run=dry_run)
+    builder = begin(out, KIND, config, refs, force=force, dry_run=dry_run, version=ALGORITHM_VERSION)
     if builder.skipped:
         console.info(f"Export '{out}' is up to date.")
         return builder.existing_artifact()
