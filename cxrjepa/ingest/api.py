@@ -159,7 +159,9 @@ def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions,
     todo = [u for u in units if not staging.is_done(u.index)]
     if builder.resumed and len(todo) < len(units):
         console.info(f"Resuming: {len(units) - len(todo)} of {len(units)} work units were already done.")
-    console.info(f"Ingesting {len(items)} inputs with {workers} worker{'s' if workers > 1 else ''} -> {out}")
+    n_ignored = sum(1 for i in items if i.verdict and i.verdict[0] == ledger.IGNORED)
+    also = f" ({n_ignored} more files ignored: sidecar, text or hidden)" if n_ignored else ""
+    console.info(f"Ingesting {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {out}")
     with console.progress("ingest", total=len(items)) as bar:
         bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
         limits = Limits(seconds=options.time_limit, memory_mb=memory_limit_mb(workers, options.memory_limit_mb))

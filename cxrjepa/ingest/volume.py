@@ -19,6 +19,7 @@ from cxrjepa.ingest.clips import even_indices
 from cxrjepa.ingest.context import Context, InputItem
 from cxrjepa.ingest.ledger import Reject
 from cxrjepa.ingest.normalize import ConstantImage, store_frames
+from cxrjepa.ingest.pixel_claims import check_size
 from cxrjepa.ingest.table import Sample, new_row
 
 
@@ -36,8 +37,18 @@ def process_volume(path: Path, item: InputItem, ctx: Context) -> Sample:
 
     cfg = ctx.config
     try:
-        img = sitk.ReadImage(str(path))
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()  # the header only: refuse sizes no image has before reading voxels
+        dims = reader.GetSize()  # (x, y, z, ...)
+        img = None
     except Exception as exc:  # SimpleITK's messages quote paths and header text: keep the class only
+        raise Reject(ledger.UNREADABLE_VOLUME, type(exc).__name__) from None
+    if len(dims) >= 2:
+        check_size(int(dims[1]), int(dims[0]), cfg.max_pixels)
+    try:
+        img = reader.Execute()
+    except Exception as exc:
         raise Reject(ledger.UNREADABLE_VOLUME, type(exc).__name__) from None
     dim, comps = img.GetDimension(), img.GetNumberOfComponentsPerPixel()
     if dim not in (2, 3):
