@@ -18,7 +18,15 @@ from cxrjepa.ingest.context import Context
 from cxrjepa.ingest.discover import discover
 from cxrjepa.ingest.masks import MaskSource, Pairing, pair_masks, pair_masks_from_csv, parse_sources
 from cxrjepa.ingest.phi import Salt, load_salt
-from cxrjepa.ingest.pool import Limits, default_workers, executor, memory_limit_mb, process_units, run_tasks
+from cxrjepa.ingest.pool import (
+    Limits,
+    default_workers,
+    executor,
+    memory_limit_mb,
+    process_units,
+    run_tasks,
+    warm_up,
+)
 from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
 
 LOCK = ".ingest.lock"
@@ -146,6 +154,7 @@ def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -
 def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging,
             mask_sources: list[MaskSource] = ()) -> Artifact:
     config = ctx.config
+    warm_up()  # the decode workers' fork server imports the decoders while the inputs are discovered
     items = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
     if all(i.verdict and i.verdict[0] == ledger.IGNORED for i in items):
         found = f" (only {len(items)} sidecar or hidden files)" if items else ""

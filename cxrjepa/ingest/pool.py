@@ -59,9 +59,18 @@ def default_workers() -> int:
 def _context() -> mp.context.BaseContext:
     if sys.platform.startswith("linux"):
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["cxrjepa.ingest.worker", "cxrjepa.ingest.dicom"])
+        ctx.set_forkserver_preload(["cxrjepa.ingest.worker", "cxrjepa.ingest.dicom", "SimpleITK"])
         return ctx
     return mp.get_context("spawn")
+
+
+def warm_up() -> None:
+    """Start the fork server now: it imports the decoders in the background (about a second) while the
+    caller discovers the inputs, so decode workers start at once later. Nothing to do without one."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def single_threaded_decoders(workers: int, cores: int | None = None) -> bool:
