@@ -90,6 +90,6 @@ class IngestOptions:
     salt_file: Path | None = None
     #: seconds one input may take in its decode worker; past it the worker is killed and the input ledgered
     time_limit: float = 300.0
-    #: MB of memory each decode worker may allocate (0: 80 % of the machine's memory over the workers,
-    #: within 1024-4096); past it the input is ledgered
+    #: MB of memory each decode worker may allocate beyond its own libraries (0: 80 % of the machine's memory
+    #: over the workers, within 1024-4096); past it the input is ledgered
     memory_limit_mb: int = 0

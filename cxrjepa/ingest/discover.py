@@ -18,10 +18,12 @@ the offending bytes written as ``\\xNN`` (:func:`display_name`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import struct
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -65,6 +67,23 @@ def display_name(name: str) -> str:
     """``name`` as text that is valid UTF-8 whatever the file system holds: bytes of a name that are not
     UTF-8 (legal on Linux, common in old archives) are written as ``\\xNN``."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+@contextlib.contextmanager
+def utf8_name(path: str | Path) -> Iterator[str]:
+    """A name of ``path`` that libraries taking UTF-8 strings can open: ``path`` itself, or for a name that
+    is not UTF-8 a link with a plain name in a temporary folder (OpenCV crashes on such a name, SimpleITK
+    refuses it). A detached volume header opened through the link does not find its data file."""
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory(prefix="cxrjepa-") as tmp:
+            link = os.path.join(tmp, "input" + _ext(display_name(os.path.basename(name))))
+            os.symlink(os.path.abspath(name), link)
+            yield link
+        return
+    yield name
 
 
 def unreadable(exc: OSError) -> str:

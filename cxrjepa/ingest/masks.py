@@ -276,7 +276,8 @@ def _dicom_array(path: Path, row: dict, ctx: Context) -> tuple[np.ndarray, dict[
 def _volume_array(path: Path) -> np.ndarray:
     import SimpleITK as sitk
 
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    with discover.utf8_name(path) as name:
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(name))
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise Reject(ledger.MASK_VALUES, f"{arr.ndim}-D mask volume")

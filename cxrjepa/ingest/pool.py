@@ -6,8 +6,8 @@ or allocate without bound. So, whatever the worker count (one included), work un
 none), never in the process that owns the run:
 
 * each worker limits its own memory (``RLIMIT_DATA``: heap and anonymous mappings, i.e. what decoders
-  allocate, not shared libraries); an allocation past it fails, and the input is ledgered "decoding
-  needed more memory than the limit";
+  allocate, not shared libraries) to what it holds after start plus the allowance (``Limits.memory_mb``);
+  an allocation past it fails, and the input is ledgered "decoding needed more memory than the limit";
 * before each input, and before each decoding plugin it tries, the worker tells this process (a message
   over its pipe), so a worker that dies or runs past the time limit on an input (it is then killed)
   names both;
@@ -81,8 +81,8 @@ def single_threaded_decoders(workers: int, cores: int | None = None) -> bool:
 
 
 def memory_limit_mb(workers: int, requested: int = 0) -> int:
-    """Memory each decode worker may allocate: ``requested`` (MB) when positive, else 80 % of the
-    machine's memory shared by the workers, within 1 to 4 GB."""
+    """Memory each decode worker may allocate beyond what it holds after start: ``requested`` (MB) when
+    positive, else 80 % of the machine's memory shared by the workers, within 1 to 4 GB."""
     if requested > 0:
         return int(requested)
     import psutil
@@ -167,7 +167,10 @@ class _Worker:
 
     def give(self, job: _Job, out: str, ctx: Context) -> None:
         self.job, self.position, self.plugin, self.since = job, None, "", time.monotonic()
-        self.conn.send((out, job.unit, ctx, job.settled, job.avoid))
+        try:
+            self.conn.send((out, job.unit, ctx, job.settled, job.avoid))
+        except OSError:  # it died before reading its first unit: seen as a crash by _follow
+            pass
 
     def deadline(self, seconds: float) -> float:
         return self.since + seconds

@@ -53,15 +53,19 @@ def init_pool_worker(single_threaded: bool = True) -> None:
 
 
 def limit_memory(megabytes: int) -> None:
-    """Cap this process's data segment (``RLIMIT_DATA``: heap and private anonymous mappings, which is where
-    decoders allocate; shared libraries and file mappings do not count). Past it an allocation fails:
-    Python raises ``MemoryError``, which the input's ledger row reports."""
+    """Let this process allocate at most ``megabytes`` MB more than it holds now, by capping its data segment
+    (``RLIMIT_DATA``: heap and private anonymous mappings, which is where decoders allocate; shared libraries
+    and file mappings do not count). What a worker holds after start (its libraries' data, about 300 MB) is
+    not part of the allowance. Past it an allocation fails: Python raises ``MemoryError``, which the input's
+    ledger row reports."""
     import resource
+
+    import psutil
 
     if megabytes <= 0:
         return
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
-    limit = megabytes * 2**20
+    limit = psutil.Process().memory_info().data + megabytes * 2**20
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))

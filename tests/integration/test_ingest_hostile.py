@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -176,9 +177,14 @@ def test_item5_non_utf8_file_names_are_ingested(tmp_path):
     folder = os.fsdecode(os.fsencode(str(src)) + b"/\xff\xfe")
     os.mkdir(folder)
     write_dicom(make_dataset(phantom(40, 36, seed=6), bits_stored=12), Path(folder) / "x.dcm")
+    video = cv2.VideoWriter(str(src / "tmp.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(12):  # OpenCV itself crashes on a name that is not UTF-8: it is opened through a link
+        video.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    video.release()
+    os.rename(src / "tmp.mp4", os.fsdecode(os.fsencode(str(src)) + b"/clip\xe9.mp4"))
     code, _, stderr, ledger, samples = ingest(tmp_path, src)
     assert code == 0, stderr[-2000:]
-    assert samples == ["\\xff\\xfe/x.dcm", "caf\\xe9.dcm", "good0.dcm"]  # the bytes, written as \xNN
+    assert samples == ["\\xff\\xfe/x.dcm", "caf\\xe9.dcm", "clip\\xe9.mp4", "good0.dcm"]  # the bytes, as \xNN
     assert not ledger
 
 
