@@ -7,7 +7,8 @@ none), never in the process that owns the run:
 
 * each worker limits its own memory (``RLIMIT_DATA``: heap and anonymous mappings, i.e. what decoders
   allocate, not shared libraries) to what it holds after start plus the allowance (``Limits.memory_mb``);
-  an allocation past it fails, and the input is ledgered "decoding needed more memory than the limit";
+  an allocation past it fails, the input is ledgered "decoding needed more memory than the limit", and the
+  worker is replaced (a process that ran short of memory may stay short);
 * before each input, and before each decoding plugin it tries, the worker tells this process (a message
   over its pipe), so a worker that dies or runs past the time limit on an input (it is then killed)
   names both;
@@ -214,6 +215,7 @@ def process_units(
     mpctx = _context()
     args = (single_threaded_decoders(workers), limits.memory_mb, not console.settings.verbose, process)
     pool: list[_Worker] = []
+    finished = False
     try:
         pool = [_Worker(mpctx, args) for _ in range(min(workers, len(queue)))]
         while queue or any(w.job is not None for w in pool):
@@ -231,16 +233,19 @@ def process_units(
                     queue.appendleft(_learn(w, failure, limits))
                     w.kill()
                     pool[i] = _Worker(mpctx, args)
-    finally:
+        finished = True
+    finally:  # idle workers are told to stop; on an error or Ctrl-C, busy ones are killed at once
         for w in pool:
             w.stop()
         for w in pool:
-            w.proc.join(2)
+            if finished:
+                w.proc.join(2)
             w.kill()
 
 
 def _follow(w: _Worker, on_done: Callable[[dict], None], limits: Limits) -> str | None:
-    """Read what worker ``w`` said; returns None while it is fine, else how it failed ('crash' or 'time')."""
+    """Read what worker ``w`` said; returns None while it is fine, else how it failed ('crash', 'time' or
+    'memory')."""
     try:
         while w.conn.poll():
             kind, value = w.conn.recv()
@@ -248,6 +253,9 @@ def _follow(w: _Worker, on_done: Callable[[dict], None], limits: Limits) -> str 
                 w.position, w.plugin, w.since = value, "", time.monotonic()
             elif kind == "plugin":
                 w.plugin = value
+            elif kind == "memory":
+                w.position = value
+                return "memory"
             elif kind == "commit":
                 w.position, w.plugin, w.since = None, "", time.monotonic()
             elif kind == "done":
@@ -269,7 +277,7 @@ def _learn(w: _Worker, failure: str, limits: Limits) -> _Job:
     """What a failed worker tells about its unit's inputs; returns the job to run again."""
     job, k = w.job, w.position
     assert job is not None
-    if failure == "crash":
+    if failure in ("crash", "memory"):
         w.proc.join(5)
     if k is None:  # not while reading an input: starting, or committing the unit
         job.unexplained += 1
@@ -279,6 +287,8 @@ def _learn(w: _Worker, failure: str, limits: Limits) -> _Job:
                               "input; rerun the same command to resume.")
     elif failure == "time":
         job.settled[k] = (ledger.TIME_LIMIT, f"{limits.seconds:g} s")
+    elif failure == "memory":
+        job.settled[k] = (ledger.MEMORY_LIMIT, f"{limits.memory_mb} MB")
     elif w.plugin:
         job.avoid[k] = job.avoid.get(k, frozenset()) | {w.plugin}
     else:

@@ -86,9 +86,10 @@ def serve(conn, single_threaded: bool, memory_mb: int, quiet: bool, process: Cal
     the other, reporting progress on the same pipe, until told to stop (``None``) or the pipe closes.
 
     Every message is a pair: ``("start", k)`` before input ``k`` of the unit, ``("plugin", name)`` before a
-    decoding plugin is tried (``""`` after it), ``("commit", None)`` after the last input, ``("done",
-    summary)`` once the unit is durable, ``("error", exception)`` when the unit failed for a reason no
-    input explains (the run then stops).
+    decoding plugin is tried (``""`` after it), ``("memory", k)`` when input ``k`` ran out of memory (the
+    worker then exits), ``("commit", None)`` after the last input, ``("done", summary)`` once the unit is
+    durable, ``("error", exception)`` when the unit failed for a reason no input explains (the run then
+    stops).
     """
     import signal
 
@@ -170,6 +171,12 @@ def run_unit(
                     result = process(item, ctx)
             except MemoryError:  # past the worker's memory limit (process_input ledgers its own)
                 result = Record(item.rel, item.source_index, ledger.REJECTED, ledger.MEMORY_LIMIT)
+            if report is not None and isinstance(result, Record) and result.reason == ledger.MEMORY_LIMIT:
+                # a process that ran out of memory may stay short of it: the pool ledgers this input and
+                # redoes the unit in a fresh worker, so no later input pays for this one
+                writer.abort()
+                report("memory", k)
+                os._exit(3)
             if isinstance(result, Sample):
                 row = result.row
                 row["_local_start"] = writer.append(result.frames)

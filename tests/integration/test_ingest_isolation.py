@@ -50,7 +50,7 @@ def test_crash_hang_and_memory_bomb_become_ledger_rows(tmp_path, workers):
     assert {p: (r["reason"], r.get("detail", "")) for p, r in records.items()} == {
         "b_ABORT.dcm": ("the decoder crashed on this input", "SIGABRT"),
         "e_HANG.dcm": ("decoding took longer than the time limit", "4 s"),
-        "h_BOMB.dcm": ("decoding needed more memory than the limit", ""),
+        "h_BOMB.dcm": ("decoding needed more memory than the limit", "1024 MB"),
         "j_SEGV.dcm": ("the decoder crashed on this input", "SIGSEGV"),
     }
     assert all(r["status"] == "rejected" for r in records.values())
