@@ -189,6 +189,18 @@ def check_pixels(ds: pydicom.Dataset, path: Path, ctx: Context) -> None:
         raise Reject(ledger.UNSUPPORTED_PIXELS, type(exc).__name__) from None
 
 
+def check_header(ds: pydicom.Dataset, path: Path, ctx: Context) -> None:
+    """:func:`check_policy` then :func:`check_pixels`; an element pydicom cannot convert on the way (a corrupt
+    VR or value) makes the file "unreadable DICOM"."""
+    try:
+        check_policy(ds, ctx)
+        check_pixels(ds, path, ctx)
+    except Reject:
+        raise
+    except Exception as exc:
+        raise Reject(ledger.UNREADABLE_DICOM, type(exc).__name__) from None
+
+
 def public_ts(tsyntax: object) -> str:
     """The transfer syntax UID when it is a standard one, else 'private' (a private UID is not copied)."""
     uid = UID(str(tsyntax or "").strip())
@@ -255,8 +267,7 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
     cfg = ctx.config
     with quiet_pydicom():
         ds = read_header(path)
-        check_policy(ds, ctx)
-        check_pixels(ds, path, ctx)
+        check_header(ds, path, ctx)
         n = frame_count(ds)
         src_fps = frame_rate(ds) if n > 1 else math.nan
         if n == 1:

@@ -31,14 +31,13 @@ def probe(item: InputItem, ctx: Context) -> dict:
         fmt = out["format"] = disc.sniff(item.path)
         check_format(fmt, item, ctx)
         if fmt == disc.DICOM:
-            from cxrjepa.ingest.dicom import _ts_name, check_pixels, check_policy, quiet_pydicom, read_header
+            from cxrjepa.ingest.dicom import _ts_name, check_header, quiet_pydicom, read_header
 
             with quiet_pydicom():
                 path = Path(item.path)
                 ds = read_header(path, stop_before_pixels=False)
                 out["ts"] = _ts_name(ds.file_meta.TransferSyntaxUID)
-                check_policy(ds, ctx)
-                check_pixels(ds, path, ctx)
+                check_header(ds, path, ctx)
     except Reject as r:
         out.update(status=r.status, reason=r.reason, detail=r.detail)
     except Exception as exc:
