@@ -55,13 +55,15 @@ def main() -> int:
                    str(args.size), "--workers", str(workers), "--json", "--force"]
             run = run_measured(cmd, env, timeout=6 * 3600)
             figures, problems = accounting(corpus, out) if (out / "manifest.yaml").is_file() else ({}, ["no manifest"])
-            ledger = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()] if (out / "failures.jsonl").is_file() else []
+            ledger_file = out / "failures.jsonl"
+            ledger = [json.loads(line) for line in ledger_file.read_text().splitlines()] if ledger_file.is_file() else []
             results.append({
                 "workers": workers, "exit_code": run.returncode,
                 "traceback": "Traceback" in run.stderr or "Traceback" in run.stdout,
                 "wall_s": round(run.wall_s, 1), "peak_rss_mb": round(run.peak_rss / 2**20),
                 **figures, "accounting_problems": problems,
-                "planted_values_found": leaks(out, run.stdout, run.stderr) if (out / "metadata.parquet").is_file() else ["no output"],
+                "planted_values_found": (leaks(out, run.stdout, run.stderr) if (out / "metadata.parquet").is_file()
+                                         else ["no output"]),
                 "by_reason": dict(Counter(f"{r['status']}: {r['reason']}" for r in ledger).most_common()),
             })
     finally:

@@ -132,7 +132,8 @@ def _deep_sequence(depth: int, implicit: bool, case: int) -> bytes:
     item = struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF)
     name = f"{MARKER}^DEEP{case}".encode()
     name += b" " * (len(name) % 2)
-    inner = struct.pack("<HH", 0x0010, 0x0010) + (struct.pack("<I", len(name)) if implicit else b"PN" + struct.pack("<H", len(name))) + name
+    length = struct.pack("<I", len(name)) if implicit else b"PN" + struct.pack("<H", len(name))
+    inner = struct.pack("<HH", 0x0010, 0x0010) + length + name
     tail = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
     return (head + item) * depth + inner + tail * depth
 

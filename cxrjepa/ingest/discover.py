@@ -274,7 +274,8 @@ def _walk(root: str, exclude: frozenset[str] = frozenset()) -> Iterator[tuple[st
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
             if not rel:
-                raise UsageError(f"The input folder '{display_name(folder)}' cannot be read ({os.strerror(exc.errno or errno.EIO)}).") from None
+                why = os.strerror(exc.errno or errno.EIO)
+                raise UsageError(f"The input folder '{display_name(folder)}' cannot be read ({why}).") from None
             yield folder, rel + "/", (ledger.REJECTED, ledger.UNREADABLE_FOLDER, unreadable(exc))
             continue
         names = [e.name for e in entries]
