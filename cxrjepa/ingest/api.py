@@ -18,7 +18,15 @@ from cxrjepa.ingest.context import Context
 from cxrjepa.ingest.discover import discover
 from cxrjepa.ingest.masks import MaskSource, Pairing, pair_masks, pair_masks_from_csv, parse_sources
 from cxrjepa.ingest.phi import Salt, load_salt
-from cxrjepa.ingest.pool import default_workers, executor, process_units, run_tasks
+from cxrjepa.ingest.pool import (
+    Limits,
+    default_workers,
+    executor,
+    memory_limit_mb,
+    process_units,
+    run_tasks,
+    warm_up,
+)
 from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
 
 #: bump when a change to this stage's code changes what it writes for the same settings and inputs
@@ -94,6 +102,10 @@ def run_ingest(
     config.validate()
     options = options or IngestOptions()
     out = Path(out)
+    if not options.time_limit > 0:
+        raise UsageError(f"The time limit per input must be positive, not {options.time_limit}.")
+    if options.memory_limit_mb < 0 or 0 < options.memory_limit_mb < 256:
+        raise UsageError(f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}.")
     if not sources:
         raise UsageError("Give at least one input folder or file to ingest.")
     if labels is not None and not Path(labels).is_file():
@@ -146,9 +158,11 @@ def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -
 def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging,
             mask_sources: list[MaskSource] = ()) -> Artifact:
     config = ctx.config
-    items, ignored = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
-    if not items:
-        raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + ".")
+    warm_up()  # the decode workers' fork server imports the decoders while the inputs are discovered
+    items = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
+    if all(i.verdict and i.verdict[0] == ledger.IGNORED for i in items):
+        found = f" (only {len(items)} sidecar or hidden files)" if items else ""
+        raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + found + ".")
     pairing = _pair(items, labels, config, list(mask_sources))
     if pairing is not None:
         items = pairing.items
@@ -158,14 +172,17 @@ def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions,
     todo = [u for u in units if not staging.is_done(u.index)]
     if builder.resumed and len(todo) < len(units):
         console.info(f"Resuming: {len(units) - len(todo)} of {len(units)} work units were already done.")
-    console.info(f"Ingesting {len(items)} inputs with {workers} worker{'s' if workers > 1 else ''} -> {out}")
+    n_ignored = sum(1 for i in items if i.verdict and i.verdict[0] == ledger.IGNORED)
+    also = f" ({n_ignored} more files ignored: sidecar, text or hidden)" if n_ignored else ""
+    console.info(f"Ingesting {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {out}")
     with console.progress("ingest", total=len(items)) as bar:
         bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
-        process_units(out, todo, ctx, workers, lambda r: bar.advance(r["inputs"]))
-    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), ignored, pairing)
+        limits = Limits(seconds=options.time_limit, memory_mb=memory_limit_mb(workers, options.memory_limit_mb))
+        process_units(out, todo, ctx, workers, lambda r: bar.advance(r["inputs"]), limits)
+    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), pairing)
 
 
-def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int, ignored: int,
+def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int,
               pairing: Pairing | None = None) -> Artifact:
     from cxrjepa.ingest import writer
 
@@ -215,13 +232,14 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             "rejected": int(status.get(ledger.REJECTED, 0)),
             "skipped": int(status.get(ledger.SKIPPED, 0)),
             "duplicates": int(status.get(ledger.DUPLICATE, 0)),
-            "ignored": int(ignored + asm.ignored),
+            "ignored": int(asm.ignored),
             "burned_in_annotation": int(public["burned_in_annotation"].sum()) if len(public) else 0,
             "for_processing": int(public["for_processing"].sum()) if len(public) else 0,
             "by_format": _counter(public["format"]),
             "by_modality": _counter(public["modality"].replace("", "none")),
             "by_transfer_syntax": _ts_counts(public["transfer_syntax"]),
-            "by_reason": dict(sorted(Counter(r["reason"] for r in records).items(), key=lambda kv: -kv[1])),
+            "by_reason": _by_reason(r for r in records if r["status"] != ledger.IGNORED),
+            "ignored_by_reason": _by_reason(r for r in records if r["status"] == ledger.IGNORED),
         }
     )
     builder.contents.update(
@@ -278,6 +296,10 @@ def _masks_contents(meta, pairing: Pairing, config: IngestConfig, n_frames: int)
         "samples": int(has.sum()),
         "source": "labels" if config.labels_mask_column else "folders",
     }
+
+
+def _by_reason(records) -> dict[str, int]:
+    return dict(sorted(Counter(r["reason"] for r in records).items(), key=lambda kv: -kv[1]))
 
 
 def _counter(series) -> dict[str, int]:

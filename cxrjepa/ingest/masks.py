@@ -139,7 +139,7 @@ class Pairing:
 
 def pair_masks(items: list[InputItem], sources: Sequence[MaskSource]) -> Pairing:
     """Give each input the mask files of every source that match it (see the module docstring)."""
-    stems = Counter(input_key(i.rel).rpartition("/")[2] for i in items)
+    stems = Counter(input_key(i.rel).rpartition("/")[2] for i in items if not i.verdict)
     found: list[list[tuple[str, int]]] = [[] for _ in items]
     errors = [""] * len(items)
     files_total = files_used = 0
@@ -155,6 +155,8 @@ def pair_masks(items: list[InputItem], sources: Sequence[MaskSource]) -> Pairing
             by_stem[key.rpartition("/")[2]].append(f)
         used: set[str] = set()
         for i, item in enumerate(items):
+            if item.verdict:  # not an input (a sidecar, a FIFO, ...): never paired
+                continue
             key = input_key(item.rel)
             stem = key.rpartition("/")[2]
             hits = by_path.get(key)
@@ -196,7 +198,8 @@ def pair_masks_from_csv(items: list[InputItem], csv: str | Path, mask_column: st
     base = Path(csv).parent
     by_rel: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
-        by_rel[it.rel if key == "path" else it.rel.rpartition("/")[2]].append(i)
+        if not it.verdict:
+            by_rel[it.rel if key == "path" else it.rel.rpartition("/")[2]].append(i)
     found: dict[int, list[tuple[str, int]]] = {}
     errors: dict[int, str] = {}
     n_files = 0
@@ -273,7 +276,8 @@ def _dicom_array(path: Path, row: dict, ctx: Context) -> tuple[np.ndarray, dict[
 def _volume_array(path: Path) -> np.ndarray:
     import SimpleITK as sitk
 
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    with discover.utf8_name(path) as name:
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(name))
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise Reject(ledger.MASK_VALUES, f"{arr.ndim}-D mask volume")
@@ -283,7 +287,10 @@ def _volume_array(path: Path) -> np.ndarray:
 def read_mask(path: str | Path, row: dict, ctx: Context) -> tuple[np.ndarray, bool, dict[str, str]]:
     """A mask file as a 2-D array (source pixels), whether it is lossy, and class names it carries."""
     path = Path(path)
-    fmt = discover.sniff(path)
+    try:
+        fmt = discover.sniff(path)
+    except Reject as r:  # missing, unreadable or not a regular file
+        raise Reject(ledger.MASK_UNREADABLE, r.detail) from None
     try:
         if fmt == discover.DICOM:
             arr, names = _dicom_array(path, row, ctx)

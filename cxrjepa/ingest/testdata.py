@@ -242,26 +242,3 @@ def phantom(rows: int, cols: int, *, seed: int = 0, bits: int = 12, frames: int 
     if frames:
         return np.stack([one(k) for k in range(frames)])
     return one(0)
-
-
-def crash_on_marker(out, unit, ctx, crashed=None):
-    """A work-unit task that kills its process (like a native decoder crash) on inputs whose name contains
-    'CRASH' and that have not been ledgered as crashed yet; otherwise the real task. For tests."""
-    import os
-
-    from cxrjepa.ingest.worker import process_input, run_unit
-
-    for k, item in enumerate(unit.items):
-        if "CRASH" in item.rel and not (crashed is not None and k in crashed):
-            if crashed is not None:  # isolated: let run_unit name the input, then die inside it
-                def dying(item_, ctx_, _real=process_input):
-                    if "CRASH" in item_.rel:
-                        os._exit(139)
-                    return _real(item_, ctx_)
-
-                import cxrjepa.ingest.worker as w
-
-                w.process_input = dying
-                return run_unit(out, unit, ctx, crashed)
-            os._exit(139)
-    return run_unit(out, unit, ctx, crashed)
