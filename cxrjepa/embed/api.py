@@ -23,6 +23,7 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.embed import distributed as D
@@ -96,6 +97,7 @@ def _resolve_device(options: EmbedOptions) -> tuple[str, int]:
     return dev, max(1, int(options.processes))
 
 
+@locks_output("embed")
 def run_embed(
     out: str | Path,
     config: EmbedConfig | None = None,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin, input_refs, raw_input_ref
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.lock import locks_output
 from cxrjepa.data import layout
 from cxrjepa.ingest import ledger
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
@@ -21,7 +20,6 @@ from cxrjepa.ingest.phi import Salt, load_salt
 from cxrjepa.ingest.pool import default_workers, executor, process_units, run_tasks
 from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
 
-LOCK = ".ingest.lock"
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
@@ -49,23 +47,7 @@ def ingest_input_refs(
     return _source_refs(sources, labels, salt, parse_sources(masks))
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    fh = open(out / LOCK, "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise UsageError(f"Another ingest is writing to '{out}'; wait for it or choose another --out.") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-        with contextlib.suppress(OSError):
-            (out / LOCK).unlink()
-
-
+@locks_output("ingest")
 def run_ingest(
     out: str | Path,
     config: IngestConfig | None = None,
@@ -118,8 +100,7 @@ def run_ingest(
         staging.remove()
         console.info(f"Dataset '{out}' is up to date.")
         return builder.existing_artifact()
-    with _lock(out):
-        return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
+    return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
 
 
 def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -> Pairing | None:

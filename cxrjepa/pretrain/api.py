@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact, plan_artifact
-from cxrjepa.core.atomic import atomic_write_text
+from cxrjepa.core.artifact import (
+    COMPLETE,
+    MANIFEST,
+    Artifact,
+    begin,
+    compute_fingerprint,
+    input_refs,
+    open_artifact,
+    plan_artifact,
+    read_manifest,
+)
+from cxrjepa.core.atomic import atomic_write_text, atomic_write_yaml
 from cxrjepa.core.config import dump_yaml, to_dict
 from cxrjepa.core.errors import CxrjepaError, UsageError
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.lock import output_lock
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain import distributed as D
@@ -201,6 +214,59 @@ def run_pretrain(
         frames = len(item_split(config, dataset)[0])
         return DryRun(action, plan.reason, world, _device_words(nproc, cuda, options.nnodes), launch,
                       _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config))
+    # the launcher (node 0) holds the run folder's lock for its workers; rank 0 takes it when there is none
+    lock = output_lock(out, "pretrain") if options.node_rank == 0 or not launching else contextlib.nullcontext()
+    with lock, _finished_stays_finished(out, config, refs, options, force):
+        if not D.in_worker():
+            _check_memory(out, config, dataset, refs, options, force, nproc, cuda, world, teacher, teacher_weights)
+        return _launch_or_train(out, config, dataset, refs, options, force, inputs, data, nproc, cuda, world, launching)
+
+
+@contextlib.contextmanager
+def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions, force: bool):
+    """A complete run stopped early by ``--max-steps`` whose continuation fails before it saves a new checkpoint
+    stays complete (downstream stages keep accepting it): its manifest is put back as it was.
+
+    The continuation rewrites the manifest to ``partial`` when it starts; a crash, Ctrl-C or failed launch before
+    the next checkpoint then restores it. Once a new checkpoint exists the run has moved on and stays partial
+    (rerun to finish it). A SIGKILL cannot be caught: the run then stays partial until rerun."""
+    before = read_manifest(out) if out.is_dir() and os.environ.get("RANK", "0") == "0" else None
+    keep = (before is not None and before.get("status") == COMPLETE and not force and options.resume
+            and before.get("fingerprint") == compute_fingerprint(KIND, config.science(), refs)
+            and _continues_early_stop(before, options.max_steps))
+    try:
+        yield
+    except BaseException:
+        if keep:
+            with contextlib.suppress(CxrjepaError):
+                now = read_manifest(out) or {}
+                latest = ckpt.latest_checkpoint(out)
+                step = int(ckpt.read_state(latest)["step"]) if latest else 0
+                if (now.get("status") != COMPLETE and now.get("fingerprint") == before["fingerprint"]
+                        and now.get("created") == before.get("created") and step <= int(before["counts"]["steps"])):
+                    atomic_write_yaml(out / MANIFEST, before)
+                    console.warn(f"The continuation failed before its first new checkpoint; '{out}' stays the complete "
+                                 f"run it was (step {before['counts']['steps']}).")
+        raise
+
+
+def _check_memory(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], options: PretrainOptions,
+                  force: bool, nproc: int, cuda: bool, world: int, teacher: str | None, teacher_weights: str | None) -> None:
+    """Refuse, before any model is built, a run whose estimated peak memory does not fit (cxrjepa.pretrain.memory);
+    an up-to-date run needs no memory."""
+    from cxrjepa.pretrain.memory import check_pretrain_memory
+
+    plan = plan_artifact(out, KIND, config.science(), refs, force=force or not options.resume)
+    if plan.action == "skip" and not _continues_early_stop(plan.existing, options.max_steps):
+        return
+    est = check_pretrain_memory(config, device="cuda" if cuda else "cpu", world=world, procs_per_node=nproc,
+                                frames=int(dataset.images.shape[0]), teacher=teacher, teacher_weights=teacher_weights)
+    console.detail(f"Estimated peak memory: {est.total / 2**30:.1f} GB ({', '.join(f'{k} {v / 2**30:.2f}' for k, v in est.parts.items())}).")
+
+
+def _launch_or_train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict],
+                     options: PretrainOptions, force: bool, inputs: ObjectiveInputs, data: Path, nproc: int, cuda: bool,
+                     world: int, launching: bool) -> Artifact | None:
     if launching:
         argv = options.launch_argv or _argv_from_config(out, config, data, options, force, inputs)
         cmd = D.launch_command(argv, nproc, nnodes=options.nnodes, node_rank=options.node_rank,

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from cxrjepa.core.atomic import atomic_write_json, fsync_dir
-from cxrjepa.core.errors import ArtifactError
+from cxrjepa.core.errors import ArtifactError, reading
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
@@ -151,7 +151,8 @@ def load_checkpoint(
         path = folder / f"{name}.safetensors"
         if not path.is_file():
             raise ArtifactError(f"The checkpoint '{folder}' has no {name} weights; it was made by another objective.")
-        sd = safetensors.torch.load_file(str(path))
+        with reading(path, "checkpoint file"):
+            sd = safetensors.torch.load_file(str(path))
         if sharded:
             from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
@@ -161,6 +162,7 @@ def load_checkpoint(
     if optimizer is not None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        osd = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
+        with reading(folder / OPTIMIZER, "checkpoint file"):
+            osd = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
         set_optimizer_state_dict(student, optimizer, osd, options=_options(sharded))
     return state

@@ -22,6 +22,7 @@ from cxrjepa.core.artifact import Artifact, begin, input_refs, read_manifest
 from cxrjepa.core.atomic import atomic_write_json, atomic_write_yaml
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.embed.store import Embeddings
 from cxrjepa.probe import metrics
@@ -112,6 +113,7 @@ def _usable(task: Task, sides: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+@locks_output("probe")
 def run_probe(
     out: str | Path,
     config: ProbeConfig | None = None,
