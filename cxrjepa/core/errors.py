@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import pickle
 import shutil
 import zipfile
@@ -77,8 +78,9 @@ SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def _gb(nbytes: float) -> str:
-    gb = nbytes / 2**30
-    return f"{gb:.1f} GB" if gb >= 0.95 else f"{max(nbytes / 2**20, 0.1):.0f} MB"
+    if nbytes >= 0.95 * 2**30:
+        return f"{nbytes / 2**30:.1f} GB"
+    return f"{nbytes / 2**20:.0f} MB" if nbytes >= 2**20 else "under 1 MB"
 
 
 def note_space_error(exc: BaseException, *, what: str | None = None, nbytes: int | None = None,
@@ -120,7 +122,7 @@ def _space_sentence(exc: OSError) -> str:
     what = getattr(exc, "cxrjepa_what", None)
     nbytes = getattr(exc, "cxrjepa_bytes", None)
     full = "The disk quota was exceeded" if exc.errno == errno.EDQUOT else "The disk is full"
-    text = full + (f" on the device holding '{where}'" if where else "")
+    text = full + f" ({exc.strerror or os.strerror(exc.errno)})" + (f" on the device holding '{where}'" if where else "")
     if what:
         text += f" while writing {what}"
     elif exc.filename:
@@ -132,7 +134,7 @@ def _space_sentence(exc: OSError) -> str:
             text += f" and {_gb(free)} is free"
     elif free is not None:
         text += f" ({_gb(free)} free now)"
-    return text + ". Free some space (or choose another --out) and rerun the same command to resume."
+    return text + "; free some space (or choose another --out) and rerun the same command to resume."
 
 
 def _yaml_position(exc: BaseException) -> str:

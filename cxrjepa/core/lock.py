@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cxrjepa.core.errors import EXIT_USAGE, CxrjepaError
+from cxrjepa.core.errors import EXIT_USAGE, CxrjepaError, note_space_error
 
 SUFFIX = ".lock"
 
@@ -275,6 +275,16 @@ def output_lock(out: str | Path, stage: str) -> Iterator[OutputLock | None]:
     Raises :class:`OutputLockedError` (exit 2) naming the holder when another process writes there.
     Yields the lock, or None when a torchrun rank other than 0 or a descendant of the holder asked.
     """
+    try:
+        with _output_lock(out, stage) as lock:
+            yield lock
+    except OSError as exc:  # a full disk names the folder being written when the error does not
+        note_space_error(exc, out=out)
+        raise
+
+
+@contextlib.contextmanager
+def _output_lock(out: str | Path, stage: str) -> Iterator[OutputLock | None]:
     path = lock_path(out)
     lock = _HELD.get(path)
     if lock is not None and lock.fd is not None:

@@ -22,7 +22,7 @@ import torch
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
 from cxrjepa.core.config import to_dict
-from cxrjepa.core.errors import UsageError
+from cxrjepa.core.errors import UsageError, expecting_writes
 from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.data.store import DatasetArtifact
@@ -123,13 +123,20 @@ def run_embed(
     builder, job, enc = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options, device=dev, world=world, force=force, dry_run=dry_run)
     if builder is None or isinstance(job, dict):
         return job if isinstance(job, dict) else builder_existing(out)
-    if job.pending:
-        if world > 1:
-            console.info(f"Starting {world} {'GPU' if dev == 'cuda' else 'CPU'} processes.")
-            D.spawn(_work, world, job)
-        else:
-            _work(D.Rank(), job, enc)
-    return _finish(builder, job)
+    with expecting_writes("the embeddings", _array_bytes(builder)):  # a full disk says how much is needed
+        if job.pending:
+            if world > 1:
+                console.info(f"Starting {world} {'GPU' if dev == 'cuda' else 'CPU'} processes.")
+                D.spawn(_work, world, job)
+            else:
+                _work(D.Rank(), job, enc)
+        return _finish(builder, job)
+
+
+def _array_bytes(builder: ArtifactBuilder) -> int:
+    """Uncompressed size of the arrays the embeddings will hold (an upper bound of what they write)."""
+    arrays = builder.contents.get("arrays") or {}
+    return int(sum(np.prod(a["shape"]) * np.dtype(a["dtype"]).itemsize for a in arrays.values()))
 
 
 def builder_existing(out: Path) -> Artifact:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin, input_refs, raw_input_ref
-from cxrjepa.core.errors import UsageError
+from cxrjepa.core.errors import UsageError, expecting_writes
 from cxrjepa.core.lock import locks_output
 from cxrjepa.data import layout
 from cxrjepa.ingest import ledger
@@ -175,8 +175,9 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             def run(fn, tasks, w, on_done):
                 run_tasks(fn, tasks, w if pool else 1, on_done, pool)
 
-            n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
-                                       masks=pairing is not None)
+            with expecting_writes("the dataset's images", n_bytes):  # a full disk says how much is needed
+                n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
+                                           masks=pairing is not None)
     finally:
         if pool is not None:
             pool.shutdown()

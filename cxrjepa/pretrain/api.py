@@ -22,7 +22,7 @@ from cxrjepa.core.artifact import (
 )
 from cxrjepa.core.atomic import atomic_write_text, atomic_write_yaml
 from cxrjepa.core.config import dump_yaml, to_dict
-from cxrjepa.core.errors import CxrjepaError, UsageError
+from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.core.lock import output_lock
 from cxrjepa.data.store import DatasetArtifact
@@ -217,9 +217,12 @@ def run_pretrain(
     # the launcher (node 0) holds the run folder's lock for its workers; rank 0 takes it when there is none
     lock = output_lock(out, "pretrain") if options.node_rank == 0 or not launching else contextlib.nullcontext()
     with lock, _finished_stays_finished(out, config, refs, options, force):
+        disk = None
         if not D.in_worker():
-            _check_memory(out, config, dataset, refs, options, force, nproc, cuda, world, teacher, teacher_weights)
-        return _launch_or_train(out, config, dataset, refs, options, force, inputs, data, nproc, cuda, world, launching)
+            disk = _check_memory(out, config, dataset, refs, options, force, nproc, cuda, world, teacher, teacher_weights)
+        with expecting_writes("checkpoints and the exported encoder", disk):
+            return _launch_or_train(out, config, dataset, refs, options, force, inputs, data, nproc, cuda, world,
+                                    launching)
 
 
 @contextlib.contextmanager
@@ -251,17 +254,18 @@ def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict]
 
 
 def _check_memory(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], options: PretrainOptions,
-                  force: bool, nproc: int, cuda: bool, world: int, teacher: str | None, teacher_weights: str | None) -> None:
+                  force: bool, nproc: int, cuda: bool, world: int, teacher: str | None, teacher_weights: str | None) -> int | None:
     """Refuse, before any model is built, a run whose estimated peak memory does not fit (cxrjepa.pretrain.memory);
-    an up-to-date run needs no memory."""
-    from cxrjepa.pretrain.memory import check_pretrain_memory
+    an up-to-date run needs no memory. Returns the disk space its checkpoints take (for a full-disk message)."""
+    from cxrjepa.pretrain.memory import check_pretrain_memory, checkpoint_bytes
 
     plan = plan_artifact(out, KIND, config.science(), refs, force=force or not options.resume)
     if plan.action == "skip" and not _continues_early_stop(plan.existing, options.max_steps):
-        return
+        return None
     est = check_pretrain_memory(config, device="cuda" if cuda else "cpu", world=world, procs_per_node=nproc,
                                 frames=int(dataset.images.shape[0]), teacher=teacher, teacher_weights=teacher_weights)
     console.detail(f"Estimated peak memory: {est.total / 2**30:.1f} GB ({', '.join(f'{k} {v / 2**30:.2f}' for k, v in est.parts.items())}).")
+    return checkpoint_bytes(est, config)
 
 
 def _launch_or_train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict],

@@ -185,6 +185,15 @@ def estimate_pretrain(config: PretrainConfig, *, device: str, world: int, procs_
     return Estimate(device, parts, processes=procs_per_node)
 
 
+def checkpoint_bytes(est: Estimate, config: PretrainConfig) -> int:
+    """Disk space of a run's checkpoints (weights and AdamW moments of the trained modules, an EMA target) kept at
+    once, plus one being written and the export."""
+    per = est.parts.get("trained parameters", 0) * 12 // TRAINED_PARAM_BYTES + est.parts.get("frozen parameters", 0)
+    if config.objective == "salt":
+        per -= est.parts.get("frozen parameters", 0)  # the teacher is an input, not saved
+    return int(per * (config.runtime.keep_last + 2))
+
+
 def check_pretrain_memory(config: PretrainConfig, *, device: str, world: int, procs_per_node: int, frames: int,
                           teacher: str | None = None, teacher_weights: str | None = None,
                           available: int | None = None) -> Estimate:
