@@ -33,6 +33,11 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work even if t
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would be done and write nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
+MemoryCheckOpt = Annotated[
+    bool,
+    typer.Option("--memory-check/--no-memory-check",
+                 help="Refuse to start when the estimated peak memory does not fit this machine (default), or try anyway."),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
 
 

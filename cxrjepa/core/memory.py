@@ -26,7 +26,7 @@ MARGIN = 0.9
 BASE_BYTES = 900 * 2**20
 #: bytes kept for the backward pass per token x width x transformer block of a *trained* sequence, fp32 on the
 #: CPU (calibrated, docs/pretrain.md); bf16 autocast on CUDA keeps most of them in 2 bytes
-TRAIN_BYTES = {"cpu": 56.0, "cuda": 36.0}
+TRAIN_BYTES = {"cpu": 46.0, "cuda": 28.0}
 #: bytes per token x width alive at once in a gradient-free forward pass (one block's q, k, v, MLP hidden
 #: and the residual stream): inference needs no stored activations
 INFER_BYTES = {"cpu": 4.0 * 10, "cuda": 2.0 * 10}
@@ -120,7 +120,7 @@ def available_bytes(device: str = "cpu", index: int = 0) -> int:
 
 
 def check_fits(estimate: Estimate, what: str, advice: Sequence[str], *, enabled: bool = True,
-               switch: str = "runtime.memory_check=false", available: int | None = None) -> None:
+               switch_words: str = "--set runtime.memory_check=false", available: int | None = None) -> None:
     """Refuse (exit 2) with one sentence when ``estimate`` does not fit; ``advice``: settings that would fit."""
     if not enabled:
         return
@@ -131,7 +131,7 @@ def check_fits(estimate: Estimate, what: str, advice: Sequence[str], *, enabled:
     fixes = " or ".join(advice) if advice else "a smaller model or batch"
     raise MemoryCheckError(
         f"{what} needs about {gb(estimate.total)} of memory but {gb(have)} is {where}; use {fixes} "
-        f"(or --set {switch} to try anyway)."
+        f"(or {switch_words} to try anyway)."
     )
 
 
@@ -183,7 +183,44 @@ def embed_estimate(*, device: str, batch: int, image_size: int, tokens: int, wid
     }, processes=processes)
 
 
-def probe_estimate(*, rows: int, values_per_row: int, itemsize: int = 4, copies: float = 3.0) -> Estimate:
+def check_embed_memory(*, device: str, batch: int, image_size: int, tokens: int, width: int, params: int,
+                       out_values_per_sample: int, unit_rows: int, processes: int = 1, enabled: bool = True,
+                       available: int | None = None) -> Estimate:
+    """Refuse an embed whose batch cannot fit, naming the largest ``--batch-size`` that does."""
+    kw = {"device": device, "image_size": image_size, "tokens": tokens, "width": width, "depth": 1, "params": params,
+          "out_values_per_sample": out_values_per_sample, "unit_rows": unit_rows, "processes": processes}
+    est = embed_estimate(batch=batch, **kw)
+    if not enabled:
+        return est
+    have = available if available is not None else available_bytes(device)
+    if est.total <= MARGIN * have:
+        return est
+    fits = next((b for b in (2**k for k in range(12, -1, -1)) if b < batch
+                 and embed_estimate(batch=b, **kw).total <= MARGIN * have), None)
+    advice = [f"--batch-size {fits}"] if fits else ["a machine with more memory"]
+    if processes > 1 and device == "cpu":
+        advice.append("fewer --processes")
+    check_fits(est, f"Embedding {batch} images of {image_size} px per forward pass", advice,
+               switch_words="--no-memory-check", available=have)
+    return est
+
+
+def probe_estimate(*, rows: int, values_per_row: int, patch_values_per_row: int = 0, copies: float = 3.0) -> Estimate:
     """Peak memory of a probe: the feature matrix in float32 and the copies the fits make (train/val/test slices,
-    scaling, the solver's own), plus the runtime."""
-    return Estimate("cpu", {"runtime": BASE_BYTES, "features": int(copies * rows * values_per_row * max(itemsize, 4))})
+    the solver's own), the patch tokens of a segmentation probe (float16), plus the runtime."""
+    return Estimate("cpu", {"runtime": BASE_BYTES, "features": int(copies * rows * values_per_row * 4),
+                            "patch tokens": int(2 * rows * patch_values_per_row)})
+
+
+def check_probe_memory(*, rows: int, values_per_row: int, patch_values_per_row: int, features: str,
+                       enabled: bool = True, available: int | None = None) -> Estimate:
+    """Refuse a probe whose features cannot be held in memory."""
+    est = probe_estimate(rows=rows, values_per_row=values_per_row, patch_values_per_row=patch_values_per_row)
+    if not enabled:
+        return est
+    advice = ["--features features"] if features != "features" else []
+    if patch_values_per_row:
+        advice.append("the label tasks without --task segmentation")
+    check_fits(est, f"Probing {rows} samples' {features}" + (" and patch tokens" if patch_values_per_row else ""),
+               advice + ["a machine with more memory"], switch_words="--no-memory-check", available=available)
+    return est

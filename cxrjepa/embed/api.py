@@ -163,6 +163,7 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     shapes = output_shapes(config, enc)
     dtypes = {k: (config.patch_dtype if k == PATCH else config.dtype) for k in shapes}
     unit_rows = store.balanced_unit_rows(store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize), n, world)
+    _check_memory(enc, config, options, device, world, shapes, unit_rows)
     ledger = store.Ledger(out)
     resumable = store.existing_unit_rows(out, n, shapes, dtypes) if builder.resumed else None
     if resumable:
@@ -196,6 +197,20 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     msg = f"Embedding {n} samples with '{spec.text}' ({enc.source}, dim {enc.embed_dim}, {size} px) on {device}"
     console.info(msg + (f" x{world}." if world > 1 else "."))
     return builder, job, enc
+
+
+def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOptions, device: str, world: int,
+                  shapes: dict, unit_rows: int) -> None:
+    """Refuse a batch size whose forward pass cannot fit (cxrjepa.core.memory), before any batch is read."""
+    from cxrjepa.core.memory import check_embed_memory
+
+    size = input_size(config, enc)
+    clip = encoder_clip(enc)
+    check_embed_memory(device=device, batch=max(options.batch_size, clip[0]) if clip else options.batch_size,
+                       image_size=size, tokens=int(np.prod(enc.token_grid(size, size))), width=int(enc.embed_dim),
+                       params=sum(p.numel() for p in enc.parameters()),
+                       out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())), unit_rows=unit_rows,
+                       processes=world if device == "cpu" else 1, enabled=options.memory_check)
 
 
 def _work(r: D.Rank, job: Job, encoder: FeatureEncoder | None = None) -> None:

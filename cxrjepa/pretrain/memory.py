@@ -43,9 +43,10 @@ def encoder_params(cfg: EncoderConfig) -> int:
     """Parameters of the ViT ``cfg`` (blocks, patch embedding, positions, final norm)."""
     d = cfg.embed_dim
     stack = Stack(d, cfg.depth, 1, mlp_ratio=cfg.mlp_ratio)
-    tokens = int(np.prod(cfg.token_grid(cfg.input_shape)))
+    grid = cfg.token_grid(cfg.input_shape)
+    positions = grid[-1] * grid[-2] + (grid[0] if len(grid) == 3 else 0)  # clips: spatial + time embeddings
     patch = cfg.patch_size**2 * cfg.tubelet * cfg.in_chans * d + d
-    return cfg.depth * stack.block_params + patch + tokens * d + 2 * d
+    return cfg.depth * stack.block_params + patch + positions * d + 2 * d
 
 
 def _tokens(config: PretrainConfig, masks_config) -> tuple[int, int, int, int]:
