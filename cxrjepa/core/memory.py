@@ -24,6 +24,8 @@ from cxrjepa.core.errors import EXIT_USAGE, CxrjepaError
 MARGIN = 0.9
 #: resident memory of a cxrjepa process before its stage allocates anything (Python, torch, timm, zarr, pandas)
 BASE_BYTES = 900 * 2**20
+#: the same for an embed process, which also holds the dataset reader and the encoder loaders (calibrated)
+EMBED_BASE_BYTES = 1024 * 2**20
 #: bytes kept for the backward pass per token x width x transformer block of a *trained* sequence, fp32 on the
 #: CPU (calibrated, docs/pretrain.md); bf16 autocast on CUDA keeps most of them in 2 bytes
 TRAIN_BYTES = {"cpu": 46.0, "cuda": 28.0}
@@ -175,7 +177,7 @@ def embed_estimate(*, device: str, batch: int, image_size: int, tokens: int, wid
     """Peak memory of an embed process: the encoder, one batch's forward pass and one unit of output rows."""
     stack = Stack(width, depth, tokens)
     return Estimate(device, {
-        "runtime": BASE_BYTES,
+        "runtime": EMBED_BASE_BYTES,
         "encoder": FROZEN_PARAM_BYTES * params,
         "batch": 4 * batch * 3 * image_size * image_size,
         "forward": infer_activation_bytes(stack, batch, device) + 4 * batch * tokens * width * 2,

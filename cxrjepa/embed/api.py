@@ -206,7 +206,9 @@ def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOption
 
     size = input_size(config, enc)
     clip = encoder_clip(enc)
-    check_embed_memory(device=device, batch=max(options.batch_size, clip[0]) if clip else options.batch_size,
+    # a forward pass never crosses a unit of rows: at most unit_rows images (clips: whole windows of frames)
+    batch = max(options.batch_size, clip[0]) if clip else min(options.batch_size, unit_rows)
+    check_embed_memory(device=device, batch=batch,
                        image_size=size, tokens=int(np.prod(enc.token_grid(size, size))), width=int(enc.embed_dim),
                        params=sum(p.numel() for p in enc.parameters()),
                        out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())), unit_rows=unit_rows,

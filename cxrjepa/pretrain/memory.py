@@ -12,6 +12,7 @@ EMA-sized frozen copy (an upper bound for the JEPA family).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
@@ -34,7 +35,7 @@ from cxrjepa.models.vit import SIZES, EncoderConfig
 from cxrjepa.pretrain.config import PretrainConfig
 
 #: a data-loader worker on the CPU: its own interpreter state and the batches it prefetches (calibrated)
-WORKER_BYTES = 300 * 2**20
+WORKER_BYTES = 64 * 2**20
 #: CUDA context and allocator reserve on a GPU
 CUDA_RESERVE_BYTES = 1536 * 2**20
 
@@ -57,9 +58,19 @@ def _tokens(config: PretrainConfig, masks_config) -> tuple[int, int, int, int]:
     n = int(np.prod(grid))
     if masks_config is None:
         return n, n, 0, 0
-    gen = block_masks(masks_config, grid)
+    from cxrjepa.core.errors import CxrjepaError
+
     rng = np.random.default_rng(0)
-    draws = [gen(rng, 1) for _ in range(32)]  # context and block sizes vary by batch: take the largest seen
+    draws = []
+    try:
+        gen = block_masks(masks_config, grid)
+        for _ in range(32):  # context and block sizes vary by batch: take the largest seen
+            with contextlib.suppress(CxrjepaError):  # an unlucky draw is the run's to report, not the estimate's
+                draws.append(gen(rng, 1))
+    except CxrjepaError:
+        pass
+    if not draws:
+        return n, n, n, int(masks_config.targets)
     context = max(int(m.context.shape[1]) for m in draws)
     target = max(int(m.targets.shape[2]) for m in draws)
     return n, context, target, int(masks_config.targets)
