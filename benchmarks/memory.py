@@ -97,7 +97,8 @@ def main() -> None:
     data = tmp / "ds"
     write_dataset(data, rng.integers(0, 255, (FRAMES, 224, 224), dtype=np.uint8))
     rows = []
-    print("| objective | model | patch | px | batch | measured GB | estimated GB | ratio |\n|---|---|---|---|---|---|---|---|")
+    print("| objective | model | patch | px | batch | measured GB | estimated GB | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in args.only or PRETRAIN:
         cfg = PRETRAIN[name]
         path = tmp / f"{name}.yaml"

@@ -36,7 +36,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and
 MemoryCheckOpt = Annotated[
     bool,
     typer.Option("--memory-check/--no-memory-check",
-                 help="Refuse to start when the estimated peak memory does not fit this machine (default), or try anyway."),
+                 help="Refuse to start when the estimated peak memory does not fit this machine (default), "
+                      "or try anyway."),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
 

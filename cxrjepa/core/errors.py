@@ -122,7 +122,7 @@ def _space_sentence(exc: OSError) -> str:
     what = getattr(exc, "cxrjepa_what", None)
     nbytes = getattr(exc, "cxrjepa_bytes", None)
     full = "The disk quota was exceeded" if exc.errno == errno.EDQUOT else "The disk is full"
-    text = full + f" ({exc.strerror or os.strerror(exc.errno)})" + (f" on the device holding '{where}'" if where else "")
+    text = f"{full} ({exc.strerror or os.strerror(exc.errno)})" + (f" on the device holding '{where}'" if where else "")
     if what:
         text += f" while writing {what}"
     elif exc.filename:
@@ -205,7 +205,8 @@ def format_error(exc: BaseException) -> tuple[str, int] | None:
             target = f"'{exc.filename}'" + (f" -> '{exc.filename2}'" if exc.filename2 else "")
             return f"Cannot use {target}: {reason}.", EXIT_FAILURE
         if exc.strerror:
-            return f"A system call failed: {reason} ({type(exc).__name__}); rerun with --verbose for where.", EXIT_FAILURE
+            return (f"A system call failed: {reason} ({type(exc).__name__}); rerun with --verbose for where.",
+                    EXIT_FAILURE)
         return None
     if isinstance(exc, MemoryError):
         return ("Ran out of memory; lower the batch size (or use runtime.grad_accum for pretraining) and rerun the "

@@ -4,8 +4,9 @@ Stages estimate their peak memory before they build a model or load features (pr
 embed and probe: the functions below) and call :func:`check_fits`, which refuses, with one sentence naming a
 setting that fits, when the estimate exceeds :data:`MARGIN` of the memory available: on the CPU what the kernel
 reports available (``MemAvailable``), lowered to the container's cgroup limit when there is one; on a GPU
-what ``torch.cuda.mem_get_info`` reports free. ``runtime.memory_check: false`` (pretrain) and
-``memory_check: false`` in the options of embed and probe turn the check off.
+the free memory nvidia-smi reports (``torch.cuda.mem_get_info`` once CUDA is started).
+``runtime.memory_check: false`` (pretrain) and ``memory_check: false`` in the options of embed and probe
+(``--no-memory-check``) turn the check off.
 
 The transformer activation coefficients were calibrated on this project's CPU runs (fp32) by least squares
 over measured peak RSS; see :data:`TRAIN_BYTES` and docs/pretrain.md for the measurements.
@@ -108,12 +109,36 @@ def cgroup_available(root: Path = Path("/sys/fs/cgroup")) -> int | None:
     return max(0, limit - used + cache)
 
 
-def available_bytes(device: str = "cpu", index: int = 0) -> int:
-    """Memory this process could still use: free GPU memory, or the CPU's available memory (cgroup-aware)."""
+def _nvidia_smi_free(index: int) -> int | None:
+    """Free memory of GPU ``index`` from nvidia-smi (no CUDA context in this process), or None."""
+    import os
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    gpu = visible[index] if index < len(visible) else str(index)  # CUDA's index -> nvidia-smi's id (or UUID)
+    try:
+        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", gpu],
+                             capture_output=True, text=True, timeout=20)
+        return int(float(out.stdout.strip().splitlines()[0])) * 2**20 if out.returncode == 0 else None
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def available_bytes(device: str = "cpu", index: int = 0) -> int | None:
+    """Memory this process could still use: free GPU memory, or the CPU's available memory (cgroup-aware).
+
+    On a GPU, a process that has not started CUDA (the launcher of a multi-GPU run) asks nvidia-smi instead of
+    creating a CUDA context it would then hold on GPU ``index`` for the whole run; None when it cannot tell."""
     if device == "cuda":
         import torch
 
-        return int(torch.cuda.mem_get_info(index)[0])
+        if torch.cuda.is_initialized():
+            return int(torch.cuda.mem_get_info(index)[0])
+        return _nvidia_smi_free(index)
     import psutil
 
     avail = int(psutil.virtual_memory().available)
@@ -127,7 +152,7 @@ def check_fits(estimate: Estimate, what: str, advice: Sequence[str], *, enabled:
     if not enabled:
         return
     have = available if available is not None else available_bytes(estimate.device)
-    if estimate.total <= MARGIN * have:
+    if have is None or estimate.total <= MARGIN * have:
         return
     where = "free on the GPU" if estimate.device == "cuda" else "available"
     fixes = " or ".join(advice) if advice else "a smaller model or batch"
@@ -195,7 +220,7 @@ def check_embed_memory(*, device: str, batch: int, image_size: int, tokens: int,
     if not enabled:
         return est
     have = available if available is not None else available_bytes(device)
-    if est.total <= MARGIN * have:
+    if have is None or est.total <= MARGIN * have:
         return est
     fits = next((b for b in (2**k for k in range(12, -1, -1)) if b < batch
                  and embed_estimate(batch=b, **kw).total <= MARGIN * have), None)

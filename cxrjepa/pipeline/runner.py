@@ -141,7 +141,8 @@ def run_pipeline(
         t0 = time.time()
         try:  # the stage's lock before its folder is read to plan (a dry run takes none and writes nothing)
             with contextlib.nullcontext() if dry_run else output_lock(spec.out, spec.stage):
-                artifact = _plan_and_run(spec, sdef, config, inputs, options, spec.id in forced, dry_run, step, will_run)
+                artifact = _plan_and_run(spec, sdef, config, inputs, options, spec.id in forced, dry_run, step,
+                                         will_run)
         except Exception as exc:
             known = None if isinstance(exc, _Refused) else format_error(exc)
             if known is None:

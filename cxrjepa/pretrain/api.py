@@ -219,14 +219,16 @@ def run_pretrain(
     with lock, _finished_stays_finished(out, config, refs, options, force):
         disk = None
         if not D.in_worker():
-            disk = _check_memory(out, config, dataset, refs, options, force, nproc, cuda, world, teacher, teacher_weights)
+            disk = _check_memory(out, config, dataset, refs, options, force, nproc, cuda, world, teacher,
+                                 teacher_weights)
         with expecting_writes("checkpoints and the exported encoder", disk):
             return _launch_or_train(out, config, dataset, refs, options, force, inputs, data, nproc, cuda, world,
                                     launching)
 
 
 @contextlib.contextmanager
-def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions, force: bool):
+def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions,
+                             force: bool):
     """A complete run stopped early by ``--max-steps`` whose continuation fails before it saves a new checkpoint
     stays complete (downstream stages keep accepting it): its manifest is put back as it was.
 
@@ -253,8 +255,9 @@ def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict]
         raise
 
 
-def _check_memory(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], options: PretrainOptions,
-                  force: bool, nproc: int, cuda: bool, world: int, teacher: str | None, teacher_weights: str | None) -> int | None:
+def _check_memory(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict],
+                  options: PretrainOptions, force: bool, nproc: int, cuda: bool, world: int, teacher: str | None,
+                  teacher_weights: str | None) -> int | None:
     """Refuse, before any model is built, a run whose estimated peak memory does not fit (cxrjepa.pretrain.memory);
     an up-to-date run needs no memory. Returns the disk space its checkpoints take (for a full-disk message)."""
     from cxrjepa.pretrain.memory import check_pretrain_memory, checkpoint_bytes
@@ -264,7 +267,8 @@ def _check_memory(out: Path, config: PretrainConfig, dataset: DatasetArtifact, r
         return None
     est = check_pretrain_memory(config, device="cuda" if cuda else "cpu", world=world, procs_per_node=nproc,
                                 frames=int(dataset.images.shape[0]), teacher=teacher, teacher_weights=teacher_weights)
-    console.detail(f"Estimated peak memory: {est.total / 2**30:.1f} GB ({', '.join(f'{k} {v / 2**30:.2f}' for k, v in est.parts.items())}).")
+    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.parts.items())
+    console.detail(f"Estimated peak memory: {est.total / 2**30:.1f} GB ({parts}).")
     return checkpoint_bytes(est, config)
 
 

@@ -218,7 +218,7 @@ def check_pretrain_memory(config: PretrainConfig, *, device: str, world: int, pr
     from cxrjepa.core.memory import MARGIN, available_bytes
 
     have = available if available is not None else available_bytes(device)
-    if est.total <= MARGIN * have:
+    if have is None or est.total <= MARGIN * have:
         return est
     advice = []
     share = config.train.batch_size // max(world, 1)

@@ -76,7 +76,8 @@ def test_a_second_ingest_with_other_settings_is_refused_naming_the_holder(archiv
         holder = read_holder(out)
         assert holder is not None and holder.pid == first.pid and holder.stage == "ingest"
         second = subprocess.run([sys.executable, "-m", "cxrjepa", "ingest", str(archive), "--out", str(out),
-                                 "--size", "32", "--workers", "1"], env=env, capture_output=True, text=True, timeout=300)
+                                 "--size", "32", "--workers", "1"], env=env, capture_output=True, text=True,
+                                timeout=300)
         assert second.returncode == EXIT_USAGE
         err = second.stderr.strip()
         assert f"pid {first.pid}" in err and socket.gethostname() in err and "started" in err
@@ -127,8 +128,8 @@ def test_a_dead_holders_lock_is_taken_over_by_exactly_one_contender(tmp_path):
     """)
     release = tmp_path / "release"
     start = time.time() + 3.0
-    procs = [subprocess.Popen([sys.executable, "-c", contender, str(out), str(tmp_path / f"r{i}"), str(start), str(release)],
-                              env=env) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", contender, str(out), str(tmp_path / f"r{i}"), str(start),
+                               str(release)], env=env) for i in range(2)]
     try:
         _wait_for(lambda: all((tmp_path / f"r{i}").exists() for i in range(2)), what="both contenders")
         results = [json.loads((tmp_path / f"r{i}").read_text()) for i in range(2)]
