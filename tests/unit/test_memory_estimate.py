@@ -118,7 +118,8 @@ def dataset(tmp_path) -> Path:
     from cxrjepa.data.store import write_dataset
 
     path = tmp_path / "ds"
-    write_dataset(path, np.random.default_rng(0).integers(0, 255, (8, 32, 32), dtype=np.uint8))
+    # 1024 rows: units of 256 rows, so a forward pass can hold 256 images (it never crosses a unit)
+    write_dataset(path, np.random.default_rng(0).integers(0, 255, (1024, 16, 16), dtype=np.uint8))
     return path
 
 
@@ -128,16 +129,16 @@ def test_embed_refuses_a_batch_that_cannot_fit_and_names_one_that_does(dataset, 
 
     monkeypatch.setattr(embed_api.store, "create_arrays", lambda *a, **k: pytest.fail("wrote arrays before the check"))
     res = runner.invoke(app, ["embed", "--encoder", "random:large", "--image-size", "224", "--data", str(dataset),
-                              "--out", str(tmp_path / "emb"), "--device", "cpu", "--batch-size", "512"])
+                              "--out", str(tmp_path / "emb"), "--device", "cpu", "--batch-size", "256"])
     assert res.exit_code == EXIT_USAGE, res.stderr
     err = res.stderr.strip().splitlines()[-1]
-    assert "Embedding 512 images of 224 px per forward pass needs about" in err and "--no-memory-check" in err
+    assert "Embedding 256 images of 224 px per forward pass needs about" in err and "--no-memory-check" in err
     size = int(err.split("--batch-size ")[1].split()[0])
-    assert 1 <= size < 512
+    assert 1 <= size < 256
     from cxrjepa.core.memory import embed_estimate
 
     kw = {"device": "cpu", "image_size": 224, "tokens": 196, "width": 1024, "depth": 1, "params": 303_000_000,
-          "out_values_per_sample": 1024, "unit_rows": 8}
+          "out_values_per_sample": 1024, "unit_rows": 256}
     assert embed_estimate(batch=size, **kw).total <= MARGIN * 3 * GB < embed_estimate(batch=2 * size, **kw).total
 
 
