@@ -13,7 +13,11 @@ app = typer.Typer(
     help=(
         "Turn raw chest X-ray and ultrasound archives into self-supervised encoders and embeddings.\n\n"
         "Stages hand work to each other through artifacts (folders with a manifest.yaml): "
-        "ingest -> pretrain -> embed -> probe -> report. 'cxrjepa run PIPELINE.yaml' chains them."
+        "ingest -> pretrain -> embed -> probe -> report. 'cxrjepa run PIPELINE.yaml' chains them.\n\n"
+        "Exit codes: 0 done; 1 failure (a missing, partial or corrupt input, a full disk, an interrupted run: one "
+        "sentence names the file and the cause); 2 usage error (a bad option or setting, an output folder another "
+        "command is writing, a run that cannot fit in memory); 3 finished, but some inputs were rejected (listed "
+        "in the artifact's failure ledger)."
     ),
     no_args_is_help=True,
     add_completion=False,

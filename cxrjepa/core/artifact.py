@@ -31,6 +31,7 @@ from cxrjepa.core.atomic import atomic_write_yaml
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import ArtifactError, UsageError
 from cxrjepa.core.fingerprint import fingerprint_path, hash_obj
+from cxrjepa.core.lock import check_lock, output_lock
 from cxrjepa.core.provenance import producer
 
 T = TypeVar("T")
@@ -227,16 +228,20 @@ def plan_artifact(
 
 
 def clear_artifact(out: Path) -> None:
-    """Remove an artifact folder's contents; refuses folders that are not artifacts."""
+    """Remove an artifact folder's contents; refuses folders that are not artifacts.
+
+    Holds the folder's lock (cxrjepa.core.lock) meanwhile; the lock file lives next to the folder, so
+    clearing never removes it."""
     if not out.exists():
         return
-    if read_manifest(out) is None and any(out.iterdir()):
-        raise UsageError(f"Refusing to delete '{out}': it is not a cxrjepa artifact.")
-    for child in out.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    with output_lock(out, "clear"):
+        if read_manifest(out) is None and any(out.iterdir()):
+            raise UsageError(f"Refusing to delete '{out}': it is not a cxrjepa artifact.")
+        for child in out.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
 
 @dataclass
@@ -294,6 +299,7 @@ class ArtifactBuilder:
         if content_fingerprint is None:
             content_fingerprint = hash_obj({"fingerprint": self.fingerprint, "counts": self.counts, "contents": self.contents})
         manifest = self.manifest(COMPLETE, content_fingerprint)
+        check_lock(self.path)  # a lock lost meanwhile means another writer may have been here
         atomic_write_yaml(self.path / MANIFEST, manifest)
         return Artifact(self.path, manifest)
 
@@ -319,11 +325,23 @@ def begin(
     ``params`` are the science settings (they enter the fingerprint); ``options`` are operational
     (workers, devices) and do not; ``version`` is the stage's ``ALGORITHM_VERSION`` (enters the fingerprint
     and the manifest). With ``overwrite=False`` a stale artifact is an error instead of being replaced.
-    With ``dry_run`` nothing is written. Check ``builder.skipped`` before doing any work.
+    With ``dry_run`` nothing is written and no lock is taken. Check ``builder.skipped`` before doing any work.
+
+    The folder's lock (cxrjepa.core.lock) is taken before the folder is read to plan, and held while it is
+    cleared and the partial manifest written. A stage holds it for its whole run (``locks_output``); a
+    caller that does not hold it gets it for the duration of this call only.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown artifact kind {kind!r}")
     out = Path(out)
+    if dry_run:
+        return _begin(out, kind, params, inputs, options, force, overwrite, dry_run, version)
+    with output_lock(out, STAGE_FOR_KIND[kind].split()[1]):
+        return _begin(out, kind, params, inputs, options, force, overwrite, dry_run, version)
+
+
+def _begin(out: Path, kind: str, params: Any, inputs: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None,
+           force: bool, overwrite: bool, dry_run: bool, version: int) -> ArtifactBuilder:
     params_d = to_dict(params)
     plan = plan_artifact(out, kind, params_d, inputs, force=force, version=version)
     if plan.action == "refuse":

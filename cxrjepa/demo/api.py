@@ -26,6 +26,7 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin
 from cxrjepa.core.atomic import atomic_write_text
 from cxrjepa.core.errors import ConfigError
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_files
 from cxrjepa.demo import codecs, dicom, ultrasound
 from cxrjepa.demo.phantom import Anatomy, Findings, Phantom, View, draw, persist_findings, sample_anatomy, sample_findings, sample_view
@@ -357,6 +358,7 @@ def _by(tally: Counter, kind: str) -> dict:
     return {k: v for (t, k), v in sorted(tally.items()) if t == kind}
 
 
+@locks_output("demo-data")
 def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool = False, dry_run: bool = False) -> Artifact | dict:
     """Write the demo archive to ``out`` (a ``demo`` artifact) and return it.
 

@@ -24,7 +24,8 @@ import torch
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
 from cxrjepa.core.config import dump_yaml, load_config, to_dict
-from cxrjepa.core.errors import CxrjepaError, UsageError
+from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.core.schema import check_written
 from cxrjepa.data.store import DatasetArtifact
@@ -132,6 +133,7 @@ def _resolve_device(options: EmbedOptions, *, check: bool = True) -> tuple[str, 
     return dev, ProcessPlan(max(1, int(options.processes)), cuda=False)
 
 
+@locks_output("embed")
 def run_embed(
     out: str | Path,
     config: EmbedConfig | None = None,
@@ -160,12 +162,19 @@ def run_embed(
             job["launch"] = dry_run_command(procs) if procs.launches else None
             return job
         return builder_existing(out)
-    if job.pending:
-        if procs.launches:
-            _launch(job, procs)
-        else:
-            _work(worker_info(dev == "cuda"), job, enc)
-    return _finish(builder, job)
+    with expecting_writes("the embeddings", _array_bytes(builder)):  # a full disk says how much is needed
+        if job.pending:
+            if procs.launches:
+                _launch(job, procs)
+            else:
+                _work(worker_info(dev == "cuda"), job, enc)
+        return _finish(builder, job)
+
+
+def _array_bytes(builder: ArtifactBuilder) -> int:
+    """Uncompressed size of the arrays the embeddings will hold (an upper bound of what they write)."""
+    arrays = builder.contents.get("arrays") or {}
+    return int(sum(np.prod(a["shape"]) * np.dtype(a["dtype"]).itemsize for a in arrays.values()))
 
 
 def _launch(job: Job, procs: ProcessPlan) -> None:
@@ -209,6 +218,7 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     shapes = output_shapes(config, enc)
     dtypes = {k: (config.patch_dtype if k == PATCH else config.dtype) for k in shapes}
     unit_rows = store.balanced_unit_rows(store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize), n, world)
+    _check_memory(enc, config, options, device, world, shapes, unit_rows)
     ledger = store.Ledger(out)
     resumable = store.existing_unit_rows(out, n, shapes, dtypes) if builder.resumed else None
     if resumable:
@@ -242,6 +252,22 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     msg = f"Embedding {n} samples with '{spec.text}' ({enc.source}, dim {enc.embed_dim}, {size} px) on {device}"
     console.info(msg + (f" x{world}." if world > 1 else "."))
     return builder, job, enc
+
+
+def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOptions, device: str, world: int,
+                  shapes: dict, unit_rows: int) -> None:
+    """Refuse a batch size whose forward pass cannot fit (cxrjepa.core.memory), before any batch is read."""
+    from cxrjepa.core.memory import check_embed_memory
+
+    size = input_size(config, enc)
+    clip = encoder_clip(enc)
+    # a forward pass never crosses a unit of rows: at most unit_rows images (clips: whole windows of frames)
+    batch = max(options.batch_size, clip[0]) if clip else min(options.batch_size, unit_rows)
+    check_embed_memory(device=device, batch=batch,
+                       image_size=size, tokens=int(np.prod(enc.token_grid(size, size))), width=int(enc.embed_dim),
+                       params=sum(p.numel() for p in enc.parameters()),
+                       out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())), unit_rows=unit_rows,
+                       processes=world if device == "cpu" else 1, enabled=options.memory_check)
 
 
 def _work(info: DistInfo, job: Job, encoder: FeatureEncoder | None = None) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin, input_refs, raw_input_ref
-from cxrjepa.core.errors import UsageError
+from cxrjepa.core.errors import UsageError, expecting_writes
+from cxrjepa.core.lock import locks_output
 from cxrjepa.data import layout
 from cxrjepa.ingest import ledger
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
@@ -32,7 +31,6 @@ from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
 #: bump when a change to this stage's code changes what it writes for the same settings and inputs
 #: (docs/artifacts.md, "Algorithm versions")
 ALGORITHM_VERSION = 1
-LOCK = ".ingest.lock"
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
@@ -60,23 +58,7 @@ def ingest_input_refs(
     return _source_refs(sources, labels, salt, parse_sources(masks))
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    fh = open(out / LOCK, "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise UsageError(f"Another ingest is writing to '{out}'; wait for it or choose another --out.") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-        with contextlib.suppress(OSError):
-            (out / LOCK).unlink()
-
-
+@locks_output("ingest")
 def run_ingest(
     out: str | Path,
     config: IngestConfig | None = None,
@@ -134,8 +116,7 @@ def run_ingest(
         staging.remove()
         console.info(f"Dataset '{out}' is up to date.")
         return builder.existing_artifact()
-    with _lock(out):
-        return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
+    return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
 
 
 def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -> Pairing | None:
@@ -215,8 +196,9 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             def run(fn, tasks, w, on_done):
                 run_tasks(fn, tasks, w if pool else 1, on_done, pool)
 
-            n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
-                                       masks=pairing is not None)
+            with expecting_writes("the dataset's images", n_bytes):  # a full disk says how much is needed
+                n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
+                                           masks=pairing is not None)
     finally:
         if pool is not None:
             pool.shutdown()

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrjepa.core.errors import ArtifactError, UsageError
+from cxrjepa.core.errors import ArtifactError, UnreadableFileError, UsageError
 from cxrjepa.core.fingerprint import hash_obj
 
 RANDOM_PREFIX = "random:"
@@ -366,6 +366,8 @@ def _timm_encoder(name: str, spec: str, weights: Path | None) -> FeatureEncoder:
 
     try:  # safetensors, or torch.load(weights_only=True): never pickled code
         state = load_state_dict(weights)
+    except UnreadableFileError as exc:  # names the file and the cause (a refused pickle, a corrupt file)
+        raise UsageError(exc.message) from None
     except Exception as exc:
         raise UsageError(f"Cannot read the weights file '{weights}' ({type(exc).__name__}); use safetensors or a plain state dict.") from None
     # through timm's pretrained path (its checkpoint filters and input-channel adaptation), from memory

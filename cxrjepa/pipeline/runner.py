@@ -9,6 +9,7 @@ algorithm version) and the stage has nothing to add (a pretraining run stopped b
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Any
 from cxrjepa.core import console
 from cxrjepa.core.artifact import COMPLETE, read_manifest
 from cxrjepa.core.config import _did_you_mean, load_config, overrides_to_dict, read_yaml
-from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, ConfigError, CxrjepaError
+from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, ConfigError, format_error
+from cxrjepa.core.lock import output_lock
 from cxrjepa.pipeline.spec import Pipeline, StageSpec, load_pipeline
 from cxrjepa.pipeline.stages import STAGES, StageDef
 
@@ -131,29 +133,22 @@ def run_pipeline(
         if missing and dry_run:
             step.action, step.reason = "would fail", f"input '{missing[0]}' does not exist"
             continue
-        plan = sdef.plan(spec.out, config, inputs, options, force=spec.id in forced)
-        if plan.action == "skip":
-            step.action, step.reason = ("would skip" if dry_run else "skip"), plan.reason
-            prev = read_manifest(spec.out) or {}
-            step.rejected = int((prev.get("counts") or {}).get("rejected", 0) or 0)
-            continue
-        if plan.action == "refuse":
-            raise ConfigError(f"Stage '{spec.id}': {plan.reason}.")
-        will_run.add(spec.id)
-        if dry_run:
-            step.action, step.reason = "would run", plan.reason
-            continue
-        console.info(f"── {spec.id} ({spec.stage}) -> {spec.out}: {plan.reason}")
         t0 = time.time()
-        try:
-            artifact = sdef.call(spec.out, config, inputs, options, force=spec.id in forced)
-        except CxrjepaError as exc:
-            step.action, step.reason, step.seconds = "failed", exc.message, round(time.time() - t0, 2)
-            result.exit_code, result.error = exc.exit_code, f"Stage '{spec.id}' failed: {exc.message}"
+        try:  # the stage's lock before its folder is read to plan (a dry run takes none and writes nothing)
+            with contextlib.nullcontext() if dry_run else output_lock(spec.out, spec.stage):
+                artifact = _plan_and_run(spec, sdef, config, inputs, options, spec.id in forced, dry_run, step,
+                                         will_run)
+        except Exception as exc:
+            known = None if isinstance(exc, _Refused) else format_error(exc)
+            if known is None:
+                raise
+            step.action, step.reason, step.seconds = "failed", known[0], round(time.time() - t0, 2)
+            result.exit_code, result.error = known[1], f"Stage '{spec.id}' failed: {known[0]}"
             _mark_not_run(result, pipeline, spec)
             return result
+        if artifact is None:
+            continue
         step.seconds = round(time.time() - t0, 2)
-        step.action, step.reason = "run", plan.reason
         if artifact.manifest.get("status") != COMPLETE:
             result.exit_code, result.error = EXIT_FAILURE, f"Stage '{spec.id}' did not complete its artifact."
             return result
@@ -161,6 +156,31 @@ def run_pipeline(
     if any(s.rejected for s in result.steps):
         result.exit_code = EXIT_REJECTED
     return result
+
+
+class _Refused(ConfigError):
+    """The stage's output folder holds something a stage must not replace: the pipeline stops (exit 2)."""
+
+
+def _plan_and_run(spec: StageSpec, sdef: StageDef, config: Any, inputs: dict, options: dict, force: bool, dry_run: bool,
+                  step: StepResult, will_run: set[str]):
+    """Plan one stage and run it unless it is up to date (or this is a dry run); the artifact, or None."""
+    plan = sdef.plan(spec.out, config, inputs, options, force=force)
+    if plan.action == "skip":
+        step.action, step.reason = ("would skip" if dry_run else "skip"), plan.reason
+        prev = read_manifest(spec.out) or {}
+        step.rejected = int((prev.get("counts") or {}).get("rejected", 0) or 0)
+        return None
+    if plan.action == "refuse":
+        raise _Refused(f"Stage '{spec.id}': {plan.reason}.")
+    will_run.add(spec.id)
+    if dry_run:
+        step.action, step.reason = "would run", plan.reason
+        return None
+    console.info(f"── {spec.id} ({spec.stage}) -> {spec.out}: {plan.reason}")
+    artifact = sdef.call(spec.out, config, inputs, options, force=force)
+    step.action, step.reason = "run", plan.reason
+    return artifact
 
 
 def _mark_not_run(result: PipelineResult, pipeline: Pipeline, failed: StageSpec) -> None:

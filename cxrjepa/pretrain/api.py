@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import Artifact, Plan, begin, input_refs, open_artifact, plan_artifact
-from cxrjepa.core.atomic import atomic_write_text
+from cxrjepa.core.artifact import (
+    MANIFEST,
+    Artifact,
+    Plan,
+    begin,
+    input_refs,
+    open_artifact,
+    plan_artifact,
+    read_manifest,
+)
+from cxrjepa.core.atomic import atomic_write_text, atomic_write_yaml
 from cxrjepa.core.config import dump_yaml, from_dict, load_config, to_dict
-from cxrjepa.core.errors import CxrjepaError, UsageError
+from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.lock import output_lock
 from cxrjepa.core.schema import check_written
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.models.export import CONFIG as EXPORT_CONFIG
@@ -228,6 +240,63 @@ def run_pretrain(
         frames = len(item_split(config, dataset)[0])
         return DryRun(action, plan.reason, procs.world, _device_words(procs), launch_cmd,
                       _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config))
+    # the launcher (node 0) holds the run folder's lock for its workers; rank 0 takes it when there is none
+    lock = output_lock(out, "pretrain") if options.node_rank == 0 or not launching else contextlib.nullcontext()
+    with lock, _finished_stays_finished(out, config, refs, options, force):
+        disk = None
+        if not in_worker():
+            disk = _check_memory(out, config, dataset, refs, options, force, procs, teacher, teacher_weights)
+        with expecting_writes("checkpoints and the exported encoder", disk):
+            return _launch_or_train(out, config, dataset, refs, options, force, inputs, data, procs, launching)
+
+
+@contextlib.contextmanager
+def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions,
+                             force: bool):
+    """A complete run stopped early by ``--max-steps`` whose continuation fails before it saves a new checkpoint
+    stays complete (downstream stages keep accepting it): its manifest is put back as it was.
+
+    The continuation rewrites the manifest to ``partial`` when it starts; a crash, Ctrl-C or failed launch before
+    the next checkpoint then restores it. Once a new checkpoint exists the run has moved on and stays partial
+    (rerun to finish it). A SIGKILL cannot be caught: the run then stays partial until rerun."""
+    before = read_manifest(out) if out.is_dir() and os.environ.get("RANK", "0") == "0" else None
+    keep = before is not None and _plan(out, config, refs, options, force).reason == CONTINUE_EARLY_STOP
+    try:
+        yield
+    except BaseException:
+        if keep:
+            with contextlib.suppress(CxrjepaError):
+                now = read_manifest(out) or {}
+                latest = ckpt.latest_checkpoint(out)
+                step = int(ckpt.read_state(latest)["step"]) if latest else 0
+                if (now.get("status") != before["status"] and now.get("fingerprint") == before["fingerprint"]
+                        and now.get("created") == before.get("created") and step <= int(before["counts"]["steps"])):
+                    atomic_write_yaml(out / MANIFEST, before)
+                    console.warn(f"The continuation failed before its first new checkpoint; '{out}' stays the complete "
+                                 f"run it was (step {before['counts']['steps']}).")
+        raise
+
+
+def _check_memory(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict],
+                  options: PretrainOptions, force: bool, procs: ProcessPlan, teacher: str | None,
+                  teacher_weights: str | None) -> int | None:
+    """Refuse, before any model is built, a run whose estimated peak memory does not fit (cxrjepa.pretrain.memory);
+    an up-to-date run needs no memory. Returns the disk space its checkpoints take (for a full-disk message)."""
+    from cxrjepa.pretrain.memory import check_pretrain_memory, checkpoint_bytes
+
+    if _plan(out, config, refs, options, force).action == "skip":
+        return None
+    est = check_pretrain_memory(config, device="cuda" if procs.cuda else "cpu", world=procs.world,
+                                procs_per_node=procs.nproc,
+                                frames=int(dataset.images.shape[0]), teacher=teacher, teacher_weights=teacher_weights)
+    parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.parts.items())
+    console.detail(f"Estimated peak memory: {est.total / 2**30:.1f} GB ({parts}).")
+    return checkpoint_bytes(est, config)
+
+
+def _launch_or_train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict],
+                     options: PretrainOptions, force: bool, inputs: ObjectiveInputs, data: Path, procs: ProcessPlan,
+                     launching: bool) -> Artifact | None:
     if launching:
         code = launch(_launch_spec(out, config, data, inputs, options, force), procs, node_rank=options.node_rank,
                       rdzv_endpoint=options.rdzv_endpoint)

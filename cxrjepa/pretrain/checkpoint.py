@@ -29,7 +29,7 @@ from torch import nn
 
 from cxrjepa.core import console
 from cxrjepa.core.atomic import atomic_path, atomic_write_json, fsync_dir
-from cxrjepa.core.errors import ArtifactError
+from cxrjepa.core.errors import ArtifactError, reading
 from cxrjepa.runtime import DistInfo, barrier
 
 CHECKPOINTS = "checkpoints"
@@ -165,7 +165,8 @@ def load_checkpoint(
         path = folder / f"{name}.safetensors"
         if not path.is_file():
             raise ArtifactError(f"The checkpoint '{folder}' has no {name} weights; it was made by another objective.")
-        sd = safetensors.torch.load_file(str(path))
+        with reading(path, "checkpoint file"):
+            sd = safetensors.torch.load_file(str(path))
         if sharded:
             from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
@@ -175,7 +176,8 @@ def load_checkpoint(
     if optimizer is not None:
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        osd = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
+        with reading(folder / OPTIMIZER, "checkpoint file"):
+            osd = torch.load(folder / OPTIMIZER, map_location="cpu", weights_only=True)
         set_optimizer_state_dict(student, optimizer, osd, options=_options(sharded))
     return state
 

@@ -94,6 +94,8 @@ class RuntimeConfig:
     #: SALT: folder of teacher-target caches (each teacher/dataset/grid gets its own subfolder, reused by later
     #: runs); needs whole-frame crops. Empty = run the teacher every step (cxrjepa.pretrain.targets)
     teacher_cache: str | None = None
+    #: refuse to start when the estimated peak memory does not fit this machine (docs/pretrain.md, "Memory check")
+    memory_check: bool = True
 
     def validate(self) -> None:
         if self.grad_accum < 1:

@@ -29,6 +29,7 @@ import safetensors.torch
 import torch
 
 from cxrjepa.core.atomic import atomic_write_json, fsync_dir
+from cxrjepa.core.errors import reading
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain.data import Collator, evaluation_images, spread
 from cxrjepa.runtime import DistInfo, barrier
@@ -167,7 +168,8 @@ class HoldoutSelection:
         path = best_dir(self.run) / "encoder.safetensors"
         if self.best_step is None or not path.is_file():
             return None
-        return safetensors.torch.load_file(str(path))
+        with reading(path, "checkpoint file"):
+            return safetensors.torch.load_file(str(path))
 
     def summary(self, exported_step: int) -> dict:
         """``contents.selection`` of the run manifest."""

@@ -23,6 +23,7 @@ from cxrjepa.core.artifact import Artifact, begin, input_refs, read_manifest
 from cxrjepa.core.atomic import atomic_write_json, atomic_write_yaml
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
 from cxrjepa.core.phi import is_identifying
 from cxrjepa.core.schema import check_written
@@ -133,6 +134,7 @@ def _usable(task: Task, sides: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+@locks_output("probe")
 def run_probe(
     out: str | Path,
     config: ProbeConfig | None = None,
@@ -165,6 +167,7 @@ def run_probe(
         return {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
                 "tasks": {t.name: t.type for t in tasks}, "segmentation": seg}
 
+    _check_memory(emb, config, options, bool(tasks))
     X = emb.array(config.features) if tasks else np.zeros((len(emb.index), 0), np.float32)
     if not np.isfinite(X).all():
         raise UsageError(f"The embeddings' {config.features} hold non-finite values; re-run 'cxrjepa embed' (the encoder may have diverged).")
@@ -173,6 +176,19 @@ def run_probe(
 
     with threadpool_limits(limits=1 if X.size < 5_000_000 else None):
         return _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous)
+
+
+def _check_memory(emb: Embeddings, config: ProbeConfig, options: ProbeOptions, has_tasks: bool) -> None:
+    """Refuse, before loading them, features that cannot be held in memory (cxrjepa.core.memory)."""
+    from cxrjepa.core.memory import check_probe_memory
+    from cxrjepa.embed.extract import PATCH
+
+    arrays = emb.artifact.contents.get("arrays") or {}
+    shape = (arrays.get(config.features) or {}).get("shape") or [len(emb.index), 0]
+    patch = arrays.get(PATCH) if config.segmentation.enabled and config.segmentation.source != "encoder" else None
+    check_probe_memory(rows=int(shape[0]), values_per_row=int(np.prod(shape[1:])) if has_tasks else 0,
+                       patch_values_per_row=int(np.prod(patch["shape"][1:])) if patch else 0,
+                       features=config.features, enabled=options.memory_check)
 
 
 def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous) -> Artifact:

@@ -112,3 +112,5 @@ class ProbeOptions:
 
     device: str = "auto"
     batch_size: int = 64
+    #: refuse to start when the features cannot be held in memory (docs/pretrain.md, "Memory check")
+    memory_check: bool = True

@@ -13,6 +13,7 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact
 from cxrjepa.core.atomic import atomic_write_bytes, atomic_write_text
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_files
 from cxrjepa.core.schema import SchemaError
 from cxrjepa.report import html, markdown
@@ -70,6 +71,7 @@ def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device
     return Document(config.title, subtitle, sections, footer), ctx
 
 
+@locks_output("report")
 def run_report(
     out: str | Path,
     config: ReportConfig | None = None,
