@@ -68,16 +68,17 @@ def test_a_failed_continuation_leaves_a_finished_run_complete(dataset, tmp_path,
 def test_a_continuation_that_saved_a_checkpoint_stays_resumable(dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
     run_pretrain(out, tiny(), data=dataset, options=PretrainOptions(gpus=0, max_steps=2))
-    import cxrjepa.pretrain.trainer as trainer
+    from cxrjepa.pretrain.checkpoint import Checkpointer
 
-    real = trainer.Trainer._checkpoint
+    real = Checkpointer.save
 
     def crash_after_checkpoint(self, step):
-        real(self, step)
+        folder = real(self, step)
         if step == 4:
             raise RuntimeError("crashed after step 4's checkpoint")
+        return folder
 
-    monkeypatch.setattr(trainer.Trainer, "_checkpoint", crash_after_checkpoint)
+    monkeypatch.setattr(Checkpointer, "save", crash_after_checkpoint)
     with pytest.raises(RuntimeError):
         run_pretrain(out, tiny(), data=dataset, options=PretrainOptions(gpus=0))
     assert read_manifest(out)["status"] == "partial"  # it moved on: a rerun resumes from step 4
