@@ -34,6 +34,11 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would be d
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
+LoggerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--logger", help="Experiment trackers: csv (always written), tensorboard, mlflow, wandb; comma-separated "
+                                  "or repeated (docs/tracking.md)."),
+]
 
 
 def resolve_config(cls: type, config: list[Path] | None, sets: list[str] | None, flags: dict[str, Any] | None = None):
