@@ -279,9 +279,13 @@ def _tracked_files(out: Path) -> dict[str, Path]:
 
 
 def _log_complete(artifact: Artifact, config: PretrainConfig, refs: list[dict], names: list[str]) -> None:
-    """An up-to-date run asked for trackers that never saw it: log its whole history, files and tags."""
-    new = [n for n in names if n not in read_state(artifact.path)]
-    trackers = _open_trackers(artifact.path, config, refs, artifact.fingerprint, new)
+    """An up-to-date run asked for trackers that never saw all of it (not asked for before, or switched off by
+    an error): they catch up on its history and get its files and tags."""
+    state = read_state(artifact.path)
+    rows = MetricsLog.read(artifact.path)
+    last = max((int(r.get("step", 0)) for r in rows), default=0)
+    behind = [n for n in names if n not in state or (state[n].get("last_step") is None or state[n]["last_step"] < last)]
+    trackers = _open_trackers(artifact.path, config, refs, artifact.fingerprint, behind)
     if trackers is not None:
         trackers.finish(_tracked_files(artifact.path), {"cxrjepa.content_fingerprint": artifact.content_fingerprint})
 

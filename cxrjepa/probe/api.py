@@ -184,10 +184,11 @@ def run_probe(
 
 
 def log_probe(artifact: Artifact, config: ProbeConfig, emb: Embeddings, loggers: list[str]) -> None:
-    """Log a complete probe to the trackers ``loggers`` that have not logged it yet (docs/tracking.md): its
-    metrics (``probe/<task>/<probe>/<metric>`` with ``ci_low`` / ``ci_high``), its config as params, its
+    """Log a complete probe to the trackers ``loggers`` that do not hold its metrics yet (docs/tracking.md):
+    its metrics (``probe/<task>/<probe>/<metric>`` with ``ci_low`` / ``ci_high``), its config as params, its
     manifest and metrics.json as files, the fingerprints as tags."""
-    new = [name for name in loggers if name not in read_state(artifact.path)]
+    state = read_state(artifact.path)
+    new = [name for name in loggers if state.get(name, {}).get("last_step") is None]
     if not new:
         return
     tags = {"cxrjepa.kind": KIND, "cxrjepa.fingerprint": artifact.fingerprint, "cxrjepa.artifact": str(artifact.path),

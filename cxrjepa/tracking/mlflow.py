@@ -68,13 +68,15 @@ def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
 @contextlib.contextmanager
 def _quiet_migrations() -> Iterator[None]:
     """A new SQLite store runs its schema migrations with INFO lines on stderr; keep them out of our output."""
-    logger = logging.getLogger("alembic")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ("alembic", "mlflow.store.db.utils")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 @register_tracker

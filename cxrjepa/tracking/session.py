@@ -78,6 +78,8 @@ class TrackerSet:
                 last = max(known) if known else None
             state[name] = {**ids, "last_step": last}
             opened[name] = tracker
+            console.info(f"Logging to {tracker.label}: {tracker.where(info.folder)}"
+                         + (" (continuing its run)" if continued and previous else "") + ".")
         trackers = cls(info, opened, state, history=history)
         trackers._save()
         return trackers
@@ -153,7 +155,7 @@ class TrackerSet:
             tracker = self.active.pop(name, None)
             label = tracker.label if tracker is not None else name
             console.warn(f"{label} logging failed {when} ({describe_error(exc)}); it is off for the rest of this "
-                         f"run ({_keeps(self.info.stage)}; a resumed run catches up).")
+                         f"run ({_keeps(self.info.stage)}; resuming or rerunning the command catches it up).")
             if tracker is not None and fn != tracker.close:
                 _quietly(tracker.close, "failed")
             return False

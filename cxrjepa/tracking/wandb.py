@@ -40,7 +40,8 @@ class WandbTracker(Tracker):
             raise TrackerMissing("wandb") from None
         mode = _mode()
         run_id = previous.get("id") if previous else None
-        settings = wandb.Settings(console="off", quiet=True, init_timeout=INIT_TIMEOUT_S)
+        # console="off": our output stays ours (no stdout capture); silent: cxrjepa says where the run is
+        settings = wandb.Settings(console="off", silent=True, init_timeout=INIT_TIMEOUT_S)
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or PROJECT,
             name=self.info.name,
