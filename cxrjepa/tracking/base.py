@@ -43,6 +43,11 @@ class RunInfo:
         """The tracker run's display name: the artifact folder's name."""
         return self.folder.name
 
+    @property
+    def all_tags(self) -> dict[str, str]:
+        """``cxrjepa.stage`` and :attr:`tags`."""
+        return {"cxrjepa.stage": self.stage, **self.tags}
+
 
 class Tracker:
     """One experiment tracker (subclasses register with :func:`cxrjepa.tracking.registry.register_tracker`).

@@ -103,7 +103,7 @@ class MlflowTracker(Tracker):
             continued = self.run_id is not None
             if not continued:
                 experiment = self._experiment(artifacts)
-                tags = {"cxrjepa.stage": self.info.stage, "mlflow.runName": self.info.name, **self.info.tags}
+                tags = {"mlflow.runName": self.info.name, **self.info.all_tags}
                 self.run_id = self.client.create_run(experiment, run_name=self.info.name, tags=tags).info.run_id
             self._log_params()
         return {"run_id": self.run_id, "tracking_uri": redact(uri)}, continued

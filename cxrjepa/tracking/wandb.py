@@ -51,7 +51,7 @@ class WandbTracker(Tracker):
             mode=mode,
             job_type=self.info.stage,
             tags=[self.info.stage],
-            config={**self.info.config, "cxrjepa": dict(self.info.tags)},
+            config={**self.info.config, "cxrjepa": self.info.all_tags},
             settings=settings,
         )
         self._wandb = wandb
@@ -71,7 +71,7 @@ class WandbTracker(Tracker):
                 self.run.save(str(path), base_path=str(path.parent), policy="now")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.run.config.update({"cxrjepa": {**self.info.tags, **tags}}, allow_val_change=True)
+        self.run.config.update({"cxrjepa": {**self.info.all_tags, **tags}}, allow_val_change=True)
 
     def close(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == FINISHED else (255 if status == KILLED else 1))

@@ -181,6 +181,7 @@ def wandb_history(run_dir: Path) -> dict[int, dict[str, float]]:
 
 
 def test_wandb_offline_writes_its_run_folder_without_network_and_a_resume_keeps_the_id(dataset, offline, tmp_path):
+    pytest.importorskip("wandb")
     out = tmp_path / "wb"
     run_pretrain(out, tiny(), data=dataset, options=PretrainOptions(loggers=["wandb"], max_steps=4))
     run_id = read_state(out)["wandb"]["id"]
