@@ -161,7 +161,8 @@ def run_probe(
     if builder.skipped:
         console.info(f"Probe '{out}' is up to date.")
         artifact = builder.existing_artifact()
-        log_probe(artifact, config, emb, loggers)
+        if not dry_run:
+            log_probe(artifact, config, emb, loggers)
         return artifact
     seg = config.segmentation.enabled
     # with --task segmentation, label tasks run only when asked for (--label-col or --labels)

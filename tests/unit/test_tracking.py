@@ -24,6 +24,10 @@ class Memory(Tracker):
     fail_at: int | None = None
     fail_open: Exception | None = None
 
+    @classmethod
+    def where(cls, folder):
+        return f"memory of {folder.name}"
+
     def open(self, previous):
         if self.fail_open is not None:
             raise self.fail_open
