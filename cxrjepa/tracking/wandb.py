@@ -9,6 +9,7 @@ The mode is ``WANDB_MODE`` when set (``online`` streams to the server, which nee
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,14 +62,17 @@ class WandbTracker(Tracker):
         self.run.log(dict(metrics), step=int(step))
 
     def log_files(self, files: Mapping[str, Path]) -> None:
-        """Files are saved with the run; a folder (the encoder) becomes a ``model`` artifact."""
+        """Files are copied into the run's files (as they are now: a later rerun may change the originals);
+        a folder (the encoder) becomes a ``model`` artifact."""
         for name, path in files.items():
             if path.is_dir():
                 artifact = self._wandb.Artifact(f"{name}-{self.run.id}", type="model")
                 artifact.add_dir(str(path))
                 self.run.log_artifact(artifact)
             else:
-                self.run.save(str(path), base_path=str(path.parent), policy="now")
+                copy = Path(self.run.dir) / name
+                shutil.copyfile(path, copy)
+                self.run.save(str(copy), base_path=self.run.dir, policy="now")
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.run.config.update({"cxrjepa": {**self.info.all_tags, **tags}}, allow_val_change=True)

@@ -193,7 +193,8 @@ def test_wandb_offline_writes_its_run_folder_without_network_and_a_resume_keeps_
     for step, metrics in logged.items():
         assert set(metrics) == set(rows[step])
         np.testing.assert_allclose([metrics[k] for k in sorted(metrics)], [rows[step][k] for k in sorted(metrics)])
-    assert (first / "files" / "manifest.yaml").exists()  # saved with the run for `wandb sync`
+    saved = first / "files" / "manifest.yaml"  # saved with the run for `wandb sync`, as it was then
+    assert not saved.is_symlink() and yaml.safe_load(saved.read_text())["counts"]["steps"] == 4
     # the continued run (no more --max-steps) logs into the same W&B run id, from step 6 on
     run_pretrain(out, tiny(), data=dataset, options=PretrainOptions(loggers=["wandb"]))
     assert read_state(out)["wandb"]["id"] == run_id
