@@ -2,8 +2,8 @@
 as tags.
 
 Where: ``MLFLOW_TRACKING_URI`` when set (a server, ``sqlite:///...``, ``file:...``, Databricks); otherwise a
-SQLite store ``mlflow.db`` in the folder that holds the artifact, with artifacts under ``mlartifacts/`` beside
-it -- so the stages of a pipeline, written side by side, share one store that
+SQLite store ``mlflow.db`` in the folder that holds the artifact. A SQLite store keeps its artifacts under
+``mlartifacts/`` beside the database -- so the stages of a pipeline, written side by side, share one store that
 ``mlflow ui --backend-store-uri sqlite:///FOLDER/mlflow.db`` opens. The experiment is
 ``MLFLOW_EXPERIMENT_NAME`` or ``cxrjepa``. A server is asked for ``/health`` first (a few seconds at most),
 so one that is down is a warning at the start rather than a stalled run.
@@ -42,12 +42,18 @@ def default_store(folder: str | Path) -> tuple[str, str]:
 
 
 def tracking_store(folder: str | Path) -> tuple[str, str | None]:
-    """Where the artifact ``folder`` is logged: ``MLFLOW_TRACKING_URI``, else :func:`default_store`. The
-    artifact location is ours only for the default store (a server keeps its own)."""
+    """Where the artifact ``folder`` is logged: ``(tracking URI, artifact location of a new experiment)``.
+
+    ``MLFLOW_TRACKING_URI``, else :func:`default_store`. A SQLite store keeps its files in ``mlartifacts/``
+    beside its database (MLflow's own default would be ``./mlruns`` in whatever folder the command runs in);
+    other stores (a server, ``file:``) keep theirs where MLflow puts them (``None``)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if uri:
-        return uri, None
-    return default_store(folder)
+    if not uri:
+        return default_store(folder)
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute()
+        return uri, (database.parent / ARTIFACTS_DIR).as_uri()
+    return uri, None
 
 
 def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:

@@ -49,9 +49,12 @@ def dataset(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch) -> Path:
-    """No tracking server, no W&B account, no network: a SQLite MLflow store and W&B's files under tmp."""
+    """No tracking server, no W&B account, no network: a SQLite MLflow store and W&B's files under tmp; the
+    working directory is an empty folder (nothing may land there: ``tmp_path / "cwd"``)."""
     store = tmp_path / "store"
     store.mkdir()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     for key in ("WANDB_API_KEY", "WANDB_ENTITY", "WANDB_PROJECT", "WANDB_DIR", "WANDB_RESUME", "WANDB_RUN_ID"):
@@ -116,6 +119,9 @@ def test_mlflow_and_tensorboard_hold_the_config_every_row_and_the_artifacts(data
     assert tags["cxrjepa.fingerprint"] == art.fingerprint and tags["cxrjepa.content_fingerprint"] == art.content_fingerprint
     assert tags["cxrjepa.dataset_fingerprint"] == art.manifest["inputs"][0]["fingerprint"]
     assert tags["cxrjepa.stage"] == "pretrain" and tags["cxrjepa.objective"] == "ijepa"
+    # a SQLite store keeps its artifacts beside its database, not in the working directory
+    assert run.info.artifact_uri.startswith((offline / "mlartifacts").as_uri())
+    assert list((tmp_path / "cwd").iterdir()) == []
     # the manifest, the config and the encoder, byte for byte
     files = {a.path for a in client().list_artifacts(run.info.run_id)}
     assert {"manifest.yaml", "config.yaml", "encoder"} <= files
@@ -164,6 +170,7 @@ def test_a_killed_run_resumes_the_same_mlflow_run(dataset, offline, tmp_path):
     assert [s for s, _ in history(after.info.run_id, "pretrain/loss")] == [2, 4, 6]
     assert_history_is_the_metrics_log(after.info.run_id, out, atol=1e-6)
     assert {a.path for a in client().list_artifacts(after.info.run_id)} >= {"manifest.yaml", "encoder"}
+    assert list((tmp_path / "cwd").iterdir()) == []
 
 
 def wandb_history(run_dir: Path) -> dict[int, dict[str, float]]:
