@@ -40,6 +40,11 @@ MemoryCheckOpt = Annotated[
                       "or try anyway."),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
+LoggerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--logger", help="Experiment trackers: csv (always written), tensorboard, mlflow, wandb; comma-separated "
+                                  "or repeated (docs/tracking.md)."),
+]
 
 
 def resolve_config(cls: type, config: list[Path] | None, sets: list[str] | None, flags: dict[str, Any] | None = None):

@@ -12,6 +12,7 @@ from cxrjepa.cli.common import (
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    LoggerOpt,
     OutOpt,
     PrintConfigOpt,
     QuietOpt,
@@ -48,7 +49,8 @@ def command(
     rdzv_endpoint: Annotated[str | None, typer.Option("--rdzv-endpoint", help="HOST:PORT of node 0 for a multi-node run.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (smoke tests); rerun without it to continue.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Data-loader workers per process (runtime.workers).")] = None,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard logs to RUN/tensorboard.")] = False,
+    logger: LoggerOpt = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="The same as --logger tensorboard: TensorBoard logs in RUN/tensorboard.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an interrupted run from its newest checkpoint (default), or start over.")] = True,
     print_config_: PrintConfigOpt = False,
     force: ForceOpt = False,
@@ -60,6 +62,7 @@ def command(
     from cxrjepa.core.errors import UsageError
     from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
     from cxrjepa.pretrain.api import DryRun
+    from cxrjepa.tracking import parse_loggers
 
     flags = {"objective": objective, "runtime": {"workers": workers}}
 
@@ -69,7 +72,7 @@ def command(
             raise UsageError("Missing option '--data' or '--out': the dataset artifact to train on and the run folder.")
         options = PretrainOptions(
             gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-            max_steps=max_steps, tensorboard=tensorboard, resume=resume,
+            max_steps=max_steps, loggers=parse_loggers(logger), tensorboard=tensorboard, resume=resume,
         )
         return run_pretrain(out, cfg, data=data, teacher=teacher, teacher_weights=teacher_weights, init=init,
                             options=options, force=force, dry_run=dry_run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrjepa.core import console
@@ -31,10 +31,10 @@ from cxrjepa.models.export import WEIGHTS as EXPORT_WEIGHTS
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain.config import PretrainConfig
 from cxrjepa.pretrain.layout import CONFIG_FILE, KIND, Run, RunContents, RunCounts
-from cxrjepa.pretrain.monitors import METRICS_CSV, METRICS_JSONL, TENSORBOARD
+from cxrjepa.pretrain.monitors import METRICS_CSV, METRICS_JSONL, MetricsLog
 from cxrjepa.pretrain.objectives import objective_class
 from cxrjepa.pretrain.objectives.base import ObjectiveInputs
-from cxrjepa.pretrain.trainer import Trainer, TrainOutcome, item_split, planned_steps
+from cxrjepa.pretrain.trainer import StoppedBySignal, Trainer, TrainOutcome, item_split, planned_steps
 from cxrjepa.runtime import (
     DistInfo,
     LaunchSpec,
@@ -47,6 +47,9 @@ from cxrjepa.runtime import (
     plan_processes,
     shutdown,
 )
+from cxrjepa.tracking import FAILED, KILLED, RunInfo, TrackerSet, parse_loggers, read_state, tracker_class
+from cxrjepa.tracking.base import input_tags
+from cxrjepa.tracking.tensorboard import TENSORBOARD_DIR
 
 #: bump when a change to the pretrain stage's code changes the run it makes for the same settings and inputs
 #: (docs/artifacts.md, "Algorithm versions")
@@ -69,6 +72,9 @@ class PretrainOptions:
     rdzv_endpoint: str | None = None
     #: stop after this many optimizer steps (the run stays resumable to its planned length)
     max_steps: int | None = None
+    #: experiment trackers besides metrics.jsonl / metrics.csv: tensorboard, mlflow, wandb (docs/tracking.md)
+    loggers: list[str] = field(default_factory=list)
+    #: the same as adding ``tensorboard`` to ``loggers``
     tensorboard: bool = False
     #: continue from the newest complete checkpoint of an interrupted run with the same settings
     resume: bool = True
@@ -87,6 +93,8 @@ class DryRun:
     planned_steps: int
     frames: int
     config: dict
+    #: tracker -> where it would log
+    loggers: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return to_dict(self.__dict__)
@@ -98,6 +106,7 @@ class DryRun:
             f"# launch: {self.launch or 'this process (no launcher)'}",
             f"# steps: {self.planned_steps} planned over {self.frames} frames"
             + (f", resuming at {self.resume_step}" if self.resume_step else ""),
+            "# loggers: " + ", ".join(["csv (metrics.jsonl, metrics.csv)", *(f"{k} ({v})" for k, v in self.loggers.items())]),
             "# resolved config:",
             dump_yaml(self.config).rstrip(),
         ]
@@ -223,6 +232,7 @@ def run_pretrain(
     options = options or PretrainOptions()
     out, data = Path(out).absolute(), Path(data).absolute()
     _check_inputs(config, teacher, teacher_weights)
+    loggers = run_loggers(options)
     dataset = DatasetArtifact.open(data)
     teacher = _absolute_spec(teacher)
     teacher_weights = str(Path(teacher_weights).absolute()) if teacher_weights else None
@@ -239,7 +249,8 @@ def run_pretrain(
             launch_cmd = dry_run_command(procs, node_rank=options.node_rank, rdzv_endpoint=options.rdzv_endpoint)
         frames = len(item_split(config, dataset)[0])
         return DryRun(action, plan.reason, procs.world, _device_words(procs), launch_cmd,
-                      _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config))
+                      _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config),
+                      {name: tracker_class(name).where(out) for name in loggers})
     # the launcher (node 0) holds the run folder's lock for its workers; rank 0 takes it when there is none
     lock = output_lock(out, "pretrain") if options.node_rank == 0 or not launching else contextlib.nullcontext()
     with lock, _finished_stays_finished(out, config, refs, options, force):
@@ -313,6 +324,46 @@ def _launch_or_train(out: Path, config: PretrainConfig, dataset: DatasetArtifact
         shutdown(info)
 
 
+def run_loggers(options: PretrainOptions) -> list[str]:
+    """The trackers a run logs to besides its metrics files (``--logger``, ``--tensorboard``); checked."""
+    return parse_loggers(options.loggers, tensorboard=options.tensorboard)
+
+
+def _open_trackers(out: Path, config: PretrainConfig, refs: list[dict], fingerprint: str, names: list[str]):
+    """The run's trackers (rank 0), continuing the runs of trackers.json; ``None`` without any."""
+    if not names:
+        return None
+    tags = {"cxrjepa.kind": KIND, "cxrjepa.objective": config.objective, "cxrjepa.fingerprint": fingerprint,
+            "cxrjepa.artifact": str(out), **input_tags(refs)}
+    data = next((r for r in refs if r.get("name") == "data"), None)
+    if data is not None:
+        tags["cxrjepa.dataset_fingerprint"] = str(data.get("fingerprint"))
+    info = RunInfo("pretrain", out, to_dict(config), tags)
+    return TrackerSet.open(names, info, history=lambda: MetricsLog.read(out))
+
+
+def _tracked_files(out: Path) -> dict[str, Path]:
+    """What the trackers attach when a run is complete: its manifest, its resolved config, the encoder."""
+    return {MANIFEST: out / MANIFEST, CONFIG_FILE: out / CONFIG_FILE, EXPORT_DIR: out / EXPORT_DIR}
+
+
+def _log_complete(artifact: Artifact, config: PretrainConfig, refs: list[dict], names: list[str]) -> None:
+    """An up-to-date run asked for trackers that never saw all of it (not asked for before, or switched off by
+    an error): they catch up on its history and get its files and tags."""
+    state = read_state(artifact.path)
+    rows = MetricsLog.read(artifact.path)
+    last = max((int(r.get("step", 0)) for r in rows), default=0)
+    behind = [n for n in names if n not in state or (state[n].get("last_step") is None or state[n]["last_step"] < last)]
+    trackers = _open_trackers(artifact.path, config, refs, artifact.fingerprint, behind)
+    if trackers is not None:
+        trackers.finish(_tracked_files(artifact.path), {"cxrjepa.content_fingerprint": artifact.content_fingerprint})
+
+
+def _ended_by(exc: BaseException) -> str:
+    """How an exception ends the tracker runs: stopped (a signal, Ctrl-C) or failed."""
+    return KILLED if isinstance(exc, (StoppedBySignal, KeyboardInterrupt)) else FAILED
+
+
 def _absolute_spec(spec: str | Path | None) -> str | None:
     """An encoder spec with absolute paths (so launched workers and later reruns find the same teacher)."""
     if spec is None:
@@ -326,18 +377,23 @@ def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: li
            options: PretrainOptions, force: bool, inputs: ObjectiveInputs) -> Artifact | None:
     science = config.science()
     force = force or not options.resume
+    loggers = run_loggers(options)
     run_options = {
         "runtime": to_dict(config.runtime),
         "processes": info.world,
         "device": info.device.type,
         "max_steps": options.max_steps,
-        "tensorboard": options.tensorboard,
+        "tensorboard": "tensorboard" in loggers,
+        "loggers": loggers,
     }
     plan = _plan(out, config, refs, options, force)
     if plan.action == "skip":
-        if info.is_main:
-            console.info(f"'{out}' is up to date; pass --force to train again.")
-        return Artifact(out, plan.existing or {}) if info.is_main else None
+        if not info.is_main:
+            return None
+        console.info(f"'{out}' is up to date; pass --force to train again.")
+        artifact = Artifact(out, plan.existing or {})
+        _log_complete(artifact, config, refs, loggers)
+        return artifact
     builder = begin(out, KIND, science, refs, options=run_options, force=force, dry_run=True, version=ALGORITHM_VERSION)
     barrier(info)  # every rank has decided before rank 0 changes the folder
     if info.is_main:
@@ -349,17 +405,25 @@ def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: li
             builder = begin(out, KIND, science, refs, options=run_options, force=force, version=ALGORITHM_VERSION)
         atomic_write_text(out / CONFIG_FILE, dump_yaml(config))
     barrier(info)
-    trainer = Trainer(out, config, dataset, info, max_steps=options.max_steps, tensorboard=options.tensorboard,
-                      resume=True, fingerprint=builder.fingerprint, inputs=inputs)
-    outcome = trainer.fit()
-    artifact = None
-    if info.is_main:
-        artifact = _finish(builder, config, trainer, outcome, options)
-    barrier(info)
+    trackers = _open_trackers(out, config, refs, builder.fingerprint, loggers) if info.is_main else None
+    try:
+        trainer = Trainer(out, config, dataset, info, max_steps=options.max_steps, resume=True,
+                          fingerprint=builder.fingerprint, inputs=inputs, sinks=[trackers] if trackers else [])
+        outcome = trainer.fit()
+        artifact = None
+        if info.is_main:
+            artifact = _finish(builder, config, trainer, outcome, loggers)
+            if trackers is not None:
+                trackers.finish(_tracked_files(out), {"cxrjepa.content_fingerprint": artifact.content_fingerprint})
+        barrier(info)
+    except BaseException as exc:
+        if trackers is not None:
+            trackers.end(_ended_by(exc))
+        raise
     return artifact
 
 
-def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOutcome, options: PretrainOptions) -> Artifact:
+def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOutcome, loggers: list[str]) -> Artifact:
     out = builder.path
     batch = config.train.batch_size
     frames = trainer.frames
@@ -406,8 +470,8 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
     if config.model.is_clip:
         builder.contents["clips"] = {"frames": config.model.frames, "tubelet": config.model.tubelet,
                                      "stride": config.clips.stride}
-    if options.tensorboard:
-        builder.contents["tensorboard"] = TENSORBOARD
+    if "tensorboard" in loggers:
+        builder.contents["tensorboard"] = TENSORBOARD_DIR
     if outcome.stopped_early:
         builder.notes.append(
             f"Stopped early by --max-steps at step {outcome.steps} of {outcome.total_steps}; "

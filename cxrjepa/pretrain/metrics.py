@@ -12,8 +12,9 @@ Two extension points, for what plugs into training later (trackers, in-training 
   collapse monitor (:class:`cxrjepa.pretrain.monitors.FeatureMonitor`) and SALT's held-out selection
   (:class:`cxrjepa.pretrain.selection.SelectionHook`); the trainer makes extra ones from factories that
   receive it (and so reach the objective, its encoder, the device and the process group).
-* a **sink** (:class:`Sink`) receives every finished row on rank 0: ``metrics.jsonl`` / ``metrics.csv`` /
-  TensorBoard (:class:`cxrjepa.pretrain.monitors.MetricsLog`), or an experiment tracker.
+* a **sink** (:class:`Sink`) receives every finished row on rank 0: ``metrics.jsonl`` / ``metrics.csv``
+  (:class:`cxrjepa.pretrain.monitors.MetricsLog`), or the experiment trackers (TensorBoard, MLflow, W&B:
+  :class:`cxrjepa.tracking.TrackerSet`).
 """
 
 from __future__ import annotations

@@ -111,6 +111,10 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, 4, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+class StoppedBySignal(CxrjepaError):
+    """The run stopped on a stop signal (preemption, ``scancel``) after saving a checkpoint."""
+
+
 @dataclass
 class TrainOutcome:
     steps: int
@@ -145,7 +149,6 @@ class Trainer:
         info: DistInfo,
         *,
         max_steps: int | None = None,
-        tensorboard: bool = False,
         resume: bool = True,
         fingerprint: str = "",
         inputs: ObjectiveInputs | None = None,
@@ -157,7 +160,6 @@ class Trainer:
         self.data = data
         self.info = info
         self.max_steps = max_steps
-        self.tensorboard = tensorboard
         self.resume = resume
         self.fingerprint = fingerprint
         self.rt = config.runtime
@@ -361,7 +363,7 @@ class Trainer:
             if self.checkpointer.maybe_save(done, last=done == self.stop, stop=stopping):
                 metrics.restart_clock()  # checkpoint time is not counted as training time
             if stopping:
-                raise CxrjepaError(
+                raise StoppedBySignal(
                     f"Stopped by a signal at step {done} after saving a checkpoint; rerun the same command to resume."
                 )
 
@@ -398,8 +400,7 @@ class Trainer:
         """The metrics processor of a run resumed at ``start``: the metrics files (cut back to ``start``),
         the collapse monitor, SALT's selection and the extra hooks and sinks; the step-0 row of a new run."""
         rt, info = self.rt, self.info
-        log = MetricsLog(self.run, enabled=info.is_main, tensorboard=self.tensorboard,
-                         resume_step=start if start > 0 else None)
+        log = MetricsLog(self.run, enabled=info.is_main, resume_step=start if start > 0 else None)
         best_rank = max((float(r["rankme"]) for r in MetricsLog.read(self.run) if "rankme" in r and r["step"] <= start),
                         default=0.0) if start else 0.0
         self.collapse = CollapseWatch(rt.collapse_std, rt.collapse_rank, rt.collapse_rank_drop, best_rank)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import Artifact, begin, input_refs, read_manifest
+from cxrjepa.core.artifact import MANIFEST, Artifact, begin, input_refs, read_manifest
 from cxrjepa.core.atomic import atomic_write_json, atomic_write_yaml
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
@@ -45,10 +45,13 @@ from cxrjepa.probe.layout import (
     ProbeContents,
     ProbeMetrics,
 )
+from cxrjepa.probe.layout import Probe as ProbeArtifact
 from cxrjepa.probe.linear import Probe, fit_linear
 from cxrjepa.probe.splits import make_split, patient_keys, read_split, write_split
 from cxrjepa.probe.subgroups import attribute_columns, evaluate_subgroups
 from cxrjepa.probe.tasks import Task, join_labels, make_task
+from cxrjepa.tracking import RunInfo, TrackerSet, parse_loggers, read_state
+from cxrjepa.tracking.base import input_tags, probe_metrics
 
 __all__ = ["ProbeConfig", "ProbeOptions", "run_probe", "build_tasks", "METRICS_JSON"]
 
@@ -151,6 +154,7 @@ def run_probe(
     out = Path(out)
     check_corruptions(config.corruptions)
     refuse_identifying(config.subgroups, "group metrics by")
+    loggers = parse_loggers(options.loggers)
     emb = Embeddings.open(embeddings)
     refs = input_refs({"embeddings": embeddings, "labels": labels, "split": split})
     previous = _previous_split(out, split)
@@ -158,7 +162,10 @@ def run_probe(
                     version=ALGORITHM_VERSION)
     if builder.skipped:
         console.info(f"Probe '{out}' is up to date.")
-        return builder.existing_artifact()
+        artifact = builder.existing_artifact()
+        if not dry_run:
+            log_probe(artifact, config, emb, loggers)
+        return artifact
     seg = config.segmentation.enabled
     # with --task segmentation, label tasks run only when asked for (--label-col or --labels)
     tasks, join_info = build_tasks(config, emb, labels) if (not seg or config.tasks or labels is not None) else ([], {})
@@ -175,7 +182,29 @@ def run_probe(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1 if X.size < 5_000_000 else None):
-        return _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous)
+        artifact = _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous)
+    log_probe(artifact, config, emb, loggers)
+    return artifact
+
+
+def log_probe(artifact: Artifact, config: ProbeConfig, emb: Embeddings, loggers: list[str]) -> None:
+    """Log a complete probe to the trackers ``loggers`` that do not hold its metrics yet (docs/tracking.md):
+    its metrics (``probe/<task>/<probe>/<metric>`` with ``ci_low`` / ``ci_high``), its config as params, its
+    manifest and metrics.json as files, the fingerprints as tags."""
+    state = read_state(artifact.path)
+    new = [name for name in loggers if state.get(name, {}).get("last_step") is None]
+    if not new:
+        return
+    tags = {"cxrjepa.kind": KIND, "cxrjepa.fingerprint": artifact.fingerprint, "cxrjepa.artifact": str(artifact.path),
+            "cxrjepa.encoder_fingerprint": str(emb.encoder.get("fingerprint")),
+            **input_tags(artifact.manifest.get("inputs") or [])}
+    data = next((r for r in emb.artifact.manifest.get("inputs") or [] if r.get("name") == "data"), None)
+    if data is not None:
+        tags["cxrjepa.dataset_fingerprint"] = str(data.get("fingerprint"))
+    trackers = TrackerSet.open(new, RunInfo("probe", artifact.path, to_dict(config), tags))
+    trackers.log(probe_metrics(ProbeArtifact(artifact).metrics), step=0)
+    files = {MANIFEST: artifact.path / MANIFEST, METRICS_JSON: artifact.path / METRICS_JSON}
+    trackers.finish(files, {"cxrjepa.content_fingerprint": artifact.content_fingerprint})
 
 
 def _check_memory(emb: Embeddings, config: ProbeConfig, options: ProbeOptions, has_tasks: bool) -> None:
