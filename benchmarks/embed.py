@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxrjepa.data.store import DatasetArtifact, default_meta, write_dataset  # noqa: E402
 from cxrjepa.embed.api import EmbedConfig, EmbedOptions, load_encoder_for, run_embed  # noqa: E402
 from cxrjepa.embed.extract import Extractor, input_size  # noqa: E402
-from cxrjepa.models.external import parse_encoder_spec  # noqa: E402
+from cxrjepa.encoders import parse_encoder_spec  # noqa: E402
 
 
 def make_dataset(path: Path, n: int, size: int) -> Path:

@@ -33,7 +33,7 @@ from cxrjepa.embed import store
 from cxrjepa.embed.config import EmbedConfig, EmbedOptions
 from cxrjepa.embed.extract import PATCH, Extractor, check_config, input_size, output_shapes
 from cxrjepa.embed.reader import auto_workers, batch_loader, encoder_clip, plan_batches, plan_for, unit_ranges
-from cxrjepa.models.external import (
+from cxrjepa.encoders import (
     EncoderSpec,
     FeatureEncoder,
     encoder_input_ref,

@@ -91,7 +91,7 @@ def _safetensors_params(path: Path) -> int | None:
 
 def teacher_profile(spec: str, weights: str | None, config: PretrainConfig) -> tuple[int, Stack]:
     """(parameters, forward stack) of SALT's frozen teacher, read from its config or its weights' size."""
-    from cxrjepa.models.external import parse_encoder_spec
+    from cxrjepa.encoders import parse_encoder_spec
 
     student = config.model
     grid = student.token_grid(student.input_shape)[-2:]

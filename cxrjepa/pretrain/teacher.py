@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrjepa.core.errors import ConfigError, UsageError
-from cxrjepa.models.external import FeatureEncoder, load_feature_encoder, parse_encoder_spec
+from cxrjepa.encoders import FeatureEncoder, load_feature_encoder, parse_encoder_spec
 from cxrjepa.models.vit import EncoderConfig, ViTEncoder
 
 
