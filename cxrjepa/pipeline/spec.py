@@ -11,7 +11,7 @@ stages:
     stage: ingest
     out: dataset                # folder under the root (default: the stage id)
     inputs: {src: "@demo/dicom", labels: "@demo/labels.csv"}   # "@ID[/sub/path]" = another stage's output
-    config: [cxr-small-cpu.yaml]                                  # recipe files, relative to this file
+    config: [../recipes/cxr-small-cpu.yaml]                       # recipe files, relative to this file
     options: {workers: 2}       # operational settings (not fingerprinted)
 ```
 """
@@ -88,11 +88,23 @@ def _flat(value: Any) -> list[Any]:
     return [value]
 
 
+def is_recipe(data: dict) -> bool:
+    """Whether a YAML mapping is a pretrain recipe (``recipes/``): every top-level key a pretrain config section."""
+    import dataclasses
+
+    from cxrjepa.pretrain.config import PretrainConfig  # only on this error path: it imports torch
+
+    keys = set(data) - {"name", "description"}
+    return bool(keys) and keys <= {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
 def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages: list[str] | None = None) -> Pipeline:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Pipeline file '{path}' does not exist.")
     data = read_yaml(path)
+    if "stages" not in data and is_recipe(data):
+        raise ConfigError(f"'{path}' is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config {path}")
     unknown = set(data) - {"name", "description", "out", "stages"}
     if unknown:
         key = sorted(unknown)[0]

@@ -232,7 +232,7 @@ def check_pretrain_memory(config: PretrainConfig, *, device: str, world: int, pr
         if estimate_pretrain(config, checkpointing=True, grad_accum=share or 1, **kw).total <= MARGIN * have:
             advice.append(f"--set runtime.grad_accum={share} --set runtime.activation_checkpointing=true")
     if device == "cpu":
-        advice.append("a CPU-sized recipe such as --config pipelines/cxr-small-cpu.yaml")
+        advice.append("a CPU-sized recipe such as --config recipes/cxr-small-cpu.yaml")
     else:
         advice.append("more GPUs (--gpus N) or --set runtime.strategy=fsdp")
     model = config.model
