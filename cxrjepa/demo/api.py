@@ -83,8 +83,8 @@ class DemoConfig:
         if not 64 <= self.min_size <= self.max_size <= 4096:
             raise ConfigError("Sizes must satisfy 64 <= min_size <= max_size <= 4096.")
         for key in self.transfer_syntaxes:
-            if key != "auto" and key not in codecs.BY_KEY:
-                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.BY_KEY)}.")
+            if key != "auto" and key not in codecs.DEMO_KEYS:
+                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.DEMO_KEYS)}.")
 
     def resolved(self) -> DemoConfig:
         """A copy whose ``transfer_syntaxes`` lists the keys really written (``auto`` expanded)."""

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cxrjepa.cli.app import app
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.ingest import IngestConfig, IngestOptions, run_ingest
-from cxrjepa.ingest.testdata import make_dataset, write_dicom
+from tests.dicom_files import make_dataset, write_dicom
 
 SALT = "mask-test-salt-0123456789"
 

@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.ingest.api import run_ingest
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
-from cxrjepa.ingest.testdata import LOSSY, encodable_syntaxes, make_dataset, phantom, write_dicom
+from tests.dicom_files import LOSSY, encodable_syntaxes, make_dataset, phantom, write_dicom
 
 CASES = {
     "mono2_12bit_window": dict(pixels=phantom(48, 40, bits=12, seed=1), bits_stored=12, window=(1800, 2400)),
