@@ -129,10 +129,6 @@ class DatasetArtifact:
         return norm
 
 
-def open_dataset(path: str | Path) -> DatasetArtifact:
-    return DatasetArtifact.open(path)
-
-
 def intensity_stats(images: np.ndarray | zarr.Array, max_value: float, sample: int = 256, seed: int = 0) -> dict:
     """Mean and std of stored frames (a random sample of at most ``sample`` frames), in [0, 1] units."""
     n = images.shape[0]

@@ -111,14 +111,6 @@ def plugins_for(tsyntax: str) -> list[str]:
     return preferred + rest
 
 
-def can_decode(tsyntax: str) -> bool:
-    try:
-        plugins_for(tsyntax)
-        return True
-    except NoDecoder:
-        return False
-
-
 # ---------------------------------------------------------------- attribute lookup (functional groups)
 
 _GROUP_MACROS = {

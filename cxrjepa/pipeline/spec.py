@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrjepa.core.config import _did_you_mean, read_yaml
+from cxrjepa.core.config import did_you_mean, read_yaml
 from cxrjepa.core.errors import ConfigError
 
 REF = "@"
@@ -64,7 +64,7 @@ class Pipeline:
         for s in self.stages:
             if s.id == stage_id:
                 return s
-        raise ConfigError(f"The pipeline has no stage '{stage_id}'." + _did_you_mean(stage_id, [s.id for s in self.stages]))
+        raise ConfigError(f"The pipeline has no stage '{stage_id}'." + did_you_mean(stage_id, [s.id for s in self.stages]))
 
     def resolve(self, value: Any) -> Any:
         """Replace "@ID/sub" references by paths under that stage's output folder."""
@@ -108,7 +108,7 @@ def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages
     unknown = set(data) - {"name", "description", "out", "stages"}
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"Unknown pipeline key '{key}' in '{path}'." + _did_you_mean(key, ["name", "description", "out", "stages"]))
+        raise ConfigError(f"Unknown pipeline key '{key}' in '{path}'." + did_you_mean(key, ["name", "description", "out", "stages"]))
     stages_raw = data.get("stages")
     if not isinstance(stages_raw, dict) or not stages_raw:
         raise ConfigError(f"Pipeline '{path}' needs a 'stages' mapping of stage ids to stage settings.")
@@ -121,12 +121,12 @@ def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages
             raise ConfigError(f"Stage '{sid}' in '{path}' must be a mapping with at least 'stage'.")
         for key in raw:
             if key not in STAGE_KEYS:
-                raise ConfigError(f"Unknown key '{key}' in stage '{sid}'." + _did_you_mean(str(key), STAGE_KEYS))
+                raise ConfigError(f"Unknown key '{key}' in stage '{sid}'." + did_you_mean(str(key), STAGE_KEYS))
         stage = raw.get("stage")
         if not stage:
             raise ConfigError(f"Stage '{sid}' in '{path}' does not say which 'stage' (command) it runs.")
         if known_stages is not None and stage not in known_stages:
-            raise ConfigError(f"Stage '{sid}' runs unknown stage '{stage}'." + _did_you_mean(str(stage), known_stages))
+            raise ConfigError(f"Stage '{sid}' runs unknown stage '{stage}'." + did_you_mean(str(stage), known_stages))
         configs = raw.get("config") or []
         if isinstance(configs, str):
             configs = [configs]

@@ -32,9 +32,8 @@ from cxrjepa.core import console
 from cxrjepa.core.errors import UsageError
 from cxrjepa.probe import seg_metrics
 from cxrjepa.probe.config import IGNORE, SegmentationConfig
-
-PER_IMAGE = "segmentation.parquet"
-PREDICTIONS = "segmentation.zarr"
+from cxrjepa.probe.layout import SEGMENTATION_MASKS as PREDICTIONS
+from cxrjepa.probe.layout import SEGMENTATION_TABLE as PER_IMAGE
 
 
 # ---------------------------------------------------------------- data

@@ -146,12 +146,6 @@ class Lineage:
         used = {id(e.node) for n in self.nodes for e in n.inputs if e.node is not None}
         return [n for n in self.nodes if id(n) not in used]
 
-    def variant_of(self, node: Node) -> Variant | None:
-        for v in self.variants:
-            if node is v.run or node in v.embeddings or node in v.probes:
-                return v
-        return None
-
     def datasets(self) -> list[Node]:
         return self.of_kind("dataset")
 
