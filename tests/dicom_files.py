@@ -152,8 +152,8 @@ def write_dicom(ds: Dataset, path: str | Path, transfer_syntax: str = ExplicitVR
 def _strip_meta(path: Path) -> None:
     """Rewrite ``path`` as a bare data set (no 128-byte preamble, no group 0002)."""
     import pydicom
-    from pydicom.filewriter import write_dataset
     from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
 
     ds = pydicom.dcmread(path, force=True)
     implicit = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian if "TransferSyntaxUID" in ds.file_meta else True

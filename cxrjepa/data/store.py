@@ -46,7 +46,7 @@ class DatasetArtifact:
         self._group = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "DatasetArtifact":
+    def open(cls, path: str | Path) -> DatasetArtifact:
         return cls(open_artifact(path, "dataset"))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -80,7 +80,7 @@ class DatasetArtifact:
 
     @cached_property
     def masks(self) -> zarr.Array | None:
-        return self.group[layout.MASKS] if layout.MASKS in self.group else None
+        return self.group.get(layout.MASKS)
 
     @property
     def size(self) -> int:

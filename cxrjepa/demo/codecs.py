@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +114,7 @@ def _pydicom_plugin(syntax: Syntax) -> str | None:
     return sorted(available)[0] if available else None
 
 
-@lru_cache(maxsize=None)
+@cache
 def encoder_for(key: str) -> str | None:
     """How ``key`` is encoded on this install: ``pydicom`` (native), ``pydicom:<plugin>``, ``gdcm`` or None."""
     syntax = BY_KEY[key]

@@ -25,8 +25,8 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
 from cxrjepa.core.config import dump_yaml, load_config, to_dict
 from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
-from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.schema import check_written
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.embed import store

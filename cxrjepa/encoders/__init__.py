@@ -14,6 +14,8 @@ Nothing is ever downloaded. Adding a kind: write ``load(spec, options) -> Featur
 this package, decorate it with :func:`register_encoder` and import the module below (docs/embeddings.md).
 """
 
+# importing a kind's module registers it (folder detection is tried in registration order)
+from cxrjepa.encoders import huggingface, pixels, runs, timm_weights  # noqa: F401
 from cxrjepa.encoders.base import EncoderOutput, FeatureEncoder, Preprocess, resolve_device
 from cxrjepa.encoders.registry import (
     EncoderKind,
@@ -27,10 +29,7 @@ from cxrjepa.encoders.registry import (
     recorded_spec,
     register_encoder,
 )
-
-# importing the kinds registers them (folder checks are tried in this order; a run is the default)
-from cxrjepa.encoders import runs, pixels, timm_weights, huggingface  # noqa: E402,F401  (registers the kinds)
-from cxrjepa.encoders.runs import cxrjepa_encoder_ref  # noqa: E402
+from cxrjepa.encoders.runs import cxrjepa_encoder_ref
 
 __all__ = [
     "EncoderKind",

@@ -40,8 +40,8 @@ from cxrjepa.ingest.dicom_pixels import (
 )
 from cxrjepa.ingest.ledger import Reject, skip
 from cxrjepa.ingest.normalize import ConstantImage, store_frames
-from cxrjepa.ingest.pixel_claims import check_claims
 from cxrjepa.ingest.phi import age_years, coded, sex_code, short_text
+from cxrjepa.ingest.pixel_claims import check_claims
 from cxrjepa.ingest.region import region_from_dicom, region_from_variance, spacing_from_regions
 from cxrjepa.ingest.table import Sample, new_row
 

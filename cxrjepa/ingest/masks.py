@@ -63,7 +63,7 @@ class MaskSource:
     name: str | None = None
 
     @classmethod
-    def parse(cls, text: str | Path) -> "MaskSource":
+    def parse(cls, text: str | Path) -> MaskSource:
         s = str(text)
         name, sep, folder = s.partition("=")
         if sep and name and "/" not in name and not Path(s).exists():
@@ -312,9 +312,8 @@ def to_labels(arr: np.ndarray, label: int, lossy: bool) -> np.ndarray:
     a = np.asarray(arr)
     if a.dtype == bool:
         a = a.astype(np.uint8)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise Reject(ledger.MASK_VALUES, "fractional values")
+    if np.issubdtype(a.dtype, np.floating) and (not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a))):
+        raise Reject(ledger.MASK_VALUES, "fractional values")
     if lossy:
         top = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else float(a.max() or 1)
         return np.where(a >= top / 2, max(label, 1), 0).astype(np.uint8)

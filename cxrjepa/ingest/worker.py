@@ -233,7 +233,7 @@ def _fill_shard(staging: Staging, maps: dict, table: np.ndarray, f0: int, f1: in
     starts = table[:, 0]
     r = max(0, int(np.searchsorted(starts, f0, side="right")) - 1)
     while r < len(table) and int(starts[r]) < f1:
-        g, c, u, l = (int(v) for v in table[r])
+        g, c, u, local = (int(v) for v in table[r])
         lo, hi = max(g, f0), min(g + c, f1)
         if hi > lo:
             src = maps.get((u, kind))
@@ -241,6 +241,6 @@ def _fill_shard(staging: Staging, maps: dict, table: np.ndarray, f0: int, f1: in
                 if len(maps) > 8:
                     maps.clear()
                 src = maps[(u, kind)] = staging.frames(u, size, dtype, kind)
-            buf[lo - f0 : hi - f0] = src[l + (lo - g) : l + (hi - g)]
+            buf[lo - f0 : hi - f0] = src[local + (lo - g) : local + (hi - g)]
         r += 1
     return buf

@@ -228,9 +228,9 @@ def check_pretrain_memory(config: PretrainConfig, *, device: str, world: int, pr
         if estimate_pretrain(config, grad_accum=accum, **kw).total <= MARGIN * have:
             advice.append(f"--set runtime.grad_accum={accum} (the same training in smaller pieces)")
             break
-    if not advice and not config.runtime.activation_checkpointing:
-        if estimate_pretrain(config, checkpointing=True, grad_accum=share or 1, **kw).total <= MARGIN * have:
-            advice.append(f"--set runtime.grad_accum={share} --set runtime.activation_checkpointing=true")
+    if (not advice and not config.runtime.activation_checkpointing
+            and estimate_pretrain(config, checkpointing=True, grad_accum=share or 1, **kw).total <= MARGIN * have):
+        advice.append(f"--set runtime.grad_accum={share} --set runtime.activation_checkpointing=true")
     if device == "cpu":
         advice.append("a CPU-sized recipe such as --config recipes/cxr-small-cpu.yaml")
     else:

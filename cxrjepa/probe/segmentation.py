@@ -35,7 +35,6 @@ from cxrjepa.probe.config import IGNORE, SegmentationConfig
 from cxrjepa.probe.layout import SEGMENTATION_MASKS as PREDICTIONS
 from cxrjepa.probe.layout import SEGMENTATION_TABLE as PER_IMAGE
 
-
 # ---------------------------------------------------------------- data
 
 
@@ -126,7 +125,7 @@ class Head(nn.Module):
                                      nn.Conv2d(hidden, n_classes, 1))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, l, d = tokens.shape
+        b, _, d = tokens.shape
         x = tokens.float().transpose(1, 2).reshape(b, d, *self.grid)
         return self.net((x - self.mean) / self.std)
 

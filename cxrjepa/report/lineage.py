@@ -41,7 +41,7 @@ class Edge:
     recorded_path: str
     kind: str
     fingerprint: str
-    node: "Node | None" = None
+    node: Node | None = None
     #: ok | changed (found, but its content differs from what was used) | missing | raw (not an artifact)
     status: str = "ok"
     reason: str = ""
@@ -100,7 +100,7 @@ class Node:
 
         return Probe(self.artifact)
 
-    def upstream(self, kind: str) -> "Node | None":
+    def upstream(self, kind: str) -> Node | None:
         """The nearest ancestor of ``kind`` (breadth first)."""
         seen: set[int] = set()
         frontier = [self]

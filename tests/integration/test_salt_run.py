@@ -252,8 +252,8 @@ def test_pipeline_runner_predicts_the_salt_fingerprint(chain, tmp_path):
 
 @pytest.mark.parametrize("name", ["us-salt-cpu", "us-salt-vitb16", "us-video-ijepa", "cxr-salt"])
 def test_pipelines_parse_and_plan(name):
-    from cxrjepa.pipeline.spec import load_pipeline
     from cxrjepa.pipeline.runner import resolve_stage
+    from cxrjepa.pipeline.spec import load_pipeline
 
     pipe = load_pipeline(ROOT / "pipelines" / f"{name}.yaml", known_stages=list(STAGES))
     objectives = []

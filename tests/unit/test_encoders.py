@@ -10,8 +10,8 @@ import timm
 import torch
 
 from cxrjepa.core.errors import UsageError
-from cxrjepa.models.export import Normalization, export_encoder, load_encoder
 from cxrjepa.encoders import load_feature_encoder, parse_encoder_spec
+from cxrjepa.models.export import Normalization, export_encoder, load_encoder
 from cxrjepa.models.vit import EncoderConfig, create_vit
 
 

@@ -94,12 +94,10 @@ def test_streamed_pixel_data_equals_in_memory(tmp_path, monkeypatch):
     """Pixel data above the defer size is decoded from the open file frame by frame: same result."""
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000Lossless, RLELossless
 
-    from cxrjepa.ingest import dicom
+    from cxrjepa.ingest import dicom, dicom_pixels
     from cxrjepa.ingest.context import Context, InputItem
     from cxrjepa.ingest.phi import Salt
     from cxrjepa.ingest.process import process_input
-
-    from cxrjepa.ingest import dicom_pixels
 
     streamed_sources = []
     real_options = dicom_pixels.as_pixel_options
