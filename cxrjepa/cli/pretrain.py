@@ -67,6 +67,20 @@ def command(
             help="Start from the encoder of this run or export (an image encoder is inflated to tubelets for clip models).",
         ),
     ] = None,
+    probe_labels: Annotated[
+        Path | None,
+        typer.Option(
+            "--probe-labels",
+            help="Labels CSV for the in-training probes (default: the dataset's label columns); identifying columns are left out unread.",
+        ),
+    ] = None,
+    probe_key: Annotated[
+        str | None,
+        typer.Option(
+            "--probe-key",
+            help="Join key of --probe-labels: a column of the CSV and of the dataset's metadata, or CSVCOL=METACOL (runtime.probe_key).",
+        ),
+    ] = None,
     gpus: Annotated[
         int | None,
         typer.Option("--gpus", help="GPUs on this node; 0 = CPU. Default: 1 GPU if CUDA is available, else CPU."),
@@ -114,7 +128,7 @@ def command(
     from cxrjepa.pretrain.api import DryRun
     from cxrjepa.tracking import parse_loggers
 
-    flags = {"objective": objective, "runtime": {"workers": workers}}
+    flags = {"objective": objective, "runtime": {"workers": workers, "probe_key": probe_key}}
 
     def _run():
         cfg = stage_config(PretrainConfig, config, set_, flags, print_only=print_config_)
@@ -138,6 +152,7 @@ def command(
             teacher=teacher,
             teacher_weights=teacher_weights,
             init=init,
+            probe_labels=probe_labels,
             options=options,
             force=force,
             dry_run=dry_run,

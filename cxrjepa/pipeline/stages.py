@@ -123,7 +123,7 @@ register(
         "cxrjepa.pretrain.api",
         "PretrainConfig",
         "run_pretrain",
-        ("data", "teacher", "teacher_weights", "init"),
+        ("data", "teacher", "teacher_weights", "init", "probe_labels"),
         ("data",),
         "PretrainOptions",
         "pretrain_input_refs",

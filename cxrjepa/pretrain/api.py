@@ -119,16 +119,18 @@ def pretrain_input_refs(
     teacher: str | Path | None = None,
     teacher_weights: str | Path | None = None,
     init: str | Path | None = None,
+    probe_labels: str | Path | None = None,
 ) -> list[dict]:
     """The inputs of a pretrain run, as its fingerprint sees them (the pipeline runner uses this too).
 
     The dataset; SALT's frozen teacher (a run by its content fingerprint, an export by its weights' hash,
     a timm weights file or Hugging Face folder by their files, ``random:ARCH`` by its spec); an ``init``
-    encoder (a run or an export) whose weights start the run.
+    encoder (a run or an export) whose weights start the run; the in-training probes' labels CSV when it
+    chooses the exported encoder (``selection: probe``; callers pass it only then, see :func:`_input_refs`).
     """
     from cxrjepa.encoders import cxrjepa_encoder_ref, encoder_input_ref
 
-    refs = input_refs({"data": data})
+    refs = input_refs({"data": data, "probe_labels": probe_labels})
     if teacher is not None:
         refs.append(encoder_input_ref("teacher", teacher, teacher_weights))
     elif teacher_weights is not None:
@@ -136,6 +138,13 @@ def pretrain_input_refs(
     if init is not None:
         refs.append(cxrjepa_encoder_ref("init", Path(init)))
     return refs
+
+
+def _input_refs(config: PretrainConfig, data, teacher, teacher_weights, init, probe_labels) -> list[dict]:
+    """:func:`pretrain_input_refs` of a run: the probe labels count only when they choose the export (otherwise
+    they are a monitor, like the runtime settings, and adding them never makes a run stale)."""
+    labels = str(Path(probe_labels).absolute()) if probe_labels and config.selection == "probe" else None
+    return pretrain_input_refs(data, teacher, teacher_weights, init, labels)
 
 
 def _check_inputs(config: PretrainConfig, teacher, teacher_weights) -> None:
@@ -157,7 +166,13 @@ def _device_words(procs: ProcessPlan) -> str:
 
 
 def _launch_spec(
-    out: Path, config: PretrainConfig, data: Path, inputs: ObjectiveInputs, options: PretrainOptions, force: bool
+    out: Path,
+    config: PretrainConfig,
+    data: Path,
+    inputs: ObjectiveInputs,
+    options: PretrainOptions,
+    force: bool,
+    probe_labels: str | None,
 ) -> LaunchSpec:
     """What the launched workers start from: this call's resolved config, inputs and options."""
     args = {
@@ -166,6 +181,7 @@ def _launch_spec(
         "teacher": inputs.teacher,
         "teacher_weights": inputs.teacher_weights,
         "init": inputs.init,
+        "probe_labels": probe_labels,
         "options": to_dict(options),
         "force": force,
     }
@@ -191,6 +207,7 @@ def run_launched(spec: LaunchSpec) -> Artifact | None:
         teacher=a["teacher"],
         teacher_weights=a["teacher_weights"],
         init=a["init"],
+        probe_labels=a.get("probe_labels"),
         options=from_dict(PretrainOptions, a["options"]),
         force=a["force"],
     )
@@ -211,6 +228,7 @@ def plan_pretrain(
     teacher: str | Path | None = None,
     teacher_weights: str | Path | None = None,
     init: str | Path | None = None,
+    probe_labels: str | Path | None = None,
     options: PretrainOptions | None = None,
     force: bool = False,
 ) -> Plan:
@@ -224,7 +242,7 @@ def plan_pretrain(
     teacher = _absolute_spec(teacher)
     teacher_weights = str(Path(teacher_weights).absolute()) if teacher_weights else None
     init = str(Path(init).absolute()) if init else None
-    refs = pretrain_input_refs(Path(data).absolute(), teacher, teacher_weights, init)
+    refs = _input_refs(config, Path(data).absolute(), teacher, teacher_weights, init, probe_labels)
     return _plan(Path(out).absolute(), config, refs, options, force)
 
 
@@ -245,6 +263,7 @@ def run_pretrain(
     teacher: str | Path | None = None,
     teacher_weights: str | Path | None = None,
     init: str | Path | None = None,
+    probe_labels: str | Path | None = None,
     options: PretrainOptions | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -252,7 +271,8 @@ def run_pretrain(
     """Pretrain ``config``'s objective on the dataset artifact ``data`` into the run artifact ``out``.
 
     ``teacher`` (+ ``teacher_weights`` for ``timm:NAME``): SALT's frozen teacher; ``init``: a run or export
-    whose encoder starts the run (inflated to tubelets for clip encoders). Launches torchrun workers when
+    whose encoder starts the run (inflated to tubelets for clip encoders); ``probe_labels``: a labels CSV for
+    the in-training probes (:mod:`cxrjepa.pretrain.probes`; default: the dataset's label columns). Launches torchrun workers when
     more than one process is asked for (unless this process is already one); returns the run artifact
     (``None`` on non-zero ranks), or a :class:`DryRun` with ``dry_run``.
     """
@@ -264,7 +284,10 @@ def run_pretrain(
     teacher = _absolute_spec(teacher)
     teacher_weights = str(Path(teacher_weights).absolute()) if teacher_weights else None
     init = str(Path(init).absolute()) if init else None
-    refs = pretrain_input_refs(data, teacher, teacher_weights, init)
+    probe_labels = str(Path(probe_labels).absolute()) if probe_labels else None
+    if probe_labels and not Path(probe_labels).is_file():
+        raise UsageError(f"The probe labels file '{probe_labels}' does not exist.")
+    refs = _input_refs(config, data, teacher, teacher_weights, init, probe_labels)
     inputs = ObjectiveInputs(teacher=teacher, teacher_weights=teacher_weights, init=init)
     procs = plan_processes(options.gpus, options.nproc, nnodes=options.nnodes, check=not dry_run)
     launching = procs.launches and not in_worker()
@@ -294,7 +317,9 @@ def run_pretrain(
         if not in_worker():
             disk = _check_memory(out, config, dataset, refs, options, force, procs, teacher, teacher_weights)
         with expecting_writes("checkpoints and the exported encoder", disk):
-            return _launch_or_train(out, config, dataset, refs, options, force, inputs, data, procs, launching)
+            return _launch_or_train(
+                out, config, dataset, refs, options, force, inputs, data, procs, launching, probe_labels
+            )
 
 
 @contextlib.contextmanager
@@ -373,10 +398,11 @@ def _launch_or_train(
     data: Path,
     procs: ProcessPlan,
     launching: bool,
+    probe_labels: str | None,
 ) -> Artifact | None:
     if launching:
         code = launch(
-            _launch_spec(out, config, data, inputs, options, force),
+            _launch_spec(out, config, data, inputs, options, force, probe_labels),
             procs,
             node_rank=options.node_rank,
             rdzv_endpoint=options.rdzv_endpoint,
@@ -389,7 +415,7 @@ def _launch_or_train(
         return open_artifact(out, KIND) if options.node_rank == 0 else None
     info = init_worker(procs.cuda)
     try:
-        return _train(out, config, dataset, refs, info, options, force, inputs)
+        return _train(out, config, dataset, refs, info, options, force, inputs, probe_labels)
     finally:
         shutdown(info)
 
@@ -457,6 +483,7 @@ def _train(
     options: PretrainOptions,
     force: bool,
     inputs: ObjectiveInputs,
+    probe_labels: str | None = None,
 ) -> Artifact | None:
     science = config.science()
     force = force or not options.resume
@@ -500,6 +527,7 @@ def _train(
             fingerprint=builder.fingerprint,
             inputs=inputs,
             sinks=[trackers] if trackers else [],
+            probe_labels=probe_labels,
         )
         outcome = trainer.fit()
         artifact = None
@@ -560,6 +588,12 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
     )
     if outcome.selection is not None:
         builder.contents["selection"] = outcome.selection
+    if outcome.probes is not None:
+        builder.contents["probes"] = outcome.probes
+        final.update({k: outcome.last[k] for k in outcome.probes["columns"] if k in outcome.last})
+        left_out = (outcome.probes.get("labels_join") or {}).get("identifying_columns_left_out")
+        if left_out:
+            builder.notes.append("probe labels: identifying columns not used: " + ", ".join(left_out))
     if outcome.init is not None:
         builder.contents["init"] = outcome.init
     if config.model.is_clip:

@@ -96,6 +96,24 @@ class RuntimeConfig:
     teacher_cache: str | None = None
     #: refuse to start when the estimated peak memory does not fit this machine (docs/pretrain.md, "Memory check")
     memory_check: bool = True
+    #: in-training probes (docs/pretrain.md, "In-training probes"): linear and kNN probes on frozen features of a
+    #: labelled patient-level subset every this many steps and at the planned end, when the dataset has label
+    #: columns or --probe-labels is given. Empty = at every checkpoint (runtime.checkpoint_every); 0 = off
+    probe_every: int | None = None
+    #: at most this many labelled samples (whole patients) in the probe subset
+    probe_items: int = 512
+    #: label columns probed (dataset label columns, or columns of --probe-labels); empty = all of them
+    probe_tasks: list[str] = field(default_factory=list)
+    #: join key of --probe-labels: a column of the CSV and of the dataset's metadata, or CSVCOL=METACOL
+    #: (e.g. path=source_path)
+    probe_key: str = "sample_id"
+    #: the logged column ``selection: probe`` chooses the exported encoder by (``probe/<task>/<probe>_<metric>``);
+    #: empty = the first task's linear probe on its main metric (AUROC; MAE, lower is better, for regression)
+    probe_select: str | None = None
+
+    def probe_cadence(self) -> int:
+        """Steps between in-training probes (``probe_every``, else ``checkpoint_every``; 0 = off)."""
+        return self.checkpoint_every if self.probe_every is None else int(self.probe_every)
 
     def validate(self) -> None:
         if self.grad_accum < 1:
@@ -108,6 +126,8 @@ class RuntimeConfig:
             raise ConfigError("'runtime.keep_last' must be at least 1.")
         if self.monitor_every < 0 or self.monitor_batch < 2:
             raise ConfigError("'runtime.monitor_every' must not be negative and 'runtime.monitor_batch' at least 2.")
+        if (self.probe_every is not None and self.probe_every < 0) or self.probe_items < 8:
+            raise ConfigError("'runtime.probe_every' must not be negative and 'runtime.probe_items' at least 8.")
 
 
 @dataclass
@@ -146,18 +166,37 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    #: which checkpoint becomes the exported encoder: ``auto`` = the objective's rule (the last one; SALT: the
+    #: lowest held-out loss, salt.export), ``probe`` = the best held-out score of the in-training probes
+    #: (runtime.probe_select; docs/pretrain.md, "In-training probes")
+    selection: Literal["auto", "probe"] = "auto"
 
     def validate(self) -> None:
         from cxrjepa.pretrain.objectives import OBJECTIVES
 
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"'objective' must be one of {', '.join(sorted(OBJECTIVES))}, not '{self.objective}'.")
+        if self.selection == "probe" and self.runtime.probe_cadence() == 0:
+            raise ConfigError("'selection: probe' needs in-training probes; set runtime.probe_every above 0.")
 
     def science(self) -> dict:
         """The fingerprinted part: everything but ``runtime``, without the sections of other objectives and,
-        for image encoders, without the clip settings (so adding objectives never makes a run stale)."""
+        for image encoders, without the clip settings (so adding objectives never makes a run stale).
+
+        ``selection: probe`` enters with the probe settings that choose the exported encoder (cadence, subset,
+        tasks, join key, metric); the default selection leaves no trace, so runs made before it stay valid."""
         data = to_dict(self)
         data.pop("runtime")
+        if data.pop("selection") == "probe":
+            rt = self.runtime
+            data["selection"] = {
+                "by": "probe",
+                "every": rt.probe_cadence(),
+                "items": rt.probe_items,
+                "tasks": list(rt.probe_tasks),
+                "key": rt.probe_key,
+                "metric": rt.probe_select,
+            }
         for section in OBJECTIVE_SECTIONS:
             if section != self.objective:
                 data.pop(section, None)

@@ -53,6 +53,8 @@ class RunContents:
     world_size: int | None = None
     strategy: str | None = None
     selection: dict[str, Any] | None = None
+    #: the in-training probes: subset, split, tasks, logged columns (cxrjepa.pretrain.probes)
+    probes: dict[str, Any] | None = None
     init: dict[str, Any] | None = None
     clips: dict[str, Any] | None = None
     tensorboard: str | None = None
@@ -85,9 +87,14 @@ class RunMetrics:
     nonfinite: dict[str, int]
 
 
+#: the in-training probes' columns (cxrjepa.pretrain.probes): their sparse rows survive thinning
+PROBE_PREFIX = "probe/"
+
+
 def read_metrics(files: Sequence[str | Path], max_points: int = 2000) -> RunMetrics | None:
     """The first readable log of ``files`` (metrics.jsonl, else metrics.csv) thinned to about ``max_points``
-    logged steps (first and last kept); NaN/inf values are counted over every line. ``None`` without a log."""
+    logged steps (first, last and the in-training probes' rows kept); NaN/inf values are counted over every
+    line. ``None`` without a log."""
     for f in map(Path, files):
         if f.is_file():
             got = _read_jsonl(f, max_points) if f.suffix == ".jsonl" else _read_csv(f, max_points)
@@ -118,7 +125,7 @@ def _read_jsonl(path: Path, max_points: int) -> RunMetrics | None:
             for k, v in rec.items():
                 if isinstance(v, float) and not math.isfinite(v):
                     nonfinite[k] += 1
-            if i % stride == 0:
+            if i % stride == 0 or any(str(k).startswith(PROBE_PREFIX) for k in rec):
                 rows.append(rec)
                 last = None
             else:
@@ -139,7 +146,8 @@ def _read_csv(path: Path, max_points: int) -> RunMetrics | None:
         return None
     nonfinite = {c: int((~np.isfinite(pd.to_numeric(df[c], errors="coerce"))).sum()) for c in df.columns}
     stride = max(1, math.ceil(len(df) / max_points))
-    thin = pd.concat([df.iloc[::stride], df.iloc[[-1]]]).drop_duplicates()
+    probed = df[[c for c in df.columns if str(c).startswith(PROBE_PREFIX)]].notna().any(axis=1)
+    thin = pd.concat([df.iloc[::stride], df[probed], df.iloc[[-1]]]).drop_duplicates()
     return RunMetrics(_numeric_frame(thin), len(df), {k: v for k, v in nonfinite.items() if v})
 
 

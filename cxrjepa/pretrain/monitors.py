@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -153,11 +153,20 @@ class FeatureMonitor:
 
 
 class MetricsLog:
-    """Appends metric rows to metrics.jsonl / metrics.csv; a no-op when not ``enabled``."""
+    """Appends metric rows to metrics.jsonl / metrics.csv; a no-op when not ``enabled``. ``metrics.csv`` holds
+    :data:`COLUMNS` and then ``extra_columns`` (the in-training probes' scores)."""
 
-    def __init__(self, run: str | Path, *, enabled: bool = True, resume_step: int | None = None):
+    def __init__(
+        self,
+        run: str | Path,
+        *,
+        enabled: bool = True,
+        resume_step: int | None = None,
+        extra_columns: Sequence[str] = (),
+    ):
         self.run = Path(run)
         self.enabled = enabled
+        self.columns = (*COLUMNS, *(c for c in extra_columns if c not in COLUMNS))
         if not enabled:
             return
         self.jsonl = self.run / METRICS_JSONL
@@ -168,7 +177,7 @@ class MetricsLog:
             for r in rows:
                 fh.write(json.dumps(r) + "\n")
         with open(self.csv, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -191,7 +200,7 @@ class MetricsLog:
         with open(self.jsonl, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         with open(self.csv, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
+            csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore").writerow(row)
 
     def close(self) -> None:
         """Nothing to release: every row is appended and closed as it is written."""

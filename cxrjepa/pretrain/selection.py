@@ -1,4 +1,8 @@
-"""Model selection by held-out loss (SALT): evaluate, keep the best student, export it.
+"""Model selection: keep the best checkpoint of a run by one logged metric and export it.
+
+:class:`BestKeeper` is the one selector: SALT's held-out loss (:class:`HoldoutSelection`, lower is better) and
+the in-training probes' held-out score (``selection: probe``, :mod:`cxrjepa.pretrain.probes`, higher is better)
+both use it.
 
 The held-out items (a seeded share of the patients, never trained on: :func:`cxrjepa.pretrain.data.split_holdout`)
 are turned once into fixed batches -- whole frames (middle windows for clips) and masks from a dedicated
@@ -104,37 +108,106 @@ def holdout_batches(config, data, items: np.ndarray, masks, max_items: int, cach
 
 
 @dataclass
-class HoldoutSelection:
-    """Evaluates the held-out loss and keeps the best student of a run."""
+class BestKeeper:
+    """Keeps a run's best checkpoint by one logged metric (``holdout_loss``, lower is better; an in-training
+    probe's score, higher is better): the evaluation history, the best step and value, and
+    ``checkpoints/best`` (written through :func:`write_best`). Its encoder is what the export takes when
+    ``export_best``; with ``keep`` off it only records the history (another keeper owns ``best``)."""
 
     run: Path
-    batches: list[dict]
-    items: int
-    patients: int
-    fraction: float
-    every: int
-    export_best: bool
+    metric: str
+    higher: bool = False
+    export_best: bool = True
+    keep: bool = True
     best_step: int | None = None
-    best_loss: float = math.inf
+    best_value: float = math.nan
     history: list[tuple[int, float]] = field(default_factory=list)
+
+    def improves(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best_step is None:
+            return True
+        return value > self.best_value if self.higher else value < self.best_value
+
+    def restore(self, start: int, metrics: list[dict]) -> None:
+        """State at ``start`` (resume): the best taken at or before it, and the evaluations up to it."""
+        self.history = [
+            (int(r["step"]), float(r[self.metric]))
+            for r in metrics
+            if r.get(self.metric) is not None and 0 < int(r["step"]) <= start
+        ]
+        best = read_best(self.run) if self.keep else None
+        if best is not None and best.get(self.metric) is not None and int(best["step"]) <= start:
+            self.best_step, self.best_value = int(best["step"]), float(best[self.metric])
+        else:
+            self.best_step, self.best_value = None, math.nan
+            if not self.keep:  # the history alone says which evaluation was best
+                for step, value in self.history:
+                    if self.improves(value):
+                        self.best_step, self.best_value = step, value
+
+    def update(self, step: int, value: float | None, modules: dict, *, write: bool, sharded: bool) -> bool:
+        """Record an evaluation; save ``modules`` as the best when ``value`` improved on it. Every rank calls
+        this with the same value (the module state is a collective under FSDP)."""
+        if value is None or not math.isfinite(value):
+            return False
+        self.history.append((step, float(value)))
+        if not self.improves(value):
+            return False
+        self.best_step, self.best_value = step, float(value)
+        if self.keep:
+            tensors = {name: ckpt.module_state(m, sharded) for name, m in modules.items()}  # collective with FSDP
+            if write:
+                write_best(self.run, tensors, {"step": step, self.metric: float(value)})
+        return True
+
+    def best_encoder_state(self) -> dict[str, torch.Tensor] | None:
+        """The best checkpoint's encoder weights (from ``checkpoints/best``), or None."""
+        path = best_dir(self.run) / "encoder.safetensors"
+        if not self.keep or self.best_step is None or not path.is_file():
+            return None
+        with reading(path, "checkpoint file"):
+            return safetensors.torch.load_file(str(path))
+
+    def export_info(self) -> dict:
+        """What the exported encoder's config.json records about the choice."""
+        return {"step": self.best_step, "selected_by": self.metric, self.metric: self.best_value}
+
+    def summary(self, exported_step: int) -> dict:
+        """``contents.selection`` of the run manifest (a subclass adds what it evaluates on)."""
+        found = self.best_step is not None
+        return {
+            "metric": self.metric,
+            "higher_is_better": self.higher,
+            "best_step": self.best_step,
+            "best_value": self.best_value if found else None,
+            "exported": "best" if self.export_best and self.keep and found else "last",
+            "exported_step": exported_step,
+            "evaluations": [[s, round(v, 6)] for s, v in self.history],
+            "best": f"{ckpt.CHECKPOINTS}/{BEST}" if found and self.keep else None,
+        }
+
+
+@dataclass
+class HoldoutSelection(BestKeeper):
+    """Evaluates the held-out loss (SALT) and keeps the best student of a run."""
+
+    batches: list[dict] = field(default_factory=list)
+    items: int = 0
+    patients: int = 0
+    fraction: float = 0.0
+    every: int = 0
+    metric: str = "holdout_loss"
+
+    @property
+    def best_loss(self) -> float:
+        return self.best_value if self.best_step is not None else math.inf
 
     def due(self, done: int, total: int) -> bool:
         """Evaluations happen every ``every`` steps and at the planned end (never at an early stop, so a run
         stopped by --max-steps and continued evaluates exactly where an uninterrupted one does)."""
         return (self.every > 0 and done % self.every == 0) or done == total
-
-    def restore(self, start: int, metrics: list[dict]) -> None:
-        """State at ``start`` (resume): the best taken at or before it, and the evaluations up to it."""
-        self.history = [
-            (int(r["step"]), float(r["holdout_loss"]))
-            for r in metrics
-            if "holdout_loss" in r and int(r["step"]) <= start
-        ]
-        best = read_best(self.run)
-        if best is not None and int(best["step"]) <= start:
-            self.best_step, self.best_loss = int(best["step"]), float(best["holdout_loss"])
-        else:
-            self.best_step, self.best_loss = None, math.inf
 
     @torch.no_grad()
     def evaluate(self, objective, to_device, autocast) -> float:
@@ -155,41 +228,19 @@ class HoldoutSelection:
             student.train(was_training)
         return total / max(count, 1)
 
-    def update(self, step: int, loss: float, modules: dict, *, write: bool, sharded: bool) -> bool:
-        """Record an evaluation; save the selection modules as the best when the loss improved."""
-        self.history.append((step, loss))
-        if not loss < self.best_loss:
-            return False
-        self.best_step, self.best_loss = step, loss
-        tensors = {name: ckpt.module_state(m, sharded) for name, m in modules.items()}  # collective with FSDP
-        if write:
-            write_best(self.run, tensors, {"step": step, "holdout_loss": loss})
-        return True
-
-    def best_encoder_state(self) -> dict[str, torch.Tensor] | None:
-        """The best student's encoder weights (from ``checkpoints/best``), or None."""
-        path = best_dir(self.run) / "encoder.safetensors"
-        if self.best_step is None or not path.is_file():
-            return None
-        with reading(path, "checkpoint file"):
-            return safetensors.torch.load_file(str(path))
-
     def summary(self, exported_step: int) -> dict:
-        """``contents.selection`` of the run manifest."""
-        return {
-            "metric": "holdout_loss",
-            "holdout_fraction": self.fraction,
-            "holdout_items": self.items,
-            "holdout_patients": self.patients,
-            "evaluated_items": sum(int(b["images"].shape[0]) for b in self.batches),
-            "every": self.every,
-            "best_step": self.best_step,
-            "best_loss": None if self.best_step is None else self.best_loss,
-            "exported": "best" if self.export_best and self.best_step is not None else "last",
-            "exported_step": exported_step,
-            "evaluations": [[s, round(v, 6)] for s, v in self.history],
-            "best": f"{ckpt.CHECKPOINTS}/{BEST}" if self.best_step is not None else None,
-        }
+        out = super().summary(exported_step)
+        out.update(
+            {
+                "holdout_fraction": self.fraction,
+                "holdout_items": self.items,
+                "holdout_patients": self.patients,
+                "evaluated_items": sum(int(b["images"].shape[0]) for b in self.batches),
+                "every": self.every,
+                "best_loss": out["best_value"],
+            }
+        )
+        return out
 
 
 class SelectionHook:

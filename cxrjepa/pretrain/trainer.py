@@ -139,6 +139,8 @@ class TrainOutcome:
     #: the objective's extra manifest contents (SALT: teacher)
     describe: dict = field(default_factory=dict)
     init: dict | None = None
+    #: the in-training probes' subset and columns (contents.probes), when the run probes itself
+    probes: dict | None = None
 
 
 class Trainer:
@@ -146,7 +148,8 @@ class Trainer:
 
     ``hooks``: factories called with the trainer once it is built (the objective, device and process group
     are then in place), each making a :class:`~cxrjepa.pretrain.metrics.Hook` that adds columns to the rows
-    of the steps it chooses (in-training probes); ``sinks`` receive every metrics row on rank 0 (trackers).
+    of the steps it chooses; ``sinks`` receive every metrics row on rank 0 (trackers); ``probe_labels``: a labels
+    CSV for the in-training probes (:mod:`cxrjepa.pretrain.probes`; else the dataset's label columns).
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class Trainer:
         inputs: ObjectiveInputs | None = None,
         hooks: Sequence[Callable[[Trainer], Hook]] = (),
         sinks: Sequence[Sink] = (),
+        probe_labels: str | Path | None = None,
     ):
         self.run = Path(run)
         self.config = config
@@ -180,6 +184,11 @@ class Trainer:
         self.hook_factories = list(hooks)
         self.sinks = list(sinks)
         self.selection = None
+        #: the in-training probes (cxrjepa.pretrain.probes): labels CSV, subset, measurement, best keeper
+        self.probe_labels = probe_labels
+        self.probe_subset = None
+        self.probe = None
+        self.probe_keeper = None
         self.init_info = None
         #: optimizer steps done so far
         self.step = 0
@@ -258,14 +267,37 @@ class Trainer:
             )
             self.selection = HoldoutSelection(
                 self.run,
-                batches,
-                len(self.holdout_items),
-                self.holdout_patients,
-                self.objective.holdout_fraction(cfg),
-                every,
-                export_best,
+                export_best=export_best and cfg.selection != "probe",
+                keep=cfg.selection != "probe",  # with selection: probe the probes own checkpoints/best
+                batches=batches,
+                items=len(self.holdout_items),
+                patients=self.holdout_patients,
+                fraction=self.objective.holdout_fraction(cfg),
+                every=every,
             )
             self.selection.restore(start, MetricsLog.read(self.run) if start else [])
+        self._probes(start, cache)
+
+    def _probes(self, start: int, cache) -> None:
+        """The in-training probes' subset, features and (``selection: probe``) best keeper."""
+        from cxrjepa.pretrain.probes import InTrainingProbe, probe_keeper, probe_subset
+
+        cfg = self.config
+        self.probe_subset = probe_subset(cfg, self.data, self.probe_labels, warn=self.info.is_main)
+        if self.probe_subset is None:
+            return
+        self.probe = InTrainingProbe(self.probe_subset, cfg, self.data, self.info, cache)
+        if cfg.selection == "probe":
+            self.probe_keeper = probe_keeper(self.run, self.probe_subset, cfg.runtime.probe_select)
+            self.probe_keeper.restore(start, MetricsLog.read(self.run) if start else [])
+
+    def export_keeper(self):
+        """The :class:`~cxrjepa.pretrain.selection.BestKeeper` whose best checkpoint the export takes, or None."""
+        if self.probe_keeper is not None:
+            return self.probe_keeper
+        if self.selection is not None and self.selection.export_best:
+            return self.selection
+        return None
 
     # ------------------------------------------------------------------ pieces of a step
     def _to_device(self, batch: dict) -> dict:
@@ -318,12 +350,12 @@ class Trainer:
         if not self.info.is_main:
             return {}
         extra = {"objective": self.objective.name, "step": step}
-        sel = self.selection
-        if sel is not None and sel.export_best:
-            best = sel.best_encoder_state()
+        keeper = self.export_keeper()
+        if keeper is not None:
+            best = keeper.best_encoder_state()
             if best is not None:
                 state = best
-                extra.update({"step": sel.best_step, "selected_by": "holdout_loss", "holdout_loss": sel.best_loss})
+                extra.update(keeper.export_info())
         if self.config.model.is_clip:
             extra["clip_stride"] = self.config.clips.stride
         vit = create_vit(self.config.model)
@@ -422,7 +454,12 @@ class Trainer:
         """The metrics processor of a run resumed at ``start``: the metrics files (cut back to ``start``),
         the collapse monitor, SALT's selection and the extra hooks and sinks; the step-0 row of a new run."""
         rt, info = self.rt, self.info
-        log = MetricsLog(self.run, enabled=info.is_main, resume_step=start if start > 0 else None)
+        log = MetricsLog(
+            self.run,
+            enabled=info.is_main,
+            resume_step=start if start > 0 else None,
+            extra_columns=sorted(self.probe_subset.columns()) if self.probe_subset is not None else (),
+        )
         best_rank = (
             max(
                 (float(r["rankme"]) for r in MetricsLog.read(self.run) if "rankme" in r and r["step"] <= start),
@@ -451,6 +488,22 @@ class Trainer:
                     sharded=self.strategy == "fsdp",
                 )
             )
+        probes = None
+        if self.probe is not None:
+            from cxrjepa.pretrain.probes import ProbeHook
+
+            probes = ProbeHook(
+                self.probe,
+                self.objective,
+                self.normalizer,
+                self._autocast,
+                info,
+                every=rt.probe_cadence(),
+                total=self.total,
+                keeper=self.probe_keeper,
+                sharded=self.strategy == "fsdp",
+            )
+            hooks.append(probes)
         hooks += [make(self) for make in self.hook_factories]
         metrics = MetricsProcessor(
             info,
@@ -463,7 +516,10 @@ class Trainer:
             sinks=[log, *self.sinks],
         )
         if start == 0 and self.stop > 0:  # every rank: the monitor forward is a collective under FSDP
-            metrics.write({"step": 0, "epoch": 0.0, **features.baseline()})
+            row = {"step": 0, "epoch": 0.0, **features.baseline()}
+            if probes is not None:  # the random-init baseline of the probes (logged, never selected)
+                probes(0, row)
+            metrics.write(row)
         return metrics
 
     def _outcome(self, start: int, metrics: MetricsProcessor) -> TrainOutcome:
@@ -480,11 +536,18 @@ class Trainer:
             describe=self.objective.describe(),
             init=self.init_info,
         )
+        if self.probe_subset is not None:
+            outcome.probes = self.probe_subset.describe(
+                self.rt.probe_cadence(), self.probe_keeper.metric if self.probe_keeper else None
+            )
         if outcome.steps >= self.stop:
             outcome.export = self._export(outcome.steps)
-            if self.selection is not None:
-                outcome.selection = self.selection.summary(
-                    int(outcome.export.get("step", outcome.steps) or outcome.steps)
-                )
+            exported = int(outcome.export.get("step", outcome.steps) or outcome.steps)
+            if self.probe_keeper is not None:
+                outcome.selection = self.probe_keeper.summary(exported)
+                if self.selection is not None:
+                    outcome.selection["holdout"] = self.selection.summary(exported)
+            elif self.selection is not None:
+                outcome.selection = self.selection.summary(exported)
             barrier(self.info)
         return outcome

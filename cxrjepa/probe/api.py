@@ -60,18 +60,27 @@ __all__ = ["ProbeConfig", "ProbeOptions", "run_probe", "build_tasks", "METRICS_J
 ALGORITHM_VERSION = 1
 
 
-def build_tasks(config: ProbeConfig, emb: Embeddings, labels: str | Path | None) -> tuple[list[Task], dict]:
-    """The tasks to probe, with labels aligned to the embeddings rows."""
-    index = emb.index
+def build_tasks(
+    config: ProbeConfig,
+    index: pd.DataFrame,
+    label_columns: list[str],
+    labels: str | Path | None,
+    *,
+    what: str = "embeddings",
+    key_flag: str = "--key",
+) -> tuple[list[Task], dict]:
+    """The tasks to probe, with labels aligned to the rows of ``index`` (the embeddings index; pretrain's
+    in-training probes: the dataset's metadata), whose label columns are ``label_columns``. ``what`` and
+    ``key_flag`` name the table and the join-key option in messages."""
     join_info: dict = {}
     refuse_identifying(config.tasks, "probe")
     if labels is not None:
-        table, join_info = join_labels(index, labels, config.key, config.tasks or None)
+        table, join_info = join_labels(index, labels, config.key, config.tasks or None, what=what)
         names = list(config.tasks or table.columns)
         if join_info["matched_samples"] == 0:
-            raise UsageError(f"No row of the labels file matched the embeddings on '{config.key}'; check --key.")
+            raise UsageError(f"No row of the labels file matched the {what} on '{config.key}'; check {key_flag}.")
     else:
-        names = list(config.tasks) or [c for c in emb.label_columns if not is_identifying(c)]
+        names = list(config.tasks) or [c for c in label_columns if not is_identifying(c)]
         if not names:
             raise UsageError(
                 "The embeddings carry no label columns; pass --labels CSV (with --key) or --label-col COLUMN."
@@ -79,7 +88,7 @@ def build_tasks(config: ProbeConfig, emb: Embeddings, labels: str | Path | None)
         missing = [n for n in names if n not in index.columns]
         if missing:
             raise UsageError(
-                f"The embeddings index has no column '{missing[0]}' (label columns: {', '.join(emb.label_columns) or 'none'})."
+                f"The {what} index has no column '{missing[0]}' (label columns: {', '.join(label_columns) or 'none'})."
             )
         table = index
     tasks = []
@@ -130,7 +139,8 @@ def _scores_frame(
     return df
 
 
-def _fit(kind: str, task: Task, X, y, tr, va, config: ProbeConfig) -> Probe:
+def fit_probe(kind: str, task: Task, X, y, tr, va, config: ProbeConfig) -> Probe:
+    """A ``linear`` or ``knn`` probe fitted on rows ``tr`` of ``X``, its strength or k chosen on rows ``va``."""
     if kind == "linear":
         return fit_linear(
             task, X[tr], y[tr], X[va], y[va], c_grid=config.c_grid, alpha_grid=config.alpha_grid, seed=config.seed
@@ -138,7 +148,7 @@ def _fit(kind: str, task: Task, X, y, tr, va, config: ProbeConfig) -> Probe:
     return fit_knn(task, X[tr], y[tr], X[va], y[va], ks=config.knn_k)
 
 
-def _usable(task: Task, sides: dict[str, np.ndarray]) -> str | None:
+def usable(task: Task, sides: dict[str, np.ndarray]) -> str | None:
     """Why a task cannot be probed with this split, or ``None``."""
     if len(sides["train"]) < 2 or len(sides["test"]) < 1:
         return f"too few labelled samples (train {len(sides['train'])}, test {len(sides['test'])})"
@@ -179,7 +189,11 @@ def run_probe(
         return artifact
     seg = config.segmentation.enabled
     # with --task segmentation, label tasks run only when asked for (--label-col or --labels)
-    tasks, join_info = build_tasks(config, emb, labels) if (not seg or config.tasks or labels is not None) else ([], {})
+    tasks, join_info = (
+        build_tasks(config, emb.index, emb.label_columns, labels)
+        if (not seg or config.tasks or labels is not None)
+        else ([], {})
+    )
     if dry_run:
         console.info(
             f"Would probe {len(tasks)} task(s){' and segmentation' if seg else ''} on '{embeddings}' into '{out}' ({builder.action})."
@@ -281,7 +295,7 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     sub_cols = attribute_columns(index, config.subgroups, config.age_bands) if config.subgroups else {}
     for task in tasks:
         sides = {s: np.flatnonzero(task.mask & (split_arr == s)) for s in SIDES}
-        why = _usable(task, sides)
+        why = usable(task, sides)
         if why:
             console.warn(f"Skipping task '{task.name}': {why}.")
             builder.notes.append(f"task {task.name} skipped: {why}")
@@ -297,7 +311,7 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
         entry["probes"] = {}
         labelled = np.flatnonzero(task.mask)
         for kind in config.probes:
-            probe = _fit(kind, task, X, y, tr, va, config)
+            probe = fit_probe(kind, task, X, y, tr, va, config)
             s_te = probe.scores(X[te])
             ev = metrics.evaluate(
                 task.type, y[te], s_te, patients[te], task.classes or None, n_boot=config.bootstrap, seed=config.seed
@@ -329,7 +343,9 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
                 )
             }
         if sub_cols:
-            main_probe = linear_probes[task.name][1] if main == "linear" else _fit(main, task, X, y, tr, va, config)
+            main_probe = (
+                linear_probes[task.name][1] if main == "linear" else fit_probe(main, task, X, y, tr, va, config)
+            )
             cols = {k: v.iloc[te].reset_index(drop=True) for k, v in sub_cols.items()}
             sg = evaluate_subgroups(
                 task.type,

@@ -177,9 +177,10 @@ def _norm_key(s: pd.Series) -> pd.Series:
 
 
 def join_labels(
-    index: pd.DataFrame, csv: str | Path, key: str, columns: list[str] | None = None
+    index: pd.DataFrame, csv: str | Path, key: str, columns: list[str] | None = None, *, what: str = "embeddings"
 ) -> tuple[pd.DataFrame, dict]:
-    """Label columns from ``csv`` aligned with the embeddings ``index`` rows; plus join counts.
+    """Label columns from ``csv`` aligned with the rows of ``index`` (embeddings, or a dataset's metadata); plus
+    join counts.
 
     ``key`` is a column present in both, or ``CSVCOL=INDEXCOL``. Paths are compared with forward slashes.
     Without ``columns``, every column but the key and the identifying ones (dropped before anything else
@@ -199,9 +200,7 @@ def join_labels(
             f"The labels file has no column '{ckey}' (its columns: {', '.join(map(str, table.columns[:20]))})."
         )
     if ikey not in index.columns:
-        raise UsageError(
-            f"The embeddings index has no column '{ikey}' to join labels on (try sample_id or source_path)."
-        )
+        raise UsageError(f"The {what} index has no column '{ikey}' to join labels on (try sample_id or source_path).")
     left_out = [c for c in identifying(table.columns) if c != ckey]
     columns = list(columns or [c for c in table.columns if c != ckey and c not in left_out])
     missing = [c for c in columns if c not in table.columns]

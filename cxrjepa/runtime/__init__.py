@@ -14,6 +14,7 @@ What a stage does with its processes (DDP / FSDP for pretrain, which rows each r
 
 from cxrjepa.runtime.group import (
     DistInfo,
+    all_gather_rows,
     all_reduce_mean,
     barrier,
     broadcast_object,
@@ -33,6 +34,7 @@ __all__ = [
     "LaunchSpec",
     "ProcessPlan",
     "StopSignals",
+    "all_gather_rows",
     "all_reduce_mean",
     "barrier",
     "broadcast_object",

@@ -123,6 +123,16 @@ def broadcast_object(obj: T, info: DistInfo, src: int = 0) -> T:
     return box[0]
 
 
+def all_gather_rows(rows: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Every rank's ``rows`` (the same shape on each rank), concatenated in rank order (``rows`` itself outside
+    a process group)."""
+    if not info.distributed:
+        return rows
+    parts = [torch.empty_like(rows) for _ in range(info.world)]
+    dist.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
+
+
 def shard(items: Sequence[Any], index: int, count: int) -> list[Any]:
     """The ``index``-th of ``count`` contiguous, near-equal slices of ``items`` (rank r of w takes
     ``shard(units, r, w)``; the slices cover ``items`` once, in order)."""

@@ -107,9 +107,10 @@ def metric_name(*parts: str) -> str:
 
 
 def row_metrics(stage: str, row: Mapping[str, Any]) -> dict[str, float]:
-    """A metrics row (metrics.jsonl) as tracker metrics: ``stage/column`` for every numeric column but ``step``."""
+    """A metrics row (metrics.jsonl) as tracker metrics: ``stage/column`` for every numeric column but ``step``
+    (a column's own ``/`` separate its parts: ``probe/<task>/linear_auroc`` -> ``pretrain/probe/<task>/linear_auroc``)."""
     return {
-        metric_name(stage, k): float(v)
+        metric_name(stage, *str(k).split("/")): float(v)
         for k, v in row.items()
         if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
     }

@@ -142,9 +142,36 @@ def collapse_warnings(label: str, m: RunMetrics) -> list[str]:
     return out
 
 
+#: how the in-training probes' metric names read in panel titles
+PROBE_METRIC_NAMES = {
+    "auroc": "AUROC",
+    "balanced_accuracy": "balanced accuracy",
+    "macro_f1": "macro-F1",
+    "mae": "MAE",
+    "r2": "R²",
+}
+
+
+def probe_curves(frames) -> list[tuple[str, str, str, bool, bool]]:
+    """The in-training probes' columns (``probe/<task>/<probe>_<metric>``) of the runs' metrics as CURVES
+    entries, in the order the runs logged them: ``Probe <task>: <probe> <metric>``."""
+    out, seen = [], set()
+    for df in frames:
+        for col in df.columns:
+            parts = str(col).split("/")
+            if len(parts) != 3 or parts[0] != "probe" or col in seen:
+                continue
+            seen.add(col)
+            kind, _, metric = parts[2].partition("_")
+            name = PROBE_METRIC_NAMES.get(metric, metric)
+            out.append((col, f"Probe {parts[1]}: {kind} {name}", name, False, False))
+    return out
+
+
 def _curves(ctx: Context, sec: Section, curves: list[RunCurves]) -> None:
     panels = []
-    for key, title, ylabel, logy, smoothed in CURVES:
+    probes = probe_curves(rc.metrics.frame for rc in curves)
+    for key, title, ylabel, logy, smoothed in (*CURVES, *probes):
         series = []
         for rc in curves:
             df = rc.metrics.frame
@@ -173,6 +200,11 @@ def _curves(ctx: Context, sec: Section, curves: list[RunCurves]) -> None:
             caption="Faint lines are logged values, bold lines their moving average. "
             + (f"Long logs are thinned to about {n_points:,} evenly spaced steps. " if thinned else "")
             + "I-JEPA's loss often rises after the first epochs and is not a progress signal; "
-            "feature std and effective rank are (falling towards zero means collapse).",
+            "feature std and effective rank are (falling towards zero means collapse)"
+            + (
+                ", and so are the in-training probes' held-out scores (step 0: the encoder at random init)."
+                if probes
+                else "."
+            ),
         )
     )
