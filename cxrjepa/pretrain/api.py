@@ -147,6 +147,20 @@ def _input_refs(config: PretrainConfig, data, teacher, teacher_weights, init, pr
     return pretrain_input_refs(data, teacher, teacher_weights, init, labels)
 
 
+def _check_probes(config: PretrainConfig, dataset: DatasetArtifact, probe_labels: str | None) -> None:
+    """Refuse, before anything is written, in-training probe settings that cannot work (an identifying column
+    asked for by name, a join key or task that does not exist, ``selection: probe`` without labels)."""
+    from cxrjepa.pretrain.probes import probe_subset
+    from cxrjepa.probe.api import refuse_identifying
+
+    refuse_identifying(config.runtime.probe_tasks, "probe")
+    subset = probe_subset(config, dataset, probe_labels, warn=False)
+    if subset is not None and config.selection == "probe":
+        from cxrjepa.pretrain.probes import probe_keeper
+
+        probe_keeper(None, subset, config.runtime.probe_select)
+
+
 def _check_inputs(config: PretrainConfig, teacher, teacher_weights) -> None:
     takes_teacher = getattr(objective_class(config.objective), "takes_inputs", False)
     if teacher is not None and not takes_teacher:
@@ -288,6 +302,8 @@ def run_pretrain(
     if probe_labels and not Path(probe_labels).is_file():
         raise UsageError(f"The probe labels file '{probe_labels}' does not exist.")
     refs = _input_refs(config, data, teacher, teacher_weights, init, probe_labels)
+    if not dry_run and not in_worker():
+        _check_probes(config, dataset, probe_labels)
     inputs = ObjectiveInputs(teacher=teacher, teacher_weights=teacher_weights, init=init)
     procs = plan_processes(options.gpus, options.nproc, nnodes=options.nnodes, check=not dry_run)
     launching = procs.launches and not in_worker()

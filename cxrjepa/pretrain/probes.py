@@ -279,4 +279,4 @@ def probe_keeper(run, subset: ProbeSubset, select: str | None):
             f"'runtime.probe_select' is '{metric}', which the in-training probes do not log; "
             f"choose one of {', '.join(sorted(columns))}."
         )
-    return BestKeeper(run, metric, higher=columns[metric])
+    return BestKeeper(run, metric=metric, higher=columns[metric])

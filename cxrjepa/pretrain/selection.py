@@ -25,7 +25,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +115,7 @@ class BestKeeper:
     ``export_best``; with ``keep`` off it only records the history (another keeper owns ``best``)."""
 
     run: Path
+    _: KW_ONLY
     metric: str
     higher: bool = False
     export_best: bool = True
@@ -193,11 +194,12 @@ class BestKeeper:
 class HoldoutSelection(BestKeeper):
     """Evaluates the held-out loss (SALT) and keeps the best student of a run."""
 
-    batches: list[dict] = field(default_factory=list)
-    items: int = 0
-    patients: int = 0
-    fraction: float = 0.0
-    every: int = 0
+    batches: list[dict]
+    items: int
+    patients: int
+    fraction: float
+    every: int
+    _: KW_ONLY
     metric: str = "holdout_loss"
 
     @property

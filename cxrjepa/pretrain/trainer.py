@@ -267,13 +267,13 @@ class Trainer:
             )
             self.selection = HoldoutSelection(
                 self.run,
+                batches,
+                len(self.holdout_items),
+                self.holdout_patients,
+                self.objective.holdout_fraction(cfg),
+                every,
                 export_best=export_best and cfg.selection != "probe",
                 keep=cfg.selection != "probe",  # with selection: probe the probes own checkpoints/best
-                batches=batches,
-                items=len(self.holdout_items),
-                patients=self.holdout_patients,
-                fraction=self.objective.holdout_fraction(cfg),
-                every=every,
             )
             self.selection.restore(start, MetricsLog.read(self.run) if start else [])
         self._probes(start, cache)
