@@ -1,4 +1,5 @@
-"""Several processes (gloo on CPU) train exactly like one process with the same global batch."""
+"""Several processes (gloo on CPU) train exactly like one process with the same global batch, and probe and select
+(in-training probes, ``selection: probe``) alike."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import safetensors.torch
 import yaml
 
 from cxrjepa.core.config import load_config
-from cxrjepa.data.store import write_dataset
+from cxrjepa.data.store import default_meta, write_dataset
 from cxrjepa.pretrain import PretrainConfig, run_pretrain
 from cxrjepa.pretrain.monitors import MetricsLog
 
@@ -24,7 +25,10 @@ CONFIG = {
     "ijepa": {"predictor": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}},
     "train": {"batch_size": 8, "steps": 4},
     "runtime": {"workers": 0, "log_every": 2, "monitor_every": 2, "checkpoint_every": 4, "monitor_batch": 8},
+    # in-training probes on the dataset's label column, choosing the export (a collective under FSDP)
+    "selection": "probe",
 }
+CONFIG["runtime"]["probe_every"] = 2
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +38,12 @@ def single(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = (rng.random((24, 32, 32)) * 64).astype(np.uint8)
     images[:, 8:24, 8:24] += 128
+    bright = np.arange(24) % 2 == 1
+    images[bright, 24:, :] += 100
+    meta = default_meta(24)
+    meta["finding"] = np.where(bright, "yes", "no")
     data = tmp / "data"
-    write_dataset(data, images)
+    write_dataset(data, images, meta, label_columns=["finding"])
     cfg_file = tmp / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(CONFIG))
     run = tmp / "single"
@@ -94,4 +102,14 @@ def test_two_gloo_processes_match_one_process(single, strategy, tmp_path):
     assert [r["step"] for r in rows] == [0, 2, 4]  # rank 0 alone wrote the metrics
     np.testing.assert_allclose(
         [r.get("loss", 0) for r in rows], [r.get("loss", 0) for r in MetricsLog.read(single)], atol=1e-5
+    )
+    # the probes: each rank embeds its share, rank 0 fits, every rank logs and selects the same
+    probe = "probe/finding/linear_auroc"
+    assert [r["step"] for r in rows if probe in r] == [0, 2, 4]
+    for a, b in zip(rows, MetricsLog.read(single)):
+        assert {k for k in a if k.startswith("probe/")} == {k for k in b if k.startswith("probe/")}
+        np.testing.assert_allclose([a.get(probe, 0)], [b.get(probe, 0)], atol=1e-5)
+    sel = manifest["contents"]["selection"]
+    assert (
+        sel["best_step"] == yaml.safe_load((single / "manifest.yaml").read_text())["contents"]["selection"]["best_step"]
     )
