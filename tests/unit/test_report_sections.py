@@ -10,14 +10,14 @@ import pytest
 
 from cxrjepa.core.artifact import begin, input_refs
 from cxrjepa.core.schema import SchemaError
-from cxrjepa.pretrain.layout import RunMetrics
+from cxrjepa.pretrain.layout import RunMetrics, read_metrics
 from cxrjepa.probe.layout import FewshotMetric, Metric
 from cxrjepa.report.config import ReportConfig
 from cxrjepa.report.doc import Figure, Note, Table
 from cxrjepa.report.lineage import collect
 from cxrjepa.report.sections import probes
 from cxrjepa.report.sections.base import Context
-from cxrjepa.report.sections.pretraining import collapse_warnings
+from cxrjepa.report.sections.pretraining import collapse_warnings, probe_curves
 from tests.report_chain import bare_artifact, training_log
 
 
@@ -35,6 +35,27 @@ def test_collapse_is_flagged_when_feature_std_and_rank_fall_and_not_otherwise():
     assert any("collapsed to a constant" in w for w in dead)
     nan = collapse_warnings("nan", RunMetrics(pd.DataFrame({"step": [0, 1]}), 2, {"loss": 3}))
     assert nan == ["Run nan: loss was NaN or infinite at 3 logged step(s); training diverged there."]
+
+
+def test_in_training_probe_rows_survive_thinning_and_get_a_panel_each(tmp_path):
+    """A long log is thinned for the curves, but the sparse rows of the in-training probes are all kept."""
+    rows = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(0, 5000, 10)]
+    for r in rows:
+        if r["step"] % 370 == 0:
+            r["probe/effusion/linear_auroc"] = 0.5 + r["step"] / 20000
+            r["probe/age/knn_mae"] = 9.0 - r["step"] / 1000
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pd.DataFrame(rows).to_csv(tmp_path / "metrics.csv", index=False)
+    want = [r["step"] for r in rows if "probe/age/knn_mae" in r]
+    for name in ("metrics.jsonl", "metrics.csv"):
+        got = read_metrics([tmp_path / name], max_points=50)
+        assert len(got.frame) < len(rows) // 4  # thinned ...
+        assert got.frame.dropna(subset=["probe/age/knn_mae"])["step"].tolist() == want  # ... but no probe row lost
+    panels = probe_curves([got.frame])
+    assert [(key, title) for key, title, *_ in panels] == [
+        ("probe/effusion/linear_auroc", "Probe effusion: linear AUROC"),
+        ("probe/age/knn_mae", "Probe age: knn MAE"),
+    ]
 
 
 def test_metric_values_are_formatted_with_their_intervals():

@@ -95,6 +95,10 @@ def test_logger_names_are_checked_and_csv_is_always_on():
 def test_metric_names_are_the_same_for_every_tracker():
     row = {"step": 4, "loss": 0.5, "grad_norm": None, "stopped": True, "epoch": 1, "note": "x"}
     assert row_metrics("pretrain", row) == {"pretrain/loss": 0.5, "pretrain/epoch": 1.0}
+    # the in-training probes' columns keep their parts
+    assert row_metrics("pretrain", {"step": 4, "probe/Pleural Effusion (any)/linear_auroc": 0.75}) == {
+        "pretrain/probe/Pleural Effusion _any_/linear_auroc": 0.75
+    }
     assert (
         metric_name("probe", "Pleural Effusion (any)", "linear", "auroc") == "probe/Pleural Effusion _any_/linear/auroc"
     )
