@@ -5,12 +5,13 @@ holds the loss (mean over the ranks and the steps since the previous row), the s
 scalars, the gradient norm, throughput, MFU and peak GPU memory; the due hooks add their columns; then the
 row goes to the sinks (on rank 0) and to the console.
 
-Two extension points, for what plugs into training later (trackers, in-training probes):
+Two extension points, for what plugs into training:
 
 * a **hook** (:class:`Hook`) chooses its steps and adds columns to their rows. Every rank runs it, so it may
   use collectives (the collapse monitor's forward pass is one under FSDP). The built-in hooks are the
-  collapse monitor (:class:`cxrjepa.pretrain.monitors.FeatureMonitor`) and SALT's held-out selection
-  (:class:`cxrjepa.pretrain.selection.SelectionHook`); the trainer makes extra ones from factories that
+  collapse monitor (:class:`cxrjepa.pretrain.monitors.FeatureMonitor`), SALT's held-out selection
+  (:class:`cxrjepa.pretrain.selection.SelectionHook`) and the in-training probes
+  (:class:`cxrjepa.pretrain.probes.ProbeHook`); the trainer makes extra ones from factories that
   receive it (and so reach the objective, its encoder, the device and the process group).
 * a **sink** (:class:`Sink`) receives every finished row on rank 0: ``metrics.jsonl`` / ``metrics.csv``
   (:class:`cxrjepa.pretrain.monitors.MetricsLog`), or the experiment trackers (TensorBoard, MLflow, W&B:

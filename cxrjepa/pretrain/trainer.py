@@ -3,7 +3,8 @@ export. The objective supplies the modules, masks and loss.
 
 The loop itself (:meth:`Trainer._loop`) is three parts, in the manner of torchtitan's trainer:
 :meth:`Trainer.train_step` (one optimizer step), the :class:`~cxrjepa.pretrain.metrics.MetricsProcessor`
-(which steps are logged, their rows, the collapse monitor, SALT's selection and any extra hooks and sinks)
+(which steps are logged, their rows, the collapse monitor, SALT's selection, the in-training probes and any
+extra hooks and sinks)
 and the :class:`~cxrjepa.pretrain.checkpoint.Checkpointer` (when to save, what to keep, resume).
 """
 
