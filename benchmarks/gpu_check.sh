@@ -3,7 +3,7 @@
 # written to one results file (RESULTS/gpu.md, and gpu.json beside it).
 #
 #   bash benchmarks/gpu_check.sh [--wheelhouse DIR] [--results DIR] [--budget SECONDS] [--commit SHA]
-#   bash benchmarks/gpu_check.sh --dry-run          # any machine: print and check every step, write nothing
+#   bash benchmarks/gpu_check.sh --dry-run [--wheelhouse DIR]  # any machine: print and check every step
 #   bash benchmarks/gpu_check.sh --make-wheelhouse DIR   # a machine with PyPI: wheels a bare GPU image lacks
 #
 # Steps, each in its own process with its own time limit (cut to what is left of --budget); a step that fails
@@ -19,7 +19,7 @@
 #
 # PYTHON (default python3) is the interpreter: it must hold torch; cxrjepa runs from this checkout (PYTHONPATH),
 # so no install is needed beyond its dependencies. Exit status: 0 every step ok or skipped, 1 a step failed or
-# timed out (the results are written either way), 2 usage.
+# timed out (the results are written either way), 2 usage (or, outside --dry-run, no CUDA device).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 ROOT=$PWD
@@ -116,6 +116,7 @@ check() {
     case $kind in
     pretrain | embed | salt) "$PY" -m py_compile "$2" && "$@" --dry-run ;;
     tests) "$@" --collect-only 2>&1 | tail -n 15 ;; # the same command, collecting only
+    env) "$@" ;; # the install goes to the temporary work folder: a dry run checks the wheelhouse too
     *) return 0 ;;
     esac
 }

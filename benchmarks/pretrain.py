@@ -17,7 +17,8 @@ Sections (``--sections``, comma-separated; default: all that can run here):
 * ``gpu``     ViT-B/16 at 224 px, bf16, batch ``--gpu-batch``: images/s and MFU of each objective in
               ``--objectives`` (any registered name; default ijepa), eager and ``torch.compile`` per block
               (``--modes``). An objective's own recipe ``recipes/cxr-NAME-vitb16.yaml`` is used when there is one,
-              else the I-JEPA ViT-B/16 recipe with ``objective=NAME`` (that objective's default settings).
+              else the I-JEPA ViT-B/16 recipe with ``objective=NAME`` (that objective's default settings; SALT
+              gets a random teacher of the student's size).
               ``--if-registered`` records names missing from this checkout instead of refusing them.
 
 Every objective's step is the trainer's: its objective built by name, batches from the trainer's data path
@@ -68,7 +69,7 @@ from cxrjepa.pretrain.data import (  # noqa: E402
 )
 from cxrjepa.pretrain.masks import MultiBlockMasks, block_masks  # noqa: E402
 from cxrjepa.pretrain.monitors import MetricsLog, peak_flops  # noqa: E402
-from cxrjepa.pretrain.objectives import OBJECTIVES, build_objective  # noqa: E402
+from cxrjepa.pretrain.objectives import OBJECTIVES, build_objective, objective_class  # noqa: E402
 from cxrjepa.pretrain.objectives.base import ObjectiveInputs, TrainEnv  # noqa: E402
 from cxrjepa.pretrain.optim import build_optimizer  # noqa: E402
 from cxrjepa.runtime import DistInfo  # noqa: E402
@@ -173,7 +174,11 @@ def objective_step(
     objective loss, backward, AdamW with schedule groups, the objective's update after the step (EMA). The
     batches are ``distinct`` batches of the trainer's data stream, reused in turn."""
     torch.manual_seed(0)
-    obj = build_objective(cfg, ObjectiveInputs(normalization=dict(data.normalization))).to(device).train()
+    # an objective that learns from a frozen teacher (SALT) gets a random one of the student's size: weights do
+    # not change a step's cost (benchmarks/salt.py times SALT's other teachers and its cached targets)
+    teacher = f"random:{cfg.model.size}" if getattr(objective_class(cfg.objective), "takes_inputs", False) else None
+    inputs = ObjectiveInputs(normalization=dict(data.normalization), teacher=teacher)
+    obj = build_objective(cfg, inputs).to(device).train()
     dtype = torch.bfloat16 if amp else None
     obj.prepare(TrainEnv(device, dtype, DistInfo(device=device), data, None, cfg.runtime))
     if compile_blocks:
