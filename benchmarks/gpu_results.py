@@ -80,6 +80,11 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def figures(work: Path, step: Step) -> dict | None:
+    """The benchmark's ``--json`` output of a step that ran (a skipped step has none, whatever is on disk)."""
+    return None if step.status == "skipped" else read_json(work / f"{step.name}.json")
+
+
 def junit_counts(path: Path) -> dict | None:
     """passed / failed / errors / skipped and the ids of the tests that did not pass, from pytest's JUnit XML."""
     try:
@@ -191,7 +196,7 @@ def render(work: Path) -> tuple[str, dict]:
 
     tests = [s for s in steps if s.kind == "tests"]
     for s in tests:
-        counts = junit_counts(work / f"{s.name}.xml")
+        counts = None if s.status == "skipped" else junit_counts(work / f"{s.name}.xml")
         out["figures"][s.name] = counts
         md += ["", "## GPU tests (`pytest -m gpu`)", ""]
         if counts is None:
@@ -204,14 +209,17 @@ def render(work: Path) -> tuple[str, dict]:
         if counts["not_passed"]:
             md += ["", "Not passed: " + ", ".join(f"`{t}`" for t in counts["not_passed"]) + "."]
 
-    runs = [(s, read_json(work / f"{s.name}.json")) for s in steps if s.kind == "pretrain"]
+    runs = [(s, figures(work, s)) for s in steps if s.kind == "pretrain"]
     if runs:
         out["figures"]["pretrain"] = {s.name: r for s, r in runs}
         rows, notes = pretrain_rows([r for _s, r in runs if r])
         notes += [f"{s.name}: no figures ({s.missing})." for s, r in runs if not r]
-        md += ["", "## Pretraining step: ViT-B/16, 224 px, bf16 (`benchmarks/pretrain.py`)", ""]
+        md += ["", "## Pretraining step: ViT-B/16, 224 px, bf16 (`benchmarks/pretrain.py`)"]
         if rows:
-            md += table(["objective", "mode", "batch", "images/s", "MFU", "TFLOP/step", "ms/step", "config"], rows)
+            md += [
+                "",
+                *table(["objective", "mode", "batch", "images/s", "MFU", "TFLOP/step", "ms/step", "config"], rows),
+            ]
         md += ["", *(f"- {n}" for n in notes)] if notes else []
         md += [
             "",
@@ -221,7 +229,7 @@ def render(work: Path) -> tuple[str, dict]:
         ]
 
     for s in (s for s in steps if s.kind == "embed"):
-        r = read_json(work / f"{s.name}.json")
+        r = figures(work, s)
         out["figures"][s.name] = r
         md += ["", "## Embed vs a bare forward (`benchmarks/embed.py`)", ""]
         if not r:
@@ -243,7 +251,7 @@ def render(work: Path) -> tuple[str, dict]:
         )
 
     for s in (s for s in steps if s.kind == "salt"):
-        r = read_json(work / f"{s.name}.json")
+        r = figures(work, s)
         out["figures"][s.name] = r
         gpu = (r or {}).get("gpu")
         md += ["", "## SALT step vs I-JEPA (`benchmarks/salt.py`)", ""]

@@ -166,3 +166,16 @@ def test_peer_gets_the_batches_cxrjepa_trains_on(pretrain, tmp_path):
         for key in ("images", "context", "targets"):
             assert torch.equal(a[key], b[key])
     assert not torch.equal(ours[0]["context"], ours[1]["context"])  # a new mask draw per step
+
+
+def test_a_dry_run_shows_no_figures(tmp_path):
+    """--dry-run records every step as skipped: its collect-only test report and empty outputs are not figures."""
+    work = work_folder(tmp_path)
+    steps = [
+        (n, k, "skipped", "", "0", "240", "dry run: checked") for n, k in (("pretrain", "pretrain"), ("tests", "tests"))
+    ]
+    (work / "steps.tsv").write_text("".join("\t".join(s) + "\n" for s in steps))
+    md, data = results.render(work)
+    assert "No test report (skipped: dry run: checked)." in md
+    assert "passed" not in md and "| ijepa |" not in md and "## Failures" not in md
+    assert data["figures"]["tests"] is None
