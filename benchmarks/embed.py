@@ -114,7 +114,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="best of this many timed runs")
     ap.add_argument("--workers", type=int, default=None, help="embed reader processes (default: automatic)")
     ap.add_argument("--rss-n", type=int, default=256, help="N for the memory check (also 4N); 0 skips it")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments, print what would run, and exit")
     args = ap.parse_args()
+    if args.device.startswith("cuda") and not args.dry_run and not torch.cuda.is_available():
+        ap.error(f"--device {args.device}: no CUDA device here")
+    if args.dry_run:
+        print(
+            f"embed.py would embed {args.n} {args.size}-px images with random:{args.arch} on {args.device} "
+            f"(batch {args.batch_size}, best of {args.repeats}) against a bare forward"
+            + (f"; peak RSS at {args.rss_n} and {4 * args.rss_n} images" if args.rss_n else "")
+        )
+        return
     spec = f"random:{args.arch}"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -145,6 +156,8 @@ def main() -> None:
             )
     result["self_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

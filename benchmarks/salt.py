@@ -209,12 +209,22 @@ def main() -> None:
         "more threads spin-wait whenever another job holds a core)",
     )
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--dry-run", action="store_true", help="check the arguments, print what would run, and exit")
     args = ap.parse_args()
+    sections = set(args.sections.split(","))
+    if sections - {"cpu", "gpu"}:
+        ap.error(f"--sections: unknown {', '.join(sorted(sections - {'cpu', 'gpu'}))} (choose from cpu, gpu)")
+    if args.dry_run:
+        print(
+            f"salt.py would time I-JEPA, pixel and SALT steps ({args.steps} steps each) in sections "
+            f"{','.join(sorted(sections))} (CUDA {'present' if torch.cuda.is_available() else 'absent: no gpu section'})"
+        )
+        return
     torch.set_num_threads(args.threads)
     results = {"threads": args.threads, "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="cxrjepa-salt-bench-") as tmp:
         tmp = Path(tmp)
-        if "cpu" in args.sections:
+        if "cpu" in sections:
             rows = section(
                 torch.device("cpu"),
                 CPU_MODEL,
@@ -228,7 +238,7 @@ def main() -> None:
             )
             results["cpu"] = {"model": CPU_MODEL, "batch": args.batch, "rows": rows}
             print_rows(f"CPU: ViT-Tiny/8, 4 blocks, 64 px, batch {args.batch}, fp32, {args.threads} threads", rows)
-        if "gpu" in args.sections:
+        if "gpu" in sections:
             if torch.cuda.is_available():
                 torch.backends.cuda.matmul.allow_tf32 = True
                 rows = section(
