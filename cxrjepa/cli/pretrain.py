@@ -66,7 +66,7 @@ def command(
     out: OutOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    objective: Annotated[str | None, typer.Option("--objective", help="Pretraining objective: ijepa (default), pixel (masked-block pixel reconstruction: a SALT teacher) or salt (student of a frozen --teacher).")] = None,
+    objective: Annotated[str | None, typer.Option("--objective", help="Pretraining objective: ijepa (default), lejepa (multi-view invariance + SIGReg, no teacher), jepa-sigreg (I-JEPA masks and predictor, SIGReg instead of an EMA target), pixel (masked-block pixel reconstruction: a SALT teacher) or salt (student of a frozen --teacher).")] = None,
     teacher: Annotated[str | None, typer.Option("--teacher", help="SALT's frozen teacher: a run or export folder, timm:NAME (with --teacher-weights), a local Hugging Face folder, or random:ARCH. Never downloaded.")] = None,
     teacher_weights: Annotated[Path | None, typer.Option("--teacher-weights", help="Local weights file (safetensors or a plain state dict) for --teacher timm:NAME.")] = None,
     init: Annotated[Path | None, typer.Option("--init", help="Start from the encoder of this run or export (an image encoder is inflated to tubelets for clip models).")] = None,
