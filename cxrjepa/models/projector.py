@@ -91,10 +91,17 @@ class Projector(nn.Module):
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(config.layers - 1):
-            layers += [nn.Linear(width, config.hidden), GlobalBatchNorm(config.hidden), nn.ReLU(inplace=True)]
+            # no bias before batch norm: it would be removed by the norm (its gradient is rounding noise)
+            layers += [nn.Linear(width, config.hidden, bias=False), GlobalBatchNorm(config.hidden), nn.ReLU(inplace=True)]
             width = config.hidden
         layers.append(nn.Linear(width, config.out))
         self.net = nn.Sequential(*layers)
+
+    @property
+    def removes_shifts(self) -> bool:
+        """Whether a constant added to every input vector leaves the output unchanged (a linear map, then batch
+        norm): the gradient of such a shift is exactly zero."""
+        return self.config.layers > 1
 
     @property
     def out_dim(self) -> int:

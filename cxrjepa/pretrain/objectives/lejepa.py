@@ -88,7 +88,12 @@ class LeJEPA(Objective):
         super().__init__(config)
         self.settings: LeJEPAConfig = config.lejepa
         encoder = ViTEncoder(config.model)
-        self.student = LeJEPAStudent(encoder, Projector(self.settings.projector, encoder.embed_dim))
+        projector = Projector(self.settings.projector, encoder.embed_dim)
+        if projector.removes_shifts:
+            # the encoder's final norm bias shifts every embedding alike, which the projector's batch norm removes:
+            # its true gradient is zero, and Adam would turn the rounding noise in it into lr-sized steps
+            encoder.vit.norm.bias.requires_grad_(False)
+        self.student = LeJEPAStudent(encoder, projector)
         self.sigreg = SIGReg(config.sigreg, config.train.seed)
         self.normalizer: Normalizer | None = None
         self.terms = StepTerms()
