@@ -105,14 +105,19 @@ def test_run_trains_one_encoder_exports_it_and_holds_no_teacher(single):
     assert last["feat_std"] > 0.1 and last["rankme"] > 1.5  # no collapse
 
 
-def test_two_gloo_processes_match_one_process(single, dataset, tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_gloo_processes_match_one_process(single, strategy, dataset, tmp_path):
+    """DDP, and FSDP2 for lejepa (two encoder passes and global batch norm in one sharded forward): 2 CPU
+    processes train the weights of 1 process on the same global batch."""
     objective, cfg_file, run = single
+    if strategy == "fsdp" and objective != "lejepa":
+        pytest.skip("jepa-sigreg's student shards like ijepa's (tested in test_pretrain_distributed)")
     multi = tmp_path / "multi"
-    res = subprocess.run(cli(dataset, multi, cfg_file, "--nproc", "2", "--json"), env=env(), capture_output=True,
-                         text=True, timeout=600)
+    res = subprocess.run(cli(dataset, multi, cfg_file, "--nproc", "2", "--json", "--set",
+                             f"runtime.strategy={strategy}"), env=env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     manifest = yaml.safe_load((multi / "manifest.yaml").read_text())
-    assert manifest["contents"]["world_size"] == 2
+    assert manifest["contents"]["world_size"] == 2 and manifest["contents"]["strategy"] == strategy
     assert manifest["fingerprint"] == yaml.safe_load((run / "manifest.yaml").read_text())["fingerprint"]
     for step in ("step-000002", "step-000006"):
         assert_same_weights(run / "checkpoints" / step, multi / "checkpoints" / step, 1e-5)

@@ -38,7 +38,7 @@ def test_lejepa_loss_is_the_weighted_invariance_plus_per_view_sigreg():
     local = torch.randint(0, 255, (6, 3, 1, 16, 16), generator=gen, dtype=torch.uint8)
     batch = {"images": images, "local": local, "step": 3}
     loss, terms = obj.loss(obj.student, batch)
-    proj = obj.student(flat_views(images), flat_views(Normalizer(NORM)(local)), 6).float()
+    proj = obj.student(flat_views(images), flat_views(Normalizer(NORM)(local))).float().reshape(5, 6, 16)
     assert proj.shape == (5, 6, 16)
     centers = proj[:2].mean(0)
     inv = ((proj - centers) ** 2).mean()

@@ -62,7 +62,7 @@ def tokens_of(config, x: torch.Tensor) -> int:
 
 
 class LeJEPAStudent(nn.Module):
-    """Encoder + projector: ``forward(global_views, local_views)`` -> projections (V + W, B, K)."""
+    """Encoder + projector: ``forward(global_views, local_views)`` -> projections ((V + W) * B, K), view-major."""
 
     def __init__(self, encoder: ViTEncoder, projector: Projector):
         super().__init__()
@@ -73,12 +73,11 @@ class LeJEPAStudent(nn.Module):
         """The encoder's tokens (a forward method: FSDP gathers the parameters for it too)."""
         return self.encoder.tokens(x)
 
-    def forward(self, global_views: torch.Tensor, local_views: torch.Tensor | None, batch: int) -> torch.Tensor:
+    def forward(self, global_views: torch.Tensor, local_views: torch.Tensor | None) -> torch.Tensor:
         feats = [self.encoder(global_views)]
         if local_views is not None:
             feats.append(self.encoder(local_views))
-        z = self.projector(torch.cat(feats))
-        return z.reshape(-1, batch, z.shape[-1])
+        return self.projector(torch.cat(feats))
 
 
 class LeJEPA(Objective):
@@ -117,7 +116,8 @@ class LeJEPA(Objective):
             if self.normalizer is None:
                 raise ConfigError("Internal error: LeJEPA.prepare was not called.")
             local = flat_views(self.normalizer(local))
-        proj = student(flat_views(images), local, b).float()  # (V + W, B, K)
+        proj = student(flat_views(images), local).float()
+        proj = proj.reshape(-1, b, proj.shape[-1])  # (V + W, B, K)
         centers = proj[:v].mean(dim=0)
         invariance = (proj - centers).square().mean()
         z = proj if self.settings.sigreg_views == "each" else proj.reshape(1, -1, proj.shape[-1])
