@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cxrjepa.core import console
-from cxrjepa.core.errors import ConfigError
+from cxrjepa.core.errors import ConfigError, CxrjepaError
 from cxrjepa.models.flops import encoder_flops, linear_flops
 from cxrjepa.models.projector import Projector, ProjectorConfig
 from cxrjepa.models.vit import ViTEncoder
@@ -114,7 +114,7 @@ class LeJEPA(Objective):
         local = batch.get("local")
         if local is not None:
             if self.normalizer is None:
-                raise ConfigError("Internal error: LeJEPA.prepare was not called.")
+                raise CxrjepaError("Internal error: LeJEPA.prepare was not called.")
             local = flat_views(self.normalizer(local))
         proj = student(flat_views(images), local).float()
         proj = proj.reshape(-1, b, proj.shape[-1])  # (V + W, B, K)
