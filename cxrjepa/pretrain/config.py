@@ -31,6 +31,8 @@ OBJECTIVE_SECTIONS = {"ijepa": "ijepa", "pixel": "pixel", "salt": "salt", "lejep
                       "jepa_sigreg": "jepa-sigreg"}
 #: objectives that always use the ``sigreg`` section (others only with ``sigreg.weight`` > 0)
 SIGREG_OBJECTIVES = ("lejepa", "jepa-sigreg")
+#: objectives that take ``sigreg.weight`` as an optional extra term
+SIGREG_EXTRA = ("ijepa", "salt")
 
 
 @dataclass
@@ -162,6 +164,10 @@ class PretrainConfig:
 
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"'objective' must be one of {', '.join(sorted(OBJECTIVES))}, not '{self.objective}'.")
+        if self.sigreg.weight and self.objective not in SIGREG_EXTRA:
+            where = {"lejepa": "lejepa.sigreg_weight", "jepa-sigreg": "jepa_sigreg.sigreg_weight"}.get(self.objective)
+            raise ConfigError(f"'sigreg.weight' is an extra term for {' and '.join(SIGREG_EXTRA)}, not {self.objective}"
+                              + (f"; set {where} instead." if where else "."))
 
     def science(self) -> dict:
         """The fingerprinted part: everything but ``runtime``, without the sections of other objectives, without

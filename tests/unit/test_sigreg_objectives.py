@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrjepa.core.config import load_config
+from cxrjepa.core.errors import ConfigError
 from cxrjepa.pretrain import PretrainConfig
 from cxrjepa.pretrain.data import Collator, Normalizer
 from cxrjepa.pretrain.objectives import build_objective
@@ -125,6 +126,10 @@ def test_config_sections_enter_the_fingerprint_only_where_they_play_a_part():
     assert {"jepa_sigreg", "sigreg"} <= keys("jepa-sigreg") and "lejepa" not in keys("jepa-sigreg")
     assert config("lejepa").science() != config("lejepa", "sigreg.slices=32").science()
     assert config("ijepa").science() == config("ijepa", "lejepa.sigreg_weight=0.5").science()
+    with pytest.raises(ConfigError, match="set lejepa.sigreg_weight instead"):
+        config("lejepa", "sigreg.weight=0.1")
+    with pytest.raises(ConfigError, match="extra term for ijepa and salt"):
+        config("pixel", "sigreg.weight=0.1")
 
 
 def test_exported_and_monitored_encoder_is_the_trained_one():
