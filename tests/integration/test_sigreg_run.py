@@ -69,9 +69,12 @@ def cli(dataset: Path, out: Path, cfg_file: Path, *extra: str) -> list[str]:
             str(cfg_file), "--gpus", "0", *extra]
 
 
-def env() -> dict:
+def env(threads: bool = True) -> dict:
+    """The CLI's environment: this process's (its thread count too: float sums depend on it) or, for torchrun
+    launches (which set their workers' threads), without OMP_NUM_THREADS."""
     out = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out.pop("OMP_NUM_THREADS", None)
+    if not threads:
+        out.pop("OMP_NUM_THREADS", None)
     return out
 
 
@@ -114,7 +117,8 @@ def test_two_gloo_processes_match_one_process(single, strategy, dataset, tmp_pat
         pytest.skip("jepa-sigreg's student shards like ijepa's (tested in test_pretrain_distributed)")
     multi = tmp_path / "multi"
     res = subprocess.run(cli(dataset, multi, cfg_file, "--nproc", "2", "--json", "--set",
-                             f"runtime.strategy={strategy}"), env=env(), capture_output=True, text=True, timeout=600)
+                             f"runtime.strategy={strategy}"), env=env(threads=False), capture_output=True, text=True,
+                         timeout=600)
     assert res.returncode == 0, res.stderr
     manifest = yaml.safe_load((multi / "manifest.yaml").read_text())
     assert manifest["contents"]["world_size"] == 2 and manifest["contents"]["strategy"] == strategy
