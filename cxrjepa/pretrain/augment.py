@@ -91,8 +91,9 @@ class RandomResizedCrop:
 class IntensityConfig:
     """Grey-level jitter of each view, on values scaled to [0, 1] by the dataset's ``divide_by``."""
 
-    #: probability of the contrast / brightness / gamma jitter (drawn once per view)
-    jitter_p: float = 0.8
+    #: probability of the contrast / brightness / gamma jitter (drawn once per view). Off by default: brightness
+    #: is signal in radiographs (opacities), and invariance to it cost a pneumonia probe (docs/pretrain.md)
+    jitter_p: float = 0.0
     #: contrast: scale around the view's mean by a factor in [1 - c, 1 + c]
     contrast: float = 0.4
     #: brightness: shift by up to +- this fraction of the value range

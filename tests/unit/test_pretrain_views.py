@@ -100,7 +100,7 @@ def test_speckle_is_multiplicative_gaussian_noise_is_not():
 
 def test_views_are_never_flipped_by_default():
     img = np.tile(np.linspace(0, 250, 64, dtype=np.float32), (64, 1)).astype(np.uint8)  # brighter to the right
-    views = ViewsConfig(intensity=IntensityConfig(blur_p=0.0, noise_p=0.0))
+    views = ViewsConfig(intensity=IntensityConfig(jitter_p=0.8, blur_p=0.0, noise_p=0.0))  # monotone jitter only
     crops = MultiCrop(views, AugmentConfig(), 32, 16, 255.0)
     flipping = MultiCrop(views, AugmentConfig(hflip=True), 32, 16, 255.0)
     rng = np.random.default_rng(0)
