@@ -65,7 +65,7 @@ TINY = {
 def recipe(name: str, *sets: str) -> PretrainConfig:
     if name == "tiny":
         return load_config(PretrainConfig, layers=[TINY], overrides=list(sets))
-    return load_config(PretrainConfig, files=[ROOT / "pipelines" / f"{name}.yaml"], overrides=list(sets))
+    return load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"], overrides=list(sets))
 
 
 def sync(device: torch.device) -> None:
@@ -109,7 +109,7 @@ def cxrjepa_step(cfg: PretrainConfig, batch: int, device: torch.device, steps: i
     torch.manual_seed(0)
     obj = IJEPA(cfg).to(device).train()
     if compile_blocks:
-        from cxrjepa.pretrain.distributed import compile_blocks as compile_all
+        from cxrjepa.pretrain.parallel import compile_blocks as compile_all
 
         compile_all(obj)
     opt = build_optimizer(obj.student, cfg.optim, fused=device.type == "cuda")

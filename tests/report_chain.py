@@ -137,8 +137,10 @@ def make_run(path: Path, dataset: Path, objective: str = "ijepa", steps: int = 6
     cfg = EncoderConfig(size="tiny", patch_size=16, image_size=SIZE)
     norm = (yaml.safe_load((Path(dataset) / "manifest.yaml").read_text())["contents"].get("normalization") or {})
     export_encoder(create_vit(cfg), cfg, b.path / "encoder", Normalization(**norm))
-    b.counts.update({"steps": steps, "epochs": steps // 10})
-    b.contents.update({"encoder": "encoder/encoder.safetensors", "metrics": "metrics.jsonl"})
+    b.counts.update({"steps": steps, "planned_steps": steps, "epochs": steps // 10})
+    b.contents.update({"objective": objective, "config": "config.yaml", "metrics": ["metrics.jsonl", "metrics.csv"],
+                       "encoder": {"weights": "encoder/encoder.safetensors", "config": "encoder/config.json"},
+                       "stopped_early": False})
     return b.finish()
 
 
@@ -166,7 +168,15 @@ def make_embeddings(path: Path, dataset: Path, run: Path) -> Artifact:
     meta.insert(0, "row", np.arange(len(meta)))
     meta.to_parquet(b.path / "index.parquet", index=False)
     b.counts.update({"samples": len(feats)})
-    b.contents.update({"features": {"shape": list(feats.shape), "dtype": "float16"}, "label_columns": [LABEL]})
+    ds_manifest = yaml.safe_load((Path(dataset) / "manifest.yaml").read_text())
+    run_manifest = yaml.safe_load((Path(run) / "manifest.yaml").read_text())
+    b.contents.update({
+        "arrays": {"features": {"path": "features.zarr/features", "shape": list(feats.shape), "dtype": "float16"},
+                   "features_last4": {"path": "features.zarr/features_last4", "shape": list(last4.shape), "dtype": "float16"}},
+        "index": "index.parquet", "label_columns": [LABEL],
+        "encoder": {"spec": str(run), "source": "cxrjepa", "fingerprint": run_manifest["content_fingerprint"]},
+        "dataset": {"path": str(dataset), "fingerprint": ds_manifest["content_fingerprint"]},
+    })
     return b.finish(hash_bytes(feats.tobytes()))
 
 
@@ -191,7 +201,13 @@ def _bootstrap(fn, y, s, rng, n=60) -> dict:
 
 
 def _binary_metrics(y: np.ndarray, score: np.ndarray, rng) -> dict:
-    from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        balanced_accuracy_score,
+        f1_score,
+        roc_auc_score,
+    )
 
     pred = (score >= 0.5).astype(int)
     return {
@@ -302,7 +318,8 @@ def make_probe(path: Path, embeddings: Path, dataset: Path, run: Path, seed: int
     (b.path / "metrics.yaml").write_text(yaml.safe_dump(metrics, sort_keys=False))
     pd.concat(preds).to_parquet(b.path / "predictions.parquet", index=False)
     b.counts.update({"samples": len(index), "tasks": 1})
-    b.contents.update({"metrics": "metrics.json", "predictions": "predictions.parquet", "split": "split.csv"})
+    b.contents.update({"metrics": "metrics.json", "metrics_yaml": "metrics.yaml", "predictions": "predictions.parquet",
+                       "split": {"path": "split.csv"}, "tasks": {LABEL: "binary"}})
     return b.finish()
 
 
@@ -363,6 +380,27 @@ def bare_artifact(path: Path, kind: str, inputs: dict | None = None, params: dic
     """A complete artifact with only a manifest (for lineage tests that never read outputs)."""
     b = begin(path, kind, params or {"name": Path(path).name}, input_refs(inputs or {}), force=True)
     return b.finish()
+
+
+# ---------------------------------------------------------------- reading back what a stage wrote
+
+
+def unread_fields(raw, typed, path: str = "") -> list[str]:
+    """Paths of ``raw`` (a file or manifest part as written) whose value a reader's typed view
+    (``cxrjepa.core.config.to_dict`` of it) does not hold unchanged: fields the reader drops or alters."""
+    if isinstance(raw, dict):
+        if not isinstance(typed, dict):
+            return [path or "(top level)"]
+        out = []
+        for k, v in raw.items():
+            where = f"{path}.{k}" if path else str(k)
+            out += unread_fields(v, typed[k], where) if k in typed else [where]
+        return out
+    if isinstance(raw, list):
+        if not isinstance(typed, list) or len(typed) != len(raw):
+            return [path]
+        return [p for i, (a, b) in enumerate(zip(raw, typed)) for p in unread_fields(a, b, f"{path}[{i}]")]
+    return [] if raw == typed else [path]
 
 
 # ---------------------------------------------------------------- checking a page

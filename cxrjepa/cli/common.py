@@ -17,7 +17,7 @@ import typer
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact
 from cxrjepa.core.config import dump_yaml, load_config
-from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, CxrjepaError
+from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, format_error
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the artifact to (created if missing).")]
 ConfigOpt = Annotated[
@@ -33,7 +33,18 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work even if t
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would be done and write nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
+MemoryCheckOpt = Annotated[
+    bool,
+    typer.Option("--memory-check/--no-memory-check",
+                 help="Refuse to start when the estimated peak memory does not fit this machine (default), "
+                      "or try anyway."),
+]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
+LoggerOpt = Annotated[
+    list[str] | None,
+    typer.Option("--logger", help="Experiment trackers: csv (always written), tensorboard, mlflow, wandb; comma-separated "
+                                  "or repeated (docs/tracking.md)."),
+]
 
 
 def resolve_config(cls: type, config: list[Path] | None, sets: list[str] | None, flags: dict[str, Any] | None = None):
@@ -70,6 +81,24 @@ def exit_code_for(artifact: Artifact) -> int:
     return EXIT_REJECTED if int(artifact.counts.get("rejected", 0) or 0) > 0 else EXIT_OK
 
 
+def report_error(exc: BaseException, verbose: bool = False) -> int:
+    """Print ``exc`` as one sentence on stderr (cxrjepa.core.errors.format_error) and return its exit code.
+
+    Errors it does not know are bugs: their type is named, their message (which could quote a value from an
+    input file) only with ``--verbose``, which also prints every traceback."""
+    if verbose:
+        traceback.print_exc(file=sys.stderr)
+    known = format_error(exc)
+    if known is not None:
+        console.error(known[0])
+        return known[1]
+    if verbose:
+        console.error(f"Unexpected {type(exc).__name__}: {exc}")
+    else:
+        console.error(f"Unexpected {type(exc).__name__}; rerun with --verbose for the traceback.")
+    return EXIT_FAILURE
+
+
 def execute(
     fn: Callable[[], Any],
     *,
@@ -86,23 +115,13 @@ def execute(
     console.configure(quiet=quiet, verbose=verbose, json_output=json_output)
     try:
         result = fn()
-    except CxrjepaError as exc:
-        if verbose:
-            traceback.print_exc(file=sys.stderr)
-        console.error(exc.message)
-        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         console.error("Interrupted; completed work is kept, rerun the same command to resume.")
         raise typer.Exit(EXIT_FAILURE) from None
     except typer.Exit:
         raise
-    except Exception as exc:  # an unexpected failure: name it, keep values out unless asked
-        if verbose:
-            traceback.print_exc(file=sys.stderr)
-            console.error(f"Unexpected {type(exc).__name__}: {exc}")
-        else:
-            console.error(f"Unexpected {type(exc).__name__}; rerun with --verbose for the traceback.")
-        raise typer.Exit(EXIT_FAILURE) from None
+    except Exception as exc:
+        raise typer.Exit(report_error(exc, verbose)) from None
     if summarize is not None:
         data, code = summarize(result)
     elif isinstance(result, Artifact):

@@ -12,6 +12,7 @@ from cxrjepa.cli.common import (
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    MemoryCheckOpt,
     OutOpt,
     PrintConfigOpt,
     QuietOpt,
@@ -52,6 +53,7 @@ def command(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs to shard over, one process each (default: 1 when CUDA is available).")] = None,
     processes: Annotated[int, typer.Option("--processes", help="CPU processes to shard over (gloo) when running on CPU.")] = 1,
+    memory_check: MemoryCheckOpt = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_cfg: PrintConfigOpt = False,
@@ -67,7 +69,8 @@ def command(
 
     def go():
         cfg = stage_config(EmbedConfig, config, set_, flags, print_only=print_cfg)
-        opts = EmbedOptions(device=device, gpus=gpus, processes=processes, batch_size=batch_size, workers=workers)
+        opts = EmbedOptions(device=device, gpus=gpus, processes=processes, batch_size=batch_size, workers=workers,
+                            memory_check=memory_check)
         return run_embed(out, cfg, encoder=encoder, data=data, weights=weights, options=opts, force=force, dry_run=dry_run)
 
     execute(go, json_output=json_out, quiet=quiet, verbose=verbose)

@@ -63,6 +63,12 @@ def command(
     allow_for_processing: Annotated[
         bool, typer.Option("--allow-for-processing", help="Also ingest FOR PROCESSING radiographs (skipped by default).")
     ] = False,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", help="Seconds one input may take to read; past it the input is ledgered and the run goes on.")
+    ] = 300.0,
+    memory_limit: Annotated[
+        int, typer.Option("--memory-limit", help="MB of memory each worker may allocate; past it the input is ledgered (0 = 80% of RAM over the workers, 1024-4096).")
+    ] = 0,
     salt_file: Annotated[
         Path | None,
         typer.Option("--salt-file", help="File with the secret salt for sample/patient hashes (else $CXRJEPA_SALT, else a generated one kept in ~/.config/cxrjepa)."),
@@ -93,7 +99,8 @@ def command(
         from cxrjepa.ingest.api import run_ingest
 
         cfg = stage_config(IngestConfig, config, set_, flags, print_only=print_config_)
-        options = IngestOptions(workers=workers, unit_size=unit_size, salt_file=salt_file)
+        options = IngestOptions(workers=workers, unit_size=unit_size, salt_file=salt_file, time_limit=time_limit,
+                                memory_limit_mb=memory_limit)
         return run_ingest(out, cfg, sources=sources, labels=labels, masks=masks, options=options, force=force, dry_run=dry_run)
 
     execute(run, json_output=json_output, quiet=quiet, verbose=verbose)

@@ -12,6 +12,7 @@ from cxrjepa.cli.common import (
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    LoggerOpt,
     OutOpt,
     PrintConfigOpt,
     QuietOpt,
@@ -32,35 +33,6 @@ HELP = (
 )
 
 
-def _worker_argv(
-    data: Path, out: Path, config: list[Path] | None, sets: list[str] | None, objective: str | None,
-    gpus: int | None, max_steps: int | None, workers: int | None, tensorboard: bool,
-    resume: bool, force: bool, quiet: bool, verbose: bool,
-    teacher: str | None = None, teacher_weights: Path | None = None, init: Path | None = None,
-) -> list[str]:
-    """The arguments launched workers get: this command with absolute paths, without --json / --dry-run and
-    without the launcher's own options (workers take their rank and world size from torchrun; some of
-    those option names would also clash with torchrun's)."""
-    argv = ["pretrain", "--data", str(data.absolute()), "--out", str(out.absolute())]
-    for c in config or []:
-        argv += ["--config", str(Path(c).absolute())]
-    for s in sets or []:
-        argv += ["--set", s]
-    for flag, value in (("--objective", objective), ("--gpus", gpus), ("--max-steps", max_steps), ("--workers", workers)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if teacher is not None:
-        from cxrjepa.models.external import parse_encoder_spec
-
-        argv += ["--teacher", parse_encoder_spec(teacher).absolute()]
-    for flag, path in (("--teacher-weights", teacher_weights), ("--init", init)):
-        if path is not None:
-            argv += [flag, str(Path(path).absolute())]
-    argv += [flag for flag, on in (("--tensorboard", tensorboard), ("--no-resume", not resume), ("--force", force),
-                                   ("--quiet", quiet), ("--verbose", verbose)) if on]
-    return argv
-
-
 def command(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset artifact to train on (made by 'cxrjepa ingest').")] = None,
     out: OutOpt = None,
@@ -77,7 +49,8 @@ def command(
     rdzv_endpoint: Annotated[str | None, typer.Option("--rdzv-endpoint", help="HOST:PORT of node 0 for a multi-node run.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Stop after this many steps (smoke tests); rerun without it to continue.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="Data-loader workers per process (runtime.workers).")] = None,
-    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also write TensorBoard logs to RUN/tensorboard.")] = False,
+    logger: LoggerOpt = None,
+    tensorboard: Annotated[bool, typer.Option("--tensorboard", help="The same as --logger tensorboard: TensorBoard logs in RUN/tensorboard.")] = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue an interrupted run from its newest checkpoint (default), or start over.")] = True,
     print_config_: PrintConfigOpt = False,
     force: ForceOpt = False,
@@ -89,6 +62,7 @@ def command(
     from cxrjepa.core.errors import UsageError
     from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
     from cxrjepa.pretrain.api import DryRun
+    from cxrjepa.tracking import parse_loggers
 
     flags = {"objective": objective, "runtime": {"workers": workers}}
 
@@ -98,9 +72,7 @@ def command(
             raise UsageError("Missing option '--data' or '--out': the dataset artifact to train on and the run folder.")
         options = PretrainOptions(
             gpus=gpus, nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-            max_steps=max_steps, tensorboard=tensorboard, resume=resume,
-            launch_argv=_worker_argv(data, out, config, set_, objective, gpus, max_steps, workers,
-                                     tensorboard, resume, force, quiet, verbose, teacher, teacher_weights, init),
+            max_steps=max_steps, loggers=parse_loggers(logger), tensorboard=tensorboard, resume=resume,
         )
         return run_pretrain(out, cfg, data=data, teacher=teacher, teacher_weights=teacher_weights, init=init,
                             options=options, force=force, dry_run=dry_run)

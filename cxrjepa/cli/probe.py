@@ -13,6 +13,8 @@ from cxrjepa.cli.common import (
     DryRunOpt,
     ForceOpt,
     JsonOpt,
+    LoggerOpt,
+    MemoryCheckOpt,
     OutOpt,
     PrintConfigOpt,
     QuietOpt,
@@ -66,6 +68,8 @@ def command(
     corruptions: Annotated[str | None, typer.Option("--corruptions", help="Re-embed test images corrupted with blur,contrast,noise,speckle (3 severities).")] = None,
     device: Annotated[str, typer.Option("--device", help="Where corrupted test images are re-embedded: auto, cpu or cuda.")] = "auto",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Frames per forward pass when re-embedding.")] = 64,
+    memory_check: MemoryCheckOpt = True,
+    logger: LoggerOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_cfg: PrintConfigOpt = False,
@@ -76,6 +80,7 @@ def command(
     verbose: VerboseOpt = False,
 ) -> None:
     from cxrjepa.probe.api import METRICS_JSON, ProbeConfig, ProbeOptions, run_probe
+    from cxrjepa.tracking import parse_loggers
 
     def go():
         fs = None
@@ -99,7 +104,8 @@ def command(
             "corruptions": _split_list([corruptions]) if corruptions else None,
         }
         cfg = stage_config(ProbeConfig, config, set_, flags, print_only=print_cfg)
-        opts = ProbeOptions(device=device, batch_size=batch_size)
+        opts = ProbeOptions(device=device, batch_size=batch_size, memory_check=memory_check,
+                            loggers=parse_loggers(logger))
         return run_probe(out, cfg, embeddings=embeddings, labels=labels, split=split, options=opts, force=force, dry_run=dry_run)
 
     def summarize(result):

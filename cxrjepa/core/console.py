@@ -101,9 +101,10 @@ class _Task:
 
 
 @contextlib.contextmanager
-def progress(description: str, total: float | None = None) -> Iterator[_Task | _NullTask]:
-    """A Rich progress bar with ETA on stderr; a no-op when quiet or not a terminal."""
-    if not progress_enabled():
+def progress(description: str, total: float | None = None, *, enabled: bool = True) -> Iterator[_Task | _NullTask]:
+    """A Rich progress bar with ETA on stderr; a no-op when quiet, not a terminal or not ``enabled`` (the
+    ranks of a process group other than 0)."""
+    if not enabled or not progress_enabled():
         yield _NullTask()
         return
     columns = [

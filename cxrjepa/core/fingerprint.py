@@ -38,7 +38,7 @@ def hash_files(paths: Iterable[str | Path], root: str | Path | None = None) -> s
     h = hashlib.sha256()
     for p in sorted(Path(p) for p in paths):
         name = str(p.relative_to(root)) if root else p.name
-        h.update(name.encode())
+        h.update(os.fsencode(name))
         h.update(hash_file(p).encode())
     return PREFIX + h.hexdigest()[:32]
 
@@ -47,13 +47,14 @@ def fingerprint_path(path: str | Path) -> str:
     """Cheap fingerprint of raw input (a file or a folder tree): names, sizes and modification times.
 
     Raw archives can hold millions of files, so their bytes are not read; a changed, added or removed
-    file changes the fingerprint (as in DVC's and make's view of staleness).
+    file changes the fingerprint (as in DVC's and make's view of staleness). Names are hashed as the bytes
+    the file system holds (:func:`os.fsencode`), so names that are not UTF-8 (legal on Linux) work too.
     """
     path = Path(path)
     h = hashlib.sha256()
     if path.is_file():
         st = path.stat()
-        h.update(f"{path.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(os.fsencode(path.name) + f"|{st.st_size}|{st.st_mtime_ns}".encode())
     elif path.is_dir():
         for dirpath, dirnames, filenames in os.walk(path):
             dirnames.sort()
@@ -64,7 +65,7 @@ def fingerprint_path(path: str | Path) -> str:
                 except OSError:
                     continue
                 rel = os.path.relpath(full, path)
-                h.update(f"{rel}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                h.update(os.fsencode(rel) + f"|{st.st_size}|{st.st_mtime_ns}\n".encode())
     else:
         h.update(b"<missing>")
     return PREFIX + h.hexdigest()[:32]

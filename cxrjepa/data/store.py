@@ -35,15 +35,18 @@ def create_frames_array(root: zarr.Group, name: str, n_frames: int, size: int, d
 
 
 class DatasetArtifact:
-    """A complete dataset artifact: ``.meta`` (one row per sample), ``.images`` (frames), ``.frames(i)``."""
+    """A complete dataset artifact: ``.meta`` (one row per sample), ``.images`` (frames), ``.frames(i)``;
+    ``.contents`` and ``.counts``: its manifest's, checked against :mod:`cxrjepa.data.layout`'s schema."""
 
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
         self.path = artifact.path
+        self.contents: layout.DatasetContents = artifact.contents_as(layout.DatasetContents)
+        self.counts: layout.DatasetCounts = artifact.counts_as(layout.DatasetCounts)
         self._group = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "DatasetArtifact":
+    def open(cls, path: str | Path) -> DatasetArtifact:
         return cls(open_artifact(path, "dataset"))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -63,7 +66,7 @@ class DatasetArtifact:
         return pd.read_parquet(self.path / layout.METADATA)
 
     def __len__(self) -> int:
-        return int(self.artifact.counts.get("samples", len(self.meta)))
+        return int(self.counts.samples)
 
     @property
     def group(self) -> zarr.Group:
@@ -77,7 +80,7 @@ class DatasetArtifact:
 
     @cached_property
     def masks(self) -> zarr.Array | None:
-        return self.group[layout.MASKS] if layout.MASKS in self.group else None
+        return self.group.get(layout.MASKS)
 
     @property
     def size(self) -> int:
@@ -114,20 +117,16 @@ class DatasetArtifact:
 
     @property
     def label_columns(self) -> list[str]:
-        return list(self.artifact.contents.get("label_columns", []))
+        return list(self.contents.label_columns)
 
     @property
     def normalization(self) -> dict:
         """Intensity statistics of the stored images (``divide_by``, ``mean``, ``std``)."""
-        norm = dict(self.artifact.contents.get("normalization") or {})
+        norm = dict(self.contents.normalization or {})
         norm.setdefault("divide_by", self.max_value)
         norm.setdefault("mean", 0.5)
         norm.setdefault("std", 0.25)
         return norm
-
-
-def open_dataset(path: str | Path) -> DatasetArtifact:
-    return DatasetArtifact.open(path)
 
 
 def intensity_stats(images: np.ndarray | zarr.Array, max_value: float, sample: int = 256, seed: int = 0) -> dict:
@@ -181,6 +180,7 @@ def write_dataset(
     """A complete dataset artifact from in-memory frames (tests, notebooks, small demos)."""
     from cxrjepa.core.artifact import begin
     from cxrjepa.core.fingerprint import hash_bytes
+    from cxrjepa.core.schema import check_written
 
     meta = default_meta(len(images)) if meta is None else meta
     builder = begin(out, "dataset", params or {"source": "in-memory"}, force=True)
@@ -196,4 +196,5 @@ def write_dataset(
             "masks": masks is not None,
         }
     )
+    check_written(layout.DatasetContents, builder.contents, what="a dataset manifest's contents")
     return builder.finish(hash_bytes(images.tobytes() + pd.util.hash_pandas_object(meta, index=False).values.tobytes()))

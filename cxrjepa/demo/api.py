@@ -27,10 +27,24 @@ from cxrjepa.core.artifact import Artifact, begin
 from cxrjepa.core.atomic import atomic_write_text
 from cxrjepa.core.errors import ConfigError
 from cxrjepa.core.fingerprint import hash_files
+from cxrjepa.core.lock import locks_output
 from cxrjepa.demo import codecs, dicom, ultrasound
-from cxrjepa.demo.phantom import Anatomy, Findings, Phantom, View, draw, persist_findings, sample_anatomy, sample_findings, sample_view
+from cxrjepa.demo.phantom import (
+    Anatomy,
+    Findings,
+    Phantom,
+    View,
+    draw,
+    persist_findings,
+    sample_anatomy,
+    sample_findings,
+    sample_view,
+)
 from cxrjepa.demo.storage import Storage, sample_storage, set_pixel_tags, to_stored
 
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 LABEL_COLUMNS = ("nodule", "effusion")
 CSV_COLUMNS = ("file", "patient_id", "nodule", "effusion", "sex", "age", "view")
 US_CSV_COLUMNS = ("file", "patient_id", "frames", "fps", "photometric", "transfer_syntax", "regions", "x0", "y0", "x1", "y1")
@@ -79,8 +93,8 @@ class DemoConfig:
         if not 64 <= self.min_size <= self.max_size <= 4096:
             raise ConfigError("Sizes must satisfy 64 <= min_size <= max_size <= 4096.")
         for key in self.transfer_syntaxes:
-            if key != "auto" and key not in codecs.BY_KEY:
-                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.BY_KEY)}.")
+            if key != "auto" and key not in codecs.DEMO_KEYS:
+                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.DEMO_KEYS)}.")
 
     def resolved(self) -> DemoConfig:
         """A copy whose ``transfer_syntaxes`` lists the keys really written (``auto`` expanded)."""
@@ -354,6 +368,7 @@ def _by(tally: Counter, kind: str) -> dict:
     return {k: v for (t, k), v in sorted(tally.items()) if t == kind}
 
 
+@locks_output("demo-data")
 def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool = False, dry_run: bool = False) -> Artifact | dict:
     """Write the demo archive to ``out`` (a ``demo`` artifact) and return it.
 
@@ -364,7 +379,7 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
     # the fingerprint holds the settings as given ("auto" stays "auto", so a pipeline's dry run computes the
     # same one); which syntaxes "auto" meant here is recorded in contents, and the files' hash covers them
     cfg = config.resolved()
-    builder = begin(out, "demo", config, [], force=force, dry_run=dry_run)
+    builder = begin(out, "demo", config, [], force=force, dry_run=dry_run, version=ALGORITHM_VERSION)
     if dry_run:
         console.info(f"demo-data: would {builder.action} '{out}' ({cfg.n} radiographs, {cfg.ultrasound} ultrasound cines).")
         return {"path": str(out), "kind": "demo", "action": builder.action, "fingerprint": builder.fingerprint}

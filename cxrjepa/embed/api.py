@@ -6,12 +6,14 @@
 The coordinating process opens (or resumes) the artifact, creates the zarr arrays and lists the units of
 rows not yet in the ledger; one or several ranks then embed their slices of those units, each writing its
 own chunks and ledger lines; the coordinator writes index.parquet, the optional npy/parquet copies and the
-complete manifest.
+complete manifest. Several ranks are launched through :mod:`cxrjepa.runtime` (torchrun, one process per GPU
+or ``--processes`` CPU processes): they start from a launch spec holding the resolved config and the job,
+and share nothing but the files they write. Under an outside torchrun every rank runs :func:`run_embed`;
+rank 0 coordinates and hands the job to the others.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,24 +23,44 @@ import torch
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
-from cxrjepa.core.config import to_dict
-from cxrjepa.core.errors import UsageError
+from cxrjepa.core.config import dump_yaml, load_config, to_dict
+from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.lock import locks_output
+from cxrjepa.core.schema import check_written
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.embed import distributed as D
 from cxrjepa.embed import store
 from cxrjepa.embed.config import EmbedConfig, EmbedOptions
 from cxrjepa.embed.extract import PATCH, Extractor, check_config, input_size, output_shapes
 from cxrjepa.embed.reader import auto_workers, batch_loader, encoder_clip, plan_batches, plan_for, unit_ranges
-from cxrjepa.models.external import (
+from cxrjepa.encoders import (
     EncoderSpec,
     FeatureEncoder,
     encoder_input_ref,
     load_feature_encoder,
     parse_encoder_spec,
 )
+from cxrjepa.runtime import (
+    DistInfo,
+    LaunchSpec,
+    ProcessPlan,
+    barrier,
+    broadcast_object,
+    cpu_count,
+    dry_run_command,
+    in_worker,
+    init_worker,
+    launch,
+    shard,
+    shutdown,
+    worker_info,
+)
 
 __all__ = ["EmbedConfig", "EmbedOptions", "run_embed", "embed_input_refs", "load_encoder_for"]
+
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 
 
 def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path | None = None) -> list[dict]:
@@ -75,27 +97,43 @@ class Job:
     #: (frames, stride) of a clip encoder (embedded in whole clip windows), None for image encoders
     clip: tuple[int, int] | None = None
 
+    def to_args(self) -> dict:
+        """The job as JSON-able launch-spec arguments (the config travels as the spec's config file)."""
+        return {"out": str(self.out), "data": str(self.data), "encoder": self.spec.absolute(),
+                "weights": str(self.spec.weights.absolute()) if self.spec.weights else None, "device": self.device,
+                "batch_size": self.batch_size, "workers": self.workers, "n_rows": self.n_rows,
+                "unit_rows": self.unit_rows, "pending": list(self.pending), "dtypes": dict(self.dtypes),
+                "clip": list(self.clip) if self.clip else None}
 
-def _resolve_device(options: EmbedOptions) -> tuple[str, int]:
+    @classmethod
+    def from_args(cls, args: dict, config: EmbedConfig) -> Job:
+        return cls(Path(args["out"]), Path(args["data"]), parse_encoder_spec(args["encoder"], args["weights"]), config,
+                   args["device"], int(args["batch_size"]), args["workers"], int(args["n_rows"]),
+                   int(args["unit_rows"]), [int(u) for u in args["pending"]], dict(args["dtypes"]),
+                   tuple(args["clip"]) if args["clip"] else None)
+
+
+def _resolve_device(options: EmbedOptions, *, check: bool = True) -> tuple[str, ProcessPlan]:
+    """The device kind and the processes for ``options``; ``check=False`` (dry runs) plans GPUs asked for
+    with ``--gpus`` without looking for them."""
     if options.batch_size < 1 or options.processes < 1 or (options.gpus is not None and options.gpus < 1):
         raise UsageError("--batch-size, --gpus and --processes must be at least 1.")
     dev = options.device
     if dev == "auto":
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = "cuda" if torch.cuda.is_available() or (not check and options.gpus) else "cpu"
     if dev not in ("cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda, not '{dev}'.")
     if dev == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda was asked for but no CUDA device is visible.")
-        n = options.gpus or 1
-        if n > torch.cuda.device_count():
-            raise UsageError(f"--gpus {n} asked for more GPUs than the {torch.cuda.device_count()} visible.")
-        return dev, n
+        procs = ProcessPlan(options.gpus or 1, cuda=True)
+        if check:
+            procs.check_devices(f"--gpus {options.gpus}" if options.gpus else "--device cuda", cpu_hint="--device cpu")
+        return dev, procs
     if options.gpus and options.gpus > 1:
         raise UsageError("--gpus needs CUDA devices; on CPU use --processes.")
-    return dev, max(1, int(options.processes))
+    return dev, ProcessPlan(max(1, int(options.processes)), cuda=False)
 
 
+@locks_output("embed")
 def run_embed(
     out: str | Path,
     config: EmbedConfig | None = None,
@@ -114,20 +152,45 @@ def run_embed(
     config = config or EmbedConfig()
     options = options or EmbedOptions()
     out = Path(out)
-    env_rank = D.from_env()
-    if env_rank is not None:  # started by torchrun: every rank runs this function
-        return _run_as_rank(out, config, env_rank, encoder=encoder, data=data, weights=weights, options=options, force=force)
-    dev, world = _resolve_device(options)
-    builder, job, enc = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options, device=dev, world=world, force=force, dry_run=dry_run)
+    if in_worker() and worker_info(False).world > 1:  # ranks of an outside torchrun: every rank runs this function
+        return _run_as_rank(out, config, encoder=encoder, data=data, weights=weights, options=options, force=force)
+    dev, procs = _resolve_device(options, check=not dry_run)
+    builder, job, enc = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
+                                 device=dev, world=procs.world, force=force, dry_run=dry_run)
     if builder is None or isinstance(job, dict):
-        return job if isinstance(job, dict) else builder_existing(out)
-    if job.pending:
-        if world > 1:
-            console.info(f"Starting {world} {'GPU' if dev == 'cuda' else 'CPU'} processes.")
-            D.spawn(_work, world, job)
-        else:
-            _work(D.Rank(), job, enc)
-    return _finish(builder, job)
+        if isinstance(job, dict):
+            job["launch"] = dry_run_command(procs) if procs.launches else None
+            return job
+        return builder_existing(out)
+    with expecting_writes("the embeddings", _array_bytes(builder)):  # a full disk says how much is needed
+        if job.pending:
+            if procs.launches:
+                _launch(job, procs)
+            else:
+                _work(worker_info(dev == "cuda"), job, enc)
+        return _finish(builder, job)
+
+
+def _array_bytes(builder: ArtifactBuilder) -> int:
+    """Uncompressed size of the arrays the embeddings will hold (an upper bound of what they write)."""
+    arrays = builder.contents.get("arrays") or {}
+    return int(sum(np.prod(a["shape"]) * np.dtype(a["dtype"]).itemsize for a in arrays.values()))
+
+
+def _launch(job: Job, procs: ProcessPlan) -> None:
+    """Embed the job's pending units on ``procs`` launched processes (each takes its slice)."""
+    spec = LaunchSpec("embed", f"{__name__}:run_launched", job.to_args(), dump_yaml(job.config),
+                      quiet=console.settings.quiet, verbose=console.settings.verbose)
+    code = launch(spec, procs)
+    if code != 0:
+        raise CxrjepaError(f"The embed processes failed (exit code {code}); see their messages above. "
+                           "Finished rows are kept; rerun the same command to resume.")
+
+
+def run_launched(spec: LaunchSpec) -> None:
+    """One launched worker (``python -m cxrjepa.cli.worker``): embed this rank's slice of the spec's job."""
+    job = Job.from_args(spec.args, load_config(EmbedConfig, files=[spec.config_path]))
+    _work(worker_info(job.device == "cuda"), job)
 
 
 def builder_existing(out: Path) -> Artifact:
@@ -139,7 +202,8 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     spec = parse_encoder_spec(encoder, weights)
     refs = embed_input_refs(encoder, data, weights)
     opts = {**to_dict(options), "device": device, "world_size": world}
-    builder = begin(out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run)
+    builder = begin(out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     if builder.skipped:
         console.info(f"Embeddings '{out}' are up to date.")
         return None, None, None
@@ -154,6 +218,7 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     shapes = output_shapes(config, enc)
     dtypes = {k: (config.patch_dtype if k == PATCH else config.dtype) for k in shapes}
     unit_rows = store.balanced_unit_rows(store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize), n, world)
+    _check_memory(enc, config, options, device, world, shapes, unit_rows)
     ledger = store.Ledger(out)
     resumable = store.existing_unit_rows(out, n, shapes, dtypes) if builder.resumed else None
     if resumable:
@@ -189,30 +254,46 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     return builder, job, enc
 
 
-def _work(r: D.Rank, job: Job, encoder: FeatureEncoder | None = None) -> None:
+def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOptions, device: str, world: int,
+                  shapes: dict, unit_rows: int) -> None:
+    """Refuse a batch size whose forward pass cannot fit (cxrjepa.core.memory), before any batch is read."""
+    from cxrjepa.core.memory import check_embed_memory
+
+    size = input_size(config, enc)
+    clip = encoder_clip(enc)
+    # a forward pass never crosses a unit of rows: at most unit_rows images (clips: whole windows of frames)
+    batch = max(options.batch_size, clip[0]) if clip else min(options.batch_size, unit_rows)
+    check_embed_memory(device=device, batch=batch,
+                       image_size=size, tokens=int(np.prod(enc.token_grid(size, size))), width=int(enc.embed_dim),
+                       params=sum(p.numel() for p in enc.parameters()),
+                       out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())), unit_rows=unit_rows,
+                       processes=world if device == "cpu" else 1, enabled=options.memory_check)
+
+
+def _work(info: DistInfo, job: Job, encoder: FeatureEncoder | None = None) -> None:
     """Embed this rank's units: read, forward, write each finished unit's chunks, then its ledger line."""
-    units = D.my_units(job.pending, r)
+    units = shard(job.pending, info.rank, info.world)
     if not units:
         return
-    device = D.device_for(job.device, r)
-    if device.type == "cpu" and r.world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // r.world))
+    device = info.device
+    if device.type == "cpu" and info.world > 1:
+        torch.set_num_threads(max(1, cpu_count() // info.world))
     ds = DatasetArtifact.open(job.data)
     enc = encoder.to(device) if encoder is not None else load_encoder_for(job.spec, job.config, ds, device)
     starts, counts = ds.frame_index
     plan = plan_for(job.clip, starts, counts, job.config.clip_frames, job.config.clip_pool)
     batches = plan_batches(plan, units, job.unit_rows, job.batch_size)
-    workers = auto_workers(len(batches), r.world) if job.workers is None else job.workers
+    workers = auto_workers(len(batches), info.world) if job.workers is None else job.workers
     loader = batch_loader(ds, plan, batches, workers=workers, pin_memory=device.type == "cuda")
     arrays = store.open_arrays(job.out, mode="r+")
-    ledger = store.Ledger(job.out, r.rank)
+    ledger = store.Ledger(job.out, info.rank)
     extract = Extractor(enc, job.config, device, ds.max_value)
     ranges = unit_ranges(job.n_rows, job.unit_rows)
     buf: dict[str, np.ndarray] = {}
     current = None
     t0, rows_done = time.time(), 0
     total_rows = sum(ranges[u][1] - ranges[u][0] for u in units)
-    with console.progress("embed", total=total_rows) if r.is_main else _null() as bar:
+    with console.progress("embed", total=total_rows, enabled=info.is_main) as bar:
         for item in loader:
             unit, lo, hi = int(item["unit"]), int(item["lo"]), int(item["hi"])
             ulo, uhi = ranges[unit]
@@ -227,19 +308,9 @@ def _work(r: D.Rank, job: Job, encoder: FeatureEncoder | None = None) -> None:
                     a[ulo:uhi] = buf[k]
                 ledger.append(unit, ulo, uhi, store.digest(buf))
             rows_done += hi - lo
-            if r.is_main:
+            if info.is_main:
                 bar.advance(hi - lo)
                 bar.update(status=f"{rows_done / max(time.time() - t0, 1e-9):.1f} samples/s")
-
-
-class _null:
-    def __enter__(self):
-        from cxrjepa.core.console import _NullTask
-
-        return _NullTask()
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
@@ -249,8 +320,6 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
     ranges = unit_ranges(job.n_rows, job.unit_rows)
     missing = [u for u in range(len(ranges)) if u not in done]
     if missing:
-        from cxrjepa.core.errors import CxrjepaError
-
         raise CxrjepaError(f"{len(missing)} units of rows were not written; rerun the same command to resume.")
     starts, counts = ds.frame_index
     plan = plan_for(job.clip, starts, counts, job.config.clip_frames, job.config.clip_pool)
@@ -264,6 +333,7 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
     builder.contents["exports"] = files
     builder.counts.update({"samples": job.n_rows, "frames_embedded": int(plan.frames.size), "rejected": 0,
                            "units": len(ranges)})
+    check_written(store.EmbeddingsContents, builder.contents, what="an embeddings manifest's contents")
     content = hash_obj({"fingerprint": builder.fingerprint, "units": [done[u]["digest"] for u in range(len(ranges))],
                         "index": ds.artifact.content_fingerprint})
     art = builder.finish(content)
@@ -271,28 +341,30 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
     return art
 
 
-def _run_as_rank(out, config, r: D.Rank, *, encoder, data, weights, options, force):
-    """One rank of a torchrun launch: rank 0 coordinates, every rank embeds its slice."""
-    D.init_group(r)
+def _run_as_rank(out, config, *, encoder, data, weights, options, force):
+    """One rank of an outside torchrun launch (every rank runs the same command): rank 0 coordinates and
+    broadcasts the job, every rank embeds its slice, rank 0 finishes the artifact."""
     dev = "cuda" if (options.device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu"
-    builder = job = None
-    if r.is_main:
-        try:
-            builder, job, _ = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
-                                       device=dev, world=r.world, force=force, dry_run=False)
-        except Exception:
-            D.broadcast("failed")  # let the other ranks stop instead of waiting for a job
-            raise
-    job = D.broadcast(job)
-    if isinstance(job, str):
-        from cxrjepa.core.errors import CxrjepaError
-
-        raise CxrjepaError("Rank 0 could not start the embedding; see its error.")
-    if job is not None and job.pending:
-        _work(r, job)
-    D.barrier()
-    art = _finish(builder, job) if (r.is_main and builder is not None and job is not None) else None
-    D.barrier()
-    if r.is_main:
-        return art if art is not None else builder_existing(out)
-    return None
+    info = init_worker(dev == "cuda", backend="gloo")  # the ranks only exchange the job and wait for each other
+    try:
+        builder = job = None
+        if info.is_main:
+            try:
+                builder, job, _ = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
+                                           device=dev, world=info.world, force=force, dry_run=False)
+            except Exception:
+                broadcast_object("failed", info)  # let the other ranks stop instead of waiting for a job
+                raise
+        job = broadcast_object(job, info)
+        if isinstance(job, str):
+            raise CxrjepaError("Rank 0 could not start the embedding; see its error.")
+        if job is not None and job.pending:
+            _work(info, job)
+        barrier(info)
+        art = _finish(builder, job) if (info.is_main and builder is not None and job is not None) else None
+        barrier(info)
+        if info.is_main:
+            return art if art is not None else builder_existing(out)
+        return None
+    finally:
+        shutdown(info)

@@ -54,3 +54,5 @@ class EmbedOptions:
     batch_size: int = 64
     #: DataLoader processes reading the dataset; empty = automatic
     workers: int | None = None
+    #: refuse to start when the estimated peak memory of a batch does not fit (docs/pretrain.md, "Memory check")
+    memory_check: bool = True

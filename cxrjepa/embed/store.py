@@ -8,7 +8,8 @@ Layout (docs/artifacts.md, kind ``embeddings``)::
     EMB/ledger/rank-RRR.jsonl   units written (resume), one JSON line per unit: unit, rows, digest
     EMB/features.npy | features.parquet   with --format npy | parquet
 
-Row ``i`` of every array is row ``i`` of ``index.parquet``: the dataset's sample order.
+Row ``i`` of every array is row ``i`` of ``index.parquet``: the dataset's sample order. The manifest's
+``contents`` follow :class:`EmbeddingsContents` (the writer fills it, :class:`Embeddings` and the report check it).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +34,37 @@ ZARR = "features.zarr"
 INDEX = "index.parquet"
 LEDGER = "ledger"
 DIMS = {1: ("sample", "feature"), 2: ("sample", "token", "feature")}
+
+
+@dataclass
+class ArrayEntry:
+    """``contents.arrays[name]``: where an array is, its shape and dtype (``grid`` for patch tokens)."""
+
+    path: str
+    shape: list[int]
+    dtype: str
+    grid: list[int] | None = None
+
+
+@dataclass
+class DatasetRef:
+    path: str
+    fingerprint: str | None = None
+
+
+@dataclass
+class EmbeddingsContents:
+    """The embeddings manifest's ``contents``."""
+
+    arrays: dict[str, ArrayEntry]
+    index: str
+    label_columns: list[str]
+    #: ``spec``, ``load``, ``source``, ``fingerprint``, ``embed_dim``, ``patch_size``, ... (docs/artifacts.md)
+    encoder: dict[str, Any]
+    dataset: DatasetRef
+    input_size: int | None = None
+    unit_rows: int | None = None
+    exports: list[str] = field(default_factory=list)
 
 
 def unit_rows_for(shapes: dict[str, tuple[int, ...]], patch_itemsize: int = 2, budget: int = 64 << 20, cap: int = 256) -> int:
@@ -183,9 +217,10 @@ class Embeddings:
     def __init__(self, artifact: Artifact):
         self.artifact = artifact
         self.path = artifact.path
+        self.contents: EmbeddingsContents = artifact.contents_as(EmbeddingsContents)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Embeddings":
+    def open(cls, path: str | Path) -> Embeddings:
         return cls(open_artifact(path, "embeddings"))
 
     @cached_property
@@ -194,7 +229,7 @@ class Embeddings:
 
     @property
     def arrays(self) -> list[str]:
-        return list((self.artifact.contents.get("arrays") or {}).keys())
+        return list(self.contents.arrays)
 
     def array(self, name: str = "features") -> np.ndarray:
         if name not in self.arrays:
@@ -204,16 +239,15 @@ class Embeddings:
 
     @property
     def label_columns(self) -> list[str]:
-        return list(self.artifact.contents.get("label_columns") or [])
+        return list(self.contents.label_columns)
 
     @property
     def encoder(self) -> dict:
-        return dict(self.artifact.contents.get("encoder") or {})
+        return dict(self.contents.encoder)
 
     @property
     def dataset_path(self) -> Path | None:
-        ds = self.artifact.contents.get("dataset") or {}
-        return Path(ds["path"]) if ds.get("path") else None
+        return Path(self.contents.dataset.path)
 
     @property
     def config(self) -> dict:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin, input_refs, raw_input_ref
-from cxrjepa.core.errors import UsageError
+from cxrjepa.core.errors import UsageError, expecting_writes
+from cxrjepa.core.lock import locks_output
 from cxrjepa.data import layout
 from cxrjepa.ingest import ledger
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
@@ -18,10 +17,20 @@ from cxrjepa.ingest.context import Context
 from cxrjepa.ingest.discover import discover
 from cxrjepa.ingest.masks import MaskSource, Pairing, pair_masks, pair_masks_from_csv, parse_sources
 from cxrjepa.ingest.phi import Salt, load_salt
-from cxrjepa.ingest.pool import default_workers, executor, process_units, run_tasks
+from cxrjepa.ingest.pool import (
+    Limits,
+    default_workers,
+    executor,
+    memory_limit_mb,
+    process_units,
+    run_tasks,
+    warm_up,
+)
 from cxrjepa.ingest.staging import Staging, make_units, unit_size_for
 
-LOCK = ".ingest.lock"
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
@@ -49,23 +58,7 @@ def ingest_input_refs(
     return _source_refs(sources, labels, salt, parse_sources(masks))
 
 
-@contextlib.contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    fh = open(out / LOCK, "w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise UsageError(f"Another ingest is writing to '{out}'; wait for it or choose another --out.") from None
-    try:
-        yield
-    finally:
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        fh.close()
-        with contextlib.suppress(OSError):
-            (out / LOCK).unlink()
-
-
+@locks_output("ingest")
 def run_ingest(
     out: str | Path,
     config: IngestConfig | None = None,
@@ -91,6 +84,10 @@ def run_ingest(
     config.validate()
     options = options or IngestOptions()
     out = Path(out)
+    if not options.time_limit > 0:
+        raise UsageError(f"The time limit per input must be positive, not {options.time_limit}.")
+    if options.memory_limit_mb < 0 or 0 < options.memory_limit_mb < 256:
+        raise UsageError(f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}.")
     if not sources:
         raise UsageError("Give at least one input folder or file to ingest.")
     if labels is not None and not Path(labels).is_file():
@@ -107,7 +104,8 @@ def run_ingest(
     salt = load_salt(options.salt_file, create=not dry_run)
     workers = options.workers if options.workers > 0 else default_workers()
     refs = _source_refs(sources, labels, salt, mask_sources)
-    builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run)
+    builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     ctx = Context(config, salt)
     if dry_run:
         from cxrjepa.ingest.dryrun import dry_run_report
@@ -118,8 +116,7 @@ def run_ingest(
         staging.remove()
         console.info(f"Dataset '{out}' is up to date.")
         return builder.existing_artifact()
-    with _lock(out):
-        return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
+    return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
 
 
 def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -> Pairing | None:
@@ -142,9 +139,11 @@ def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -
 def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging,
             mask_sources: list[MaskSource] = ()) -> Artifact:
     config = ctx.config
-    items, ignored = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
-    if not items:
-        raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + ".")
+    warm_up()  # the decode workers' fork server imports the decoders while the inputs are discovered
+    items = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
+    if all(i.verdict and i.verdict[0] == ledger.IGNORED for i in items):
+        found = f" (only {len(items)} sidecar or hidden files)" if items else ""
+        raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + found + ".")
     pairing = _pair(items, labels, config, list(mask_sources))
     if pairing is not None:
         items = pairing.items
@@ -154,14 +153,17 @@ def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions,
     todo = [u for u in units if not staging.is_done(u.index)]
     if builder.resumed and len(todo) < len(units):
         console.info(f"Resuming: {len(units) - len(todo)} of {len(units)} work units were already done.")
-    console.info(f"Ingesting {len(items)} inputs with {workers} worker{'s' if workers > 1 else ''} -> {out}")
+    n_ignored = sum(1 for i in items if i.verdict and i.verdict[0] == ledger.IGNORED)
+    also = f" ({n_ignored} more files ignored: sidecar, text or hidden)" if n_ignored else ""
+    console.info(f"Ingesting {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {out}")
     with console.progress("ingest", total=len(items)) as bar:
         bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
-        process_units(out, todo, ctx, workers, lambda r: bar.advance(r["inputs"]))
-    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), ignored, pairing)
+        limits = Limits(seconds=options.time_limit, memory_mb=memory_limit_mb(workers, options.memory_limit_mb))
+        process_units(out, todo, ctx, workers, lambda r: bar.advance(r["inputs"]), limits)
+    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), pairing)
 
 
-def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int, ignored: int,
+def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int,
               pairing: Pairing | None = None) -> Artifact:
     from cxrjepa.ingest import writer
 
@@ -194,8 +196,9 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             def run(fn, tasks, w, on_done):
                 run_tasks(fn, tasks, w if pool else 1, on_done, pool)
 
-            n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
-                                       masks=pairing is not None)
+            with expecting_writes("the dataset's images", n_bytes):  # a full disk says how much is needed
+                n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
+                                           masks=pairing is not None)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -211,13 +214,14 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
             "rejected": int(status.get(ledger.REJECTED, 0)),
             "skipped": int(status.get(ledger.SKIPPED, 0)),
             "duplicates": int(status.get(ledger.DUPLICATE, 0)),
-            "ignored": int(ignored + asm.ignored),
+            "ignored": int(asm.ignored),
             "burned_in_annotation": int(public["burned_in_annotation"].sum()) if len(public) else 0,
             "for_processing": int(public["for_processing"].sum()) if len(public) else 0,
             "by_format": _counter(public["format"]),
             "by_modality": _counter(public["modality"].replace("", "none")),
             "by_transfer_syntax": _ts_counts(public["transfer_syntax"]),
-            "by_reason": dict(sorted(Counter(r["reason"] for r in records).items(), key=lambda kv: -kv[1])),
+            "by_reason": _by_reason(r for r in records if r["status"] != ledger.IGNORED),
+            "ignored_by_reason": _by_reason(r for r in records if r["status"] == ledger.IGNORED),
         }
     )
     builder.contents.update(
@@ -274,6 +278,10 @@ def _masks_contents(meta, pairing: Pairing, config: IngestConfig, n_frames: int)
         "samples": int(has.sum()),
         "source": "labels" if config.labels_mask_column else "folders",
     }
+
+
+def _by_reason(records) -> dict[str, int]:
+    return dict(sorted(Counter(r["reason"] for r in records).items(), key=lambda kv: -kv[1]))
 
 
 def _counter(series) -> dict[str, int]:

@@ -43,6 +43,9 @@ class IngestConfig:
     us_blank_outside: bool = True
     #: drop repeated instances (same SOPInstanceUID or same file) and repeated pixels; first in input order wins
     dedupe: bool = True
+    #: inputs whose frames claim more pixels (rows x columns) than this are rejected before decoding: no
+    #: radiograph has them, and a forged header claiming them is a memory bomb (0: no limit)
+    max_pixels: int = 8192 * 8192
     #: labels CSV: how rows find their sample
     labels_key: Literal["path", "filename", "sop_uid", "study_uid"] = "path"
     #: labels CSV: the column holding the key (empty: a column named like the key, else 'file'/'path', else the first)
@@ -68,6 +71,8 @@ class IngestConfig:
             raise ConfigError(f"'clip_fps' must be 0 (source rate) or positive, not {self.clip_fps}.")
         if self.max_frames < 1 or self.max_slices < 1:
             raise ConfigError("'max_frames' and 'max_slices' must be at least 1.")
+        if self.max_pixels < 0:
+            raise ConfigError(f"'max_pixels' must be 0 (no limit) or positive, not {self.max_pixels}.")
         if self.labels_key not in LABEL_KEYS:
             raise ConfigError(f"'labels_key' must be one of {', '.join(LABEL_KEYS)}, not '{self.labels_key}'.")
         self.modality = [m.strip().upper() for m in self.modality if m and m.strip()]
@@ -83,3 +88,8 @@ class IngestOptions:
     unit_size: int = 0
     #: file holding the salt for sample/patient hashes (else $CXRJEPA_SALT, else a generated one)
     salt_file: Path | None = None
+    #: seconds one input may take in its decode worker; past it the worker is killed and the input ledgered
+    time_limit: float = 300.0
+    #: MB of memory each decode worker may allocate beyond its own libraries (0: 80 % of the machine's memory
+    #: over the workers, within 1024-4096); past it the input is ledgered
+    memory_limit_mb: int = 0

@@ -11,7 +11,11 @@ from cxrjepa.ingest.phi import Salt
 
 @dataclass(frozen=True)
 class InputItem:
-    """One input file: where it is, its path relative to its source root, which root."""
+    """One entry found by discovery: where it is, its path relative to its source root, which root.
+
+    ``rel`` is always valid UTF-8 (bytes of a non-UTF-8 file name are written as ``\\xNN``, see
+    :func:`cxrjepa.ingest.discover.display_name`); ``path`` is the name the file system knows.
+    """
 
     path: str  # absolute (or as given) path to open
     rel: str  # relative to the source root, '/'-separated: what tables and ledgers show
@@ -21,6 +25,9 @@ class InputItem:
     masks: tuple[tuple[str, int], ...] = ()
     #: why pairing failed (a ledger reason), e.g. a mask name that matches several inputs
     mask_error: str = ""
+    #: (status, reason, detail) of an entry that discovery already settled (an ignored sidecar, a FIFO, an
+    #: unreadable folder or link): it becomes that ledger row and is never opened
+    verdict: tuple[str, str, str] = ()
 
     @property
     def fspath(self) -> Path:

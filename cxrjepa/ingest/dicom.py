@@ -1,7 +1,8 @@
 """One DICOM file -> one sample (a still image, or a clip of consecutive cine frames), or a ledger reason.
 
 Policy checks run on the header before any pixel is decoded (DICOMDIR, non-image objects, modality filter,
-FOR PROCESSING, decoder availability); only the frames that are kept are decoded. Identifying values are
+FOR PROCESSING, decoder availability), then the header's pixel description is checked against the pixel
+data (pixel_claims.py); only the frames that are kept are decoded. Identifying values are
 read only to be hashed with the salt (SOPInstanceUID, StudyInstanceUID, PatientID) or reduced to coarse
 values (age in years, sex); nothing else identifying is read at all.
 """
@@ -25,10 +26,22 @@ from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, Implic
 from cxrjepa.ingest import ledger
 from cxrjepa.ingest.clips import even_indices, rate_indices
 from cxrjepa.ingest.context import Context, InputItem
-from cxrjepa.ingest.dicom_pixels import DecodeError, NoDecoder, Voi, decode_frames, lookup, lut_dataset, plugins_for, to_grey
+from cxrjepa.ingest.dicom_pixels import (
+    AllPluginsCrashed,
+    DecodeError,
+    NoDecoder,
+    NonFiniteRescale,
+    Voi,
+    decode_frames,
+    lookup,
+    lut_dataset,
+    plugins_for,
+    to_grey,
+)
 from cxrjepa.ingest.ledger import Reject, skip
 from cxrjepa.ingest.normalize import ConstantImage, store_frames
 from cxrjepa.ingest.phi import age_years, coded, sex_code, short_text
+from cxrjepa.ingest.pixel_claims import check_claims
 from cxrjepa.ingest.region import region_from_dicom, region_from_variance, spacing_from_regions
 from cxrjepa.ingest.table import Sample, new_row
 
@@ -142,7 +155,15 @@ def check_policy(ds: pydicom.Dataset, ctx: Context) -> None:
         raise skip(ledger.FOR_PROCESSING)
 
 
-def check_pixels(ds: pydicom.Dataset) -> None:
+def frame_count(ds: pydicom.Dataset) -> int:
+    """NumberOfFrames, or 1 when it is missing or not a positive whole number."""
+    text = str(ds.get("NumberOfFrames") or "1").strip()
+    return max(1, int(text)) if text.isdigit() else 1
+
+
+def check_pixels(ds: pydicom.Dataset, path: Path, ctx: Context) -> None:
+    """Raise a :class:`Reject` for pixel data that is missing, unsupported, has no decoder on this install,
+    is larger than ``max_pixels`` or disagrees with the header (:mod:`cxrjepa.ingest.pixel_claims`)."""
     if 0x7FE00010 not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise Reject(ledger.UNSUPPORTED_PIXELS, "float pixel data")
@@ -159,7 +180,25 @@ def check_pixels(ds: pydicom.Dataset) -> None:
     try:
         plugins_for(tsyntax)
     except NoDecoder:
-        raise Reject(ledger.NO_DECODER, _ts_name(tsyntax)) from None
+        raise Reject(ledger.NO_DECODER, ts_name(tsyntax)) from None
+    try:
+        check_claims(ds, path, frame_count(ds), ctx.config.max_pixels)
+    except Reject:
+        raise
+    except Exception as exc:  # a value of the wrong type where a number belongs
+        raise Reject(ledger.UNSUPPORTED_PIXELS, type(exc).__name__) from None
+
+
+def check_header(ds: pydicom.Dataset, path: Path, ctx: Context) -> None:
+    """:func:`check_policy` then :func:`check_pixels`; an element pydicom cannot convert on the way (a corrupt
+    VR or value) makes the file "unreadable DICOM"."""
+    try:
+        check_policy(ds, ctx)
+        check_pixels(ds, path, ctx)
+    except Reject:
+        raise
+    except Exception as exc:
+        raise Reject(ledger.UNREADABLE_DICOM, type(exc).__name__) from None
 
 
 def public_ts(tsyntax: object) -> str:
@@ -170,7 +209,8 @@ def public_ts(tsyntax: object) -> str:
     return "private"
 
 
-def _ts_name(tsyntax: object) -> str:
+def ts_name(tsyntax: object) -> str:
+    """A transfer syntax's name for messages and the ledger (a private or unknown UID is not copied)."""
     ts = public_ts(tsyntax)
     return UID(ts).name if ts != "private" else "private or unknown transfer syntax"
 
@@ -228,10 +268,8 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
     cfg = ctx.config
     with quiet_pydicom():
         ds = read_header(path)
-        check_policy(ds, ctx)
-        check_pixels(ds)
-        n = int(ds.get("NumberOfFrames") or 1) if str(ds.get("NumberOfFrames") or "1").strip().isdigit() else 1
-        n = max(1, n)
+        check_header(ds, path, ctx)
+        n = frame_count(ds)
         src_fps = frame_rate(ds) if n > 1 else math.nan
         if n == 1:
             indices, fps = [0], math.nan
@@ -249,15 +287,19 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
                 lds = lut_dataset(ds, index) if per_frame else shared_lds
                 grey, v = to_grey(arr, photometric, lds, ds)
                 if grey.shape != (int(ds.Rows), int(ds.Columns)):
-                    raise Reject(ledger.UNSUPPORTED_SHAPE, "decoded shape differs from Rows/Columns")
+                    raise Reject(ledger.PIXELS_MISMATCH, "decoded frame shape differs from Rows x Columns")
                 frames.append(grey)
                 voi = voi or v
-        except Reject:
+        except (Reject, MemoryError):
             raise
+        except AllPluginsCrashed as exc:
+            raise Reject(ledger.WORKER_CRASHED, str(exc)) from None
+        except NonFiniteRescale:
+            raise Reject(ledger.UNSUPPORTED_PIXELS, "RescaleSlope or RescaleIntercept not finite") from None
         except (DecodeError, NoDecoder) as exc:
-            raise Reject(ledger.DECODE_FAILED, f"{_ts_name(ds.file_meta.TransferSyntaxUID)}: {exc}") from None
+            raise Reject(ledger.DECODE_FAILED, f"{ts_name(ds.file_meta.TransferSyntaxUID)}: {exc}") from None
         except Exception as exc:
-            raise Reject(ledger.DECODE_FAILED, f"{_ts_name(ds.file_meta.TransferSyntaxUID)}: {type(exc).__name__}") from None
+            raise Reject(ledger.DECODE_FAILED, f"{ts_name(ds.file_meta.TransferSyntaxUID)}: {type(exc).__name__}") from None
         shape = frames[0].shape
         modality = coded(ds.get("Modality"))
         is_us = modality in ("US", "IVUS") or "SequenceOfUltrasoundRegions" in ds

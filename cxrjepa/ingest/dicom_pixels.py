@@ -13,7 +13,7 @@ groups (rescale, window, spacing) are looked up there too.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +24,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, as_pixel_options, get_decoder
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -91,6 +91,10 @@ class NoDecoder(Exception):
     """This install has no decoder for the transfer syntax."""
 
 
+class NonFiniteRescale(ValueError):
+    """RescaleSlope or RescaleIntercept is NaN or infinite: the modality values would be meaningless."""
+
+
 def plugins_for(tsyntax: str) -> list[str]:
     """The plugins to try for ``tsyntax`` on this install, best first ('' = pydicom decides)."""
     try:
@@ -105,14 +109,6 @@ def plugins_for(tsyntax: str) -> list[str]:
     preferred = [p for p in _preference.get(UID(tsyntax), ()) if p in available]
     rest = sorted(available - set(preferred))
     return preferred + rest
-
-
-def can_decode(tsyntax: str) -> bool:
-    try:
-        plugins_for(tsyntax)
-        return True
-    except NoDecoder:
-        return False
 
 
 # ---------------------------------------------------------------- attribute lookup (functional groups)
@@ -202,7 +198,7 @@ def _voi_of(lds: Dataset) -> Voi:
     if lds.get("VOILUTSequence"):
         return Voi("voi_lut")
     c, w = _first(lds.get("WindowCenter")), _first(lds.get("WindowWidth"))
-    if c is not None and w is not None and w > 0:
+    if c is not None and w is not None and math.isfinite(c) and math.isfinite(w) and w > 0:  # else no window
         return Voi("window", c, w)
     return Voi()
 
@@ -230,27 +226,72 @@ def _pixel_source(ds: Dataset, path: Path) -> Iterator[tuple[Any, dict]]:
         yield fh, opts
 
 
+@dataclass(frozen=True)
+class PluginWatch:
+    """How a decode worker follows the plugins on the input it works on: ``announce(name)`` is called
+    before each decoding attempt (so that a native crash is blamed on that plugin, see
+    :mod:`cxrjepa.ingest.pool`), and plugins in ``avoid`` (they crashed a worker on this input before) are
+    not tried again, so the input gets the next plugin, as when a plugin raises."""
+
+    announce: Callable[[str], None] | None = None
+    avoid: frozenset[str] = frozenset()
+
+
+_watch = PluginWatch()
+
+
+@contextmanager
+def watch_plugins(watch: PluginWatch) -> Iterator[None]:
+    """Follow the plugins (see :class:`PluginWatch`) for the input processed inside the block."""
+    global _watch
+    old, _watch = _watch, watch
+    try:
+        yield
+    finally:
+        _watch = old
+
+
+class AllPluginsCrashed(DecodeError):
+    """Every plugin for the transfer syntax crashed a worker on this input (the message names them)."""
+
+
+#: exceptions that are not a plugin failing on an input: they end the decoding of the input at once
+_NOT_A_PLUGIN_FAILURE = (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)
+
+
 def decode_frames(ds: Dataset, path: Path, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray, str]]:
     """Yield ``(index, stored array, photometric after decoding)`` for each frame in ``indices``.
 
     Colour frames come back as RGB (pydicom converts YBR_FULL / YBR_FULL_422; JPEG 2000 decoders undo
-    YBR_RCT / YBR_ICT). Raises :class:`DecodeError` when no plugin can decode a frame.
+    YBR_RCT / YBR_ICT). A plugin that raises, ``BaseException`` subclasses such as pylibjpeg-rle's
+    ``pyo3_runtime.PanicException`` included, is followed by the next one. Raises :class:`DecodeError`
+    when no plugin can decode a frame (:class:`AllPluginsCrashed` when each one crashed a worker before).
     """
     tsyntax = ds.file_meta.TransferSyntaxUID
-    plugins = plugins_for(tsyntax)
+    watch = _watch
+    plugins = [p for p in plugins_for(tsyntax) if p not in watch.avoid]
+    if not plugins:
+        raise AllPluginsCrashed(", ".join(sorted(p or "pydicom" for p in watch.avoid)))
     decoder = get_decoder(tsyntax)
     with _pixel_source(ds, path) as (src, opts):
         start = src.tell() if hasattr(src, "seek") else None
         for index in indices:
-            last: Exception | None = None
+            last: BaseException | None = None
             for k, plugin in enumerate(plugins):
                 try:
                     if start is not None:
                         src.seek(start)
+                    if watch.announce is not None:
+                        watch.announce(plugin)
                     arr, meta = decoder.as_array(src, index=index, decoding_plugin=plugin, **opts)
-                except Exception as exc:  # try the next plugin; messages are not kept (they may hold values)
+                except _NOT_A_PLUGIN_FAILURE:
+                    raise
+                except BaseException as exc:  # try the next plugin; messages are not kept (they may hold values)
                     last = exc
                     continue
+                finally:
+                    if watch.announce is not None:
+                        watch.announce("")
                 if k:  # remember the plugin that worked for the following frames
                     plugins.insert(0, plugins.pop(k))
                 yield index, arr, str(meta.get("photometric_interpretation", ds.get("PhotometricInterpretation", "")))
@@ -264,6 +305,8 @@ def modality_lut(arr: np.ndarray, lds: Dataset) -> np.ndarray:
     if lds.get("ModalityLUTSequence"):
         return np.asarray(apply_modality_lut(arr, lds), dtype=np.float32)
     slope, intercept = _first(lds.get("RescaleSlope")), _first(lds.get("RescaleIntercept"))
+    if not all(v is None or math.isfinite(v) for v in (slope, intercept)):
+        raise NonFiniteRescale("RescaleSlope or RescaleIntercept is not a finite number")
     x = arr.astype(np.float32)
     if slope is not None and slope != 1.0:
         x *= np.float32(slope)

@@ -23,18 +23,21 @@ from cxrjepa.ingest.staging import make_units, unit_size_for
 
 def probe(item: InputItem, ctx: Context) -> dict:
     """Header-only verdict on one input: {format, status ('ok' or a ledger status), reason, detail, ts}."""
-    fmt = disc.sniff(item.path)
-    out = {"format": fmt, "status": "ok", "reason": "", "detail": "", "ts": ""}
+    out = {"format": "", "status": "ok", "reason": "", "detail": "", "ts": ""}
+    if item.verdict:  # settled by discovery: never opened
+        out.update(zip(("status", "reason", "detail"), item.verdict))
+        return out
     try:
+        fmt = out["format"] = disc.sniff(item.path)
         check_format(fmt, item, ctx)
         if fmt == disc.DICOM:
-            from cxrjepa.ingest.dicom import _ts_name, check_pixels, check_policy, quiet_pydicom, read_header
+            from cxrjepa.ingest.dicom import check_header, quiet_pydicom, read_header, ts_name
 
             with quiet_pydicom():
-                ds = read_header(Path(item.path), stop_before_pixels=False)
-                out["ts"] = _ts_name(ds.file_meta.TransferSyntaxUID)
-                check_policy(ds, ctx)
-                check_pixels(ds)
+                path = Path(item.path)
+                ds = read_header(path, stop_before_pixels=False)
+                out["ts"] = ts_name(ds.file_meta.TransferSyntaxUID)
+                check_header(ds, path, ctx)
     except Reject as r:
         out.update(status=r.status, reason=r.reason, detail=r.detail)
     except Exception as exc:
@@ -47,7 +50,7 @@ def probe_many(items: Sequence[InputItem], ctx: Context) -> list[dict]:
 
 
 def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, action: str, masks: Sequence = ()) -> dict:
-    items, ignored = disc.discover(sources, exclude=[out, *(m.path for m in masks)])
+    items = disc.discover(sources, exclude=[out, *(m.path for m in masks)])
     pairing = None
     if masks:
         from cxrjepa.ingest.masks import pair_masks
@@ -68,7 +71,7 @@ def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, act
         "out": str(out),
         "action": {"create": "create", "overwrite": "replace", "resume": "resume", "skip": "nothing (up to date)"}.get(action, action),
         "inputs": len(items) - by_status.get(ledger.IGNORED, 0),
-        "ignored": ignored + by_status.get(ledger.IGNORED, 0),
+        "ignored": by_status.get(ledger.IGNORED, 0),
         "would_ingest": len(ok),
         "would_ingest_by_format": dict(Counter(r["format"] for r in ok).most_common()),
         "would_skip": by_status.get(ledger.SKIPPED, 0),
@@ -83,7 +86,7 @@ def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, act
     console.info(f"Dry run: would {report['action']} '{out}'.")
     console.info(
         f"{report['inputs']} inputs: {report['would_ingest']} would be ingested, {report['would_skip']} skipped, "
-        f"{report['would_reject']} rejected; {report['ignored']} ignored (sidecar / text files)."
+        f"{report['would_reject']} rejected; {report['ignored']} ignored (sidecar, text and hidden files)."
     )
     for reason, n in report["by_reason"].items():
         console.info(f"  {n:>7}  {reason}")

@@ -6,23 +6,24 @@
 * ``sop_uid`` / ``study_uid``: raw UIDs in the CSV are hashed with the dataset's salt and matched to
   ``sample_id`` / ``study_key``; the raw UIDs are never stored.
 
-Every other column becomes a label column, except identifying ones: a patient column (``patient_id`` ...)
-is hashed into ``patient_key`` (so probes split by patient) and never stored raw; names, birth dates,
-accession numbers and UIDs are dropped. ``sex``, ``age`` and ``view`` fill the table's own columns where
+Every other column becomes a label column, except identifying ones (:mod:`cxrjepa.core.phi`, the rule every
+stage applies): a patient column (``patient_id`` ...) is hashed into ``patient_key`` (so probes split by
+patient) and never stored raw; names, IDs, dates, accession numbers, UIDs, institutions, contact details and
+free text are dropped. ``sex``, ``age`` and ``view`` fill the table's own columns where
 DICOM left them empty; other names that clash with table columns get a ``label_`` prefix.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from cxrjepa.core.errors import UsageError
-from cxrjepa.ingest.phi import AGE_CAP, Salt, age_years, coded, sex_code
+from cxrjepa.core.phi import AGE_CAP, is_identifying, normalized
+from cxrjepa.ingest.phi import Salt, age_years, coded, sex_code
 from cxrjepa.ingest.table import COLUMNS
 
 KEY_COLUMNS = {
@@ -32,19 +33,7 @@ KEY_COLUMNS = {
     "study_uid": ("study_uid", "studyinstanceuid", "study_instance_uid"),
 }
 PATIENT_COLUMNS = ("patient_id", "patientid", "patient")
-IDENTIFYING = {
-    "patient_name", "patientname", "name", "first_name", "last_name", "birth_date", "birthdate", "dob",
-    "patient_birth_date", "patientbirthdate", "accession", "accession_number", "accessionnumber", "mrn",
-    "ssn", "address", "phone", "email", "sop_uid", "sopinstanceuid", "sop_instance_uid", "study_uid",
-    "studyinstanceuid", "study_instance_uid", "series_uid", "seriesinstanceuid", "series_instance_uid",
-    "patient_id", "patientid", "other_patient_ids", "institution", "institution_name", "physician",
-    "referring_physician", "study_description", "series_description",
-}
 FILL_COLUMNS = ("sex", "age", "view")
-
-
-def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")
 
 
 @dataclass
@@ -55,15 +44,17 @@ class LabelsResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _find(columns: list[str], wanted: tuple[str, ...]) -> str | None:
-    by_norm = {_norm(c): c for c in columns}
+def find_column(columns: list[str], wanted: tuple[str, ...]) -> str | None:
+    """The first of ``wanted`` among a CSV's ``columns``, compared by normalized name (case, spaces, ``_``)."""
+    by_norm = {normalized(c): c for c in columns}
     for w in wanted:
-        if _norm(w) in by_norm:
-            return by_norm[_norm(w)]
+        if normalized(w) in by_norm:
+            return by_norm[normalized(w)]
     return None
 
 
-def _clean_path(value: str) -> str:
+def clean_path(value: str) -> str:
+    """A path from a CSV as the ledger spells sources: forward slashes, no leading ``./``."""
     v = value.strip().replace("\\", "/")
     while v.startswith("./"):
         v = v[2:]
@@ -83,12 +74,12 @@ def join_labels(
         raise UsageError(f"Cannot read the labels file '{csv}' as CSV.") from None
     if not header:
         raise UsageError(f"The labels file '{csv}' has no columns.")
-    key_col = column or _find(header, KEY_COLUMNS[key]) or header[0]
+    key_col = column or find_column(header, KEY_COLUMNS[key]) or header[0]
     if key_col not in header:
         raise UsageError(f"The labels file '{csv}' has no column '{key_col}'.")
     pcol = None
     if patient_column == "auto":
-        pcol = _find(header, PATIENT_COLUMNS)
+        pcol = find_column(header, PATIENT_COLUMNS)
     elif patient_column and patient_column != "none":
         if patient_column not in header:
             raise UsageError(f"The labels file '{csv}' has no patient column '{patient_column}'.")
@@ -109,7 +100,7 @@ def join_labels(
             index.setdefault(p, []).append(i)
         matches = []
         for k in keys:
-            k = _clean_path(k)
+            k = clean_path(k)
             hit = index.get(k)
             parts = k.split("/")
             while hit is None and len(parts) > 1:
@@ -120,7 +111,7 @@ def join_labels(
         index = {}
         for i, p in enumerate(meta["source_path"].astype(str)):
             index.setdefault(p.rsplit("/", 1)[-1], []).append(i)
-        matches = [index.get(_clean_path(k).rsplit("/", 1)[-1], []) for k in keys]
+        matches = [index.get(clean_path(k).rsplit("/", 1)[-1], []) for k in keys]
     else:
         target = "sample_id" if key == "sop_uid" else "study_key"
         kind = "sop" if key == "sop_uid" else "study"
@@ -130,8 +121,8 @@ def join_labels(
                 index.setdefault(v, []).append(i)
         matches = [index.get(salt.key(kind, k), []) for k in keys]
 
-    label_cols_src = [c for c in header if c not in (key_col, pcol, *skip_columns) and _norm(c) not in IDENTIFYING]
-    dropped = [c for c in header if c not in (key_col, pcol) and _norm(c) in IDENTIFYING]
+    label_cols_src = [c for c in header if c not in (key_col, pcol, *skip_columns) and not is_identifying(c)]
+    dropped = [c for c in header if c not in (key_col, pcol) and is_identifying(c)]
     out = meta.copy()
     assign: dict[int, int] = {}  # sample row -> CSV row (first CSV row wins)
     duplicate_keys = 0
@@ -147,7 +138,7 @@ def join_labels(
 
     stored_names: list[str] = []
     for c in label_cols_src:
-        norm = _norm(c)
+        norm = normalized(c)
         values = sub[c]
         if norm in FILL_COLUMNS:
             _fill(out, norm, rows_idx, values)
@@ -167,7 +158,7 @@ def join_labels(
     if not_samples and key in ("path", "filename"):
         names = not_samples if key == "path" else {p.rsplit("/", 1)[-1] for p in not_samples}
         for k, m in zip(keys, matches):
-            k = _clean_path(k)
+            k = clean_path(k)
             if not m and (k in names or k.rsplit("/", 1)[-1] in names and key == "filename"):
                 ledgered += 1
     stats = {

@@ -63,7 +63,7 @@ class MaskSource:
     name: str | None = None
 
     @classmethod
-    def parse(cls, text: str | Path) -> "MaskSource":
+    def parse(cls, text: str | Path) -> MaskSource:
         s = str(text)
         name, sep, folder = s.partition("=")
         if sep and name and "/" not in name and not Path(s).exists():
@@ -139,7 +139,7 @@ class Pairing:
 
 def pair_masks(items: list[InputItem], sources: Sequence[MaskSource]) -> Pairing:
     """Give each input the mask files of every source that match it (see the module docstring)."""
-    stems = Counter(input_key(i.rel).rpartition("/")[2] for i in items)
+    stems = Counter(input_key(i.rel).rpartition("/")[2] for i in items if not i.verdict)
     found: list[list[tuple[str, int]]] = [[] for _ in items]
     errors = [""] * len(items)
     files_total = files_used = 0
@@ -155,6 +155,8 @@ def pair_masks(items: list[InputItem], sources: Sequence[MaskSource]) -> Pairing
             by_stem[key.rpartition("/")[2]].append(f)
         used: set[str] = set()
         for i, item in enumerate(items):
+            if item.verdict:  # not an input (a sidecar, a FIFO, ...): never paired
+                continue
             key = input_key(item.rel)
             stem = key.rpartition("/")[2]
             hits = by_path.get(key)
@@ -184,19 +186,20 @@ def pair_masks_from_csv(items: list[InputItem], csv: str | Path, mask_column: st
     """Masks named in a column of the labels CSV (paths relative to the CSV's folder, ``|`` between several)."""
     import pandas as pd
 
-    from cxrjepa.ingest.labels import KEY_COLUMNS, _clean_path, _find
+    from cxrjepa.ingest.labels import KEY_COLUMNS, clean_path, find_column
 
     if key not in ("path", "filename"):
         raise UsageError("A masks column in the labels CSV needs --key path or filename (UIDs are only known after reading).")
     header = list(pd.read_csv(csv, nrows=0).columns)
     if mask_column not in header:
         raise UsageError(f"The labels file '{csv}' has no masks column '{mask_column}'.")
-    key_col = key_column or _find(header, KEY_COLUMNS[key]) or header[0]
+    key_col = key_column or find_column(header, KEY_COLUMNS[key]) or header[0]
     table = pd.read_csv(csv, dtype=str, usecols=[key_col, mask_column], keep_default_na=False)
     base = Path(csv).parent
     by_rel: dict[str, list[int]] = defaultdict(list)
     for i, it in enumerate(items):
-        by_rel[it.rel if key == "path" else it.rel.rpartition("/")[2]].append(i)
+        if not it.verdict:
+            by_rel[it.rel if key == "path" else it.rel.rpartition("/")[2]].append(i)
     found: dict[int, list[tuple[str, int]]] = {}
     errors: dict[int, str] = {}
     n_files = 0
@@ -205,7 +208,7 @@ def pair_masks_from_csv(items: list[InputItem], csv: str | Path, mask_column: st
         if not files or not str(k).strip():
             continue
         n_files += len(files)
-        k = _clean_path(str(k))
+        k = clean_path(str(k))
         if key == "filename":
             hits = by_rel.get(k.rpartition("/")[2], [])
         else:
@@ -273,7 +276,8 @@ def _dicom_array(path: Path, row: dict, ctx: Context) -> tuple[np.ndarray, dict[
 def _volume_array(path: Path) -> np.ndarray:
     import SimpleITK as sitk
 
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    with discover.utf8_name(path) as name:
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(name))
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise Reject(ledger.MASK_VALUES, f"{arr.ndim}-D mask volume")
@@ -283,7 +287,10 @@ def _volume_array(path: Path) -> np.ndarray:
 def read_mask(path: str | Path, row: dict, ctx: Context) -> tuple[np.ndarray, bool, dict[str, str]]:
     """A mask file as a 2-D array (source pixels), whether it is lossy, and class names it carries."""
     path = Path(path)
-    fmt = discover.sniff(path)
+    try:
+        fmt = discover.sniff(path)
+    except Reject as r:  # missing, unreadable or not a regular file
+        raise Reject(ledger.MASK_UNREADABLE, r.detail) from None
     try:
         if fmt == discover.DICOM:
             arr, names = _dicom_array(path, row, ctx)
@@ -305,9 +312,8 @@ def to_labels(arr: np.ndarray, label: int, lossy: bool) -> np.ndarray:
     a = np.asarray(arr)
     if a.dtype == bool:
         a = a.astype(np.uint8)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise Reject(ledger.MASK_VALUES, "fractional values")
+    if np.issubdtype(a.dtype, np.floating) and (not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a))):
+        raise Reject(ledger.MASK_VALUES, "fractional values")
     if lossy:
         top = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else float(a.max() or 1)
         return np.where(a >= top / 2, max(label, 1), 0).astype(np.uint8)

@@ -1,4 +1,6 @@
-"""Patient-data safety: the salt, keyed hashes, and the few DICOM values that may be kept (coded, coarse).
+"""Patient-data safety at ingest: the salt, keyed hashes, and the few DICOM values that may be kept (coded, coarse).
+
+Which columns of a user's table are identifying is decided in one place for every stage: :mod:`cxrjepa.core.phi`.
 
 No identifying value (names, IDs, dates, UIDs, institution, free text) leaves this module except as a salted
 HMAC. Sample, study and patient keys are ``HMAC-SHA256(salt, kind + ':' + value)`` truncated to 16 hex digits:
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from cxrjepa.core.atomic import atomic_write_bytes
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.phi import AGE_CAP
 
 SALT_ENV = "CXRJEPA_SALT"
 KEY_HEX = 16
@@ -117,7 +120,6 @@ def sex_code(value: object) -> str:
     return ""
 
 
-AGE_CAP = 90  # ages above 89 are identifying (HIPAA safe harbour): reported as 90
 
 
 def age_years(patient_age: object = None, birth_date: object = None, study_date: object = None) -> float:

@@ -1,4 +1,10 @@
-"""One input -> a :class:`Sample` (with its paired mask, if any) or a ledger :class:`Record`. Never raises for bad input."""
+"""One input -> a :class:`Sample` (with its paired mask, if any) or a ledger :class:`Record`. Never raises for bad input.
+
+Whatever a library raises while reading an input becomes a ledger row, ``BaseException`` subclasses included
+(pylibjpeg-rle reports a corrupt segment with a Rust panic, ``pyo3_runtime.PanicException``); only
+``KeyboardInterrupt`` and ``SystemExit`` pass. Native crashes, hangs and memory blow-ups are caught one
+level up, by the decode worker that runs this (see :mod:`cxrjepa.ingest.pool`).
+"""
 
 from __future__ import annotations
 
@@ -42,6 +48,9 @@ def _read(item: InputItem, ctx: Context, fmt: str) -> Sample:
 
 
 def process_input(item: InputItem, ctx: Context) -> Sample | Record:
+    if item.verdict:  # settled by discovery (sidecar, FIFO, unreadable folder, ...): never opened
+        status, reason, detail = item.verdict
+        return Record(item.rel, item.source_index, status, reason, detail)
     fmt = ""
     try:
         fmt = discover.sniff(item.path)
@@ -54,7 +63,9 @@ def process_input(item: InputItem, ctx: Context) -> Sample | Record:
         return sample
     except Reject as r:
         return Record(item.rel, item.source_index, r.status, r.reason, r.detail, format=fmt)
-    except MemoryError:
-        return Record(item.rel, item.source_index, ledger.REJECTED, ledger.INTERNAL, "MemoryError", format=fmt)
-    except Exception as exc:  # a bug or a library failure: ledgered by class name (messages may hold values)
+    except MemoryError:  # the worker's memory limit (see pool.py)
+        return Record(item.rel, item.source_index, ledger.REJECTED, ledger.MEMORY_LIMIT, format=fmt)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # a bug or a library failure: ledgered by class name (messages may hold values)
         return Record(item.rel, item.source_index, ledger.REJECTED, ledger.INTERNAL, type(exc).__name__, format=fmt)

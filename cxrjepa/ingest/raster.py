@@ -1,8 +1,11 @@
-"""PNG / JPEG / BMP / TIFF images (OpenCV): 8- or 16-bit, grey or colour (to grey), EXIF orientation applied."""
+"""PNG / JPEG / BMP / TIFF images (OpenCV): 8- or 16-bit, grey or colour (to grey), EXIF orientation applied.
+
+The size a file's header claims is checked against ``max_pixels`` before anything is decoded."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import cv2
@@ -12,6 +15,7 @@ from cxrjepa.ingest import ledger
 from cxrjepa.ingest.context import Context, InputItem
 from cxrjepa.ingest.ledger import Reject
 from cxrjepa.ingest.normalize import ConstantImage, store_frames
+from cxrjepa.ingest.pixel_claims import check_size
 from cxrjepa.ingest.table import Sample, new_row
 
 
@@ -26,13 +30,40 @@ def bgr_to_grey(img: np.ndarray) -> np.ndarray:
     raise Reject(ledger.UNSUPPORTED_SHAPE, f"{img.ndim}-D image with {img.shape[-1]} channels")
 
 
+def claimed_size(data: bytes) -> tuple[int, int] | None:
+    """(rows, columns) that an image file's header claims, read by Pillow without decoding; None when
+    Pillow cannot tell (OpenCV then decides)."""
+    import warnings
+
+    from PIL import Image
+
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # only the header is read here: max_pixels is the limit
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+        return int(height), int(width)
+    except Exception:
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
 def process_image(path: Path, item: InputItem, ctx: Context) -> Sample:
     cfg = ctx.config
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise Reject(ledger.UNREADABLE_FILE, type(exc).__name__) from None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    size = claimed_size(data)
+    if size is not None:
+        check_size(*size, cfg.max_pixels)
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    except cv2.error:
+        img = None
     if img is None or img.size == 0:
         raise Reject(ledger.UNREADABLE_IMAGE)
     colour = img.ndim == 3 and img.shape[2] >= 3

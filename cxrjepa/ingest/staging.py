@@ -63,9 +63,6 @@ class Staging:
     def done_path(self, unit: int) -> Path:
         return self.dir / f"unit-{unit:06d}.json"
 
-    def current_path(self, unit: int) -> Path:
-        return self.dir / f"unit-{unit:06d}.current"
-
     def is_done(self, unit: int) -> bool:
         return self.done_path(unit).is_file()
 
@@ -83,8 +80,8 @@ class Staging:
     def prepare(self, items: Sequence[InputItem], unit_size: int, size: int, dtype: str) -> int:
         """Create the staging folder, or check that the one there belongs to this input list (else start
         it over). Returns the unit size to use (the stored one when resuming)."""
-        inputs_hash = hash_obj([(i.source_index, i.rel, *((i.masks, i.mask_error) if i.masks or i.mask_error else ()))
-                                for i in items])
+        inputs_hash = hash_obj([(i.source_index, i.rel, *((i.masks, i.mask_error) if i.masks or i.mask_error else ()),
+                                 *((i.verdict,) if i.verdict else ())) for i in items])
         plan = {"n_inputs": len(items), "inputs_hash": inputs_hash, "unit_size": unit_size, "size": size, "dtype": dtype}
         path = self.dir / PLAN
         if path.is_file():
@@ -94,6 +91,8 @@ class Staging:
                 old = {}
             same = all(old.get(k) == plan[k] for k in ("n_inputs", "inputs_hash", "size", "dtype"))
             if same and int(old.get("unit_size", 0)) > 0:
+                for tmp in self.dir.glob(".unit-*.tmp"):  # left by workers killed mid-unit
+                    tmp.unlink(missing_ok=True)
                 return int(old["unit_size"])
             shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)

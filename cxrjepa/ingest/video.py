@@ -17,8 +17,10 @@ import numpy as np
 from cxrjepa.ingest import ledger
 from cxrjepa.ingest.clips import RateSampler
 from cxrjepa.ingest.context import Context, InputItem
+from cxrjepa.ingest.discover import utf8_name
 from cxrjepa.ingest.ledger import Reject
 from cxrjepa.ingest.normalize import ConstantImage, store_frames
+from cxrjepa.ingest.pixel_claims import check_size
 from cxrjepa.ingest.raster import bgr_to_grey
 from cxrjepa.ingest.region import region_from_variance
 from cxrjepa.ingest.table import Sample, new_row
@@ -32,38 +34,41 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_frames(path: Path, target_fps: float, max_frames: int) -> tuple[list[np.ndarray], float, int, bool]:
-    """(grey float32 frames kept, stored fps, source frame count, colour?) of a video file."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise Reject(ledger.UNREADABLE_VIDEO)
-        sampler = RateSampler(cap.get(cv2.CAP_PROP_FPS), target_fps, max_frames)
-        frames: list[np.ndarray] = []
-        colour = False
-        i = 0
-        while not sampler.done:
-            if not cap.grab():
-                break
-            if sampler.keep(i):
-                ok, frame = cap.retrieve()
-                if not ok or frame is None:
+def read_frames(path: Path, target_fps: float, max_frames: int, max_pixels: int = 0) -> tuple[list[np.ndarray], float, int, bool]:
+    """(grey float32 frames kept, stored fps, source frame count, colour?) of a video file; frames larger
+    than ``max_pixels`` are refused before any is decoded."""
+    with utf8_name(path) as name:
+        cap = cv2.VideoCapture(name)
+        try:
+            if not cap.isOpened():
+                raise Reject(ledger.UNREADABLE_VIDEO)
+            check_size(int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), max_pixels)
+            sampler = RateSampler(cap.get(cv2.CAP_PROP_FPS), target_fps, max_frames)
+            frames: list[np.ndarray] = []
+            colour = False
+            i = 0
+            while not sampler.done:
+                if not cap.grab():
                     break
-                if frame.ndim == 3 and frame.shape[2] >= 3 and not colour:
-                    b, g, r = frame[..., 0], frame[..., 1], frame[..., 2]
-                    colour = not (np.array_equal(b, g) and np.array_equal(g, r))
-                frames.append(bgr_to_grey(frame))
-            i += 1
-        reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        total = max(reported, i) if sampler.done else i
-        return frames, sampler.fps, total, colour
-    finally:
-        cap.release()
+                if sampler.keep(i):
+                    ok, frame = cap.retrieve()
+                    if not ok or frame is None:
+                        break
+                    if frame.ndim == 3 and frame.shape[2] >= 3 and not colour:
+                        b, g, r = frame[..., 0], frame[..., 1], frame[..., 2]
+                        colour = not (np.array_equal(b, g) and np.array_equal(g, r))
+                    frames.append(bgr_to_grey(frame))
+                i += 1
+            reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+            total = max(reported, i) if sampler.done else i
+            return frames, sampler.fps, total, colour
+        finally:
+            cap.release()
 
 
 def process_video(path: Path, item: InputItem, ctx: Context) -> Sample:
     cfg = ctx.config
-    frames, fps, total, colour = read_frames(path, cfg.clip_fps, cfg.max_frames)
+    frames, fps, total, colour = read_frames(path, cfg.clip_fps, cfg.max_frames, cfg.max_pixels)
     if not frames:
         raise Reject(ledger.NO_FRAMES)
     shape = frames[0].shape

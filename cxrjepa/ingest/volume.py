@@ -17,8 +17,10 @@ import numpy as np
 from cxrjepa.ingest import ledger
 from cxrjepa.ingest.clips import even_indices
 from cxrjepa.ingest.context import Context, InputItem
+from cxrjepa.ingest.discover import utf8_name
 from cxrjepa.ingest.ledger import Reject
 from cxrjepa.ingest.normalize import ConstantImage, store_frames
+from cxrjepa.ingest.pixel_claims import check_size
 from cxrjepa.ingest.table import Sample, new_row
 
 
@@ -35,10 +37,20 @@ def process_volume(path: Path, item: InputItem, ctx: Context) -> Sample:
     import SimpleITK as sitk
 
     cfg = ctx.config
-    try:
-        img = sitk.ReadImage(str(path))
-    except Exception as exc:  # SimpleITK's messages quote paths and header text: keep the class only
-        raise Reject(ledger.UNREADABLE_VOLUME, type(exc).__name__) from None
+    with utf8_name(path) as name:
+        try:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(name)
+            reader.ReadImageInformation()  # the header only: refuse sizes no image has before reading voxels
+            dims = reader.GetSize()  # (x, y, z, ...)
+        except Exception as exc:  # SimpleITK's messages quote paths and header text: keep the class only
+            raise Reject(ledger.UNREADABLE_VOLUME, type(exc).__name__) from None
+        if len(dims) >= 2:
+            check_size(int(dims[1]), int(dims[0]), cfg.max_pixels)
+        try:
+            img = reader.Execute()
+        except Exception as exc:
+            raise Reject(ledger.UNREADABLE_VOLUME, type(exc).__name__) from None
     dim, comps = img.GetDimension(), img.GetNumberOfComponentsPerPixel()
     if dim not in (2, 3):
         raise Reject(ledger.UNSUPPORTED_SHAPE, f"{dim}-D volume")

@@ -1,14 +1,15 @@
-"""Code that runs inside ingest worker processes (and inline with one worker).
+"""Code that runs inside ingest worker processes.
 
-Workers are started from a fork server (spawn where there is none), single-threaded in OpenCV, SimpleITK
-and BLAS so N workers use N cores. Each processes whole work units (staging.py) and, in the final step,
-copies whole shards of the final array (writer.py): no two workers ever write the same file.
+Decode workers (:func:`serve`, driven by pool.py) are started from a fork server (spawn where there is
+none), single-threaded in OpenCV, SimpleITK and BLAS so N workers use N cores, with a memory limit and
+their output silenced. Each processes whole work units (staging.py) and, in the final step, pool workers
+copy whole shards of the final array (writer.py): no two workers ever write the same file.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -51,28 +52,131 @@ def init_pool_worker(single_threaded: bool = True) -> None:
     prefer_single_threaded(single_threaded)
 
 
-def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] | None = None) -> dict:
+def limit_memory(megabytes: int) -> None:
+    """Let this process allocate at most ``megabytes`` MB more than it holds now, by capping its data segment
+    (``RLIMIT_DATA``: heap and private anonymous mappings, which is where decoders allocate; shared libraries
+    and file mappings do not count). What a worker holds after start (its libraries' data, about 300 MB) is
+    not part of the allowance. Past it an allocation fails: Python raises ``MemoryError``, which the input's
+    ledger row reports."""
+    import resource
+
+    import psutil
+
+    if megabytes <= 0:
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = psutil.Process().memory_info().data + megabytes * 2**20
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def _silence_output() -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so native libraries too) to the
+    null device: decoders print aborts and warnings that can quote file content, and the run's console
+    belongs to the main process. ``--verbose`` keeps them."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+def serve(conn, single_threaded: bool, memory_mb: int, quiet: bool, process: Callable | None = None) -> None:
+    """A decode worker's life (see :mod:`cxrjepa.ingest.pool`): run the units sent over ``conn`` one after
+    the other, reporting progress on the same pipe, until told to stop (``None``) or the pipe closes.
+
+    Every message is a pair: ``("start", k)`` before input ``k`` of the unit, ``("plugin", name)`` before a
+    decoding plugin is tried (``""`` after it), ``("memory", k)`` when input ``k`` ran out of memory (the
+    worker then exits), ``("commit", None)`` after the last input, ``("done", summary)`` once the unit is
+    durable, ``("error", exception)`` when the unit failed for a reason no input explains (the run then
+    stops).
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which stops the workers
+    if quiet:
+        _silence_output()
+    limit_memory(memory_mb)
+    init_pool_worker(single_threaded)
+
+    def report(kind: str, value: object = None) -> None:
+        conn.send((kind, value))
+
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        out, unit, ctx, settled, avoid = task
+        try:
+            summary = run_unit(out, unit, ctx, settled, avoid, report, process or process_input)
+        except BaseException as exc:
+            report("error", _portable(exc))
+            continue
+        report("done", summary)
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives pickling (to be raised in the main process), else a RuntimeError naming its class."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__} in an ingest worker")
+
+
+def run_unit(
+    out: str,
+    unit: Unit,
+    ctx: Context,
+    settled: Mapping[int, tuple[str, str]] | None = None,
+    avoid: Mapping[int, frozenset[str]] | None = None,
+    report: Callable[[str, object], None] | None = None,
+    process: Callable = process_input,
+) -> dict:
     """Process one work unit into the staging folder; returns its summary (also written as its done mark).
 
-    ``crashed`` is given when the unit runs isolated after a worker crash: positions (within the unit) of
-    inputs that killed a worker before are ledgered instead of being tried again, and the position being
-    worked on is written to a marker file so a new crash names its input.
+    When the unit runs again after a worker died on it, ``settled`` holds the inputs (positions in the unit)
+    to ledger without reading them again, with their reason and detail, and ``avoid`` the decoding plugins
+    not to try again on an input. ``report(kind, value)`` tells the pool what is being read (see
+    :func:`serve`).
     """
+    from cxrjepa.ingest.dicom_pixels import PluginWatch, watch_plugins
+
+    settled = settled or {}
+    avoid = avoid or {}
     staging = Staging(Path(out))
     writer = UnitWriter(staging, unit.index)
     rows: list[dict] = []
     records: list[dict] = []
-    current = staging.current_path(unit.index)
     try:
         for k, item in enumerate(unit.items):
             order = unit.start + k
-            if crashed is not None and k in crashed:
-                rec = Record(item.rel, item.source_index, ledger.REJECTED, ledger.WORKER_CRASHED)
+            if k in settled:
+                reason, detail = settled[k]
+                rec = Record(item.rel, item.source_index, ledger.REJECTED, reason, detail)
                 records.append({**rec.to_json(), "_order": order})
                 continue
-            if crashed is not None:
-                current.write_text(str(k))  # names the input if this process dies (decoder crash)
-            result = process_input(item, ctx)
+            if report is not None:
+                report("start", k)
+                watch = PluginWatch(lambda name: report("plugin", name), avoid.get(k, frozenset()))
+            else:
+                watch = PluginWatch(avoid=avoid.get(k, frozenset()))
+            try:
+                with watch_plugins(watch):
+                    result = process(item, ctx)
+            except MemoryError:  # past the worker's memory limit (process_input ledgers its own)
+                result = Record(item.rel, item.source_index, ledger.REJECTED, ledger.MEMORY_LIMIT)
+            if report is not None and isinstance(result, Record) and result.reason == ledger.MEMORY_LIMIT:
+                # a process that ran out of memory may stay short of it: the pool ledgers this input and
+                # redoes the unit in a fresh worker, so no later input pays for this one
+                writer.abort()
+                report("memory", k)
+                os._exit(3)
             if isinstance(result, Sample):
                 row = result.row
                 row["_local_start"] = writer.append(result.frames)
@@ -82,10 +186,10 @@ def run_unit(out: str, unit: Unit, ctx: Context, crashed: Sequence[int] | None =
                 rows.append(row)
             else:
                 records.append({**result.to_json(), "_order": order})
+        if report is not None:
+            report("commit", None)
         summary = {"unit": unit.index, "frames": writer.frames, "rows": rows, "records": records}
         writer.commit(summary)
-        if crashed is not None:
-            current.unlink(missing_ok=True)
     except BaseException:
         writer.abort()
         raise
@@ -129,7 +233,7 @@ def _fill_shard(staging: Staging, maps: dict, table: np.ndarray, f0: int, f1: in
     starts = table[:, 0]
     r = max(0, int(np.searchsorted(starts, f0, side="right")) - 1)
     while r < len(table) and int(starts[r]) < f1:
-        g, c, u, l = (int(v) for v in table[r])
+        g, c, u, local = (int(v) for v in table[r])
         lo, hi = max(g, f0), min(g + c, f1)
         if hi > lo:
             src = maps.get((u, kind))
@@ -137,6 +241,6 @@ def _fill_shard(staging: Staging, maps: dict, table: np.ndarray, f0: int, f1: in
                 if len(maps) > 8:
                     maps.clear()
                 src = maps[(u, kind)] = staging.frames(u, size, dtype, kind)
-            buf[lo - f0 : hi - f0] = src[l + (lo - g) : l + (hi - g)]
+            buf[lo - f0 : hi - f0] = src[local + (lo - g) : local + (hi - g)]
         r += 1
     return buf

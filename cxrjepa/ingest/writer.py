@@ -34,8 +34,8 @@ from cxrjepa.ingest.table import COLUMNS, PRIVATE
 @dataclass
 class Assembled:
     meta: pd.DataFrame  # kept samples, table columns + private ones
-    records: list[dict]  # ledger records (rejected, skipped, duplicate), in input order
-    ignored: int = 0
+    records: list[dict]  # ledger records (rejected, skipped, duplicate, ignored), in input order
+    ignored: int = 0  # how many of them are ignored
 
 
 INTERNAL = ["_unit", "_local_start", "_order", "_mask_local"]
@@ -62,10 +62,8 @@ def collect(staging: Staging, n_units: int, dedupe: bool) -> Assembled:
         if data["rows"]:
             frames.append(_frame(data["rows"], u))
         for r in data["records"]:
-            if r.get("status") == ledger.IGNORED:
-                ignored += 1
-            else:
-                records.append(r)
+            ignored += r.get("status") == ledger.IGNORED
+            records.append(r)
     meta = pd.concat(frames, ignore_index=True) if frames else _frame([], 0).iloc[0:0]
     if dedupe and len(meta):
         dup_key = meta["_dedupe_key"].duplicated(keep="first").to_numpy()

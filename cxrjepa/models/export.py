@@ -25,7 +25,7 @@ from torch import nn
 
 from cxrjepa.core.atomic import atomic_write_json
 from cxrjepa.core.config import from_dict, to_dict
-from cxrjepa.core.errors import ArtifactError
+from cxrjepa.core.errors import ArtifactError, reading
 from cxrjepa.core.fingerprint import hash_file
 from cxrjepa.models.vit import EncoderConfig, ViTEncoder, create_vit
 
@@ -106,9 +106,10 @@ def find_export(path: str | Path) -> Path:
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from safetensors, or a torch file loaded with ``weights_only=True`` (never pickle code)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return safetensors.torch.load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    with reading(path, "weights file"):  # corrupt, truncated or code-carrying files: one sentence naming them
+        if path.suffix == ".safetensors":
+            return safetensors.torch.load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):

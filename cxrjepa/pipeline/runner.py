@@ -1,12 +1,15 @@
 """``cxrjepa run``: run a pipeline's stages in order, skipping the ones that are up to date.
 
-A stage is skipped when its output folder holds a complete artifact whose fingerprint equals the one the
-stage would compute now (same kind, resolved params and input fingerprints). ``force`` redoes every stage
-or the named ones; ``dry_run`` prints the plan and writes nothing.
+The runner does not plan on its own: it asks each stage (:meth:`StageDef.plan`), which applies the rule it
+applies when run directly. A stage is skipped when its output folder holds a complete artifact whose
+fingerprint equals the one the stage would compute now (same kind, resolved params, input fingerprints and
+algorithm version) and the stage has nothing to add (a pretraining run stopped by ``--max-steps`` continues).
+``force`` redoes every stage or the named ones; ``dry_run`` prints the plan and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import COMPLETE, plan_artifact, read_manifest
-from cxrjepa.core.config import _did_you_mean, load_config, overrides_to_dict, read_yaml
-from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, ConfigError, CxrjepaError
+from cxrjepa.core.artifact import COMPLETE, read_manifest
+from cxrjepa.core.config import did_you_mean, load_config, overrides_to_dict, read_yaml
+from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, ConfigError, format_error
+from cxrjepa.core.lock import output_lock
 from cxrjepa.pipeline.spec import Pipeline, StageSpec, load_pipeline
 from cxrjepa.pipeline.stages import STAGES, StageDef
 
@@ -58,7 +62,7 @@ def _split_sets(pipeline: Pipeline, sets: Sequence[str]) -> dict[str, dict[str, 
     ids = [s.id for s in pipeline.stages]
     for sid, value in tree.items():
         if sid not in ids:
-            raise ConfigError(f"--set names unknown stage '{sid}'." + _did_you_mean(sid, ids))
+            raise ConfigError(f"--set names unknown stage '{sid}'." + did_you_mean(sid, ids))
         if not isinstance(value, dict):
             raise ConfigError(f"--set {sid}=... must name a setting, as in --set {sid}.key=value.")
     return tree
@@ -78,19 +82,12 @@ def resolve_stage(pipeline: Pipeline, spec: StageSpec, sets: dict[str, Any]) -> 
         raise ConfigError(f"Stage '{spec.id}': {exc.message}") from None
     for key in spec.inputs:
         if key not in sdef.inputs:
-            raise ConfigError(f"Stage '{spec.id}' ({spec.stage}) has no input '{key}'." + _did_you_mean(key, sdef.inputs))
+            raise ConfigError(f"Stage '{spec.id}' ({spec.stage}) has no input '{key}'." + did_you_mean(key, sdef.inputs))
     for key in sdef.required:
         if key not in spec.inputs:
             raise ConfigError(f"Stage '{spec.id}' ({spec.stage}) needs the input '{key}'.")
     inputs = {k: pipeline.resolve(v) for k, v in spec.inputs.items()}
     return sdef, config, inputs, options
-
-
-def fingerprint_params(config: Any) -> Any:
-    """The part of a stage config that enters its fingerprint (a config may keep run-length settings such
-    as a step budget out of it by defining ``science()``)."""
-    science = getattr(config, "science", None)
-    return science() if callable(science) else config
 
 
 def _upstream_pending(pipeline: Pipeline, spec: StageSpec, will_run: set[str]) -> str | None:
@@ -117,7 +114,7 @@ def run_pipeline(
         ids = [s.id for s in pipeline.stages]
         for f in forced:
             if f not in ids:
-                raise ConfigError(f"--force names unknown stage '{f}'." + _did_you_mean(f, ids))
+                raise ConfigError(f"--force names unknown stage '{f}'." + did_you_mean(f, ids))
     else:
         forced = set()
     set_tree = _split_sets(pipeline, sets)
@@ -136,29 +133,22 @@ def run_pipeline(
         if missing and dry_run:
             step.action, step.reason = "would fail", f"input '{missing[0]}' does not exist"
             continue
-        plan = plan_artifact(spec.out, sdef.kind, fingerprint_params(config), sdef.input_refs(inputs, options), force=spec.id in forced)
-        if plan.action == "skip":
-            step.action, step.reason = ("would skip" if dry_run else "skip"), plan.reason
-            prev = read_manifest(spec.out) or {}
-            step.rejected = int((prev.get("counts") or {}).get("rejected", 0) or 0)
-            continue
-        if plan.action == "refuse":
-            raise ConfigError(f"Stage '{spec.id}': {plan.reason}.")
-        will_run.add(spec.id)
-        if dry_run:
-            step.action, step.reason = "would run", plan.reason
-            continue
-        console.info(f"── {spec.id} ({spec.stage}) -> {spec.out}: {plan.reason}")
         t0 = time.time()
-        try:
-            artifact = sdef.call(spec.out, config, inputs, options, force=spec.id in forced)
-        except CxrjepaError as exc:
-            step.action, step.reason, step.seconds = "failed", exc.message, round(time.time() - t0, 2)
-            result.exit_code, result.error = exc.exit_code, f"Stage '{spec.id}' failed: {exc.message}"
+        try:  # the stage's lock before its folder is read to plan (a dry run takes none and writes nothing)
+            with contextlib.nullcontext() if dry_run else output_lock(spec.out, spec.stage):
+                artifact = _plan_and_run(spec, sdef, config, inputs, options, spec.id in forced, dry_run, step,
+                                         will_run)
+        except Exception as exc:
+            known = None if isinstance(exc, _Refused) else format_error(exc)
+            if known is None:
+                raise
+            step.action, step.reason, step.seconds = "failed", known[0], round(time.time() - t0, 2)
+            result.exit_code, result.error = known[1], f"Stage '{spec.id}' failed: {known[0]}"
             _mark_not_run(result, pipeline, spec)
             return result
+        if artifact is None:
+            continue
         step.seconds = round(time.time() - t0, 2)
-        step.action, step.reason = "run", plan.reason
         if artifact.manifest.get("status") != COMPLETE:
             result.exit_code, result.error = EXIT_FAILURE, f"Stage '{spec.id}' did not complete its artifact."
             return result
@@ -166,6 +156,31 @@ def run_pipeline(
     if any(s.rejected for s in result.steps):
         result.exit_code = EXIT_REJECTED
     return result
+
+
+class _Refused(ConfigError):
+    """The stage's output folder holds something a stage must not replace: the pipeline stops (exit 2)."""
+
+
+def _plan_and_run(spec: StageSpec, sdef: StageDef, config: Any, inputs: dict, options: dict, force: bool, dry_run: bool,
+                  step: StepResult, will_run: set[str]):
+    """Plan one stage and run it unless it is up to date (or this is a dry run); the artifact, or None."""
+    plan = sdef.plan(spec.out, config, inputs, options, force=force)
+    if plan.action == "skip":
+        step.action, step.reason = ("would skip" if dry_run else "skip"), plan.reason
+        prev = read_manifest(spec.out) or {}
+        step.rejected = int((prev.get("counts") or {}).get("rejected", 0) or 0)
+        return None
+    if plan.action == "refuse":
+        raise _Refused(f"Stage '{spec.id}': {plan.reason}.")
+    will_run.add(spec.id)
+    if dry_run:
+        step.action, step.reason = "would run", plan.reason
+        return None
+    console.info(f"── {spec.id} ({spec.stage}) -> {spec.out}: {plan.reason}")
+    artifact = sdef.call(spec.out, config, inputs, options, force=force)
+    step.action, step.reason = "run", plan.reason
+    return artifact
 
 
 def _mark_not_run(result: PipelineResult, pipeline: Pipeline, failed: StageSpec) -> None:

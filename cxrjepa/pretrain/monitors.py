@@ -1,8 +1,8 @@
 """Training monitors: metrics files, collapse measures, throughput and MFU.
 
-* ``metrics.jsonl`` (one JSON object per logged step) and ``metrics.csv`` (the contract's columns) always;
-  TensorBoard scalars with ``--tensorboard``. On resume both files are cut back to the checkpoint's step, so
-  they hold each step once.
+* ``metrics.jsonl`` (one JSON object per logged step) and ``metrics.csv`` (the contract's columns), always:
+  the source of truth that experiment trackers (TensorBoard, MLflow, W&B: :mod:`cxrjepa.tracking`) mirror.
+  On resume both files are cut back to the checkpoint's step, so they hold each step once.
 * ``feat_std``: standard deviation, over the tokens of a fixed batch, of the layer-normed features the
   objective watches (I-JEPA: the EMA target's, i.e. the regression targets), averaged over channels. Healthy
   runs stay near 1; a collapsed target (every token alike) goes to 0.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -24,7 +25,6 @@ from cxrjepa.core import console
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
-TENSORBOARD = "tensorboard"
 COLUMNS = (
     "step",
     "epoch",
@@ -113,13 +113,43 @@ class CollapseWatch:
         return collapsed
 
 
-class MetricsLog:
-    """Appends metric rows to metrics.jsonl / metrics.csv (and TensorBoard); a no-op when not ``enabled``."""
+class FeatureMonitor:
+    """The collapse monitor as a metrics hook (:class:`cxrjepa.pretrain.metrics.Hook`): ``feat_std`` and
+    ``rankme`` of the watched features on the fixed batch every ``every`` steps and at ``last``; rank 0
+    (``check``) also runs the :class:`CollapseWatch`. ``measure`` is the forward pass (a collective under
+    FSDP: every rank runs it)."""
 
-    def __init__(self, run: str | Path, *, enabled: bool = True, tensorboard: bool = False, resume_step: int | None = None):
+    def __init__(self, measure: Callable[[], tuple[float, float]], watch: CollapseWatch, *, every: int, last: int,
+                 rank_cap: int, check: bool):
+        self.measure = measure
+        self.watch = watch
+        self.every = every
+        self.last = last
+        self.rank_cap = rank_cap
+        self.check = check
+
+    def due(self, step: int) -> bool:
+        return bool(self.every and step % self.every == 0) or step == self.last
+
+    def __call__(self, step: int, row: dict) -> None:
+        std, rank = self.measure()
+        row["feat_std"], row["rankme"] = std, rank
+        if self.check:
+            self.watch.check(step, std, rank, self.rank_cap)
+
+    def baseline(self) -> dict:
+        """The measures before the first step (the step-0 row); RankMe's reference for the drop test."""
+        std, rank = self.measure()
+        self.watch.best_rank = rank
+        return {"feat_std": std, "rankme": rank}
+
+
+class MetricsLog:
+    """Appends metric rows to metrics.jsonl / metrics.csv; a no-op when not ``enabled``."""
+
+    def __init__(self, run: str | Path, *, enabled: bool = True, resume_step: int | None = None):
         self.run = Path(run)
         self.enabled = enabled
-        self._tb = None
         if not enabled:
             return
         self.jsonl = self.run / METRICS_JSONL
@@ -133,13 +163,6 @@ class MetricsLog:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                console.warn("TensorBoard is not installed (pip install tensorboard); metrics go to CSV/JSONL only.")
-            else:
-                self._tb = SummaryWriter(str(self.run / TENSORBOARD), purge_step=resume_step)
 
     @staticmethod
     def read(run: str | Path) -> list[dict]:
@@ -161,17 +184,9 @@ class MetricsLog:
             fh.write(json.dumps(row) + "\n")
         with open(self.csv, "a", newline="") as fh:
             csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore").writerow(row)
-        if self._tb is not None:
-            step = int(row["step"])
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self._tb.add_scalar(f"pretrain/{key}", value, step)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
-            self._tb = None
+        """Nothing to release: every row is appended and closed as it is written."""
 
 
 def format_row(row: dict, total: int) -> str:

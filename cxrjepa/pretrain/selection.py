@@ -3,8 +3,13 @@
 The held-out items (a seeded share of the patients, never trained on: :func:`cxrjepa.pretrain.data.split_holdout`)
 are turned once into fixed batches -- whole frames (middle windows for clips) and masks from a dedicated
 seed -- so every evaluation measures the same thing. Whenever the mean held-out loss improves, the
-objective's selection modules (SALT: encoder and predictor) are written to ``checkpoints/best/`` (weights
-first, ``state.json`` last and atomically); the export then takes the encoder from there.
+objective's selection modules (SALT: encoder and predictor) become ``checkpoints/best/``; the export then
+takes the encoder from there.
+
+``checkpoints/best`` is a link to one of two folders, ``best-a`` and ``best-b``. A new best is written to the
+one the link does not point to (weights fsynced, ``state.json`` last), then a new link is renamed over the
+old one -- an atomic swap -- and the old folder removed. A kill at any moment leaves ``best`` pointing to
+the old best or to the new one, complete on the disk.
 
 Resuming: the best state is kept only if it was taken at or before the step the run resumes from (a later
 one is recomputed identically), and the evaluation history comes back from ``metrics.jsonl``.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +29,57 @@ import safetensors.torch
 import torch
 
 from cxrjepa.core.atomic import atomic_write_json, fsync_dir
+from cxrjepa.core.errors import reading
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain.data import Collator, evaluation_images, spread
+from cxrjepa.runtime import DistInfo, barrier
 
 BEST = "best"
+#: the two folders ``best`` links to in turn
+SLOTS = ("best-a", "best-b")
 HOLDOUT_SEED_STREAM = 6
 EVAL_BATCH = 64
 
 
 def best_dir(run: str | Path) -> Path:
+    """``RUN/checkpoints/best``: the link to the folder holding the best student."""
     return Path(run) / ckpt.CHECKPOINTS / BEST
+
+
+def write_best(run: str | Path, tensors: dict[str, dict[str, torch.Tensor]], state: dict) -> Path:
+    """Make ``tensors`` (module name -> state dict) and ``state`` the run's best, by an atomic swap of the
+    ``best`` link (see the module docstring); returns the folder written."""
+    root = Path(run) / ckpt.CHECKPOINTS
+    link = root / BEST
+    root.mkdir(parents=True, exist_ok=True)
+    if link.is_dir() and not link.is_symlink():
+        # a run begun before ``best`` became a link: adopt its folder as a slot (two renames, once per run)
+        shutil.rmtree(root / SLOTS[0], ignore_errors=True)
+        os.rename(link, root / SLOTS[0])
+        _point(root, SLOTS[0])
+    current = os.readlink(link) if link.is_symlink() else None
+    slot = SLOTS[1] if current == SLOTS[0] else SLOTS[0]
+    folder = root / slot
+    if folder.exists():  # a leftover, never the folder ``best`` points to
+        shutil.rmtree(folder)
+    folder.mkdir()
+    ckpt.write_modules(folder, tensors, name_modules=False)
+    fsync_dir(folder)
+    atomic_write_json(folder / ckpt.STATE, {"format": ckpt.FORMAT, **state, "modules": sorted(tensors)})
+    _point(root, slot)
+    if current is not None and current != slot:
+        shutil.rmtree(root / current, ignore_errors=True)
+    return folder
+
+
+def _point(root: Path, slot: str) -> None:
+    """Point ``root/best`` at ``slot``: a new relative link renamed over the old one, then the folder fsynced."""
+    tmp = root / f".{BEST}.link"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(slot, tmp)
+    os.replace(tmp, root / BEST)
+    fsync_dir(root)
 
 
 def read_best(run: str | Path) -> dict | None:
@@ -113,20 +160,7 @@ class HoldoutSelection:
         self.best_step, self.best_loss = step, loss
         tensors = {name: ckpt.module_state(m, sharded) for name, m in modules.items()}  # collective with FSDP
         if write:
-            folder = best_dir(self.run)
-            tmp = folder.with_name(f".{BEST}.tmp")
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir(parents=True)
-            for name, sd in tensors.items():
-                safetensors.torch.save_file(sd, str(tmp / f"{name}.safetensors"), metadata={"format": ckpt.FORMAT})
-            atomic_write_json(tmp / ckpt.STATE, {"format": ckpt.FORMAT, "step": step, "holdout_loss": loss,
-                                                 "modules": sorted(tensors)})
-            fsync_dir(tmp)
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-            fsync_dir(folder.parent)
+            write_best(self.run, tensors, {"step": step, "holdout_loss": loss})
         return True
 
     def best_encoder_state(self) -> dict[str, torch.Tensor] | None:
@@ -134,7 +168,8 @@ class HoldoutSelection:
         path = best_dir(self.run) / "encoder.safetensors"
         if self.best_step is None or not path.is_file():
             return None
-        return safetensors.torch.load_file(str(path))
+        with reading(path, "checkpoint file"):
+            return safetensors.torch.load_file(str(path))
 
     def summary(self, exported_step: int) -> dict:
         """``contents.selection`` of the run manifest."""
@@ -152,3 +187,29 @@ class HoldoutSelection:
             "evaluations": [[s, round(v, 6)] for s, v in self.history],
             "best": f"{ckpt.CHECKPOINTS}/{BEST}" if self.best_step is not None else None,
         }
+
+
+class SelectionHook:
+    """Held-out selection as a metrics hook (:class:`cxrjepa.pretrain.metrics.Hook`): at the steps
+    :meth:`HoldoutSelection.due` names, evaluate the student, add ``holdout_loss`` to the row and keep a
+    new best. Hooks run before the step's checkpoint, so a resume never loses a best."""
+
+    def __init__(self, selection: HoldoutSelection, objective, to_device, autocast, info: DistInfo, *, total: int,
+                 sharded: bool):
+        self.selection = selection
+        self.objective = objective
+        self.to_device = to_device
+        self.autocast = autocast
+        self.info = info
+        self.total = total
+        self.sharded = sharded
+
+    def due(self, step: int) -> bool:
+        return self.selection.due(step, self.total)
+
+    def __call__(self, step: int, row: dict) -> None:
+        held = self.selection.evaluate(self.objective, self.to_device, self.autocast)
+        row["holdout_loss"] = held
+        self.selection.update(step, held, self.objective.selection_modules(), write=self.info.is_main,
+                              sharded=self.sharded)
+        barrier(self.info)

@@ -116,7 +116,7 @@ def build_cache(root: str | Path, teacher, student, data, refs: list[dict], env,
     """Make (or reuse) the cache of ``teacher``'s targets for every frame of ``data`` under ``root``.
 
     Every rank of a process group calls this; blocks of frames are shared out round-robin."""
-    from cxrjepa.pretrain import distributed as D
+    from cxrjepa.runtime import barrier
 
     info = env.info
     params = cache_params(teacher, student, data)
@@ -130,7 +130,7 @@ def build_cache(root: str | Path, teacher, student, data, refs: list[dict], env,
         if info.is_main:
             console.info(f"Teacher targets: reusing the cache {folder}.")
         return CachedTargets(folder)
-    D.barrier(info)
+    barrier(info)
     if info.is_main:
         builder = begin(folder, KIND, params, refs, options={"processes": info.world})
         if not builder.resumed or not (folder / ZARR).exists():
@@ -143,7 +143,7 @@ def build_cache(root: str | Path, teacher, student, data, refs: list[dict], env,
                     f.unlink()
         (folder / LEDGER).mkdir(exist_ok=True)
         console.info(f"Teacher targets: computing {n} frames into {folder} (once; reused by later runs).")
-    D.barrier(info)
+    barrier(info)
     done = _done_blocks(folder)
     array = zarr.open_group(str(folder / ZARR), mode="r+")[ARRAY]
     blocks = [b for b in range((n + BLOCK - 1) // BLOCK) if b % info.world == info.rank and b not in done]
@@ -163,7 +163,7 @@ def build_cache(root: str | Path, teacher, student, data, refs: list[dict], env,
             fh.write(json.dumps({"block": b, "rows": [lo, hi]}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
-    D.barrier(info)
+    barrier(info)
     if info.is_main:
         missing = set(range((n + BLOCK - 1) // BLOCK)) - _done_blocks(folder)
         if missing:
@@ -176,6 +176,6 @@ def build_cache(root: str | Path, teacher, student, data, refs: list[dict], env,
         builder.contents.update({"array": {"path": f"{ZARR}/{ARRAY}", "shape": [n, tokens, d], "dtype": "float16"},
                                  "teacher": teacher.describe(), "ledger": LEDGER})
         builder.finish(hash_obj({"fingerprint": builder.fingerprint, "frames": n}))
-    D.barrier(info)
+    barrier(info)
     open_artifact(folder, KIND, what="teacher-target cache")
     return CachedTargets(folder)

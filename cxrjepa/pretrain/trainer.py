@@ -1,14 +1,18 @@
-"""The training loop shared by every objective: devices, precision, parallelism, schedules, checkpoints,
-monitors and the final export. The objective supplies the modules, masks and loss."""
+"""The training loop shared by every objective: devices, precision, parallelism, schedules and the final
+export. The objective supplies the modules, masks and loss.
+
+The loop itself (:meth:`Trainer._loop`) is three parts, in the manner of torchtitan's trainer:
+:meth:`Trainer.train_step` (one optimizer step), the :class:`~cxrjepa.pretrain.metrics.MetricsProcessor`
+(which steps are logged, their rows, the collapse monitor, SALT's selection and any extra hooks and sinks)
+and the :class:`~cxrjepa.pretrain.checkpoint.Checkpointer` (when to save, what to keep, resume).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import math
-import signal
-import threading
-import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.models.export import CONFIG, EXPORT_DIR, Normalization, export_encoder
 from cxrjepa.models.vit import create_vit
 from cxrjepa.pretrain import checkpoint as ckpt
-from cxrjepa.pretrain import distributed as D
+from cxrjepa.pretrain import parallel
 from cxrjepa.pretrain.config import PretrainConfig, TrainConfig
 from cxrjepa.pretrain.data import (
     Collator,
@@ -35,11 +39,13 @@ from cxrjepa.pretrain.data import (
     training_images,
     training_items,
 )
-from cxrjepa.pretrain.monitors import CollapseWatch, MetricsLog, feature_std, format_row, peak_flops, rankme
+from cxrjepa.pretrain.metrics import Hook, MetricsProcessor, Sink, StepResult
+from cxrjepa.pretrain.monitors import CollapseWatch, FeatureMonitor, MetricsLog, feature_std, peak_flops, rankme
 from cxrjepa.pretrain.objectives import build_objective, objective_class
 from cxrjepa.pretrain.objectives.base import ObjectiveInputs, TrainEnv
 from cxrjepa.pretrain.optim import apply_schedule, build_optimizer
 from cxrjepa.pretrain.schedules import Schedules
+from cxrjepa.runtime import DistInfo, StopSignals, barrier
 
 
 def planned_steps(train: TrainConfig, frames: int) -> int:
@@ -105,6 +111,10 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, 4, step, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+class StoppedBySignal(CxrjepaError):
+    """The run stopped on a stop signal (preemption, ``scancel``) after saving a checkpoint."""
+
+
 @dataclass
 class TrainOutcome:
     steps: int
@@ -123,36 +133,33 @@ class TrainOutcome:
     init: dict | None = None
 
 
-class _NullTask:
-    def advance(self, n: float = 1) -> None:
-        pass
-
-    def update(self, **kwargs) -> None:
-        pass
-
-
 class Trainer:
-    """Trains ``config``'s objective on ``data`` into the run folder ``run``."""
+    """Trains ``config``'s objective on ``data`` into the run folder ``run``.
+
+    ``hooks``: factories called with the trainer once it is built (the objective, device and process group
+    are then in place), each making a :class:`~cxrjepa.pretrain.metrics.Hook` that adds columns to the rows
+    of the steps it chooses (in-training probes); ``sinks`` receive every metrics row on rank 0 (trackers).
+    """
 
     def __init__(
         self,
         run: str | Path,
         config: PretrainConfig,
         data: DatasetArtifact,
-        info: D.DistInfo,
+        info: DistInfo,
         *,
         max_steps: int | None = None,
-        tensorboard: bool = False,
         resume: bool = True,
         fingerprint: str = "",
         inputs: ObjectiveInputs | None = None,
+        hooks: Sequence[Callable[[Trainer], Hook]] = (),
+        sinks: Sequence[Sink] = (),
     ):
         self.run = Path(run)
         self.config = config
         self.data = data
         self.info = info
         self.max_steps = max_steps
-        self.tensorboard = tensorboard
         self.resume = resume
         self.fingerprint = fingerprint
         self.rt = config.runtime
@@ -162,8 +169,12 @@ class Trainer:
         self.normalizer = Normalizer(self.normalization)
         self.inputs = inputs or ObjectiveInputs()
         self.inputs.normalization = self.normalization
+        self.hook_factories = list(hooks)
+        self.sinks = list(sinks)
         self.selection = None
         self.init_info = None
+        #: optimizer steps done so far
+        self.step = 0
 
     # ------------------------------------------------------------------ setup
     def _setup_backend(self) -> None:
@@ -183,34 +194,17 @@ class Trainer:
         self.objective = obj
         obj.prepare(TrainEnv(self.device, self.amp, info, self.data, self.run, rt))
         if rt.activation_checkpointing:
-            D.set_activation_checkpointing(obj.student, True)
+            parallel.set_activation_checkpointing(obj.student, True)
         if rt.compile:
-            D.compile_blocks(obj)
-        self.strategy = D.resolve_strategy(rt.strategy, cfg.model.size, info)
+            parallel.compile_blocks(obj)
+        self.strategy = parallel.resolve_strategy(rt.strategy, cfg.model.size, info)
         if self.strategy == "fsdp":
-            D.shard(obj.student, self.amp)
+            parallel.shard(obj.student, self.amp)
             for module in obj.shard_frozen():
-                D.shard(module, self.amp)
-        self.wrapped = D.wrap_student(obj.student, self.strategy, info)
+                parallel.shard(module, self.amp)
+        self.wrapped = parallel.wrap_student(obj.student, self.strategy, info)
         self.optimizer = build_optimizer(obj.student, cfg.optim, fused=rt.fused_optim and self.device.type == "cuda")
         self.params = [p for p in obj.student.parameters() if p.requires_grad]
-
-    def _restore(self) -> int:
-        folder = ckpt.latest_checkpoint(self.run) if self.resume else None
-        if folder is None:
-            return 0
-        state = ckpt.load_checkpoint(
-            folder,
-            self.objective.checkpoint_modules(),
-            self.objective.student,
-            self.optimizer,
-            sharded=self.strategy == "fsdp",
-        )
-        self.objective.load_extra_state(state.get("objective", {}))
-        step = int(state["step"])
-        if self.info.is_main:
-            console.info(f"Resuming from {folder.relative_to(self.run)} (step {step}).")
-        return step
 
     def _data(self, start: int) -> None:
         cfg, rt, info = self.config, self.rt, self.info
@@ -219,7 +213,7 @@ class Trainer:
         if cache is not None:
             if info.local_rank == 0 and cache.build():
                 console.info(f"Copied {cache.shape[0]} frames to the frame cache {cache.path}.")
-            D.barrier(info)
+            barrier(info)
         extras = self.objective.item_extras()
         items = self.train_items if len(self.holdout_items) else None
         images = training_images(cfg, self.data, cache, items=items, extras=extras, views=self.objective.views())
@@ -302,20 +296,6 @@ class Trainer:
             "fingerprint": self.fingerprint,
         }
 
-    def _checkpoint(self, step: int) -> None:
-        ckpt.save_checkpoint(
-            self.run,
-            step,
-            self.objective.checkpoint_modules(),
-            self.objective.student,
-            self.optimizer,
-            self._state(step),
-            write=self.info.is_main,
-            sharded=self.strategy == "fsdp",
-            keep_last=self.rt.keep_last,
-        )
-        D.barrier(self.info)
-
     def _export(self, step: int) -> dict:
         encoder = self.objective.export_encoder()
         state = ckpt.module_state(encoder, self.strategy == "fsdp")
@@ -341,170 +321,116 @@ class Trainer:
         )
         return json.loads((folder / CONFIG).read_text())
 
-    # ------------------------------------------------------------------ preemption
-    @contextlib.contextmanager
-    def _stop_signals(self):
-        """SIGTERM / SIGUSR1 (cluster preemption, ``scancel``) ask for a checkpoint and a clean stop."""
-        self._stop_signal: int | None = None
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, _frame):
-            self._stop_signal = signum
-
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
-
-    def _stop_requested(self, sync_point: bool) -> bool:
-        """Whether to stop now; in a process group every rank must agree, so only at sync points."""
-        flag = self._stop_signal is not None
-        if not self.info.distributed:
-            return flag
-        if not sync_point:
-            return False
-        box = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        return bool(D.all_reduce_mean(box, self.info).item() > 0)
-
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainOutcome:
         self._setup_backend()
         self._build()
-        cfg, rt, info = self.config, self.rt, self.info
+        cfg, rt = self.config, self.rt
         self.train_items, self.holdout_items, self.holdout_patients = item_split(cfg, self.data)
         self.total = planned_steps(cfg.train, len(self.train_items))
         self.stop = min(self.total, self.max_steps) if self.max_steps else self.total
         self.schedules = Schedules(cfg.optim, self.total)
-        start = self._restore()
+        self.checkpointer = ckpt.Checkpointer(
+            self.run, self.objective, self.optimizer, self.info, every=rt.checkpoint_every, keep_last=rt.keep_last,
+            sharded=self.strategy == "fsdp", state=self._state,
+        )
+        start = self.checkpointer.restore() if self.resume else 0
         self._data(start)
         self._scalars: dict[str, float] = {}
-        outcome = TrainOutcome(steps=start, total_steps=self.total, stopped_early=self.stop < self.total,
-                               resumed_from=start, world=info.world, strategy=self.strategy)
-        log = MetricsLog(self.run, enabled=info.is_main, tensorboard=self.tensorboard,
-                         resume_step=start if start > 0 else None)
+        self.step = start
+        metrics = self._metrics(start)
+        try:
+            with StopSignals() as signals, metrics.progress(start):
+                self._loop(start, metrics, signals)
+        finally:
+            metrics.close()
+        return self._outcome(start, metrics)
+
+    def _loop(self, start: int, metrics: MetricsProcessor, signals: StopSignals) -> None:
+        """Steps ``start`` .. ``self.stop``: train, log when due, checkpoint when due; a stop signal ends the
+        loop after a checkpoint."""
+        self.objective.train()
+        batches = iter(self.loader)
+        for step in range(start, self.stop):
+            done = step + 1
+            logged = metrics.should_log(done)
+            result = self.train_step(step, batches, grad_norm=logged)
+            metrics.record(result)
+            if logged:
+                metrics.log(done, result)
+            self.step = done
+            stopping = signals.requested(self.info, sync_point=logged)
+            if self.checkpointer.maybe_save(done, last=done == self.stop, stop=stopping):
+                metrics.restart_clock()  # checkpoint time is not counted as training time
+            if stopping:
+                raise StoppedBySignal(
+                    f"Stopped by a signal at step {done} after saving a checkpoint; rerun the same command to resume."
+                )
+
+    def train_step(self, step: int, batches: Iterator[dict], *, grad_norm: bool = False) -> StepResult:
+        """Optimizer step ``step`` (0-based) over ``runtime.grad_accum`` micro-batches: schedules, the step's
+        seed, forward and backward (gradients synchronised on the last micro-batch only), clipping, the
+        optimizer, the objective's update after the step (EMA). ``grad_norm``: measure the gradient norm
+        even when it is not clipped."""
+        cfg, obj, accum = self.config, self.objective, self.rt.grad_accum
+        sched = self.schedules.at(step)
+        apply_schedule(self.optimizer, sched["lr"], sched["wd"])
+        torch.manual_seed(step_seed(cfg.train.seed, step, self.info.rank))
+        step_loss = torch.zeros((), device=self.device)
+        flops = 0.0
+        for micro in range(accum):
+            batch = self._to_device(next(batches))
+            if batch["step"] != step:  # the loader and the loop must agree (see data.StepSampler)
+                raise CxrjepaError(f"Internal error: the data stream is at step {batch['step']}, not {step}.")
+            with parallel.grad_sync(self.wrapped, self.strategy, micro == accum - 1):
+                with self._autocast():
+                    loss, _extra = obj.loss(self.wrapped, batch)
+                (loss / accum).backward()
+            step_loss += loss.detach()
+            flops += obj.step_flops(batch)
+        norm = None
+        if cfg.optim.clip_grad > 0 or grad_norm:
+            norm = self._grad_norm(cfg.optim.clip_grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._scalars = obj.after_step(step, self.total)
+        return StepResult(step_loss / accum, flops, norm, sched, self._scalars)
+
+    def _metrics(self, start: int) -> MetricsProcessor:
+        """The metrics processor of a run resumed at ``start``: the metrics files (cut back to ``start``),
+        the collapse monitor, SALT's selection and the extra hooks and sinks; the step-0 row of a new run."""
+        rt, info = self.rt, self.info
+        log = MetricsLog(self.run, enabled=info.is_main, resume_step=start if start > 0 else None)
         best_rank = max((float(r["rankme"]) for r in MetricsLog.read(self.run) if "rankme" in r and r["step"] <= start),
                         default=0.0) if start else 0.0
-        watch = CollapseWatch(rt.collapse_std, rt.collapse_rank, rt.collapse_rank_drop, best_rank)
-        peak = peak_flops(self.device, rt.peak_tflops)
+        self.collapse = CollapseWatch(rt.collapse_std, rt.collapse_rank, rt.collapse_rank_drop, best_rank)
+        rank_cap = min(len(self.fixed), self.objective.export_encoder().embed_dim)
+        features = FeatureMonitor(self.monitor, self.collapse, every=rt.monitor_every, last=self.stop,
+                                  rank_cap=rank_cap, check=info.is_main)
+        hooks: list[Hook] = [features]
+        if self.selection is not None:
+            from cxrjepa.pretrain.selection import SelectionHook
+
+            hooks.append(SelectionHook(self.selection, self.objective, self._to_device, self._autocast, info,
+                                       total=self.total, sharded=self.strategy == "fsdp"))
+        hooks += [make(self) for make in self.hook_factories]
+        metrics = MetricsProcessor(info, batch_size=self.config.train.batch_size, log_every=rt.log_every,
+                                   last_step=self.stop, epoch_at=self.sampler.epoch_at,
+                                   peak_flops=peak_flops(self.device, rt.peak_tflops), hooks=hooks,
+                                   sinks=[log, *self.sinks])
         if start == 0 and self.stop > 0:  # every rank: the monitor forward is a collective under FSDP
-            std, rank = self.monitor()
-            watch.best_rank = rank
-            log.write({"step": 0, "epoch": 0.0, "feat_std": std, "rankme": rank})
-        try:
-            with self._stop_signals():
-                outcome.last = self._loop(start, log, watch, peak, outcome)
-        finally:
-            log.close()
-        outcome.steps = max(outcome.steps, start)
-        outcome.collapse_warnings = watch.warnings
-        outcome.describe = self.objective.describe()
-        outcome.init = self.init_info
+            metrics.write({"step": 0, "epoch": 0.0, **features.baseline()})
+        return metrics
+
+    def _outcome(self, start: int, metrics: MetricsProcessor) -> TrainOutcome:
+        """What the run did; the export (and the selection summary) once it reached its stop."""
+        outcome = TrainOutcome(steps=self.step, total_steps=self.total, stopped_early=self.stop < self.total,
+                               resumed_from=start, world=self.info.world, strategy=self.strategy,
+                               last=metrics.last_row, collapse_warnings=self.collapse.warnings,
+                               describe=self.objective.describe(), init=self.init_info)
         if outcome.steps >= self.stop:
             outcome.export = self._export(outcome.steps)
             if self.selection is not None:
                 outcome.selection = self.selection.summary(int(outcome.export.get("step", outcome.steps) or outcome.steps))
-            D.barrier(info)
+            barrier(self.info)
         return outcome
-
-    def _loop(self, start: int, log: MetricsLog, watch: CollapseWatch, peak: float | None, outcome: TrainOutcome) -> dict:
-        cfg, rt, info = self.config, self.rt, self.info
-        obj, accum = self.objective, rt.grad_accum
-        obj.train()
-        batches = iter(self.loader)
-        window_loss = torch.zeros((), device=self.device)
-        window_steps, window_flops = 0, 0.0
-        t0 = time.perf_counter()
-        t_start = t0
-        last_row: dict = {}
-        rank_cap = min(len(self.fixed), obj.export_encoder().embed_dim)
-        progress = console.progress("pretrain", total=self.stop) if info.is_main else contextlib.nullcontext(_NullTask())
-        with progress as task:
-            task.update(completed=start)
-            for step in range(start, self.stop):
-                sched = self.schedules.at(step)
-                apply_schedule(self.optimizer, sched["lr"], sched["wd"])
-                torch.manual_seed(step_seed(cfg.train.seed, step, info.rank))
-                step_loss = torch.zeros((), device=self.device)
-                for micro in range(accum):
-                    batch = self._to_device(next(batches))
-                    if batch["step"] != step:  # the loader and the loop must agree (see data.StepSampler)
-                        raise CxrjepaError(f"Internal error: the data stream is at step {batch['step']}, not {step}.")
-                    with D.grad_sync(self.wrapped, self.strategy, micro == accum - 1):
-                        with self._autocast():
-                            loss, _extra = obj.loss(self.wrapped, batch)
-                        (loss / accum).backward()
-                    step_loss += loss.detach()
-                    window_flops += obj.step_flops(batch)
-                done = step + 1
-                select_now = self.selection is not None and self.selection.due(done, self.total)  # on schedule only (not at --max-steps)
-                log_now = done % rt.log_every == 0 or done == self.stop or select_now
-                monitor_now = (rt.monitor_every and done % rt.monitor_every == 0) or done == self.stop
-                grad_norm = None
-                if cfg.optim.clip_grad > 0 or log_now or monitor_now:
-                    grad_norm = self._grad_norm(cfg.optim.clip_grad)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self._scalars = obj.after_step(step, self.total)
-                window_loss += step_loss / accum
-                window_steps += 1
-                task.advance(1)
-                outcome.steps = done
-                if log_now or monitor_now:
-                    mean_loss = float(D.all_reduce_mean(window_loss / window_steps, info))
-                    now = time.perf_counter()
-                    elapsed = max(now - t0, 1e-9)
-                    row = {
-                        "step": done,
-                        "epoch": round(self.sampler.epoch_at(done), 4),
-                        "loss": mean_loss,
-                        "lr": sched["lr"],
-                        "wd": sched["wd"],
-                        **self._scalars,
-                        "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                        "images_per_s": window_steps * cfg.train.batch_size / elapsed,
-                        "time_s": round(now - t_start, 3),
-                    }
-                    if peak:
-                        row["mfu"] = window_flops / elapsed / peak
-                    if self.device.type == "cuda":
-                        row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                        torch.cuda.reset_peak_memory_stats(self.device)
-                    if not math.isfinite(mean_loss):
-                        raise CxrjepaError(
-                            f"The loss became {mean_loss} at step {done}; lower optim.lr (or check the data) and rerun "
-                            "to resume from the last checkpoint."
-                        )
-                    if monitor_now:
-                        std, rank = self.monitor()
-                        row["feat_std"], row["rankme"] = std, rank
-                        if info.is_main:
-                            watch.check(done, std, rank, rank_cap)
-                    if select_now:  # before the checkpoint of this step: a resume never loses a best
-                        held = self.selection.evaluate(obj, self._to_device, self._autocast)
-                        row["holdout_loss"] = held
-                        self.selection.update(done, held, obj.selection_modules(), write=info.is_main,
-                                              sharded=self.strategy == "fsdp")
-                        D.barrier(info)
-                    row = {k: v for k, v in row.items() if v is not None}
-                    log.write(row)
-                    if info.is_main:
-                        task.update(status=f"loss {mean_loss:.4f}  {row['images_per_s']:.0f} img/s")
-                        if not console.progress_enabled():
-                            console.info(format_row(row, self.stop))
-                    last_row = row
-                    window_loss.zero_()
-                    window_steps, window_flops = 0, 0.0
-                    t0 = time.perf_counter()  # checkpoint and monitor time is not counted as training time
-                stop = self._stop_requested(log_now or monitor_now)
-                if done % rt.checkpoint_every == 0 or done == self.stop or stop:
-                    self._checkpoint(done)
-                    t0 = time.perf_counter()
-                if stop:
-                    raise CxrjepaError(
-                        f"Stopped by a signal at step {done} after saving a checkpoint; rerun the same command to resume."
-                    )
-        return last_row

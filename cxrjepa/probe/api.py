@@ -6,7 +6,8 @@
 
 Per task: a patient-level split (saved, reused), linear and kNN probes chosen on validation and scored on
 test with patient-bootstrap 95 % intervals, few-shot curves, subgroup metrics and gaps; plus sex/age
-prediction and, with corruptions, robustness of the clean-trained linear probe. Schema: docs/probe.md.
+prediction and, with corruptions, robustness of the clean-trained linear probe. Schema: docs/probe.md; file
+names and the schema the report reads with: :mod:`cxrjepa.probe.layout` (what is written is checked against it).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import numpy as np
 import pandas as pd
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import Artifact, begin, input_refs, read_manifest
+from cxrjepa.core.artifact import MANIFEST, Artifact, begin, input_refs, read_manifest
 from cxrjepa.core.atomic import atomic_write_json, atomic_write_yaml
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.lock import locks_output
+from cxrjepa.core.phi import is_identifying
+from cxrjepa.core.schema import check_written
 from cxrjepa.embed.store import Embeddings
 from cxrjepa.probe import metrics
 from cxrjepa.probe.attributes import predict_attributes
@@ -30,31 +34,44 @@ from cxrjepa.probe.config import ProbeConfig, ProbeOptions
 from cxrjepa.probe.corruptions import check as check_corruptions
 from cxrjepa.probe.fewshot import run_fewshot
 from cxrjepa.probe.knn import fit_knn
+from cxrjepa.probe.layout import (
+    KIND,
+    METRICS_JSON,
+    METRICS_YAML,
+    PREDICTION_COLUMNS,
+    PREDICTIONS,
+    SIDES,
+    SPLIT,
+    ProbeContents,
+    ProbeMetrics,
+)
+from cxrjepa.probe.layout import Probe as ProbeArtifact
 from cxrjepa.probe.linear import Probe, fit_linear
 from cxrjepa.probe.splits import make_split, patient_keys, read_split, write_split
 from cxrjepa.probe.subgroups import attribute_columns, evaluate_subgroups
 from cxrjepa.probe.tasks import Task, join_labels, make_task
+from cxrjepa.tracking import RunInfo, TrackerSet, parse_loggers, read_state
+from cxrjepa.tracking.base import input_tags, probe_metrics
 
-__all__ = ["ProbeConfig", "ProbeOptions", "run_probe", "build_tasks"]
+__all__ = ["ProbeConfig", "ProbeOptions", "run_probe", "build_tasks", "METRICS_JSON"]
 
-METRICS_JSON = "metrics.json"
-METRICS_YAML = "metrics.yaml"
-PREDICTIONS = "predictions.parquet"
-SPLIT = "split.csv"
-SIDES = ("train", "val", "test")
+#: bump when a change to the probe stage's code changes its results for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 
 
 def build_tasks(config: ProbeConfig, emb: Embeddings, labels: str | Path | None) -> tuple[list[Task], dict]:
     """The tasks to probe, with labels aligned to the embeddings rows."""
     index = emb.index
     join_info: dict = {}
+    refuse_identifying(config.tasks, "probe")
     if labels is not None:
         table, join_info = join_labels(index, labels, config.key, config.tasks or None)
         names = list(config.tasks or table.columns)
         if join_info["matched_samples"] == 0:
             raise UsageError(f"No row of the labels file matched the embeddings on '{config.key}'; check --key.")
     else:
-        names = list(config.tasks or emb.label_columns)
+        names = list(config.tasks) or [c for c in emb.label_columns if not is_identifying(c)]
         if not names:
             raise UsageError("The embeddings carry no label columns; pass --labels CSV (with --key) or --label-col COLUMN.")
         missing = [n for n in names if n not in index.columns]
@@ -68,11 +85,19 @@ def build_tasks(config: ProbeConfig, emb: Embeddings, labels: str | Path | None)
     return tasks, join_info
 
 
+def refuse_identifying(columns, what: str) -> None:
+    """A usage error when a column asked for by name is identifying (core.phi): its values would be written."""
+    bad = [c for c in columns if is_identifying(c)]
+    if bad:
+        raise UsageError(f"The column '{bad[0]}' holds identifying values (names, IDs, dates, contact details or "
+                         f"free text); cxrjepa does not {what} it.")
+
+
 def _previous_split(out: Path, split: str | Path | None) -> pd.DataFrame | None:
     if split is not None:
         return read_split(split)
     prev = out / SPLIT
-    if prev.is_file() and (read_manifest(out) or {}).get("kind") == "probe":
+    if prev.is_file() and (read_manifest(out) or {}).get("kind") == KIND:
         return read_split(prev)
     return None
 
@@ -112,6 +137,7 @@ def _usable(task: Task, sides: dict[str, np.ndarray]) -> str | None:
     return None
 
 
+@locks_output("probe")
 def run_probe(
     out: str | Path,
     config: ProbeConfig | None = None,
@@ -127,13 +153,19 @@ def run_probe(
     options = options or ProbeOptions()
     out = Path(out)
     check_corruptions(config.corruptions)
+    refuse_identifying(config.subgroups, "group metrics by")
+    loggers = parse_loggers(options.loggers)
     emb = Embeddings.open(embeddings)
     refs = input_refs({"embeddings": embeddings, "labels": labels, "split": split})
     previous = _previous_split(out, split)
-    builder = begin(out, "probe", config, refs, options=to_dict(options), force=force, dry_run=dry_run)
+    builder = begin(out, KIND, config, refs, options=to_dict(options), force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     if builder.skipped:
         console.info(f"Probe '{out}' is up to date.")
-        return builder.existing_artifact()
+        artifact = builder.existing_artifact()
+        if not dry_run:
+            log_probe(artifact, config, emb, loggers)
+        return artifact
     seg = config.segmentation.enabled
     # with --task segmentation, label tasks run only when asked for (--label-col or --labels)
     tasks, join_info = build_tasks(config, emb, labels) if (not seg or config.tasks or labels is not None) else ([], {})
@@ -142,6 +174,7 @@ def run_probe(
         return {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
                 "tasks": {t.name: t.type for t in tasks}, "segmentation": seg}
 
+    _check_memory(emb, config, options, bool(tasks))
     X = emb.array(config.features) if tasks else np.zeros((len(emb.index), 0), np.float32)
     if not np.isfinite(X).all():
         raise UsageError(f"The embeddings' {config.features} hold non-finite values; re-run 'cxrjepa embed' (the encoder may have diverged).")
@@ -149,7 +182,42 @@ def run_probe(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1 if X.size < 5_000_000 else None):
-        return _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous)
+        artifact = _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous)
+    log_probe(artifact, config, emb, loggers)
+    return artifact
+
+
+def log_probe(artifact: Artifact, config: ProbeConfig, emb: Embeddings, loggers: list[str]) -> None:
+    """Log a complete probe to the trackers ``loggers`` that do not hold its metrics yet (docs/tracking.md):
+    its metrics (``probe/<task>/<probe>/<metric>`` with ``ci_low`` / ``ci_high``), its config as params, its
+    manifest and metrics.json as files, the fingerprints as tags."""
+    state = read_state(artifact.path)
+    new = [name for name in loggers if state.get(name, {}).get("last_step") is None]
+    if not new:
+        return
+    tags = {"cxrjepa.kind": KIND, "cxrjepa.fingerprint": artifact.fingerprint, "cxrjepa.artifact": str(artifact.path),
+            "cxrjepa.encoder_fingerprint": str(emb.encoder.get("fingerprint")),
+            **input_tags(artifact.manifest.get("inputs") or [])}
+    data = next((r for r in emb.artifact.manifest.get("inputs") or [] if r.get("name") == "data"), None)
+    if data is not None:
+        tags["cxrjepa.dataset_fingerprint"] = str(data.get("fingerprint"))
+    trackers = TrackerSet.open(new, RunInfo("probe", artifact.path, to_dict(config), tags))
+    trackers.log(probe_metrics(ProbeArtifact(artifact).metrics), step=0)
+    files = {MANIFEST: artifact.path / MANIFEST, METRICS_JSON: artifact.path / METRICS_JSON}
+    trackers.finish(files, {"cxrjepa.content_fingerprint": artifact.content_fingerprint})
+
+
+def _check_memory(emb: Embeddings, config: ProbeConfig, options: ProbeOptions, has_tasks: bool) -> None:
+    """Refuse, before loading them, features that cannot be held in memory (cxrjepa.core.memory)."""
+    from cxrjepa.core.memory import check_probe_memory
+    from cxrjepa.embed.extract import PATCH
+
+    arrays = emb.artifact.contents.get("arrays") or {}
+    shape = (arrays.get(config.features) or {}).get("shape") or [len(emb.index), 0]
+    patch = arrays.get(PATCH) if config.segmentation.enabled and config.segmentation.source != "encoder" else None
+    check_probe_memory(rows=int(shape[0]), values_per_row=int(np.prod(shape[1:])) if has_tasks else 0,
+                       patch_values_per_row=int(np.prod(patch["shape"][1:])) if patch else 0,
+                       features=config.features, enabled=options.memory_check)
 
 
 def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous) -> Artifact:
@@ -229,9 +297,10 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     if config.corruptions and linear_probes:
         _robustness(result, emb, linear_probes, patients, config.corruptions, config, options)
 
+    check_written(ProbeMetrics, result, what=METRICS_JSON)
     atomic_write_json(out / METRICS_JSON, result)
     atomic_write_yaml(out / METRICS_YAML, json.loads(json.dumps(result)))
-    pred_df = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=["sample_id", "task", "probe", "split", "target", "prediction"])
+    pred_df = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(columns=list(PREDICTION_COLUMNS))
     tmp = out / f".{PREDICTIONS}.tmp"
     pred_df.to_parquet(tmp, index=False)
     tmp.replace(out / PREDICTIONS)
@@ -249,6 +318,9 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
         "features": config.features,
         "labels_join": join_info or None,
     })
+    if join_info.get("identifying_columns_left_out"):
+        builder.notes.append("labels: identifying columns not used: " + ", ".join(join_info["identifying_columns_left_out"]))
+    check_written(ProbeContents, builder.contents, what="a probe manifest")
     return builder.finish(hash_obj({"fingerprint": builder.fingerprint, "metrics": result}))
 
 

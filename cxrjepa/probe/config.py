@@ -7,7 +7,6 @@ from typing import Literal
 
 from cxrjepa.core.errors import ConfigError
 
-
 #: segmentation heads, and the label value that masks use for "ignore this pixel"
 HEADS = ("linear", "conv")
 IGNORE = 255
@@ -108,7 +107,12 @@ class ProbeConfig:
 
 @dataclass
 class ProbeOptions:
-    """Operational settings (not fingerprinted): where corrupted test images are re-embedded."""
+    """Operational settings (not fingerprinted): where corrupted test images are re-embedded; where the
+    metrics are logged besides metrics.json."""
 
     device: str = "auto"
     batch_size: int = 64
+    #: refuse to start when the features cannot be held in memory (docs/pretrain.md, "Memory check")
+    memory_check: bool = True
+    #: experiment trackers besides metrics.json: tensorboard, mlflow, wandb (docs/tracking.md)
+    loggers: list[str] = field(default_factory=list)

@@ -60,8 +60,8 @@ def evaluate_subgroups(task_type, y, scores, patients, columns: dict[str, pd.Ser
             continue
         res: dict = {"groups": groups}
         if len(scored) >= 2:
-            best = (min if lower else max)(scored, key=scored.get)
-            worst = (max if lower else min)(scored, key=scored.get)
+            ranked = sorted(scored, key=lambda g: (scored[g], g))  # ties: two different groups all the same
+            worst, best = (ranked[-1], ranked[0]) if lower else (ranked[0], ranked[-1])
             res["gap"] = {"metric": primary, "value": round(abs(scored[best] - scored[worst]), 6), "between": [worst, best]}
         out[attr] = res
     gaps = {a: r["gap"]["value"] for a, r in out.items() if "gap" in r}

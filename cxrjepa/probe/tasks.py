@@ -2,7 +2,8 @@
 
 Labels come from the embeddings' index (the dataset's joined label columns, or any metadata column such as
 ``age``) or from a CSV joined on a key (``--labels CSV --key COL``, ``--key CSVCOL=INDEXCOL`` when the names
-differ). Types: ``binary``, ``multiclass``, ``multilabel`` (list values, or text with ``|`` between labels)
+differ). Identifying columns of the CSV (:mod:`cxrjepa.core.phi`: names, IDs, dates, ...) never become tasks,
+and ages above 89 are read as 90. Types: ``binary``, ``multiclass``, ``multilabel`` (list values, or text with ``|`` between labels)
 and ``regression``; detection rules are in :func:`detect_type`.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.phi import cap_age, identifying, is_age
 
 TYPES = ("binary", "multiclass", "multilabel", "regression")
 #: class names read as the negative class of a binary task (so the other one is "positive")
@@ -174,6 +176,8 @@ def join_labels(index: pd.DataFrame, csv: str | Path, key: str, columns: list[st
     """Label columns from ``csv`` aligned with the embeddings ``index`` rows; plus join counts.
 
     ``key`` is a column present in both, or ``CSVCOL=INDEXCOL``. Paths are compared with forward slashes.
+    Without ``columns``, every column but the key and the identifying ones (dropped before anything else
+    reads them; their names are in the join counts) is a label column.
     """
     csv = Path(csv)
     if not csv.is_file():
@@ -188,10 +192,15 @@ def join_labels(index: pd.DataFrame, csv: str | Path, key: str, columns: list[st
         raise UsageError(f"The labels file has no column '{ckey}' (its columns: {', '.join(map(str, table.columns[:20]))}).")
     if ikey not in index.columns:
         raise UsageError(f"The embeddings index has no column '{ikey}' to join labels on (try sample_id or source_path).")
-    columns = list(columns or [c for c in table.columns if c != ckey])
+    left_out = [c for c in identifying(table.columns) if c != ckey]
+    columns = list(columns or [c for c in table.columns if c != ckey and c not in left_out])
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UsageError(f"The labels file has no column '{missing[0]}'.")
+    table = table.drop(columns=left_out)
+    for c in columns:
+        if is_age(c):
+            table[c] = pd.to_numeric(table[c], errors="coerce").map(cap_age)
     keys = _norm_key(table[ckey])
     dup = int(keys.duplicated().sum())
     if dup:
@@ -200,4 +209,7 @@ def join_labels(index: pd.DataFrame, csv: str | Path, key: str, columns: list[st
     joined = table.reindex(_norm_key(index[ikey]).to_numpy())
     joined.index = index.index
     matched = int(joined.notna().any(axis=1).sum())
-    return joined, {"rows": int(len(table)), "matched_samples": matched, "unmatched_samples": int(len(index) - matched)}
+    info = {"rows": int(len(table)), "matched_samples": matched, "unmatched_samples": int(len(index) - matched)}
+    if left_out:
+        info["identifying_columns_left_out"] = [str(c) for c in left_out]
+    return joined, info

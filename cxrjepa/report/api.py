@@ -14,6 +14,8 @@ from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact
 from cxrjepa.core.atomic import atomic_write_bytes, atomic_write_text
 from cxrjepa.core.errors import UsageError
 from cxrjepa.core.fingerprint import hash_files
+from cxrjepa.core.lock import locks_output
+from cxrjepa.core.schema import SchemaError
 from cxrjepa.report import html, markdown
 from cxrjepa.report.config import ReportConfig
 from cxrjepa.report.doc import Document, Note, Section
@@ -21,6 +23,9 @@ from cxrjepa.report.lineage import READABLE, collect
 from cxrjepa.report.sections import data, embeddings, features, pretraining, probes, provenance, summary
 from cxrjepa.report.sections.base import Context
 
+#: bump when a change to this stage's code changes what it writes for the same settings and inputs
+#: (docs/artifacts.md, "Algorithm versions")
+ALGORITHM_VERSION = 1
 INDEX = "index.html"
 SUMMARY = "summary.md"
 FIGURES = markdown.FIGURES_DIR
@@ -46,6 +51,8 @@ def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device
         started = time.perf_counter()
         try:
             sec = fn(ctx)
+        except SchemaError:
+            raise  # an artifact that does not match its kind's schema: one sentence naming the stage to rerun
         except Exception as exc:  # one broken section must not cost the whole page
             if console.settings.verbose:
                 traceback.print_exc()
@@ -55,7 +62,7 @@ def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device
         console.detail(f"report: {title.lower()} took {time.perf_counter() - started:.1f} s")
         sections.append(sec)
     sections.insert(0, summary.build(ctx, sections))
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     given = [n.name for n in lineage.nodes if n.given]
     subtitle = (f"{', '.join(given)} and {len(lineage.nodes) - len(given)} upstream artifact(s) · "
                 f"generated {now} by cxrjepa {cxrjepa.__version__}")
@@ -64,6 +71,7 @@ def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device
     return Document(config.title, subtitle, sections, footer), ctx
 
 
+@locks_output("report")
 def run_report(
     out: str | Path,
     config: ReportConfig | None = None,
@@ -90,7 +98,8 @@ def run_report(
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], not '{device}'.")
     refs = input_refs({"artifacts": paths})
-    builder = begin(out, "report", config, refs, options={"device": device}, force=force, dry_run=dry_run)
+    builder = begin(out, "report", config, refs, options={"device": device}, force=force, dry_run=dry_run,
+                    version=ALGORITHM_VERSION)
     if dry_run:
         console.info(f"report: would {'skip' if builder.skipped else builder.action} '{out}' ({len(paths)} artifact(s) given).")
         return {"out": str(out), "action": "skip" if builder.skipped else builder.action, "artifacts": [str(p) for p in paths]}

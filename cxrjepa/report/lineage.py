@@ -4,15 +4,28 @@
 An upstream artifact that cannot be found (moved, deleted, partial) becomes a note, never an error: the
 sections that need it are left out. Artifacts are then grouped into **variants** (one per pretraining
 run, or per embeddings without a run) so several runs and their probes can be shown side by side.
+
+Sections read an artifact through its kind's reader (:attr:`Node.as_dataset`, ``as_run``, ``as_embeddings``,
+``as_probe``: the layouts the stages write with), which checks its manifest on first use; an artifact that does
+not match is a :class:`cxrjepa.core.schema.SchemaError` naming the field and the stage to rerun, and stops the
+report (it is never turned into a warning).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrjepa.core.artifact import COMPLETE, Artifact, open_artifact, read_manifest
 from cxrjepa.core.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from cxrjepa.data.store import DatasetArtifact
+    from cxrjepa.embed.store import Embeddings
+    from cxrjepa.pretrain.layout import Run
+    from cxrjepa.probe.layout import Probe
 
 #: kinds the report reads (a report of reports is refused)
 READABLE = ("demo", "dataset", "run", "embeddings", "probe")
@@ -28,7 +41,7 @@ class Edge:
     recorded_path: str
     kind: str
     fingerprint: str
-    node: "Node | None" = None
+    node: Node | None = None
     #: ok | changed (found, but its content differs from what was used) | missing | raw (not an artifact)
     status: str = "ok"
     reason: str = ""
@@ -53,7 +66,41 @@ class Node:
     def manifest(self) -> dict:
         return self.artifact.manifest
 
-    def upstream(self, kind: str) -> "Node | None":
+    def _kind(self, kind: str) -> None:
+        if self.kind != kind:
+            raise ArtifactError(f"'{self.path}' is a {self.kind} artifact, not a {kind}.")
+
+    @cached_property
+    def as_dataset(self) -> DatasetArtifact:
+        """The dataset reader (manifest checked against data/layout.py)."""
+        from cxrjepa.data.store import DatasetArtifact
+
+        self._kind("dataset")
+        return DatasetArtifact(self.artifact)
+
+    @cached_property
+    def as_run(self) -> Run:
+        """The run reader (manifest checked against pretrain/layout.py)."""
+        from cxrjepa.pretrain.layout import Run
+
+        return Run(self.artifact)
+
+    @cached_property
+    def as_embeddings(self) -> Embeddings:
+        """The embeddings reader (manifest checked against embed/store.py)."""
+        from cxrjepa.embed.store import Embeddings
+
+        self._kind("embeddings")
+        return Embeddings(self.artifact)
+
+    @cached_property
+    def as_probe(self) -> Probe:
+        """The probe reader (manifest and metrics.json checked against probe/layout.py)."""
+        from cxrjepa.probe.layout import Probe
+
+        return Probe(self.artifact)
+
+    def upstream(self, kind: str) -> Node | None:
         """The nearest ancestor of ``kind`` (breadth first)."""
         seen: set[int] = set()
         frontier = [self]
@@ -98,12 +145,6 @@ class Lineage:
         """Nodes that no other node uses as an input (where the lineage tree starts)."""
         used = {id(e.node) for n in self.nodes for e in n.inputs if e.node is not None}
         return [n for n in self.nodes if id(n) not in used]
-
-    def variant_of(self, node: Node) -> Variant | None:
-        for v in self.variants:
-            if node is v.run or node in v.embeddings or node in v.probes:
-                return v
-        return None
 
     def datasets(self) -> list[Node]:
         return self.of_kind("dataset")

@@ -3,13 +3,14 @@
 * metadata tables are streamed batch by batch (only the columns asked for) and aggregated;
 * images are read one frame (one zarr chunk) at a time for a handful of sampled rows;
 * features are read for a sampled, sorted set of rows (``oindex``), in blocks;
-* metrics.jsonl is thinned to at most ``max_points`` rows while NaN/inf values are counted over the whole file.
+
+Run metrics logs and probe outputs are read through their kinds' layouts (``cxrjepa.pretrain.layout``,
+``cxrjepa.probe.layout``), which bound their reads the same way.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +29,6 @@ def parquet_columns(path: Path) -> list[str]:
         return list(pq.read_schema(path).names)
     except (OSError, ValueError):
         return []
-
-
-def parquet_rows(path: Path) -> int:
-    try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    except (OSError, ValueError):
-        return 0
 
 
 def read_columns(path: Path, columns: list[str], rows: np.ndarray | None = None) -> pd.DataFrame:
@@ -206,20 +200,18 @@ def to_unit(img: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- embeddings
 
 
-FEATURES_ZARR = "features.zarr"
-FEATURES = "features"
-INDEX = "index.parquet"
-
-
-def open_features(emb: Path):
+def open_features(emb, name: str = "features"):
+    """The (lazy) zarr array ``name`` of an embeddings reader (:class:`cxrjepa.embed.store.Embeddings`),
+    where its manifest says it is; ``None`` when it cannot be opened."""
     import zarr
 
+    entry = emb.contents.arrays.get(name)
+    if entry is None:
+        return None
     try:
-        group = zarr.open_group(str(emb / FEATURES_ZARR), mode="r")
-    except Exception:
-        return None, []
-    names = sorted(group.array_keys())
-    return (group[FEATURES] if FEATURES in names else None), names
+        return zarr.open_array(str(emb.path / entry.path), mode="r")
+    except Exception:  # a missing or unreadable store: the caller leaves the embeddings out
+        return None
 
 
 def read_feature_rows(features, rows: np.ndarray, block: int = 4096) -> np.ndarray:
@@ -230,129 +222,3 @@ def read_feature_rows(features, rows: np.ndarray, block: int = 4096) -> np.ndarr
         sel = rows[s : s + block]
         out[s : s + len(sel)] = np.asarray(features.oindex[sel, :], dtype=np.float32)
     return out
-
-
-# ---------------------------------------------------------------- runs
-
-
-@dataclass
-class RunMetrics:
-    frame: pd.DataFrame
-    lines: int
-    nonfinite: dict[str, int]
-
-
-def read_metrics(run: Path, max_points: int = 2000) -> RunMetrics | None:
-    """metrics.jsonl thinned to about ``max_points`` logged steps (first and last kept), or metrics.csv."""
-    path = run / "metrics.jsonl"
-    if path.is_file():
-        n = 0
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                n += block.count(b"\n")
-        stride = max(1, math.ceil(n / max_points))
-        rows, last, nonfinite = [], None, Counter()
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
-            for i, line in enumerate(fh):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if not isinstance(rec, dict) or "step" not in rec:
-                    continue
-                for k, v in rec.items():
-                    if isinstance(v, float) and not math.isfinite(v):
-                        nonfinite[k] += 1
-                if i % stride == 0:
-                    rows.append(rec)
-                    last = None
-                else:
-                    last = rec
-        if last is not None:
-            rows.append(last)
-        if not rows:
-            return None
-        return RunMetrics(_numeric_frame(pd.DataFrame(rows)), n, dict(nonfinite))
-    csv = run / "metrics.csv"
-    if csv.is_file():
-        df = pd.read_csv(csv)
-        if "step" not in df:
-            return None
-        nonfinite = {c: int((~np.isfinite(pd.to_numeric(df[c], errors="coerce"))).sum()) for c in df.columns}
-        stride = max(1, math.ceil(len(df) / max_points))
-        thin = pd.concat([df.iloc[::stride], df.iloc[[-1]]]).drop_duplicates()
-        return RunMetrics(_numeric_frame(thin), len(df), {k: v for k, v in nonfinite.items() if v})
-    return None
-
-
-def _numeric_frame(df: pd.DataFrame) -> pd.DataFrame:
-    for c in df.columns:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
-    return df.sort_values("step").reset_index(drop=True)
-
-
-# ---------------------------------------------------------------- probes
-
-
-def read_probe_metrics(probe: Path) -> dict | None:
-    """metrics.json (or metrics.yaml) of a probe artifact."""
-    path = probe / "metrics.json"
-    try:
-        if path.is_file():
-            data = json.loads(path.read_text())
-        elif (probe / "metrics.yaml").is_file():
-            import yaml
-
-            data = yaml.safe_load((probe / "metrics.yaml").read_text())
-        else:
-            return None
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def read_split(probe: Path) -> pd.DataFrame | None:
-    path = probe / "split.csv"
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, usecols=lambda c: c in ("sample_id", "patient_key", "split"), dtype=str)
-    except (ValueError, pd.errors.ParserError):
-        return None
-
-
-def read_predictions(probe: Path, task: str, probe_kind: str, split: str = "test") -> pd.DataFrame | None:
-    """Predictions of one task and probe on one split (only those rows are materialised)."""
-    path = probe / "predictions.parquet"
-    if not path.is_file():
-        return None
-    try:
-        table = pq.read_table(path, filters=[("task", "=", task), ("probe", "=", probe_kind), ("split", "=", split)])
-    except (OSError, ValueError, KeyError):
-        return None
-    return table.to_pandas()
-
-
-def read_segmentation(probe: Path, name: str | None = None) -> pd.DataFrame | None:
-    """The per-image table of a segmentation probe (sample_id, head, class, dice, iou, ...)."""
-    path = probe / (name or "segmentation.parquet")
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_parquet(path, columns=["sample_id", "head", "class", "dice", "iou"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def read_segmentation_predictions(probe: Path, name: str | None = None):
-    """``(sample ids, zarr group)`` of a segmentation probe's predicted test masks (lazy), or ``None``."""
-    import zarr
-
-    path = probe / (name or "segmentation.zarr")
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        return [str(s) for s in group.attrs.get("sample_id", [])], group
-    except Exception:  # missing or unreadable: the caller leaves the overlays out
-        return None

@@ -8,7 +8,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-STAGES = {"demo": "demo", "dataset": "dataset", "run": "run", "embeddings": "embeddings", "probe": "probe", "report": "report"}
+STAGES = {"demo": "demo", "dataset": "dataset", "run": "run", "embeddings": "embeddings", "probe": "probe", "report": "report",
+          "export": "export"}
 
 
 def main(root: str) -> None:

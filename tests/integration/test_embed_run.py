@@ -128,6 +128,18 @@ def test_two_gloo_processes_write_dataset_order(setup, tmp_path, monkeypatch):
     assert art.manifest["options"]["world_size"] == 2
 
 
+def test_dry_run_plans_gpu_processes_without_looking_for_gpus(setup, tmp_path):
+    """--gpus N --dry-run on a login node: the N-process launch is planned and shown, nothing is written."""
+    root, _, _ = setup
+    out = tmp_path / "never"
+    plan = run_embed(out, encoder=root / "enc", data=root / "ds", options=EmbedOptions(gpus=4), dry_run=True)
+    assert plan["world_size"] == 4 and plan["device"] == "cuda"
+    assert "torch.distributed.run --standalone --nproc-per-node=4 " in plan["launch"]
+    assert "-m cxrjepa.cli.worker" in plan["launch"]
+    one = run_embed(out, encoder=root / "enc", data=root / "ds", options=EmbedOptions(device="cpu"), dry_run=True)
+    assert one["launch"] is None and one["world_size"] == 1 and not out.exists()
+
+
 def test_last4_patch_tokens_and_exports(setup, tmp_path):
     root, images, _ = setup
     cfg = EmbedConfig(last4=True, patch_tokens=True, patch_dtype="float32", format="npy")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cxrjepa.cli.app import app
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 runner = CliRunner()
 
@@ -53,7 +53,7 @@ def make_archive(root: Path) -> dict[str, str]:
     (bad / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
     write_dicom(make_dataset(np.full((20, 20), 9, np.uint16), bits_stored=12), bad / "constant.dcm")
     return {
-        "bad/truncated.dcm": "pixel data could not be decoded",
+        "bad/truncated.dcm": "pixel data shorter than the header describes (a truncated file?)",
         "bad/random.dcm": "unrecognized format",
         "bad/zero.dcm": "empty file",
         "bad/nopixels.dcm": "no pixel data",
@@ -101,9 +101,10 @@ def test_dry_run_writes_nothing(tmp_path):
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)
     assert not out.exists()
-    # header-only: empty, unrecognized and pixel-less inputs are known; decoding problems are not
-    assert report["would_reject"] == 3 and report["would_ingest"] == 9 and report["ignored"] == 1
+    # header-only: empty, unrecognized, pixel-less and truncated DICOM inputs are known; decoding problems are not
+    assert report["would_reject"] == 4 and report["would_ingest"] == 8 and report["ignored"] == 1
     assert report["by_reason"]["empty file"] == 1 and report["cannot_decode"] == {}
+    assert report["by_reason"]["pixel data shorter than the header describes (a truncated file?)"] == 1
 
 
 def test_labels_policy_filters_and_flags(tmp_path):

@@ -17,7 +17,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 import cxrjepa
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 N = 80
 
@@ -99,34 +99,3 @@ def test_kill_9_then_resume_equals_uninterrupted(archive, tmp_path):
     assert got[2] == ref[2]  # the same ledger (the broken file and the duplicates)
     assert got[3] == ref[3]
     assert got[4]["duplicates"] == N // 25 + 1 and got[4]["rejected"] == 1
-
-
-def test_a_decoder_crash_is_isolated_and_ledgered(tmp_path, monkeypatch):
-    """A worker killed by a native crash breaks the pool; the crashing input is found, ledgered, and every
-    other input of every unit is still ingested."""
-    from cxrjepa.ingest.config import IngestConfig
-    from cxrjepa.ingest.context import Context
-    from cxrjepa.ingest.discover import discover
-    from cxrjepa.ingest.phi import Salt
-    from cxrjepa.ingest.pool import process_units
-    from cxrjepa.ingest.staging import Staging, make_units
-    from cxrjepa.ingest.testdata import crash_on_marker
-
-    src = tmp_path / "in"
-    for i in range(12):
-        name = "b_CRASH.dcm" if i == 5 else f"a{i:02d}.dcm"
-        write_dicom(make_dataset(phantom(24, 24, seed=i), bits_stored=12), src / name)
-    items, _ = discover([src])
-    out = tmp_path / "out"
-    staging = Staging(out)
-    staging.prepare(items, 4, 16, "uint8")
-    units = make_units(items, 4)
-    ctx = Context(IngestConfig(size=16), Salt(b"crash-test-salt", "env"))
-    process_units(out, units, ctx, 2, lambda r: None, task=crash_on_marker)
-    rows, records = [], []
-    for u in units:
-        data = staging.load(u.index)
-        rows += data["rows"]
-        records += data["records"]
-    assert len(rows) == 11
-    assert [(r["path"], r["reason"]) for r in records] == [("b_CRASH.dcm", "the decoder crashed on this input")]

@@ -96,6 +96,31 @@ def test_every_stage_runs_and_every_manifest_is_complete(chain):
     assert 0.0 <= auroc <= 1.0
 
 
+def test_every_reader_reads_back_what_its_stage_wrote(chain):
+    """Each kind's reader (its layout's schema) holds every field its real stage wrote, unchanged."""
+    from cxrjepa.core.config import to_dict
+    from cxrjepa.data.store import DatasetArtifact
+    from cxrjepa.embed.store import Embeddings
+    from cxrjepa.pretrain.layout import Run
+    from cxrjepa.probe.layout import Probe
+    from tests.report_chain import unread_fields
+
+    tmp, _, _ = chain
+    readers = {"dataset": DatasetArtifact, "run": Run, "embeddings": Embeddings, "probe": Probe}
+    for sid, cls in readers.items():
+        reader = cls.open(tmp / "runs" / sid)
+        manifest = read_manifest(tmp / "runs" / sid)
+        assert manifest["algorithm_version"] == 1
+        assert unread_fields(manifest["contents"], to_dict(reader.contents)) == [], sid
+    run = Run.open(tmp / "runs" / "run")
+    assert run.counts.steps == run.counts.planned_steps == 4 and run.encoder_weights.is_file()
+    assert run.encoder_config()["embed_dim"] == run.contents.encoder.embed_dim
+    assert len(run.metrics().frame) >= 2
+    probe = Probe.open(tmp / "runs" / "probe")
+    raw = json.loads((tmp / "runs" / "probe" / "metrics.json").read_text())
+    assert unread_fields(raw, to_dict(probe.metrics)) == []
+
+
 def test_second_run_skips_everything(chain):
     tmp, p, _ = chain
     before = {sid: (tmp / "runs" / sid / "manifest.yaml").read_bytes() for sid in KINDS}

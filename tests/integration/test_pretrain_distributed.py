@@ -10,13 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.torch
-import torch
 import yaml
 
 from cxrjepa.core.config import load_config
 from cxrjepa.data.store import write_dataset
 from cxrjepa.pretrain import PretrainConfig, run_pretrain
-from cxrjepa.pretrain.distributed import launch_command, plan_processes
 from cxrjepa.pretrain.monitors import MetricsLog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +48,9 @@ def test_two_gloo_processes_match_one_process(single, strategy, tmp_path):
     """DDP, and FSDP2 (sharded EMA update, gathered checkpoints), on 2 CPU processes == 1 process."""
     data, cfg_file, single = single
     multi = tmp_path / "multi"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    scratch = tmp_path / "scratch"  # the launcher's temporary folder: the launch spec lives there, then goes
+    scratch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
     env.pop("OMP_NUM_THREADS", None)
     res = subprocess.run(
         [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(data), "--out", str(multi), "--config",
@@ -59,6 +59,7 @@ def test_two_gloo_processes_match_one_process(single, strategy, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.count('"kind": "run"') == 1  # one summary: the launcher's, not one per worker
+    assert "-m cxrjepa.cli.worker" in res.stderr and not list(scratch.iterdir())  # no launch folder left behind
     manifest = yaml.safe_load((multi / "manifest.yaml").read_text())
     assert manifest["status"] == "complete" and manifest["contents"]["world_size"] == 2
     assert manifest["contents"]["strategy"] == strategy
@@ -73,22 +74,3 @@ def test_two_gloo_processes_match_one_process(single, strategy, tmp_path):
     assert [r["step"] for r in rows] == [0, 2, 4]  # rank 0 alone wrote the metrics
     np.testing.assert_allclose([r.get("loss", 0) for r in rows], [r.get("loss", 0) for r in MetricsLog.read(single)],
                                atol=1e-5)
-
-
-def test_launch_command_single_and_multi_node():
-    cmd = launch_command(["pretrain", "--data", "D"], 4)
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "cxrjepa",
-                       "pretrain", "--data", "D"]
-    cmd = launch_command(["pretrain"], 8, nnodes=2, node_rank=1, rdzv_endpoint="node0:29500")
-    assert "--nnodes=2" in cmd and "--node-rank=1" in cmd and "--rdzv-endpoint=node0:29500" in cmd
-    assert "--standalone" not in cmd
-    from cxrjepa.core.errors import UsageError
-
-    with pytest.raises(UsageError, match="rdzv-endpoint"):
-        launch_command(["pretrain"], 8, nnodes=2)
-    assert plan_processes(0, 3) == (3, False)
-    with pytest.raises(UsageError):
-        plan_processes(0, 0)
-    if not torch.cuda.is_available():
-        with pytest.raises(UsageError, match="CUDA"):
-            plan_processes(1, None)

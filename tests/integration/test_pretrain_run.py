@@ -24,9 +24,9 @@ from cxrjepa.data.store import write_dataset
 from cxrjepa.models.export import load_encoder
 from cxrjepa.models.vit import ViTEncoder
 from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
-from cxrjepa.pretrain.objectives.ijepa import IJEPA
 from cxrjepa.pretrain.checkpoint import list_checkpoints
 from cxrjepa.pretrain.monitors import MetricsLog
+from cxrjepa.pretrain.objectives.ijepa import IJEPA
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -243,15 +243,35 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(dataset, tmp_path):
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
                               "--gpus", "0", "--nproc", "2", "--dry-run", "--set", "optim.lr=3e-4"])
     assert res.exit_code == 0, res.output
-    assert "torch.distributed.run --standalone --nproc-per-node=2 -m cxrjepa pretrain" in res.stdout
-    assert f"--out {out}" in res.stdout and "--set optim.lr=3e-4" in res.stdout
-    assert "lr: 0.0003" in res.stdout and "plan: create" in res.stdout
+    assert "torch.distributed.run --standalone --nproc-per-node=2 --log-dir=" in res.stdout
+    assert "-m cxrjepa.cli.worker" in res.stdout
+    assert "lr: 0.0003" in res.stdout and "plan: create" in res.stdout  # the resolved config the workers get
     assert not out.exists()
     res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
                               "--gpus", "0", "--dry-run", "--json"])
     data = json.loads(res.stdout)
     assert data["processes"] == 1 and data["launch"] is None and data["planned_steps"] == 8
     assert data["config"]["train"]["batch_size"] == 8 and not out.exists()
+
+
+def test_cli_dry_run_plans_gpus_on_a_machine_without_them(dataset, tmp_path):
+    """A login node: --gpus 8 --dry-run prints the 8-process torchrun launch and the resolved config, exits 0
+    and writes nothing; without --dry-run the same command is refused there."""
+    from cxrjepa.core.config import to_dict
+
+    out = tmp_path / "R"
+    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--gpus", "8", "--dry-run"])
+    assert res.exit_code == 0, res.output
+    launch = next(line for line in res.stdout.splitlines() if line.startswith("# launch: "))
+    assert "-m torch.distributed.run --standalone --nproc-per-node=8 --log-dir=" in launch
+    assert launch.endswith("/launch.json") and "-m cxrjepa.cli.worker" in launch
+    assert "# processes: 8 on 8 GPUs" in res.stdout
+    assert yaml.safe_load(res.stdout.split("# resolved config:\n", 1)[1]) == to_dict(load_config(PretrainConfig))
+    assert not out.exists()
+    if not torch.cuda.is_available():
+        assert "not checked: CUDA is not available here" in res.stdout
+        res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--gpus", "8"])
+        assert res.exit_code == 2 and "--gpus 0" in res.stderr and not out.exists()
 
 
 def test_cli_print_config_and_json_result(dataset, tmp_path):
@@ -308,3 +328,51 @@ def test_collapse_monitor_warns_loudly_and_is_recorded(dataset, tmp_path, capsys
     assert "WARNING: representation collapse suspected at step 4" in err
     assert art.counts["collapse_warnings"] == 1  # once per episode, not at every check
     assert any("collapse" in note for note in art.manifest["notes"])
+
+
+def test_extra_hooks_and_sinks_plug_into_the_metrics_processor(dataset, tmp_path):
+    """The loop's extension points (trackers, in-training probes): a hook made from the built trainer adds a
+    column computed from the student's encoder at the steps it chooses (which are then logged), and a sink
+    receives exactly the rows of metrics.jsonl."""
+    from cxrjepa import runtime
+    from cxrjepa.core.artifact import begin
+    from cxrjepa.data.store import DatasetArtifact
+    from cxrjepa.pretrain.trainer import Trainer
+
+    class EncoderNorm:
+        def __init__(self, trainer):
+            self.trainer, self.steps = trainer, []
+
+        def due(self, step):
+            return step % 3 == 0
+
+        def __call__(self, step, row):
+            self.steps.append(step)
+            encoder = self.trainer.objective.export_encoder()
+            row["encoder_norm"] = float(torch.sqrt(sum((p.detach() ** 2).sum() for p in encoder.parameters())))
+
+    class Rows:
+        def __init__(self):
+            self.rows, self.closed = [], False
+
+        def write(self, row):
+            self.rows.append(dict(row))
+
+        def close(self):
+            self.closed = True
+
+    made, sink = [], Rows()
+    run = tmp_path / "run"
+    cfg = tiny_config()
+    begin(run, "run", cfg.science())
+    info = runtime.init_worker(False)
+    try:
+        Trainer(run, cfg, DatasetArtifact.open(dataset), info, hooks=[lambda t: made.append(EncoderNorm(t)) or made[-1]],
+                sinks=[sink]).fit()
+    finally:
+        runtime.shutdown(info)
+    rows = MetricsLog.read(run)
+    assert sink.rows == rows and sink.closed
+    assert [r["step"] for r in rows] == [0, 2, 3, 4, 6, 8]  # log_every 2, the last step, and the hook's 3 and 6
+    assert made[0].steps == [3, 6] and [r["step"] for r in rows if "encoder_norm" in r] == [3, 6]
+    assert rows[2]["encoder_norm"] != rows[4]["encoder_norm"]  # measured on the training encoder, as it moves

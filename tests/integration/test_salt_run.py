@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 import yaml
 
+from cxrjepa import runtime
 from cxrjepa.core.artifact import open_artifact, plan_artifact, read_manifest
 from cxrjepa.core.config import load_config
 from cxrjepa.core.errors import ConfigError, UsageError
@@ -19,7 +20,6 @@ from cxrjepa.models.export import load_encoder
 from cxrjepa.pipeline.runner import run_pipeline
 from cxrjepa.pipeline.stages import STAGES
 from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
-from cxrjepa.pretrain import distributed as D
 from cxrjepa.pretrain.objectives.base import ObjectiveInputs
 from cxrjepa.pretrain.trainer import Trainer
 
@@ -85,14 +85,14 @@ def test_teacher_is_frozen_in_the_training_loop(chain, tmp_path):
     from cxrjepa.core.artifact import begin
 
     cfg = config("objective=salt", "runtime.keep_last=10")
-    info = D.init_worker(False)
+    info = runtime.init_worker(False)
     try:
         begin(tmp_path / "run", "run", cfg.science())
         trainer = Trainer(tmp_path / "run", cfg, DatasetArtifact.open(chain["data"]), info,
                           inputs=ObjectiveInputs(teacher=str(chain["teacher"])))
         outcome = trainer.fit()
     finally:
-        D.shutdown(info)
+        runtime.shutdown(info)
     obj = trainer.objective
     original = load_encoder(chain["teacher"]).model.state_dict()
     after = obj.teacher.vit.state_dict()
@@ -250,18 +250,29 @@ def test_pipeline_runner_predicts_the_salt_fingerprint(chain, tmp_path):
     assert [i["name"] for i in student["inputs"]] == ["data", "teacher"]
 
 
-@pytest.mark.parametrize("name", ["us-salt-cpu", "us-salt-vitb16", "us-video-ijepa", "cxr-salt"])
-def test_recipes_parse_and_plan(name):
-    from cxrjepa.pipeline.spec import load_pipeline
+@pytest.mark.parametrize("name, want", [
+    ("quickstart", [("run", "ijepa", "tiny", 8, 64, 1)]),  # its recipe file: recipes/cxr-small-cpu.yaml
+    ("us-salt-cpu", [("teacher", "pixel", "tiny", 8, 64, 1), ("student", "salt", "tiny", 8, 64, 1),
+                     ("ijepa", "ijepa", "tiny", 8, 64, 1)]),
+    ("us-salt-vitb16", [("teacher", "pixel", "small", 16, 224, 1), ("student", "salt", "base", 16, 224, 1)]),
+    ("us-video-ijepa", [("run", "ijepa", "base", 16, 224, 16)]),
+    ("cxr-salt", [("student", "salt", "base", 16, 224, 1)]),
+])
+def test_pipelines_parse_and_plan(name, want):
+    """Each shipped pipeline resolves its pretrain stages to the science its header promises; SALT students
+    read a teacher."""
     from cxrjepa.pipeline.runner import resolve_stage
+    from cxrjepa.pipeline.spec import load_pipeline
 
     pipe = load_pipeline(ROOT / "pipelines" / f"{name}.yaml", known_stages=list(STAGES))
-    objectives = []
+    got = []
     for spec in pipe.stages:
-        _, cfg, _, _ = resolve_stage(pipe, spec, {})
+        _, cfg, inputs, _ = resolve_stage(pipe, spec, {})
         if spec.stage == "pretrain":
-            objectives.append(cfg.objective)
-    assert objectives
+            m = cfg.model
+            got.append((spec.id, cfg.objective, m.size, m.patch_size, m.image_size, m.frames))
+            assert ("teacher" in inputs) == (cfg.objective == "salt"), spec.id
+    assert got == want
 
 
 @pytest.mark.gpu

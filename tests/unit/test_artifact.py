@@ -4,12 +4,15 @@ import pytest
 import yaml
 
 from cxrjepa.core.artifact import (
+    ALGORITHM_CHANGED,
     COMPLETE,
+    PARAMS_CHANGED,
     PARTIAL,
     begin,
     compute_fingerprint,
     input_refs,
     open_artifact,
+    plan_artifact,
     read_manifest,
 )
 from cxrjepa.core.errors import EXIT_FAILURE, EXIT_USAGE, ArtifactError, UsageError
@@ -132,3 +135,32 @@ def test_manifests_get_the_umask_permissions(tmp_path):
         os.umask(old)
     mode = stat.S_IMODE((tmp_path / "ds" / "manifest.yaml").stat().st_mode)
     assert mode == 0o644  # colleagues can read a shared dataset's manifest (mkstemp alone gives 0600)
+
+
+def test_a_changed_algorithm_version_makes_an_artifact_stale(tmp_path):
+    out = tmp_path / "ds"
+    b = begin(out, "dataset", {"size": 64}, version=3)
+    b.finish()
+    m = read_manifest(out)
+    assert m["algorithm_version"] == 3 and m["fingerprint"] == compute_fingerprint("dataset", {"size": 64}, [], 3)
+    assert compute_fingerprint("dataset", {"size": 64}, [], 3) != compute_fingerprint("dataset", {"size": 64}, [], 4)
+    assert begin(out, "dataset", {"size": 64}, version=3).skipped
+    plan = plan_artifact(out, "dataset", {"size": 64}, [], version=4)
+    assert plan.action == "overwrite" and plan.reason == f"{ALGORITHM_CHANGED} (version 3 -> 4)"
+    assert plan_artifact(out, "dataset", {"size": 32}, [], version=4).reason == PARAMS_CHANGED  # settings changed too
+    b = begin(out, "dataset", {"size": 64}, version=4)
+    assert b.action == "overwrite" and read_manifest(out)["status"] == PARTIAL
+    with pytest.raises(UsageError, match="algorithm changed"):
+        b.finish()
+        begin(out, "dataset", {"size": 64}, version=5, overwrite=False)
+
+
+def test_artifacts_made_before_versions_were_recorded_are_stale_for_that_reason(tmp_path):
+    out = tmp_path / "ds"
+    _make(out)
+    m = yaml.safe_load((out / "manifest.yaml").read_text())
+    del m["algorithm_version"]
+    m["fingerprint"] = compute_fingerprint("dataset", {"size": 64}, [], None)  # how fingerprints were computed before
+    (out / "manifest.yaml").write_text(yaml.safe_dump(m))
+    plan = plan_artifact(out, "dataset", {"size": 64}, [])
+    assert plan.action == "overwrite" and plan.reason == f"{ALGORITHM_CHANGED} (version unrecorded -> 1)"

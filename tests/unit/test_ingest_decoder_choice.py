@@ -38,4 +38,4 @@ def test_pool_workers_decode_single_threaded_only_when_they_fill_the_cores():
     assert single_threaded_decoders(16, cores=16)
     assert single_threaded_decoders(9, cores=16)
     assert not single_threaded_decoders(8, cores=16)  # two cores per worker: gdcm's threads have room
-    assert not single_threaded_decoders(1, cores=2)  # the crash-isolation worker runs alone
+    assert not single_threaded_decoders(1, cores=2)  # one worker on two cores: gdcm's threads have room

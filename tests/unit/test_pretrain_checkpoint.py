@@ -1,6 +1,12 @@
-"""Checkpoint folders: complete-only resume, keep-last-K, safe formats; metrics files on resume; monitors."""
+"""Checkpoint folders: complete-only resume, keep-last-K, safe formats, durable writes; the best-student swap;
+metrics files on resume; monitors."""
 
 from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -9,6 +15,7 @@ from torch import nn
 
 from cxrjepa.pretrain import checkpoint as ckpt
 from cxrjepa.pretrain.monitors import COLUMNS, CollapseWatch, MetricsLog, feature_std, rankme
+from cxrjepa.pretrain.selection import HoldoutSelection, best_dir, read_best
 
 
 def _model_and_opt(seed: int = 0):
@@ -112,3 +119,115 @@ def test_state_json_is_written_last(tmp_path, monkeypatch):
         ckpt.save_checkpoint(tmp_path, 3, {"model": model}, model, opt, {})
     assert ckpt.latest_checkpoint(tmp_path) is None
     assert not (ckpt.step_dir(tmp_path, 3) / "state.json").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name the fsynced files")
+def test_weights_optimizer_and_folder_reach_the_disk_before_state_json(tmp_path, monkeypatch):
+    """The fsync order that makes a complete-looking checkpoint complete after a power cut: every weight file
+    and the optimizer (under their temporary names, before the rename), then the folder, then state.json;
+    the checkpoints folder before older checkpoints are pruned."""
+    model, opt = _model_and_opt()
+    synced: list[Path] = []
+    real = os.fsync
+
+    def record(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    folder = ckpt.save_checkpoint(tmp_path, 3, {"model": model, "head": model}, model, opt, {}).resolve()
+    names = [p.name for p in synced]
+    state_at = next(i for i, n in enumerate(names) if n.startswith(".state.json."))
+    files_at = [names.index(f".{f}.tmp") for f in ("model.safetensors", "head.safetensors", "optimizer.pt")]
+    folder_at = [i for i, p in enumerate(synced) if p == folder and i < state_at]
+    assert max(files_at) < max(folder_at) < state_at
+    assert any(p == folder.parent for p in synced[state_at:])
+
+
+def _modules(value: float) -> dict[str, nn.Module]:
+    enc, pred = nn.Linear(4, 4), nn.Linear(4, 2)
+    for m in (enc, pred):
+        nn.init.constant_(m.weight, value)
+        nn.init.constant_(m.bias, value)
+    return {"encoder": enc, "predictor": pred}
+
+
+def _best_value(run: Path) -> float:
+    """The value every weight of the best student holds, after checking that its files agree with its state."""
+    state = read_best(run)
+    assert state is not None, "no best student"
+    values = set()
+    for name in state["modules"]:
+        for t in safetensors.torch.load_file(str(best_dir(run) / f"{name}.safetensors")).values():
+            values |= set(t.flatten().tolist())
+    assert len(values) == 1 and state["step"] == int(values.pop())
+    return state["step"]
+
+
+class Killed(BaseException):
+    """A kill between two file-system operations."""
+
+
+class KillAt:
+    """Counts the wrapped file-system operations and kills the ``k``-th."""
+
+    def __init__(self, k: int):
+        self.k, self.n = k, 0
+
+    def wrap(self, fn):
+        def op(*a, **kw):
+            self.n += 1
+            if self.n == self.k:
+                raise Killed
+            return fn(*a, **kw)
+
+        return op
+
+
+@pytest.mark.parametrize("earlier", [1, 2])
+def test_a_kill_at_any_moment_of_the_best_swap_leaves_the_old_or_the_new_best(tmp_path, earlier):
+    """Kill the swap of a new best after each of its file-system operations in turn: ``checkpoints/best``
+    always holds a whole student, the old one or the new one; the next swap then succeeds."""
+    ops = [(os, "replace"), (os, "rename"), (os, "symlink"), (os, "unlink"), (os, "mkdir"), (os, "fsync"),
+           (shutil, "rmtree"), (safetensors.torch, "save_file")]
+    seen, k = set(), 0
+    while True:
+        k += 1
+        run = tmp_path / f"run{earlier}-{k}"
+        sel = HoldoutSelection(run, [], 0, 0, 0.1, every=1, export_best=True)
+        for step in range(1, earlier + 1):  # earlier bests (the second swap goes back to the first folder)
+            sel.update(step, 1.0 / step, _modules(step), write=True, sharded=False)
+        new = earlier + 1
+        originals = {(mod, name): getattr(mod, name) for mod, name in ops}
+        kill = KillAt(k)
+        for (mod, name), fn in originals.items():
+            setattr(mod, name, kill.wrap(fn))
+        try:
+            sel.update(new, 1.0 / new, _modules(new), write=True, sharded=False)
+            finished = True
+        except Killed:
+            finished = False
+        finally:
+            for (mod, name), fn in originals.items():
+                setattr(mod, name, fn)
+        seen.add(_best_value(run))
+        assert seen <= {earlier, new}
+        if finished:
+            break
+        again = HoldoutSelection(run, [], 0, 0, 0.1, every=1, export_best=True)
+        again.update(new, 1.0 / new, _modules(new), write=True, sharded=False)  # leftovers do not block a swap
+        assert _best_value(run) == new
+    assert seen == {earlier, new} and k > 5
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "best-b" if earlier % 2 else "best-a"]
+
+
+def test_a_best_folder_of_an_older_run_is_adopted(tmp_path):
+    old = best_dir(tmp_path)
+    old.mkdir(parents=True)
+    ckpt.write_modules(old, {"encoder": {"w": torch.ones(2)}})
+    (old / "state.json").write_text(json.dumps({"format": ckpt.FORMAT, "step": 5, "holdout_loss": 0.3}))
+    sel = HoldoutSelection(tmp_path, [], 0, 0, 0.1, every=1, export_best=True)
+    sel.restore(10, [])
+    assert sel.best_step == 5
+    sel.update(12, 0.2, _modules(12), write=True, sharded=False)
+    assert best_dir(tmp_path).is_symlink() and _best_value(tmp_path) == 12

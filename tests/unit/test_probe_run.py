@@ -11,10 +11,14 @@ import yaml
 from typer.testing import CliRunner
 
 from cxrjepa.cli.app import app
+from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
+from cxrjepa.core.schema import SchemaError
 from cxrjepa.data.store import default_meta, write_dataset
 from cxrjepa.embed.api import EmbedConfig, run_embed
 from cxrjepa.probe.api import ProbeConfig, run_probe
+from cxrjepa.probe.layout import Probe
+from tests.report_chain import unread_fields
 
 N = 160
 FAST = dict(bootstrap=100, fewshot=[10.0, 100.0], fewshot_seeds=2, knn_k=[5, 10], c_grid=[0.01, 1.0], alpha_grid=[1.0, 100.0])
@@ -155,3 +159,51 @@ def test_knn_handles_regression_and_multilabel(emb, tmp_path):
     m = json.loads((run_probe(tmp_path / "p", cfg, embeddings=emb_path, labels=csv).path / "metrics.json").read_text())
     assert m["tasks"]["age"]["probes"]["knn"]["metrics"]["mae"]["value"] > 0
     assert m["tasks"]["labels"]["probes"]["knn"]["metrics"]["auroc"]["value"] > 0.7
+
+
+def test_the_report_reads_back_everything_the_probe_writes(emb, tmp_path):
+    """Schema round trip: every field of metrics.json and of the manifest's contents, as the probe stage wrote
+    them, comes back unchanged through the typed reader the report uses, and the report shows those values."""
+    from cxrjepa.report.config import ReportConfig
+    from cxrjepa.report.doc import Note, Table
+    from cxrjepa.report.lineage import collect
+    from cxrjepa.report.sections import probes
+    from cxrjepa.report.sections.base import Context
+
+    root, emb_path, _ = emb
+    cfg = ProbeConfig(**{**FAST, "corruptions": ["noise"], "severities": [1]})
+    art = run_probe(tmp_path / "p", cfg, embeddings=emb_path)
+    raw = json.loads((art.path / "metrics.json").read_text())
+    assert {"tasks", "attributes", "encoder", "embeddings", "bootstrap"} <= set(raw)
+    assert {"probes", "fewshot", "subgroups", "robustness"} <= set(raw["tasks"]["finding"])
+    probe = Probe.open(art.path)
+    assert unread_fields(raw, to_dict(probe.metrics)) == []
+    assert unread_fields(art.manifest["contents"], to_dict(probe.contents)) == []
+
+    sec = probes.build(Context(collect([art.path]), ReportConfig()))
+    assert not [b.text for b in sec.blocks if isinstance(b, Note) and b.level == "warn"]
+    table = next(b for b in sec.blocks if isinstance(b, Table) and "AUROC" in b.columns)
+    row = next(r for r in table.rows if r[1].text == "linear")
+    auroc = raw["tasks"]["finding"]["probes"]["linear"]["metrics"]["auroc"]
+    assert row[table.columns.index("AUROC")].text == f"{auroc['value']:.3f} ({auroc['ci'][0]:.3f}–{auroc['ci'][1]:.3f})"
+
+    # a field renamed on the writer's side is an error naming it and the stage, not a section left out
+    raw["tasks"]["finding"]["probes"]["linear"]["scores"] = raw["tasks"]["finding"]["probes"]["linear"].pop("metrics")
+    (art.path / "metrics.json").write_text(json.dumps(raw))
+    with pytest.raises(SchemaError, match=r"'tasks\.finding\.probes\.linear\.metrics' is missing; rerun 'cxrjepa probe'"):
+        probes.build(Context(collect([art.path]), ReportConfig()))
+
+
+def test_a_new_algorithm_version_of_the_probe_redoes_its_artifacts(emb, tmp_path, monkeypatch):
+    import cxrjepa.probe.api as probe_api
+
+    root, emb_path, _ = emb
+    cfg = ProbeConfig(**{**FAST, "fewshot": [], "subgroups": [], "attributes": False, "probes": ["linear"]})
+    first = run_probe(tmp_path / "p", cfg, embeddings=emb_path)
+    assert first.manifest["algorithm_version"] == probe_api.ALGORITHM_VERSION
+    assert run_probe(tmp_path / "p", cfg, embeddings=emb_path).manifest == first.manifest  # up to date
+    monkeypatch.setattr(probe_api, "ALGORITHM_VERSION", probe_api.ALGORITHM_VERSION + 1)
+    plan = run_probe(tmp_path / "p", cfg, embeddings=emb_path, dry_run=True)
+    assert plan["action"] == "overwrite"
+    again = run_probe(tmp_path / "p", cfg, embeddings=emb_path)
+    assert again.manifest["algorithm_version"] == probe_api.ALGORITHM_VERSION and again.fingerprint != first.fingerprint

@@ -141,6 +141,13 @@ def test_report_shows_dice_and_overlays(chain):
 
     if not (chain / "probe" / "metrics.json").is_file():
         assert probe(chain / "emb", chain / "probe").exit_code == 0
+    from cxrjepa.core.config import to_dict
+    from cxrjepa.probe.layout import Probe
+    from tests.report_chain import unread_fields
+
+    written = Probe.open(chain / "probe")  # what the report reads is everything the probe wrote
+    raw = json.loads((chain / "probe" / "metrics.json").read_text())
+    assert unread_fields(raw, to_dict(written.metrics)) == [] and written.metrics.segmentation.per_image
     art = run_report(chain / "report", artifacts=[chain / "probe"], device="cpu")
     html = (art.path / "index.html").read_text()
     summary = (art.path / "summary.md").read_text()

@@ -9,7 +9,10 @@ import pandas as pd
 import pytest
 import zarr
 
+from cxrjepa.pretrain.layout import read_metrics
+from cxrjepa.probe.layout import Probe
 from cxrjepa.report import readers
+from tests.report_chain import bare_artifact
 
 
 def test_metrics_log_is_thinned_keeping_first_and_last_step_and_counting_nans_over_all_lines(tmp_path):
@@ -18,7 +21,7 @@ def test_metrics_log_is_thinned_keeping_first_and_last_step_and_counting_nans_ov
             loss = float("nan") if s == 4321 else 1.0 / (s + 1)
             fh.write(json.dumps({"step": s, "loss": loss, "lr": 1e-3}) + "\n")
         fh.write(json.dumps({"event": "checkpoint"}) + "\n")  # not a step record
-    m = readers.read_metrics(tmp_path, max_points=100)
+    m = read_metrics([tmp_path / "metrics.jsonl", tmp_path / "metrics.csv"], max_points=100)
     assert m is not None
     steps = m.frame["step"].to_numpy()
     assert 90 <= len(steps) <= 102
@@ -30,9 +33,9 @@ def test_metrics_log_is_thinned_keeping_first_and_last_step_and_counting_nans_ov
 
 def test_metrics_fall_back_to_csv(tmp_path):
     pd.DataFrame({"step": range(50), "loss": np.linspace(1, 0.1, 50)}).to_csv(tmp_path / "metrics.csv", index=False)
-    m = readers.read_metrics(tmp_path, max_points=10)
+    m = read_metrics([tmp_path / "metrics.jsonl", tmp_path / "metrics.csv"], max_points=10)
     assert m.frame["step"].iloc[0] == 0 and m.frame["step"].iloc[-1] == 49 and len(m.frame) <= 11
-    assert readers.read_metrics(tmp_path / "nothing") is None
+    assert read_metrics([tmp_path / "nothing" / "metrics.jsonl"]) is None
 
 
 def test_metadata_is_summarised_batch_by_batch_exactly(tmp_path):
@@ -72,13 +75,13 @@ class CountingArray:
         self.requests: list[int] = []
         outer = self
 
-        class O:
+        class Orthogonal:
             def __getitem__(self, sel):
                 rows = np.asarray(sel[0])
                 outer.requests.append(len(rows))
                 return outer.arr.oindex[sel]
 
-        self.oindex = O()
+        self.oindex = Orthogonal()
 
     def __getitem__(self, sel):  # a plain slice would read everything: the report must never do it
         raise AssertionError("whole-array read")
@@ -108,6 +111,9 @@ def test_predictions_are_filtered_to_one_task_probe_and_split(tmp_path):
     df = pd.DataFrame({"sample_id": list("abcdef"), "task": ["t"] * 4 + ["u"] * 2, "probe": ["linear", "knn"] * 3,
                        "split": ["test", "test", "train", "test", "test", "test"], "target": list("010101"),
                        "prediction": list("010101"), "score_1": np.linspace(0, 1, 6)})
-    df.to_parquet(tmp_path / "predictions.parquet")
-    got = readers.read_predictions(tmp_path, "t", "knn", "test")
+    art = bare_artifact(tmp_path / "probe", "probe")
+    df.to_parquet(art.path / "predictions.parquet")
+    art.manifest["contents"] = {"metrics": "metrics.json", "predictions": "predictions.parquet", "split": {"path": "split.csv"},
+                                "tasks": {"t": "binary", "u": "binary"}}
+    got = Probe(art).predictions("t", "knn", "test")
     assert list(got["sample_id"]) == ["b", "d"]

@@ -6,12 +6,15 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from cxrjepa.core.artifact import begin, input_refs
+from cxrjepa.core.schema import SchemaError
+from cxrjepa.pretrain.layout import RunMetrics
+from cxrjepa.probe.layout import FewshotMetric, Metric
 from cxrjepa.report.config import ReportConfig
 from cxrjepa.report.doc import Figure, Note, Table
 from cxrjepa.report.lineage import collect
-from cxrjepa.report.readers import RunMetrics
 from cxrjepa.report.sections import probes
 from cxrjepa.report.sections.base import Context
 from cxrjepa.report.sections.pretraining import collapse_warnings
@@ -35,19 +38,26 @@ def test_collapse_is_flagged_when_feature_std_and_rank_fall_and_not_otherwise():
 
 
 def test_metric_values_are_formatted_with_their_intervals():
-    assert probes.fmt_metric({"value": 0.91234, "ci": [0.88, 0.9401]}) == "0.912 (0.880–0.940)"
-    assert probes.fmt_metric({"value": 0.5}) == "0.500"
-    assert probes.fmt_metric({"mean": 0.7, "std": 0.1}) == "0.700"
+    assert probes.fmt_metric(Metric(0.91234, [0.88, 0.9401])) == "0.912 (0.880–0.940)"
+    assert probes.fmt_metric(Metric(0.5)) == "0.500"
+    assert probes.fmt_metric(Metric(0.5, [None, None])) == "0.500"
+    assert probes.fmt_metric(FewshotMetric(mean=0.7, std=0.1)) == "0.700"
     assert probes.fmt_metric(None) == "–"
-    assert probes.fmt_metric({"value": float("nan")}) == "–"
+    assert probes.fmt_metric(Metric(float("nan"))) == "–"
     assert probes.primary_metric(["mae", "r2"]) == "r2"
 
 
+N = {"train": 20, "val": 5, "test": 10}
+
+
 def _probe(root, name, tasks, predictions=None, emb=None):
+    """A probe artifact as the probe stage lays it out (probe/layout.py), with the given metrics.json tasks."""
     b = begin(root / name, "probe", {"n": name}, input_refs({"embeddings": emb} if emb else {}), force=True)
     (b.path / "metrics.json").write_text(json.dumps({"tasks": tasks}))
     if predictions is not None:
         predictions.to_parquet(b.path / "predictions.parquet", index=False)
+    b.contents.update({"metrics": "metrics.json", "predictions": "predictions.parquet", "split": {"path": "split.csv"},
+                       "tasks": {t: body["type"] for t, body in tasks.items()}})
     return b.finish()
 
 
@@ -56,8 +66,8 @@ def _ctx(paths):
 
 
 def test_the_best_value_of_each_metric_is_bold_and_lower_is_better_for_mae(tmp_path):
-    t = lambda auc, mae: {"a": {"type": "binary", "probes": {"linear": {"metrics": {"auroc": {"value": auc}}}}},  # noqa: E731
-                          "age": {"type": "regression", "probes": {"linear": {"metrics": {"mae": {"value": mae}}}}}}
+    t = lambda auc, mae: {"a": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": auc}}}}},  # noqa: E731
+                          "age": {"type": "regression", "n": N, "probes": {"linear": {"metrics": {"mae": {"value": mae}}}}}}
     bare_artifact(tmp_path / "emb1", "embeddings")
     bare_artifact(tmp_path / "emb2", "embeddings")
     p1 = _probe(tmp_path, "p1", t(0.8, 5.0), emb=tmp_path / "emb1")
@@ -82,7 +92,7 @@ def test_roc_is_drawn_from_predictions_when_metrics_have_no_curves(tmp_path):
     score = np.clip(y * 0.4 + rng.uniform(0, 0.6, 40), 0, 1)
     preds = pd.DataFrame({"sample_id": [f"s{i}" for i in range(40)], "task": "finding", "probe": "linear", "split": "test",
                           "target": np.where(y == 1, "POS", "NEG"), "prediction": "POS", "score_POS": score, "score_NEG": 1 - score})
-    tasks = {"finding": {"type": "binary", "classes": ["NEG", "POS"], "positive": "POS",
+    tasks = {"finding": {"type": "binary", "classes": ["NEG", "POS"], "positive": "POS", "n": N,
                          "probes": {"linear": {"metrics": {"auroc": {"value": 0.8, "ci": [0.7, 0.9]}}}}}}
     p = _probe(tmp_path, "p", tasks, preds)
     sec = probes.build(_ctx([p.path]))
@@ -92,16 +102,24 @@ def test_roc_is_drawn_from_predictions_when_metrics_have_no_curves(tmp_path):
     assert figs[0].png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_probe_without_metrics_is_a_warning_and_the_others_still_show(tmp_path):
-    good = _probe(tmp_path, "good", {"t": {"type": "binary", "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
-    bad = bare_artifact(tmp_path / "bad", "probe")
-    sec = probes.build(_ctx([good.path, bad.path]))
-    assert any(isinstance(b, Note) and b.level == "warn" and "bad" in b.text for b in sec.blocks)
-    assert any(isinstance(b, Table) and "AUROC" in b.columns for b in sec.blocks)
+def test_a_probe_that_does_not_match_the_schema_is_an_error_naming_the_field_and_the_stage(tmp_path):
+    """Not a warning that quietly leaves a section out: a renamed field, a missing file, bare contents."""
+    good = {"t": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}}
+    renamed = {"t": {"type": "binary", "n": N, "heads": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}}
+    p = _probe(tmp_path, "renamed", renamed)
+    with pytest.raises(SchemaError, match=r"'tasks\.t\.probes' is missing; rerun 'cxrjepa probe' with --force"):
+        probes.build(_ctx([p.path]))
+    p = _probe(tmp_path, "nometrics", good)
+    (p.path / "metrics.json").unlink()
+    with pytest.raises(SchemaError, match="has no readable metrics.json; rerun 'cxrjepa probe'"):
+        probes.build(_ctx([p.path]))
+    bare = bare_artifact(tmp_path / "bare", "probe")
+    with pytest.raises(SchemaError, match=r"manifest.yaml contents.*'metrics' is missing"):
+        probes.build(_ctx([bare.path]))
 
 
 def test_patient_leakage_across_splits_is_flagged(tmp_path):
-    p = _probe(tmp_path, "p", {"t": {"type": "binary", "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
+    p = _probe(tmp_path, "p", {"t": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
     pd.DataFrame({"sample_id": ["a", "b", "c"], "patient_key": ["p1", "p1", "p2"], "split": ["train", "test", "val"]}).to_csv(
         p.path / "split.csv", index=False)
     sec = probes.build(_ctx([p.path]))
@@ -112,7 +130,7 @@ def test_the_summary_repeats_every_warning_and_names_the_sections_left_out(tmp_p
     from cxrjepa.report.doc import Para, Section
     from cxrjepa.report.sections import summary
 
-    p = _probe(tmp_path, "p", {"t": {"type": "binary", "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
+    p = _probe(tmp_path, "p", {"t": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
     shown = Section("pretraining", "Pretraining").add(Para("curves"))
     shown.note("Run x: the feature std fell from 0.5 to 0.01", "warn")
     missing = Section("embeddings", "Embeddings")

@@ -43,7 +43,7 @@ class TrainEnv:
     device: torch.device
     #: autocast dtype (bf16 on CUDA), or None for fp32
     amp: torch.dtype | None
-    #: the process group (cxrjepa.pretrain.distributed.DistInfo)
+    #: the process group (cxrjepa.runtime.DistInfo)
     info: Any
     #: the dataset artifact (cxrjepa.data.store.DatasetArtifact)
     data: Any
@@ -103,7 +103,7 @@ class Objective(nn.Module):
     takes_inputs: ClassVar[bool] = False
     student: nn.Module
 
-    def __init__(self, config: "PretrainConfig", inputs: ObjectiveInputs | None = None):
+    def __init__(self, config: PretrainConfig, inputs: ObjectiveInputs | None = None):
         super().__init__()
         self.config = config
         self.inputs = inputs or ObjectiveInputs()
@@ -124,7 +124,7 @@ class Objective(nn.Module):
         return None
 
     @classmethod
-    def holdout_fraction(cls, config: "PretrainConfig") -> float:
+    def holdout_fraction(cls, config: PretrainConfig) -> float:
         """Share of the patients held out for model selection (0 = none; all data trains)."""
         return 0.0
 
@@ -180,7 +180,7 @@ class Objective(nn.Module):
     def load_extra_state(self, state: dict) -> None:
         pass
 
-    def train(self, mode: bool = True) -> "Objective":
+    def train(self, mode: bool = True) -> Objective:
         super().train(mode)
         for module in self.frozen():
             module.eval()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cxrjepa.core import console
+from cxrjepa.core.schema import SchemaError
 from cxrjepa.report.config import ReportConfig
 from cxrjepa.report.doc import Figure, Section
 from cxrjepa.report.lineage import Lineage, Node, Variant
@@ -36,9 +36,15 @@ class Context:
 
 
 def guarded(section: Section, what: str, fn: Callable[[], Any]) -> Any:
-    """Run one part of a section; an unexpected failure becomes a warning in the report, not a crash."""
+    """Run one part of a section; an unexpected failure becomes a warning in the report, not a crash.
+
+    An artifact that does not match its kind's schema is not unexpected: that error stops the report with
+    its one sentence (the field, the stage to rerun) instead of quietly becoming a warning.
+    """
     try:
         return fn()
+    except SchemaError:
+        raise
     except Exception as exc:  # a malformed artifact must not take the whole report down
         if console.settings.verbose:
             traceback.print_exc()
@@ -48,33 +54,9 @@ def guarded(section: Section, what: str, fn: Callable[[], Any]) -> Any:
         return None
 
 
-def deep_find(data: Any, names: tuple[str, ...]) -> Any:
-    """The first scalar value of a key in ``names`` anywhere in nested mappings (breadth first)."""
-    queue = [data]
-    while queue:
-        cur = queue.pop(0)
-        if isinstance(cur, Mapping):
-            for n in names:
-                v = cur.get(n)
-                if v is not None and not isinstance(v, (Mapping, list)):
-                    return v
-                if isinstance(v, Mapping):
-                    for k in ("name", "kind", "type"):
-                        if isinstance(v.get(k), str):
-                            return v[k]
-            queue.extend(v for v in cur.values() if isinstance(v, Mapping))
-    return None
-
-
 def encoder_meta(run: Node) -> dict | None:
     """The exported encoder's config.json of a run (the contract's description of the architecture)."""
-    for cand in (run.path / "encoder" / "config.json", run.path / "config.json"):
-        if cand.is_file() and cand.parent.joinpath("encoder.safetensors").is_file():
-            try:
-                return json.loads(cand.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return None
-    return None
+    return run.as_run.encoder_config()
 
 
 #: how an embeddings artifact's encoder source reads when no run is behind it
@@ -84,9 +66,7 @@ _SOURCES = {"random": "random init", "timm": "timm weights", "hf": "Hugging Face
 def _embedding_encoder(variant) -> dict:
     """The encoder an embeddings artifact of a run-less variant recorded (random:, timm:, HF folder)."""
     for emb in getattr(variant, "embeddings", []) or []:
-        enc = (emb.manifest.get("contents") or {}).get("encoder")
-        if isinstance(enc, dict):
-            return enc
+        return emb.as_embeddings.encoder
     return {}
 
 
@@ -94,20 +74,16 @@ def run_objective(run: Node | None, variant=None) -> str:
     if run is None:
         source = _embedding_encoder(variant).get("source") if variant is not None else None
         return _SOURCES.get(str(source), str(source)) if source else "–"
-    v = deep_find(run.manifest.get("params") or {}, ("objective", "method", "recipe", "algorithm"))
-    return str(v) if v is not None else "–"
+    return run.as_run.contents.objective
 
 
 def encoder_label(run: Node | None, variant=None) -> str:
     meta = encoder_meta(run) if run is not None else (_embedding_encoder(variant) if variant is not None else None)
-    if run is None and not meta:
+    if not meta:
         return "–"
-    if meta:
-        enc = meta.get("encoder") or {}
-        size = enc.get("size")
-        patch = meta.get("patch_size") or enc.get("patch_size")
-        img = meta.get("image_size") or enc.get("image_size")
-        name = f"ViT-{str(size)[:1].upper()}" if size else str(meta.get("timm_model", "ViT"))
-        return f"{name}/{patch} @ {img} px" if patch and img else name
-    size = deep_find(run.manifest.get("params") or {}, ("size",))
-    return f"ViT {size}" if size else "–"
+    enc = meta.get("encoder") or {}
+    size = enc.get("size")
+    patch = meta.get("patch_size") or enc.get("patch_size")
+    img = meta.get("image_size") or enc.get("image_size")
+    name = f"ViT-{str(size)[:1].upper()}" if size else str(meta.get("timm_model", "ViT"))
+    return f"{name}/{patch} @ {img} px" if patch and img else name

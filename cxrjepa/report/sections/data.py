@@ -34,27 +34,26 @@ def build(ctx: Context) -> Section:
 
 
 def _counts(ctx: Context, sec: Section, ds: Node) -> None:
-    counts = ds.artifact.counts
-    contents = ds.artifact.contents
-    images = contents.get("images") or {}
-    shape = images.get("shape") or []
-    size = f"{shape[-1]} × {shape[-2]} px" if len(shape) >= 3 else (f"{contents['size']} px" if contents.get("size") else "–")
+    counts = ds.as_dataset.counts
+    contents = ds.as_dataset.contents
+    shape = contents.images.shape
+    size = f"{shape[-1]} × {shape[-2]} px" if len(shape) >= 3 else (f"{contents.size} px" if contents.size else "–")
     cards = [
-        Card("samples", human_int(counts.get("samples")), f"from {human_int(counts.get('inputs'))} inputs" if counts.get("inputs") is not None else ""),
-        Card("frames", human_int(counts.get("frames")), ""),
-        Card("rejected", human_int(counts.get("rejected", 0)), "see below" if counts.get("rejected") else "none"),
-        Card("stored size", size, str(images.get("dtype", ""))),
+        Card("samples", human_int(counts.samples), f"from {human_int(counts.inputs)} inputs" if counts.inputs is not None else ""),
+        Card("frames", human_int(counts.frames), ""),
+        Card("rejected", human_int(counts.rejected), "see below" if counts.rejected else "none"),
+        Card("stored size", size, contents.images.dtype),
     ]
-    if counts.get("duplicates"):
-        cards.append(Card("duplicates", human_int(counts.get("duplicates")), "same pixels"))
+    if counts.duplicates:
+        cards.append(Card("duplicates", human_int(counts.duplicates), "same pixels"))
     labels = label_columns(ds)
     if labels:
         cards.append(Card("label columns", str(len(labels)), ", ".join(labels[:4]) + ("…" if len(labels) > 4 else "")))
     sec.add(Cards(cards))
 
-    meta = ds.path / layout.METADATA
+    meta = ds.path / contents.metadata
     if not meta.is_file():
-        sec.note(f"Counts by modality, view, sex and age are left out: '{layout.METADATA}' is missing from {ds.name}.")
+        sec.note(f"Counts by modality, view, sex and age are left out: '{contents.metadata}' is missing from {ds.name}.")
         return
     summaries = readers.summarize_columns(meta, list(CATEGORICAL) + labels, {"age": AGE_BINS})
     panels = []
@@ -84,10 +83,10 @@ def _counts(ctx: Context, sec: Section, ds: Node) -> None:
 
 
 def _rejections(ctx: Context, sec: Section, ds: Node) -> None:
-    counts = ds.artifact.counts
-    by_reason = counts.get("by_reason") if isinstance(counts.get("by_reason"), dict) else None
-    reasons = Counter({str(k): int(v) for k, v in by_reason.items()}) if by_reason else readers.count_failures(ds.path / layout.FAILURES)
-    rejected = int(counts.get("rejected", sum(reasons.values())) or 0)
+    counts = ds.as_dataset.counts
+    ledger = ds.path / (ds.as_dataset.contents.failures or layout.FAILURES)
+    reasons = Counter({str(k): int(v) for k, v in counts.by_reason.items()}) if counts.by_reason else readers.count_failures(ledger)
+    rejected = counts.rejected
     if not rejected and not reasons:
         sec.add(Para(f"No input was rejected while making {ds.name}."))
         return

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrjepa.core.phi import is_identifying
 from cxrjepa.report import figures, readers
 from cxrjepa.report.doc import Cell, Section, Table, human_int, num
 from cxrjepa.report.lineage import Node, Variant
@@ -36,33 +37,34 @@ class EmbeddingSet:
         return int(self.features.shape[1])
 
     def index(self, columns: list[str], rows: np.ndarray | None = None):
-        return readers.read_columns(self.node.path / readers.INDEX, columns, rows)
+        return readers.read_columns(self.node.path / self.node.as_embeddings.contents.index, columns, rows)
 
 
 def label_column_for(v: Variant, emb: Node) -> str | None:
-    """The label to colour and judge neighbours by: the dataset's first label column present in the index."""
-    cands = [str(c) for c in emb.artifact.contents.get("label_columns") or []]
+    """The label to colour and judge neighbours by: the dataset's first label column present in the index
+    (never an identifying one)."""
+    cands = list(emb.as_embeddings.label_columns)
     if v.dataset is not None:
-        cands += [str(c) for c in v.dataset.artifact.contents.get("label_columns") or []]
+        cands += v.dataset.as_dataset.label_columns
     for p in v.probes:
-        metrics = readers.read_probe_metrics(p.path) or {}
-        cands += [str(t) for t in (metrics.get("tasks") or {})]
-    present = set(readers.parquet_columns(emb.path / readers.INDEX))
-    return next((c for c in cands if c in present), None)
+        cands += list(p.as_probe.metrics.tasks)
+    present = set(readers.parquet_columns(emb.path / emb.as_embeddings.contents.index))
+    return next((str(c) for c in cands if c in present and not is_identifying(c)), None)
 
 
 def open_sets(ctx: Context, sec: Section) -> list[EmbeddingSet]:
     out = []
     for v in ctx.variants:
         for emb in v.embeddings:
-            feats, names = readers.open_features(emb.path)
+            reader = emb.as_embeddings
+            feats = readers.open_features(reader)
             if feats is None or len(getattr(feats, "shape", ())) != 2:
                 sec.note(f"The embeddings {emb.name} have no readable (N, D) 'features' array; they are left out.", "warn")
                 continue
-            if not (emb.path / readers.INDEX).is_file():
-                sec.note(f"The embeddings {emb.name} have no {readers.INDEX}; they are left out.", "warn")
+            if not (emb.path / reader.contents.index).is_file():
+                sec.note(f"The embeddings {emb.name} have no {reader.contents.index}; they are left out.", "warn")
                 continue
-            out.append(EmbeddingSet(v, emb, feats, names, label_column_for(v, emb)))
+            out.append(EmbeddingSet(v, emb, feats, reader.arrays, label_column_for(v, emb)))
     return out
 
 

@@ -10,13 +10,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrjepa.core.phi import is_identifying
 from cxrjepa.data import layout
 from cxrjepa.report import readers
 from cxrjepa.report.lineage import Node
 
 
 def label_columns(ds: Node) -> list[str]:
-    return [str(c) for c in ds.artifact.contents.get("label_columns") or []]
+    """The dataset's label columns, without any identifying one (core.phi; a dataset made before that rule
+    may hold one)."""
+    return [str(c) for c in ds.as_dataset.label_columns if not is_identifying(c)]
 
 
 def burned_in(table) -> np.ndarray:

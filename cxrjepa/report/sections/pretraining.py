@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cxrjepa.report import figures, readers
+from cxrjepa.pretrain.layout import RunMetrics
+from cxrjepa.report import figures
 from cxrjepa.report.doc import Cell, Section, Table, human_int, num
 from cxrjepa.report.lineage import Variant
 from cxrjepa.report.sections.base import Context, encoder_label, guarded, run_objective
@@ -33,7 +34,7 @@ COLLAPSE_STD = 1e-3
 @dataclass
 class RunCurves:
     variant: Variant
-    metrics: readers.RunMetrics
+    metrics: RunMetrics
 
 
 def build(ctx: Context) -> Section:
@@ -46,7 +47,7 @@ def build(ctx: Context) -> Section:
         return sec
     curves: list[RunCurves] = []
     for v in runs:
-        m = guarded(sec, f"the metrics of run {v.label}", lambda v=v: readers.read_metrics(v.run.path, ctx.config.metric_points))
+        m = guarded(sec, f"the metrics of run {v.label}", lambda v=v: v.run.as_run.metrics(ctx.config.metric_points))
         if m is None:
             sec.note(f"Run {v.label} has no metrics.jsonl (or metrics.csv); its curves are left out.")
         else:
@@ -86,11 +87,9 @@ def summary_table(runs: list[Variant], curves: list[RunCurves]) -> Table:
     rows = []
     for v in runs:
         df = by_run.get(id(v))
-        counts = v.run.artifact.counts
-        steps = counts.get("steps", counts.get("step"))
-        if steps is None and df is not None:
-            steps = _last(df, "step")
-        epochs = _last(df, "epoch") if df is not None else counts.get("epochs")
+        counts = v.run.as_run.counts
+        steps = counts.steps
+        epochs = _last(df, "epoch") if df is not None else counts.epochs
         rows.append([
             Cell(v.label, strong=True, swatch=v.color, title=str(v.run.path)),
             Cell(run_objective(v.run, v)),
@@ -108,7 +107,7 @@ def summary_table(runs: list[Variant], curves: list[RunCurves]) -> Table:
                                "GPU GB the peak.").without_empty_columns(keep=3)
 
 
-def collapse_warnings(label: str, m: readers.RunMetrics) -> list[str]:
+def collapse_warnings(label: str, m: RunMetrics) -> list[str]:
     """Plain-language warnings: non-finite values, feature std or effective rank collapsing."""
     out = []
     for key, n in sorted(m.nonfinite.items()):

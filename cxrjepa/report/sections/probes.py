@@ -3,9 +3,10 @@ curves; every run's probes side by side (rows of one table, lines of one chart, 
 Segmentation probes (metrics.json ``segmentation``) get the same tables, Dice few-shot curves and overlays
 of predicted and true masks on test images.
 
-Reads metrics.json (schema: docs/artifacts.md and the probe stage), split.csv, and predictions.parquet
-only to draw a binary ROC curve when metrics.json carries none; for overlays, segmentation.parquet,
-a few frames of segmentation.zarr and of the dataset's images and masks.
+Reads each probe through its layout (:class:`cxrjepa.probe.layout.Probe`: metrics.json checked against the
+schema the probe stage writes with), split.csv, and predictions.parquet only to draw a binary ROC curve when
+metrics.json carries none; for overlays, segmentation.parquet, a few frames of segmentation.zarr and of the
+dataset's images and masks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrjepa.probe.layout import FewshotMetric, Metric, ProbeMetrics, RocCurve, SegmentationResult, TaskResult
 from cxrjepa.report import figures, readers
 from cxrjepa.report.doc import Cell, Details, Heading, Para, Section, Table, human_int, is_best, num
 from cxrjepa.report.lineage import Node, Variant
@@ -41,48 +43,32 @@ class Entry:
     variant: Variant
     node: Node
     label: str
-    metrics: dict
+    metrics: ProbeMetrics
 
     @property
-    def tasks(self) -> dict:
-        t = self.metrics.get("tasks")
-        return t if isinstance(t, dict) else {}
+    def tasks(self) -> dict[str, TaskResult]:
+        return self.metrics.tasks
 
     @property
-    def segmentation(self) -> dict | None:
-        s = self.metrics.get(SEGMENTATION)
-        return s if isinstance(s, dict) else None
-
-
-def task_entries(metrics: dict) -> dict:
-    """A probe's tasks, with its segmentation part (shaped like a task) as the task ``segmentation``."""
-    out = dict(metrics.get("tasks") or {}) if isinstance(metrics.get("tasks"), dict) else {}
-    if isinstance(metrics.get(SEGMENTATION), dict):
-        out.setdefault(SEGMENTATION, metrics[SEGMENTATION])
-    return out
+    def segmentation(self) -> SegmentationResult | None:
+        return self.metrics.segmentation
 
 
 def metric_name(key: str) -> str:
     return METRIC_NAMES.get(key, key.replace("_", " "))
 
 
-def value_of(m) -> float | None:
-    if isinstance(m, dict):
-        m = m.get("value", m.get("mean"))
-    try:
-        return float(m) if m is not None else None
-    except (TypeError, ValueError):
+def value_of(m: Metric | FewshotMetric | None) -> float | None:
+    """A metric's value (few-shot: its mean over seeds); ``None`` when undefined."""
+    v = m.mean if isinstance(m, FewshotMetric) else m.value if isinstance(m, Metric) else None
+    return None if v is None or v != v else float(v)
+
+
+def ci_of(m: Metric | FewshotMetric | None) -> tuple[float, float] | None:
+    ci = m.ci if isinstance(m, Metric) else None
+    if ci is None or len(ci) != 2 or any(c is None for c in ci):
         return None
-
-
-def ci_of(m) -> tuple[float, float] | None:
-    ci = m.get("ci") if isinstance(m, dict) else None
-    if isinstance(ci, (list, tuple)) and len(ci) == 2:
-        try:
-            return float(ci[0]), float(ci[1])
-        except (TypeError, ValueError):
-            return None
-    return None
+    return float(ci[0]), float(ci[1])
 
 
 def fmt_metric(m, digits: int = 3) -> str:
@@ -105,23 +91,20 @@ def ordered_probes(probes: dict) -> list[str]:
     return sorted(probes, key=lambda p: (PROBE_ORDER.index(p) if p in PROBE_ORDER else len(PROBE_ORDER), p))
 
 
-def entries_of(ctx: Context, sec: Section) -> list[Entry]:
+def entries_of(ctx: Context) -> list[Entry]:
+    """Every probe of every variant with its metrics.json (checked: a probe that does not match is an error)."""
     out = []
     for v in ctx.variants:
         for p in v.probes:
-            m = readers.read_probe_metrics(p.path)
-            if m is None:
-                sec.note(f"The probe {p.name} has no readable metrics.json; it is left out.", "warn")
-                continue
             label = v.label if len(v.probes) == 1 else f"{v.label} · {p.name}"
-            out.append(Entry(v, p, label, m))
+            out.append(Entry(v, p, label, p.as_probe.metrics))
     return out
 
 
 def build(ctx: Context) -> Section:
     sec = Section("probes", "Probes",
                   lead="Frozen-feature probes (linear and k-NN) evaluated on held-out patients, with bootstrap 95 % intervals.")
-    entries = entries_of(ctx, sec)
+    entries = entries_of(ctx)
     if not entries:
         if not any(v.probes for v in ctx.variants):
             sec.note("Left out: no probe artifact among the inputs; give probe artifacts (cxrjepa probe) to see "
@@ -132,7 +115,7 @@ def build(ctx: Context) -> Section:
     for e in entries:
         tasks += [t for t in e.tasks if t not in tasks]
     for task in tasks:
-        have = [(e, e.tasks[task]) for e in entries if isinstance(e.tasks.get(task), dict)]
+        have = [(e, e.tasks[task]) for e in entries if task in e.tasks]
         guarded(sec, f"task {task}", lambda task=task, have=have: _task(ctx, sec, task, have))
     seg = [(e, e.segmentation) for e in entries if e.segmentation is not None]
     if seg:
@@ -147,7 +130,7 @@ def build(ctx: Context) -> Section:
 def _splits(sec: Section, entries: list[Entry]) -> None:
     rows = []
     for e in entries:
-        split = readers.read_split(e.node.path)
+        split = e.node.as_probe.split()
         if split is not None and "split" in split:
             counts = split["split"].value_counts()
             patients = split["patient_key"].nunique() if "patient_key" in split else None
@@ -161,8 +144,8 @@ def _splits(sec: Section, entries: list[Entry]) -> None:
                          Cell(human_int(counts.get("val", 0)), numeric=True), Cell(human_int(counts.get("test", 0)), numeric=True),
                          Cell(human_int(patients), numeric=True), Cell("none" if not leak else f"{leak:,} patients", strong=bool(leak))])
         else:
-            first = next(iter(e.tasks.values()), {}) if e.tasks else {}
-            n = first.get("n") or {}
+            first = next(iter(e.metrics.task_entries().values()), None)
+            n = first.n if first is not None else {}
             rows.append([Cell(e.label, swatch=e.variant.color), Cell(human_int(n.get("train")), numeric=True),
                          Cell(human_int(n.get("val")), numeric=True), Cell(human_int(n.get("test")), numeric=True),
                          Cell("–", numeric=True), Cell("split.csv missing")])
@@ -173,13 +156,12 @@ def _splits(sec: Section, entries: list[Entry]) -> None:
 # ---------------------------------------------------------------- one task
 
 
-def _task(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+def _task(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
     first = have[0][1]
-    ttype = str(first.get("type", ""))
-    classes = [str(c) for c in first.get("classes") or []]
-    desc = [ttype or "task"]
-    if first.get("positive") is not None:
-        desc.append(f"positive class {first['positive']}")
+    classes = first.classes
+    desc = [first.type]
+    if first.positive is not None:
+        desc.append(f"positive class {first.positive}")
     elif classes:
         desc.append(f"{len(classes)} classes" if len(classes) > 6 else "classes " + ", ".join(classes))
     text = "; ".join(desc)
@@ -195,14 +177,14 @@ def _task(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]])
     guarded(sec, f"the corruption curves of {task}", lambda: _robustness(ctx, sec, task, have))
 
 
-def _metric_table(have: list[tuple[Entry, dict]]) -> Table:
+def _metric_table(have: list[tuple[Entry, TaskResult]]) -> Table:
     names: list[str] = []
     rows_src = []
     for e, t in have:
-        for probe in ordered_probes(t.get("probes") or {}):
-            metrics = (t["probes"][probe] or {}).get("metrics") or {}
+        for probe in ordered_probes(t.probes):
+            metrics = t.probes[probe].metrics
             names += [k for k in metrics if k not in names]
-            rows_src.append((e, probe, metrics, (t.get("n") or {}).get("test")))
+            rows_src.append((e, probe, metrics, t.n.get("test")))
     names = sorted(names, key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else len(METRIC_ORDER), k))
     best: dict[str, float] = {}
     for k in names:
@@ -221,24 +203,22 @@ def _metric_table(have: list[tuple[Entry, dict]]) -> Table:
                          + (" (lower is better for MAE)." if "mae" in names else "."))
 
 
-def _per_class_table(have: list[tuple[Entry, dict]]) -> Table | None:
+def _per_class_table(have: list[tuple[Entry, TaskResult]]) -> Table | None:
     rows = []
     names: list[str] = []
-    for e, t in have:
-        for probe in ordered_probes(t.get("probes") or {}):
-            pc = (t["probes"][probe] or {}).get("per_class") or {}
-            for cls, metrics in pc.items():
-                names += [k for k in (metrics or {}) if k not in names]
+    for _, t in have:
+        for probe in ordered_probes(t.probes):
+            for metrics in t.probes[probe].per_class.values():
+                names += [k for k in metrics if k not in names]
     if not names:
         return None
-    if len(have[0][1].get("classes") or []) <= 2 and have[0][1].get("type") == "binary":
+    if len(have[0][1].classes) <= 2 and have[0][1].type == "binary":
         return None
     for e, t in have:
-        for probe in ordered_probes(t.get("probes") or {}):
-            pc = (t["probes"][probe] or {}).get("per_class") or {}
-            for cls, metrics in pc.items():
+        for probe in ordered_probes(t.probes):
+            for cls, metrics in t.probes[probe].per_class.items():
                 rows.append([Cell(str(cls)), Cell(e.label, swatch=e.variant.color), Cell(probe)]
-                            + [Cell(fmt_metric((metrics or {}).get(k)), numeric=True) for k in names])
+                            + [Cell(fmt_metric(metrics.get(k)), numeric=True) for k in names])
     rows.sort(key=lambda r: r[0].text)
     return Table(["Class", "Run", "Probe", *[metric_name(k) for k in names]], rows)
 
@@ -246,12 +226,12 @@ def _per_class_table(have: list[tuple[Entry, dict]]) -> Table | None:
 def _probe_styles(have) -> dict[str, str]:
     probes = []
     for _, t in have:
-        probes += [p for p in ordered_probes(t.get("probes") or {}) if p not in probes]
+        probes += [p for p in ordered_probes(t.probes) if p not in probes]
     return {p: figures.LINESTYLES[i % len(figures.LINESTYLES)] for i, p in enumerate(probes)}
 
 
-def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
-    ttype = str(have[0][1].get("type", ""))
+def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
+    ttype = have[0][1].type
     if ttype == "regression":
         return
     styles = _probe_styles(have)
@@ -261,11 +241,11 @@ def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) 
                             diagonal=True, ylim=(0, 1.01))
     from_predictions = False
     for e, t in have:
-        positive = t.get("positive")
-        for probe in ordered_probes(t.get("probes") or {}):
-            pr = t["probes"][probe] or {}
-            roc = (pr.get("curves") or {}).get("roc") or {}
-            auroc = value_of((pr.get("metrics") or {}).get("auroc"))
+        positive = t.positive
+        for probe in ordered_probes(t.probes):
+            pr = t.probes[probe]
+            roc = pr.curves.roc
+            auroc = value_of(pr.metrics.get("auroc"))
             if binary:
                 curve = roc.get(str(positive)) if positive is not None else None
                 if curve is None and len(roc) == 1:
@@ -276,12 +256,12 @@ def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) 
                 if curve is None:
                     continue
                 label = f"{e.label} · {probe}" + (f" (AUROC {auroc:.3f})" if auroc is not None else "")
-                overlay.series.append(figures.Series(label, np.asarray(curve["fpr"]), np.asarray(curve["tpr"]), e.variant.color, styles[probe]))
-            elif roc and probe == ordered_probes(t.get("probes") or {})[0]:
+                overlay.series.append(figures.Series(label, np.asarray(curve.fpr), np.asarray(curve.tpr), e.variant.color, styles[probe]))
+            elif roc and probe == ordered_probes(t.probes)[0]:
                 p = figures.Panel(f"{e.label} · {probe}", xlabel="false positive rate", ylabel="true positive rate",
                                   diagonal=True, ylim=(0, 1.01))
                 for i, (cls, curve) in enumerate(list(roc.items())[: len(figures.CATEGORY_COLORS)]):
-                    p.series.append(figures.Series(str(cls), np.asarray(curve["fpr"]), np.asarray(curve["tpr"]),
+                    p.series.append(figures.Series(str(cls), np.asarray(curve.fpr), np.asarray(curve.tpr),
                                                    figures.CATEGORY_COLORS[i % len(figures.CATEGORY_COLORS)]))
                 panels.append(p)
     if binary and overlay.series:
@@ -298,10 +278,10 @@ def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) 
                                + (" Curves drawn from predictions.parquet." if from_predictions else "")))
 
 
-def _roc_from_predictions(node: Node, task: str, probe: str, positive) -> dict | None:
+def _roc_from_predictions(node: Node, task: str, probe: str, positive) -> RocCurve | None:
     from sklearn.metrics import roc_curve
 
-    df = readers.read_predictions(node.path, task, probe, "test")
+    df = node.as_probe.predictions(task, probe, "test")
     if df is None or df.empty or positive is None:
         return None
     col = f"score_{positive}"
@@ -311,18 +291,17 @@ def _roc_from_predictions(node: Node, task: str, probe: str, positive) -> dict |
     if y.all() or not y.any():
         return None
     fpr, tpr, _ = roc_curve(y, df[col].to_numpy(np.float64))
-    return {"fpr": fpr, "tpr": tpr}
+    return RocCurve(fpr.tolist(), tpr.tolist())
 
 
-def _confusion(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+def _confusion(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
     mats = []
     for e, t in have:
-        probes = ordered_probes(t.get("probes") or {})
-        for probe in probes:
-            conf = ((t["probes"][probe] or {}).get("curves") or {}).get("confusion")
-            if isinstance(conf, dict) and conf.get("matrix"):
-                labels = [str(x) for x in conf.get("labels") or range(len(conf["matrix"]))]
-                mats.append((f"{e.label} · {probe}", labels, np.asarray(conf["matrix"]), e.variant.color))
+        for probe in ordered_probes(t.probes):
+            conf = t.probes[probe].curves.confusion
+            if conf is not None and conf.matrix:
+                labels = [str(x) for x in conf.labels or range(len(conf.matrix))]
+                mats.append((f"{e.label} · {probe}", labels, np.asarray(conf.matrix), e.variant.color))
                 break  # the first probe (linear) per run keeps the figure small
     if not mats:
         return
@@ -333,25 +312,24 @@ def _confusion(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, di
                        caption="Confusion matrices on the test set (rows: true class; colour and percentage: share of the row)."))
 
 
-def _fewshot(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+def _fewshot(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
     styles = _probe_styles(have)
     series = []
     metric = None
     for e, t in have:
-        fs = t.get("fewshot") or {}
-        for probe in ordered_probes(fs):
-            points = [p for p in fs[probe] or [] if isinstance(p, dict)]
+        for probe in ordered_probes(t.fewshot):
+            points = t.fewshot[probe]
             if not points:
                 continue
             if metric is None:
-                metric = primary_metric((points[0].get("metrics") or {}).keys())
-            pts = sorted(((float(p["fraction"]), (p.get("metrics") or {}).get(metric) or {}) for p in points if "fraction" in p), key=lambda x: x[0])
-            full = ((t.get("probes") or {}).get(probe) or {}).get("metrics", {}).get(metric)
+                metric = primary_metric(points[0].metrics.keys())
+            pts = sorted(((p.fraction, p.metrics.get(metric)) for p in points), key=lambda x: x[0])
+            full = t.probes[probe].metrics.get(metric) if probe in t.probes else None
             if full is not None and not any(abs(f - 1.0) < 1e-9 for f, _ in pts):
-                pts.append((1.0, {"mean": value_of(full), "std": 0.0}))
+                pts.append((1.0, FewshotMetric(mean=value_of(full), std=0.0)))
             x = np.asarray([f for f, _ in pts])
             y = np.asarray([value_of(m) if value_of(m) is not None else np.nan for _, m in pts], dtype=np.float64)
-            sd = np.asarray([float(m.get("std") or 0.0) if isinstance(m, dict) else 0.0 for _, m in pts])
+            sd = np.asarray([float(m.std or 0.0) if isinstance(m, FewshotMetric) else 0.0 for _, m in pts])
             series.append(figures.Series(f"{e.label} · {probe}", x, y, e.variant.color, styles[probe], y - sd, y + sd, marker="o"))
     if not series or metric is None:
         return
@@ -364,10 +342,10 @@ def _fewshot(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict
                                "(mean over seeds; band: ± one standard deviation; 100 %: the full probe)."))
 
 
-def _subgroups(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+def _subgroups(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
     attrs: list[str] = []
     for _, t in have:
-        attrs += [a for a in (t.get("subgroups") or {}) if a not in attrs]
+        attrs += [a for a in t.subgroups if a not in attrs]
     if not attrs:
         return
     sec.add(Heading(f"Subgroups of {task}"))
@@ -377,23 +355,30 @@ def _subgroups(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, di
     for attr in attrs:
         groups: list[str] = []
         for _, t in have:
-            groups += [g for g in ((t.get("subgroups") or {}).get(attr) or {}).get("groups", {}) if g not in groups]
+            if attr in t.subgroups:
+                groups += [g for g in t.subgroups[attr].groups if g not in groups]
         bars = []
         for e, t in have:
-            sg = (t.get("subgroups") or {}).get(attr) or {}
-            gs = sg.get("groups") or {}
-            metric = (sg.get("gap") or {}).get("metric") or primary_metric(next(iter(gs.values()), {}).get("metrics", {}).keys())
+            sg = t.subgroups.get(attr)
+            if sg is None:
+                continue
+            gs = sg.groups
+            scored = next((grp.metrics for grp in gs.values() if grp.metrics), {})
+            metric = sg.gap.metric if sg.gap is not None else primary_metric(scored.keys())
             if metric is None:
                 continue
             metric_label = metric_name(metric)
-            vals = [value_of((gs.get(g) or {}).get("metrics", {}).get(metric)) for g in groups]
-            cis = [ci_of((gs.get(g) or {}).get("metrics", {}).get(metric)) for g in groups]
+
+            def of(g: str, metric=metric, gs=gs) -> Metric | None:
+                return (gs[g].metrics or {}).get(metric) if g in gs else None
+
+            vals = [value_of(of(g)) for g in groups]
+            cis = [ci_of(of(g)) for g in groups]
             bars.append((e.label, e.variant.color, vals, cis))
-            gap = sg.get("gap") or {}
-            between = gap.get("between") or []
+            between = sg.gap.between if sg.gap is not None else []
             rows.append([Cell(attr), Cell(e.label, swatch=e.variant.color), Cell(metric_name(metric))]
-                        + [Cell(" · ".join(f"{g} {fmt_metric((gs.get(g) or {}).get('metrics', {}).get(metric))} (n={human_int((gs.get(g) or {}).get('n'))})" for g in groups))]
-                        + [Cell(num(value_of(gap)), numeric=True, strong=True),
+                        + [Cell(" · ".join(f"{g} {fmt_metric(of(g))} (n={human_int(gs[g].n if g in gs else None)})" for g in groups))]
+                        + [Cell(num(sg.gap.value if sg.gap is not None else None), numeric=True, strong=True),
                            Cell(" vs ".join(str(b) for b in between) if between else "–")])
         if bars:
             panels.append((attr, groups, bars))
@@ -406,27 +391,24 @@ def _subgroups(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, di
                            caption=f"Test {metric_label} by subgroup (whiskers: bootstrap 95 % intervals)."))
 
 
-def _robustness(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, dict]]) -> None:
+def _robustness(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
     corruptions: list[str] = []
     for _, t in have:
-        corruptions += [c for c in (t.get("robustness") or {}) if c != "clean" and c not in corruptions]
+        corruptions += [c for c in t.corruptions if c not in corruptions]
     if not corruptions:
         return
     metric = None
     for _, t in have:
-        clean = (t.get("robustness") or {}).get("clean") or {}
-        metric = metric or primary_metric(clean.keys())
+        metric = metric or primary_metric(t.clean.keys())
     if metric is None:
         return
     panels = []
     for corr in corruptions:
         p = figures.Panel(corr, xlabel="severity (0 = clean)", ylabel=metric_name(metric))
         for e, t in have:
-            rob = t.get("robustness") or {}
-            pts = [(0.0, value_of((rob.get("clean") or {}).get(metric)))]
-            for item in rob.get(corr) or []:
-                if isinstance(item, dict):
-                    pts.append((float(item.get("severity", np.nan)), value_of((item.get("metrics") or {}).get(metric))))
+            pts = [(0.0, value_of(t.clean.get(metric)))]
+            for item in t.corruptions.get(corr, []):
+                pts.append((float(item.severity), value_of(item.metrics.get(metric))))
             pts = [(s, v) for s, v in pts if v is not None]
             if len(pts) > 1:
                 p.series.append(figures.Series(e.label, np.asarray([s for s, _ in pts]), np.asarray([v for _, v in pts]), e.variant.color, marker="o"))
@@ -443,13 +425,13 @@ def _robustness(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, d
 # ---------------------------------------------------------------- segmentation
 
 
-def _segmentation(ctx: Context, sec: Section, have: list[tuple[Entry, dict]]) -> None:
+def _segmentation(ctx: Context, sec: Section, have: list[tuple[Entry, SegmentationResult]]) -> None:
     first = have[0][1]
-    classes = [str(c) for c in first.get("classes") or []]
-    heads = ", ".join(dict.fromkeys(h for _, s in have for h in ordered_probes(s.get("probes") or {})))
+    classes = first.classes
+    heads = ", ".join(dict.fromkeys(h for _, s in have for h in ordered_probes(s.probes)))
     sec.add(Heading("Segmentation" + (f": {', '.join(classes)}" if classes else "")),
-            Para(f"Dense probes on frozen patch tokens ({heads} heads; grid {'×'.join(map(str, first.get('grid') or []))}, "
-                 f"upsampled to {first.get('image_size', '?')} px) against the dataset's masks: Dice and IoU averaged over test "
+            Para(f"Dense probes on frozen patch tokens ({heads} heads; grid {'×'.join(map(str, first.grid))}, "
+                 f"upsampled to {first.image_size or '?'} px) against the dataset's masks: Dice and IoU averaged over test "
                  "images, 95 % intervals from a patient bootstrap."))
     sec.add(_metric_table(have))
     if len(classes) > 1:
@@ -475,7 +457,7 @@ def overlay(image: np.ndarray, true: np.ndarray | None, pred: np.ndarray | None)
     return rgb
 
 
-def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int = 4) -> None:
+def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, SegmentationResult]], k: int = 4) -> None:
     """Test images from the worst to the best Dice of the first probe; one row per run and head."""
     import zarr
 
@@ -484,7 +466,7 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int
 
     e0, s0 = have[0]
     ds = e0.node.upstream("dataset")
-    table = readers.read_segmentation(e0.node.path, s0.get("per_image"))
+    table = e0.node.as_probe.segmentation_table()
     if ds is None or table is None or table.empty:
         sec.note("Segmentation overlays are left out: the dataset or the per-image table of the probe cannot be found.")
         return
@@ -498,7 +480,7 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int
         sec.note("Segmentation overlays are left out: the dataset's images or masks cannot be read.")
         return
     hidden = hidden_ids(ds)
-    head0 = ordered_probes(s0.get("probes") or {})[0]
+    head0 = ordered_probes(s0.probes)[0]
     per = table[(table["head"] == head0) & ~table["sample_id"].isin(hidden)].groupby("sample_id", sort=True)["dice"].mean()
     per = per.dropna().sort_values(kind="mergesort")
     if per.empty:
@@ -511,13 +493,13 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int
     truth = readers.read_frames(masks, frames)
     rows = [("image\ntrue mask", "#333333", [figures.Tile(overlay(g, t, None), "true mask") for g, t in zip(grey, truth)])]
     for e, s in have:
-        preds = readers.read_segmentation_predictions(e.node.path, s.get("predictions"))
-        tab = table if e is e0 else readers.read_segmentation(e.node.path, s.get("per_image"))
+        preds = e.node.as_probe.segmentation_masks()
+        tab = table if e is e0 else e.node.as_probe.segmentation_table()
         if preds is None:
             continue
         ids, group = preds
         index = {sid: i for i, sid in enumerate(ids)}
-        for head in ordered_probes(s.get("probes") or {}):
+        for head in ordered_probes(s.probes):
             if head not in group:
                 continue
             tiles = []
@@ -546,8 +528,8 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, dict]], k: int
 def _attributes(sec: Section, entries: list[Entry]) -> None:
     keys: list[tuple[str, str]] = []
     for e in entries:
-        for attr, body in (e.metrics.get("attributes") or {}).items():
-            for m in (body or {}).get("metrics") or {}:
+        for attr, body in e.metrics.attributes.items():
+            for m in body.metrics:
                 if (attr, m) not in keys:
                     keys.append((attr, m))
     if not keys:
@@ -556,7 +538,8 @@ def _attributes(sec: Section, entries: list[Entry]) -> None:
     for attr, m in keys:
         row = [Cell(attr), Cell(metric_name(m))]
         for e in entries:
-            row.append(Cell(fmt_metric((((e.metrics.get("attributes") or {}).get(attr) or {}).get("metrics") or {}).get(m)), numeric=True))
+            body = e.metrics.attributes.get(attr)
+            row.append(Cell(fmt_metric(body.metrics.get(m) if body is not None else None), numeric=True))
         rows.append(row)
     sec.add(Heading("What the embeddings reveal about the patient"),
             Para("How well a linear probe on the frozen features predicts patient attributes. High values mean the "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cxrjepa.report import readers
+from cxrjepa.probe.layout import Metric
 from cxrjepa.report.doc import Card, Cards, Cell, Note, Para, Section, Table, human_int, is_best
 from cxrjepa.report.sections.base import Context, encoder_label, run_objective
 from cxrjepa.report.sections.probes import (
@@ -11,7 +11,6 @@ from cxrjepa.report.sections.probes import (
     metric_name,
     ordered_probes,
     primary_metric,
-    task_entries,
     value_of,
 )
 
@@ -21,9 +20,9 @@ def build(ctx: Context, sections: list[Section]) -> Section:
     lin = ctx.lineage
     cards = []
     for ds in lin.datasets()[:2]:
-        c = ds.artifact.counts
-        cards.append(Card("samples" if len(lin.datasets()) == 1 else f"samples · {ds.name}", human_int(c.get("samples")),
-                          f"{human_int(c.get('rejected', 0))} rejected"))
+        c = ds.as_dataset.counts
+        cards.append(Card("samples" if len(lin.datasets()) == 1 else f"samples · {ds.name}", human_int(c.samples),
+                          f"{human_int(c.rejected)} rejected"))
     cards.append(Card("runs", str(sum(v.run is not None for v in ctx.variants)), ", ".join(v.label for v in ctx.variants if v.run)[:60]))
     cards.append(Card("embeddings", str(len(lin.of_kind("embeddings"))), ""))
     cards.append(Card("probes", str(len(lin.of_kind("probe"))), ""))
@@ -48,21 +47,17 @@ def side_by_side(ctx: Context) -> Table | None:
     variants = ctx.variants
     if not variants:
         return None
-    per_variant: dict[int, dict[str, tuple[str, dict]]] = {}
+    per_variant: dict[int, dict[str, tuple[str, dict[str, Metric]]]] = {}
     tasks: list[str] = []
     metric_of: dict[str, str] = {}
     for v in variants:
-        found: dict[str, tuple[str, dict]] = {}
+        found: dict[str, tuple[str, dict[str, Metric]]] = {}
         for p in v.probes:
-            m = readers.read_probe_metrics(p.path) or {}
-            for task, body in task_entries(m).items():
-                if task in found or not isinstance(body, dict):
+            for task, body in p.as_probe.metrics.task_entries().items():
+                if task in found or not body.probes:
                     continue
-                probes = body.get("probes") or {}
-                if not probes:
-                    continue
-                probe = ordered_probes(probes)[0]
-                metrics = (probes[probe] or {}).get("metrics") or {}
+                probe = ordered_probes(body.probes)[0]
+                metrics = body.probes[probe].metrics
                 found[task] = (probe, metrics)
                 if task not in tasks:
                     tasks.append(task)
