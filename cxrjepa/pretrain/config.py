@@ -12,7 +12,7 @@ same training, because the global batch, the data order and the masks do not dep
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import ConfigError
@@ -170,6 +170,11 @@ class PretrainConfig:
             where = {"lejepa": "lejepa.sigreg_weight", "jepa-sigreg": "jepa_sigreg.sigreg_weight"}.get(self.objective)
             raise ConfigError(f"'sigreg.weight' is an extra term for {' and '.join(SIGREG_EXTRA)}, not {self.objective}"
                               + (f"; set {where} instead." if where else "."))
+
+    def objective_section(self) -> Any:
+        """The settings section of the run's objective (``jepa_sigreg`` for ``jepa-sigreg``), or None."""
+        names = {objective: section for section, objective in OBJECTIVE_SECTIONS.items()}
+        return getattr(self, names.get(self.objective, self.objective), None)
 
     def science(self) -> dict:
         """The fingerprinted part: everything but ``runtime``, without the sections of other objectives, without

@@ -1,5 +1,5 @@
 """End to end: lejepa and jepa-sigreg runs train, export their encoder, hold no teacher, resume exactly after a
-kill, and train the same weights on 2 gloo processes as on 1."""
+kill, train the same weights on 2 gloo processes as on 1, and go through ``cxrjepa export``."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import torch.nn.functional as F
 import yaml
 
 from cxrjepa.core.config import load_config
-from cxrjepa.data.store import default_meta, write_dataset
+from cxrjepa.data.store import DatasetArtifact, default_meta, write_dataset
+from cxrjepa.embed.api import EmbedConfig, EmbedOptions, run_embed
+from cxrjepa.embed.store import Embeddings
+from cxrjepa.export.api import ExportConfig, run_export
 from cxrjepa.models.export import load_encoder
-from cxrjepa.pretrain import PretrainConfig, run_pretrain
+from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
 from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.pretrain.objectives import build_objective
 from tests.integration.test_pretrain_run import assert_same_optimizer, assert_same_weights, phantoms
@@ -60,7 +64,8 @@ def single(request, dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     cfg_file = config_file(tmp, request.param)
     run = tmp / "single"
-    run_pretrain(run, load_config(PretrainConfig, files=[cfg_file]), data=dataset)
+    run_pretrain(run, load_config(PretrainConfig, files=[cfg_file]), data=dataset,
+                 options=PretrainOptions(loggers=["tensorboard"]))
     return request.param, cfg_file, run
 
 
@@ -106,6 +111,14 @@ def test_run_trains_one_encoder_exports_it_and_holds_no_teacher(single):
     for key in ("loss", "sigreg", TERMS[objective], "feat_std", "rankme", "grad_norm"):
         assert np.isfinite(last[key]), key
     assert last["feat_std"] > 0.1 and last["rankme"] > 1.5  # no collapse
+    # the loss terms go through the metrics processor to every sink: TensorBoard holds metrics.jsonl's values
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    for key in ("sigreg", TERMS[objective]):
+        scalars = events.Scalars(f"pretrain/{key}")
+        assert [e.step for e in scalars] == [2, 4, 6]
+        np.testing.assert_allclose([e.value for e in scalars], [r[key] for r in rows[1:]], rtol=1e-6)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
@@ -154,6 +167,36 @@ def test_killed_run_resumes_to_the_same_weights(single, dataset, tmp_path):
     a, b = MetricsLog.read(run), MetricsLog.read(out)
     assert [r["step"] for r in b] == [r["step"] for r in a]
     np.testing.assert_allclose([r.get("loss", 0) for r in b], [r.get("loss", 0) for r in a], atol=1e-6)
+
+
+def test_export_writes_the_encoder_alone_with_embeds_features(single, dataset, tmp_path):
+    """cxrjepa export of the run to safetensors and ONNX: the trained encoder without projector or predictor,
+    and ONNX Runtime on the stored images gives cxrjepa embed's features."""
+    import onnxruntime as ort
+
+    objective, _, run = single
+    out = tmp_path / "export"
+    art = run_export(out, ExportConfig(formats=["safetensors", "onnx"], check_samples=4), encoder=run)
+    assert art.manifest["status"] == "complete" and list(art.manifest["contents"]["formats"]) == ["safetensors", "onnx"]
+    trained = safetensors.torch.load_file(str(run / "checkpoints" / "step-000006" / "encoder.safetensors"))
+    exported = safetensors.torch.load_file(str(out / "safetensors" / "encoder.safetensors"))
+    assert exported.keys() == {k.removeprefix("vit.") for k in trained}  # no projector, no predictor
+    for k, v in trained.items():
+        assert torch.equal(exported[k.removeprefix("vit.")], v)
+    assert json.loads((out / "safetensors" / "config.json").read_text())["objective"] == objective
+    emb = run_embed(tmp_path / "emb", EmbedConfig(), encoder=run, data=dataset,
+                    options=EmbedOptions(device="cpu", batch_size=16, workers=0))
+    features = Embeddings.open(emb.path).array("features")
+    stored = np.asarray(DatasetArtifact.open(dataset).images[:])
+    # docs/export.md: stored / 255 in [0, 1], resized to the encoder's size (bilinear, antialiased)
+    size = CONFIG["model"]["image_size"]
+    x = F.interpolate(torch.from_numpy(stored.astype(np.float32) / 255.0)[:, None], size=(size, size),
+                      mode="bilinear", align_corners=False, antialias=True)
+    session = ort.InferenceSession(str(out / "onnx" / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_features,) = session.run(["features"], {"image": x.numpy()})
+    assert onnx_features.shape == features.shape == (len(stored), 192)
+    np.testing.assert_allclose(onnx_features, features, atol=1e-3)
+    assert np.std(features, axis=0).mean() > 1e-3  # features that tell images apart
 
 
 def test_lejepa_trains_a_clip_encoder_on_spatio_temporal_views(tmp_path):

@@ -115,6 +115,10 @@ def test_ijepa_sigreg_weight_adds_sigreg_of_the_pooled_context_tokens():
         z = extra.student.encoder.tokens(batch["images"], batch["context"])
     torch.testing.assert_close(terms["sigreg"], extra.sigreg(z.mean(1), 2))
     torch.testing.assert_close(total, base + 0.3 * terms["sigreg"])
+    # the term is logged after the step (metrics.jsonl, trackers) beside the EMA momentum; nothing without it
+    logged = extra.after_step(0, 10)
+    assert set(logged) == {"momentum", "sigreg"} and logged["sigreg"] == pytest.approx(float(terms["sigreg"]))
+    assert set(plain.after_step(0, 10)) == {"momentum"}
 
 
 def test_config_sections_enter_the_fingerprint_only_where_they_play_a_part():

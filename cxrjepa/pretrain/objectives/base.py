@@ -153,7 +153,7 @@ class Objective(nn.Module):
     def masks(self, grid: tuple[int, ...]) -> MaskMaker | None:
         return None
 
-    def views(self) -> "ViewsConfig | None":
+    def views(self) -> ViewsConfig | None:
         return None
 
     def loss(self, student: Callable[..., Any], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -21,7 +21,7 @@ from cxrjepa.models.flops import encoder_flops, masked_student_flops
 from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
-from cxrjepa.pretrain.objectives.base import Objective
+from cxrjepa.pretrain.objectives.base import Objective, StepTerms
 from cxrjepa.pretrain.schedules import linear
 from cxrjepa.pretrain.sigreg import SIGReg
 
@@ -83,11 +83,15 @@ def student_predictions(student, batch: dict, sigreg: SIGReg | None) -> tuple[to
     return pred, sigreg(z.mean(dim=1), batch["step"])
 
 
-def with_sigreg(loss: torch.Tensor, term: torch.Tensor | None, weight: float) -> tuple[torch.Tensor, dict]:
-    """``loss + weight * term`` and the scalars to report (none without the term)."""
+def with_sigreg(loss: torch.Tensor, term: torch.Tensor | None, weight: float,
+                terms: StepTerms) -> tuple[torch.Tensor, dict]:
+    """``loss + weight * term`` and the scalars to report (none without the term); the term is also added to
+    the step's ``terms`` (logged by :meth:`Objective.after_step` as ``sigreg``)."""
     if term is None:
         return loss, {}
-    return loss + weight * term, {"sigreg": term.detach()}
+    extra = {"sigreg": term.detach()}
+    terms.add(extra)
+    return loss + weight * term, extra
 
 
 class IJEPA(Objective):
@@ -100,6 +104,7 @@ class IJEPA(Objective):
         self.student = JEPAStudent(encoder, Predictor(self.settings.predictor, encoder.embed_dim))
         self.target = copy.deepcopy(encoder).requires_grad_(False).eval()
         self.sigreg = context_sigreg(config)
+        self.terms = StepTerms()
 
     def frozen(self) -> list[nn.Module]:
         return [self.target]
@@ -117,14 +122,15 @@ class IJEPA(Objective):
             y = gather_tokens(h, targets.reshape(b, m * t)).reshape(b, m, t, -1)
         pred, term = student_predictions(student, batch, self.sigreg)
         loss = regression_loss(self.settings.loss, pred.float(), y.float())
-        return with_sigreg(loss, term, self.config.sigreg.weight)
+        return with_sigreg(loss, term, self.config.sigreg.weight, self.terms)
 
     def momentum(self, step: int, total_steps: int) -> float:
         return linear(step, total_steps, *self.settings.ema)
 
     @torch.no_grad()
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """EMA update with the momentum of ``step`` (the step just taken)."""
+        """EMA update with the momentum of ``step`` (the step just taken); the momentum and, with
+        ``sigreg.weight`` > 0, the step's SIGReg term to log."""
         m = self.momentum(step, total_steps)
         for module in (self.target, self.student):  # FSDP2: update the sharded parameters, shard by shard
             if hasattr(module, "reshard"):
@@ -132,7 +138,7 @@ class IJEPA(Objective):
         tgt = [_local(p) for p in self.target.parameters()]
         src = [_local(p) for p in self.student.encoder.parameters()]
         torch._foreach_lerp_(tgt, src, 1.0 - m)
-        return {"momentum": m}
+        return {"momentum": m, **self.terms.pop()}
 
     def export_encoder(self) -> ViTEncoder:
         return self.target

@@ -31,7 +31,7 @@ from cxrjepa.models.flops import masked_student_flops
 from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
-from cxrjepa.pretrain.objectives.base import Objective, TrainEnv
+from cxrjepa.pretrain.objectives.base import Objective, StepTerms, TrainEnv
 from cxrjepa.pretrain.objectives.ijepa import (
     JEPAStudent,
     context_sigreg,
@@ -88,6 +88,7 @@ class SALT(Objective):
         predictor = Predictor(self.settings.predictor, encoder.embed_dim, out_dim=self.teacher.embed_dim)
         self.student = JEPAStudent(encoder, predictor)
         self.sigreg = context_sigreg(config)
+        self.terms = StepTerms()
         norm = self.inputs.normalization or {}
         self.in_mean, self.in_std = float(norm.get("mean", 0.5)), float(norm.get("std", 0.25))
         self.cache = None
@@ -153,7 +154,12 @@ class SALT(Objective):
             y = gather_tokens(self.teacher_tokens(batch), targets.reshape(b, m * t)).reshape(b, m, t, -1)
         y = y.clone()  # a normal tensor (inference tensors cannot be saved for backward)
         pred, term = student_predictions(student, batch, self.sigreg)
-        return with_sigreg(regression_loss(self.settings.loss, pred.float(), y), term, self.config.sigreg.weight)
+        return with_sigreg(regression_loss(self.settings.loss, pred.float(), y), term, self.config.sigreg.weight,
+                           self.terms)
+
+    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+        """With ``sigreg.weight`` > 0, the step's SIGReg term (averaged over micro-batches) to log."""
+        return self.terms.pop()
 
     # ------------------------------------------------------------------ the rest
     def export_encoder(self) -> ViTEncoder:
