@@ -72,10 +72,16 @@ def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path 
     return input_refs({"data": data}) + [encoder_input_ref("encoder", encoder, weights)]
 
 
-def load_encoder_for(spec: EncoderSpec, config: EmbedConfig, data: DatasetArtifact, device: str | torch.device = "cpu") -> FeatureEncoder:
+def load_encoder_for(
+    spec: EncoderSpec, config: EmbedConfig, data: DatasetArtifact, device: str | torch.device = "cpu"
+) -> FeatureEncoder:
     """The encoder as embed uses it (``random:`` encoders take the dataset's size and normalization)."""
     return load_feature_encoder(
-        spec, device=device, seed=config.seed, image_size=config.image_size or data.size, normalization=data.normalization
+        spec,
+        device=device,
+        seed=config.seed,
+        image_size=config.image_size or data.size,
+        normalization=data.normalization,
     )
 
 
@@ -99,18 +105,37 @@ class Job:
 
     def to_args(self) -> dict:
         """The job as JSON-able launch-spec arguments (the config travels as the spec's config file)."""
-        return {"out": str(self.out), "data": str(self.data), "encoder": self.spec.absolute(),
-                "weights": str(self.spec.weights.absolute()) if self.spec.weights else None, "device": self.device,
-                "batch_size": self.batch_size, "workers": self.workers, "n_rows": self.n_rows,
-                "unit_rows": self.unit_rows, "pending": list(self.pending), "dtypes": dict(self.dtypes),
-                "clip": list(self.clip) if self.clip else None}
+        return {
+            "out": str(self.out),
+            "data": str(self.data),
+            "encoder": self.spec.absolute(),
+            "weights": str(self.spec.weights.absolute()) if self.spec.weights else None,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "n_rows": self.n_rows,
+            "unit_rows": self.unit_rows,
+            "pending": list(self.pending),
+            "dtypes": dict(self.dtypes),
+            "clip": list(self.clip) if self.clip else None,
+        }
 
     @classmethod
     def from_args(cls, args: dict, config: EmbedConfig) -> Job:
-        return cls(Path(args["out"]), Path(args["data"]), parse_encoder_spec(args["encoder"], args["weights"]), config,
-                   args["device"], int(args["batch_size"]), args["workers"], int(args["n_rows"]),
-                   int(args["unit_rows"]), [int(u) for u in args["pending"]], dict(args["dtypes"]),
-                   tuple(args["clip"]) if args["clip"] else None)
+        return cls(
+            Path(args["out"]),
+            Path(args["data"]),
+            parse_encoder_spec(args["encoder"], args["weights"]),
+            config,
+            args["device"],
+            int(args["batch_size"]),
+            args["workers"],
+            int(args["n_rows"]),
+            int(args["unit_rows"]),
+            [int(u) for u in args["pending"]],
+            dict(args["dtypes"]),
+            tuple(args["clip"]) if args["clip"] else None,
+        )
 
 
 def _resolve_device(options: EmbedOptions, *, check: bool = True) -> tuple[str, ProcessPlan]:
@@ -155,8 +180,18 @@ def run_embed(
     if in_worker() and worker_info(False).world > 1:  # ranks of an outside torchrun: every rank runs this function
         return _run_as_rank(out, config, encoder=encoder, data=data, weights=weights, options=options, force=force)
     dev, procs = _resolve_device(options, check=not dry_run)
-    builder, job, enc = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
-                                 device=dev, world=procs.world, force=force, dry_run=dry_run)
+    builder, job, enc = _prepare(
+        out,
+        config,
+        encoder=encoder,
+        data=data,
+        weights=weights,
+        options=options,
+        device=dev,
+        world=procs.world,
+        force=force,
+        dry_run=dry_run,
+    )
     if builder is None or isinstance(job, dict):
         if isinstance(job, dict):
             job["launch"] = dry_run_command(procs) if procs.launches else None
@@ -179,12 +214,20 @@ def _array_bytes(builder: ArtifactBuilder) -> int:
 
 def _launch(job: Job, procs: ProcessPlan) -> None:
     """Embed the job's pending units on ``procs`` launched processes (each takes its slice)."""
-    spec = LaunchSpec("embed", f"{__name__}:run_launched", job.to_args(), dump_yaml(job.config),
-                      quiet=console.settings.quiet, verbose=console.settings.verbose)
+    spec = LaunchSpec(
+        "embed",
+        f"{__name__}:run_launched",
+        job.to_args(),
+        dump_yaml(job.config),
+        quiet=console.settings.quiet,
+        verbose=console.settings.verbose,
+    )
     code = launch(spec, procs)
     if code != 0:
-        raise CxrjepaError(f"The embed processes failed (exit code {code}); see their messages above. "
-                           "Finished rows are kept; rerun the same command to resume.")
+        raise CxrjepaError(
+            f"The embed processes failed (exit code {code}); see their messages above. "
+            "Finished rows are kept; rerun the same command to resume."
+        )
 
 
 def run_launched(spec: LaunchSpec) -> None:
@@ -202,15 +245,24 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     spec = parse_encoder_spec(encoder, weights)
     refs = embed_input_refs(encoder, data, weights)
     opts = {**to_dict(options), "device": device, "world_size": world}
-    builder = begin(out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run,
-                    version=ALGORITHM_VERSION)
+    builder = begin(
+        out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run, version=ALGORITHM_VERSION
+    )
     if builder.skipped:
         console.info(f"Embeddings '{out}' are up to date.")
         return None, None, None
     n = len(ds.meta)
     if dry_run:
-        plan = {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
-                "samples": n, "encoder": spec.text, "device": device, "world_size": world}
+        plan = {
+            "dry_run": True,
+            "out": str(out),
+            "action": builder.action,
+            "fingerprint": builder.fingerprint,
+            "samples": n,
+            "encoder": spec.text,
+            "device": device,
+            "world_size": world,
+        }
         console.info(f"Would embed {n} samples of '{data}' with '{spec.text}' into '{out}' ({builder.action}).")
         return builder, plan, None
     enc = load_encoder_for(spec, config, ds)
@@ -233,11 +285,16 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     size = input_size(config, enc)
     builder.contents.update(
         {
-            "arrays": {k: {"path": f"{store.ZARR}/{k}", "shape": [n, *s], "dtype": dtypes[k]} for k, s in shapes.items()},
+            "arrays": {
+                k: {"path": f"{store.ZARR}/{k}", "shape": [n, *s], "dtype": dtypes[k]} for k, s in shapes.items()
+            },
             "index": store.INDEX,
             "label_columns": list(ds.label_columns),
-            "encoder": {**enc.describe(), "load": spec.absolute(),
-                        "weights": str(spec.weights.resolve()) if spec.weights else None},
+            "encoder": {
+                **enc.describe(),
+                "load": spec.absolute(),
+                "weights": str(spec.weights.resolve()) if spec.weights else None,
+            },
             "dataset": {"path": str(Path(data).resolve()), "fingerprint": ds.artifact.content_fingerprint},
             "input_size": size,
             "unit_rows": unit_rows,
@@ -254,8 +311,15 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     return builder, job, enc
 
 
-def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOptions, device: str, world: int,
-                  shapes: dict, unit_rows: int) -> None:
+def _check_memory(
+    enc: FeatureEncoder,
+    config: EmbedConfig,
+    options: EmbedOptions,
+    device: str,
+    world: int,
+    shapes: dict,
+    unit_rows: int,
+) -> None:
     """Refuse a batch size whose forward pass cannot fit (cxrjepa.core.memory), before any batch is read."""
     from cxrjepa.core.memory import check_embed_memory
 
@@ -263,11 +327,18 @@ def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOption
     clip = encoder_clip(enc)
     # a forward pass never crosses a unit of rows: at most unit_rows images (clips: whole windows of frames)
     batch = max(options.batch_size, clip[0]) if clip else min(options.batch_size, unit_rows)
-    check_embed_memory(device=device, batch=batch,
-                       image_size=size, tokens=int(np.prod(enc.token_grid(size, size))), width=int(enc.embed_dim),
-                       params=sum(p.numel() for p in enc.parameters()),
-                       out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())), unit_rows=unit_rows,
-                       processes=world if device == "cpu" else 1, enabled=options.memory_check)
+    check_embed_memory(
+        device=device,
+        batch=batch,
+        image_size=size,
+        tokens=int(np.prod(enc.token_grid(size, size))),
+        width=int(enc.embed_dim),
+        params=sum(p.numel() for p in enc.parameters()),
+        out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())),
+        unit_rows=unit_rows,
+        processes=world if device == "cpu" else 1,
+        enabled=options.memory_check,
+    )
 
 
 def _work(info: DistInfo, job: Job, encoder: FeatureEncoder | None = None) -> None:
@@ -331,11 +402,17 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
     elif job.config.format == "parquet":
         files = store.export_parquet(out, arrays, ds.sample_ids, job.unit_rows)
     builder.contents["exports"] = files
-    builder.counts.update({"samples": job.n_rows, "frames_embedded": int(plan.frames.size), "rejected": 0,
-                           "units": len(ranges)})
+    builder.counts.update(
+        {"samples": job.n_rows, "frames_embedded": int(plan.frames.size), "rejected": 0, "units": len(ranges)}
+    )
     check_written(store.EmbeddingsContents, builder.contents, what="an embeddings manifest's contents")
-    content = hash_obj({"fingerprint": builder.fingerprint, "units": [done[u]["digest"] for u in range(len(ranges))],
-                        "index": ds.artifact.content_fingerprint})
+    content = hash_obj(
+        {
+            "fingerprint": builder.fingerprint,
+            "units": [done[u]["digest"] for u in range(len(ranges))],
+            "index": ds.artifact.content_fingerprint,
+        }
+    )
     art = builder.finish(content)
     console.info(f"Wrote {job.n_rows} embeddings to '{out}'.")
     return art
@@ -350,8 +427,18 @@ def _run_as_rank(out, config, *, encoder, data, weights, options, force):
         builder = job = None
         if info.is_main:
             try:
-                builder, job, _ = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
-                                           device=dev, world=info.world, force=force, dry_run=False)
+                builder, job, _ = _prepare(
+                    out,
+                    config,
+                    encoder=encoder,
+                    data=data,
+                    weights=weights,
+                    options=options,
+                    device=dev,
+                    world=info.world,
+                    force=force,
+                    dry_run=False,
+                )
             except Exception:
                 broadcast_object("failed", info)  # let the other ranks stop instead of waiting for a job
                 raise

@@ -34,7 +34,9 @@ ALGORITHM_VERSION = 1
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
-def _source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt: Salt, masks: Sequence[MaskSource] = ()) -> list[dict]:
+def _source_refs(
+    sources: Sequence[str | Path], labels: str | Path | None, salt: Salt, masks: Sequence[MaskSource] = ()
+) -> list[dict]:
     refs = []
     for i, src in enumerate(sources):
         s = str(src)
@@ -87,7 +89,9 @@ def run_ingest(
     if not options.time_limit > 0:
         raise UsageError(f"The time limit per input must be positive, not {options.time_limit}.")
     if options.memory_limit_mb < 0 or 0 < options.memory_limit_mb < 256:
-        raise UsageError(f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}.")
+        raise UsageError(
+            f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}."
+        )
     if not sources:
         raise UsageError("Give at least one input folder or file to ingest.")
     if labels is not None and not Path(labels).is_file():
@@ -104,8 +108,16 @@ def run_ingest(
     salt = load_salt(options.salt_file, create=not dry_run)
     workers = options.workers if options.workers > 0 else default_workers()
     refs = _source_refs(sources, labels, salt, mask_sources)
-    builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run,
-                    version=ALGORITHM_VERSION)
+    builder = begin(
+        out,
+        "dataset",
+        config,
+        refs,
+        options={"workers": workers},
+        force=force,
+        dry_run=dry_run,
+        version=ALGORITHM_VERSION,
+    )
     ctx = Context(config, salt)
     if dry_run:
         from cxrjepa.ingest.dryrun import dry_run_report
@@ -127,17 +139,30 @@ def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -
     else:
         return None
     st = pairing.stats
-    console.info(f"Masks: {st['inputs_with_masks']} of {len(items)} inputs have a mask ({st['mask_files']} mask files).")
+    console.info(
+        f"Masks: {st['inputs_with_masks']} of {len(items)} inputs have a mask ({st['mask_files']} mask files)."
+    )
     if st.get("mask_files_unmatched"):
         console.warn(f"{st['mask_files_unmatched']} mask files match no input (named after no input file).")
     if st["inputs_with_masks"] == 0:
-        console.warn("No mask matched an input: masks are matched by file name without extension "
-                     "(IMG1.png or IMG1_mask.png for IMG1.dcm) or by a path that mirrors the inputs.")
+        console.warn(
+            "No mask matched an input: masks are matched by file name without extension "
+            "(IMG1.png or IMG1_mask.png for IMG1.dcm) or by a path that mirrors the inputs."
+        )
     return pairing
 
 
-def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging,
-            mask_sources: list[MaskSource] = ()) -> Artifact:
+def _ingest(
+    out,
+    builder,
+    sources,
+    labels,
+    ctx: Context,
+    options: IngestOptions,
+    workers: int,
+    staging: Staging,
+    mask_sources: list[MaskSource] = (),
+) -> Artifact:
     config = ctx.config
     warm_up()  # the decode workers' fork server imports the decoders while the inputs are discovered
     items = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
@@ -155,7 +180,9 @@ def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions,
         console.info(f"Resuming: {len(units) - len(todo)} of {len(units)} work units were already done.")
     n_ignored = sum(1 for i in items if i.verdict and i.verdict[0] == ledger.IGNORED)
     also = f" ({n_ignored} more files ignored: sidecar, text or hidden)" if n_ignored else ""
-    console.info(f"Ingesting {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {out}")
+    console.info(
+        f"Ingesting {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {out}"
+    )
     with console.progress("ingest", total=len(items)) as bar:
         bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
         limits = Limits(seconds=options.time_limit, memory_mb=memory_limit_mb(workers, options.memory_limit_mb))
@@ -163,8 +190,17 @@ def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions,
     return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), pairing)
 
 
-def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging, n_units: int, n_items: int,
-              pairing: Pairing | None = None) -> Artifact:
+def _finalize(
+    out,
+    builder,
+    labels,
+    ctx: Context,
+    workers: int,
+    staging: Staging,
+    n_units: int,
+    n_items: int,
+    pairing: Pairing | None = None,
+) -> Artifact:
     from cxrjepa.ingest import writer
 
     config = ctx.config
@@ -174,31 +210,44 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
     if labels is not None:
         from cxrjepa.ingest.labels import join_labels
 
-        res = join_labels(meta, labels, key=config.labels_key, column=config.labels_column,
-                          patient_column=config.labels_patient_column, salt=ctx.salt,
-                          not_samples={r["path"] for r in asm.records},
-                          skip_columns=[config.labels_mask_column] if config.labels_mask_column else ())
+        res = join_labels(
+            meta,
+            labels,
+            key=config.labels_key,
+            column=config.labels_column,
+            patient_column=config.labels_patient_column,
+            salt=ctx.salt,
+            not_samples={r["path"] for r in asm.records},
+            skip_columns=[config.labels_mask_column] if config.labels_mask_column else (),
+        )
         meta, label_columns = res.meta, res.label_columns
         builder.counts.update(res.stats)
         builder.notes.extend(res.notes)
         st = res.stats
         if st["labels_unmatched_rows"]:
-            why = (f" ({st['labels_rows_of_ledgered_inputs']} of them belong to rejected, skipped or duplicate inputs)"
-                   if st["labels_rows_of_ledgered_inputs"] else "")
+            why = (
+                f" ({st['labels_rows_of_ledgered_inputs']} of them belong to rejected, skipped or duplicate inputs)"
+                if st["labels_rows_of_ledgered_inputs"]
+                else ""
+            )
             console.warn(f"{st['labels_unmatched_rows']} of {st['labels_rows']} label rows matched no sample{why}.")
         if res.stats["samples_without_labels"]:
             console.warn(f"{res.stats['samples_without_labels']} samples have no label row.")
-    n_bytes = int(meta["frame_count"].sum()) * config.size**2 * (1 if config.dtype == "uint8" else 2) if len(meta) else 0
+    n_bytes = (
+        int(meta["frame_count"].sum()) * config.size**2 * (1 if config.dtype == "uint8" else 2) if len(meta) else 0
+    )
     # a pool pays off only when there is much to compress and write (starting one costs ~0.5 s)
     pool = executor(workers) if workers > 1 and n_bytes > PARALLEL_WRITE_BYTES else None
     try:
         with console.progress("write", total=int(meta["frame_count"].sum()) if len(meta) else 0) as bar:
+
             def run(fn, tasks, w, on_done):
                 run_tasks(fn, tasks, w if pool else 1, on_done, pool)
 
             with expecting_writes("the dataset's images", n_bytes):  # a full disk says how much is needed
-                n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
-                                           masks=pairing is not None)
+                n_frames = writer.copy_all(
+                    out, meta, config.size, config.dtype, workers, run, bar.advance, masks=pairing is not None
+                )
     finally:
         if pool is not None:
             pool.shutdown()
@@ -245,16 +294,23 @@ def _finalize(out, builder, labels, ctx: Context, workers: int, staging: Staging
         }
     )
     if pairing is not None:
-        builder.counts.update({"masks": int(public["has_mask"].sum()) if len(public) else 0,
-                               "mask_files": int(pairing.stats.get("mask_files", 0)),
-                               "mask_files_unmatched": int(pairing.stats.get("mask_files_unmatched", 0))})
+        builder.counts.update(
+            {
+                "masks": int(public["has_mask"].sum()) if len(public) else 0,
+                "mask_files": int(pairing.stats.get("mask_files", 0)),
+                "mask_files_unmatched": int(pairing.stats.get("mask_files_unmatched", 0)),
+            }
+        )
     if ctx.salt.source == "generated":
         builder.notes.append(
             f"Sample and patient keys use a generated salt kept outside the artifact at {ctx.salt.location}; "
             "keep it private, and pass it with --salt-file to get the same keys in other datasets."
         )
-    artifact = builder.finish(writer.content_fingerprint(
-        public, config.size, config.dtype, meta["_mask_hash"] if pairing is not None else None))
+    artifact = builder.finish(
+        writer.content_fingerprint(
+            public, config.size, config.dtype, meta["_mask_hash"] if pairing is not None else None
+        )
+    )
     staging.remove()
     _report(artifact)
     return artifact
@@ -272,7 +328,9 @@ def _masks_contents(meta, pairing: Pairing, config: IngestConfig, n_frames: int)
         "chunks": [1, config.size, config.size],
         "shards": [min(layout.SHARD_FRAMES, max(1, n_frames)), config.size, config.size],
         "dimension_names": list(layout.DIMENSION_NAMES),
-        "classes": class_names(pairing.classes, config.mask_classes, meta.loc[has, "_mask_names"].fillna("").tolist(), values),
+        "classes": class_names(
+            pairing.classes, config.mask_classes, meta.loc[has, "_mask_names"].fillna("").tolist(), values
+        ),
         "values": values,
         "ignore_value": IGNORE,
         "samples": int(has.sum()),
@@ -307,4 +365,6 @@ def _report(artifact: Artifact) -> None:
     for reason, n in list(c.get("by_reason", {}).items())[:8]:
         console.info(f"  {n:>7}  {reason}")
     if c.get("burned_in_annotation"):
-        console.warn(f"{c['burned_in_annotation']} samples are flagged BurnedInAnnotation=YES (column burned_in_annotation).")
+        console.warn(
+            f"{c['burned_in_annotation']} samples are flagged BurnedInAnnotation=YES (column burned_in_annotation)."
+        )

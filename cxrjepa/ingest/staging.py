@@ -80,9 +80,24 @@ class Staging:
     def prepare(self, items: Sequence[InputItem], unit_size: int, size: int, dtype: str) -> int:
         """Create the staging folder, or check that the one there belongs to this input list (else start
         it over). Returns the unit size to use (the stored one when resuming)."""
-        inputs_hash = hash_obj([(i.source_index, i.rel, *((i.masks, i.mask_error) if i.masks or i.mask_error else ()),
-                                 *((i.verdict,) if i.verdict else ())) for i in items])
-        plan = {"n_inputs": len(items), "inputs_hash": inputs_hash, "unit_size": unit_size, "size": size, "dtype": dtype}
+        inputs_hash = hash_obj(
+            [
+                (
+                    i.source_index,
+                    i.rel,
+                    *((i.masks, i.mask_error) if i.masks or i.mask_error else ()),
+                    *((i.verdict,) if i.verdict else ()),
+                )
+                for i in items
+            ]
+        )
+        plan = {
+            "n_inputs": len(items),
+            "inputs_hash": inputs_hash,
+            "unit_size": unit_size,
+            "size": size,
+            "dtype": dtype,
+        }
         path = self.dir / PLAN
         if path.is_file():
             try:

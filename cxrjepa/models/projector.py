@@ -92,7 +92,11 @@ class Projector(nn.Module):
         width = in_dim
         for _ in range(config.layers - 1):
             # no bias before batch norm: it would be removed by the norm (its gradient is rounding noise)
-            layers += [nn.Linear(width, config.hidden, bias=False), GlobalBatchNorm(config.hidden), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Linear(width, config.hidden, bias=False),
+                GlobalBatchNorm(config.hidden),
+                nn.ReLU(inplace=True),
+            ]
             width = config.hidden
         layers.append(nn.Linear(width, config.out))
         self.net = nn.Sequential(*layers)

@@ -205,21 +205,31 @@ class MultiCrop:
     used in loader workers). For clips, each view also gets its own window of frames (``frames`` /
     ``local_frames``, see :class:`cxrjepa.pretrain.data.PretrainClipViews`)."""
 
-    def __init__(self, views: ViewsConfig, augment: AugmentConfig, size: int, local_size: int, value_range: float,
-                 frames: int = 1, local_frames: int = 1):
+    def __init__(
+        self,
+        views: ViewsConfig,
+        augment: AugmentConfig,
+        size: int,
+        local_size: int,
+        value_range: float,
+        frames: int = 1,
+        local_frames: int = 1,
+    ):
         self.views = views
         self.size, self.local_size = int(size), int(local_size)
         self.frames, self.local_frames = int(frames), int(local_frames)
         self.global_crop = RandomResizedCrop(self.size, augment)
-        local = AugmentConfig(crop_scale=tuple(views.local_scale), crop_ratio=tuple(augment.crop_ratio),
-                              hflip=augment.hflip)
+        local = AugmentConfig(
+            crop_scale=tuple(views.local_scale), crop_ratio=tuple(augment.crop_ratio), hflip=augment.hflip
+        )
         self.local_crop = RandomResizedCrop(self.local_size, local)
         self.jitter = IntensityJitter(views.intensity, value_range)
 
     def plan(self) -> list[tuple[RandomResizedCrop, int]]:
         """(crop, frames) of every view in order: the global views first."""
-        return ([(self.global_crop, self.frames)] * self.views.global_views
-                + [(self.local_crop, self.local_frames)] * self.views.local_views)
+        return [(self.global_crop, self.frames)] * self.views.global_views + [
+            (self.local_crop, self.local_frames)
+        ] * self.views.local_views
 
     def view(self, crop: RandomResizedCrop, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One view of an image (H, W) or of a clip's frames (T, H, W): crop, flip, jitter."""

@@ -27,8 +27,13 @@ from cxrjepa.pretrain.optim import OptimConfig
 from cxrjepa.pretrain.sigreg import SIGRegConfig
 
 #: config section -> the objective it belongs to (left out of the fingerprint of runs of other objectives)
-OBJECTIVE_SECTIONS = {"ijepa": "ijepa", "pixel": "pixel", "salt": "salt", "lejepa": "lejepa",
-                      "jepa_sigreg": "jepa-sigreg"}
+OBJECTIVE_SECTIONS = {
+    "ijepa": "ijepa",
+    "pixel": "pixel",
+    "salt": "salt",
+    "lejepa": "lejepa",
+    "jepa_sigreg": "jepa-sigreg",
+}
 #: objectives that always use the ``sigreg`` section (others only with ``sigreg.weight`` > 0)
 SIGREG_OBJECTIVES = ("lejepa", "jepa-sigreg")
 #: objectives that take ``sigreg.weight`` as an optional extra term
@@ -168,8 +173,10 @@ class PretrainConfig:
             raise ConfigError(f"'objective' must be one of {', '.join(sorted(OBJECTIVES))}, not '{self.objective}'.")
         if self.sigreg.weight and self.objective not in SIGREG_EXTRA:
             where = {"lejepa": "lejepa.sigreg_weight", "jepa-sigreg": "jepa_sigreg.sigreg_weight"}.get(self.objective)
-            raise ConfigError(f"'sigreg.weight' is an extra term for {' and '.join(SIGREG_EXTRA)}, not {self.objective}"
-                              + (f"; set {where} instead." if where else "."))
+            raise ConfigError(
+                f"'sigreg.weight' is an extra term for {' and '.join(SIGREG_EXTRA)}, not {self.objective}"
+                + (f"; set {where} instead." if where else ".")
+            )
 
     def objective_section(self) -> Any:
         """The settings section of the run's objective (``jepa_sigreg`` for ``jepa-sigreg``), or None."""

@@ -37,8 +37,14 @@ CONFIG = {
     "jepa_sigreg": {"predictor": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}},
     "sigreg": {"slices": 32},
     "train": {"batch_size": 8, "steps": 6},
-    "runtime": {"workers": 0, "log_every": 2, "monitor_every": 2, "checkpoint_every": 2, "keep_last": 3,
-                "monitor_batch": 8},
+    "runtime": {
+        "workers": 0,
+        "log_every": 2,
+        "monitor_every": 2,
+        "checkpoint_every": 2,
+        "keep_last": 3,
+        "monitor_batch": 8,
+    },
 }
 #: the trained module besides the encoder
 SECOND = {"lejepa": "projector", "jepa-sigreg": "predictor"}
@@ -64,14 +70,31 @@ def single(request, dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     cfg_file = config_file(tmp, request.param)
     run = tmp / "single"
-    run_pretrain(run, load_config(PretrainConfig, files=[cfg_file]), data=dataset,
-                 options=PretrainOptions(loggers=["tensorboard"]))
+    run_pretrain(
+        run,
+        load_config(PretrainConfig, files=[cfg_file]),
+        data=dataset,
+        options=PretrainOptions(loggers=["tensorboard"]),
+    )
     return request.param, cfg_file, run
 
 
 def cli(dataset: Path, out: Path, cfg_file: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(dataset), "--out", str(out), "--config",
-            str(cfg_file), "--gpus", "0", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "pretrain",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg_file),
+        "--gpus",
+        "0",
+        *extra,
+    ]
 
 
 def env(threads: bool = True) -> dict:
@@ -89,8 +112,12 @@ def test_run_trains_one_encoder_exports_it_and_holds_no_teacher(single):
     assert manifest["status"] == "complete" and manifest["params"]["objective"] == objective
     ck = run / "checkpoints" / "step-000006"
     # one encoder and its head, their optimizer state: no EMA target, no teacher
-    assert {p.name for p in ck.iterdir()} == {"encoder.safetensors", f"{SECOND[objective]}.safetensors",
-                                              "optimizer.pt", "state.json"}
+    assert {p.name for p in ck.iterdir()} == {
+        "encoder.safetensors",
+        f"{SECOND[objective]}.safetensors",
+        "optimizer.pt",
+        "state.json",
+    }
     encoder = safetensors.torch.load_file(str(ck / "encoder.safetensors"))
     head = safetensors.torch.load_file(str(ck / f"{SECOND[objective]}.safetensors"))
     assert all(k.startswith("vit.") for k in encoder)
@@ -129,9 +156,13 @@ def test_two_gloo_processes_match_one_process(single, strategy, dataset, tmp_pat
     if strategy == "fsdp" and objective != "lejepa":
         pytest.skip("jepa-sigreg's student shards like ijepa's (tested in test_pretrain_distributed)")
     multi = tmp_path / "multi"
-    res = subprocess.run(cli(dataset, multi, cfg_file, "--nproc", "2", "--json", "--set",
-                             f"runtime.strategy={strategy}"), env=env(threads=False), capture_output=True, text=True,
-                         timeout=600)
+    res = subprocess.run(
+        cli(dataset, multi, cfg_file, "--nproc", "2", "--json", "--set", f"runtime.strategy={strategy}"),
+        env=env(threads=False),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     manifest = yaml.safe_load((multi / "manifest.yaml").read_text())
     assert manifest["contents"]["world_size"] == 2 and manifest["contents"]["strategy"] == strategy
@@ -184,14 +215,24 @@ def test_export_writes_the_encoder_alone_with_embeds_features(single, dataset, t
     for k, v in trained.items():
         assert torch.equal(exported[k.removeprefix("vit.")], v)
     assert json.loads((out / "safetensors" / "config.json").read_text())["objective"] == objective
-    emb = run_embed(tmp_path / "emb", EmbedConfig(), encoder=run, data=dataset,
-                    options=EmbedOptions(device="cpu", batch_size=16, workers=0))
+    emb = run_embed(
+        tmp_path / "emb",
+        EmbedConfig(),
+        encoder=run,
+        data=dataset,
+        options=EmbedOptions(device="cpu", batch_size=16, workers=0),
+    )
     features = Embeddings.open(emb.path).array("features")
     stored = np.asarray(DatasetArtifact.open(dataset).images[:])
     # docs/export.md: stored / 255 in [0, 1], resized to the encoder's size (bilinear, antialiased)
     size = CONFIG["model"]["image_size"]
-    x = F.interpolate(torch.from_numpy(stored.astype(np.float32) / 255.0)[:, None], size=(size, size),
-                      mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(
+        torch.from_numpy(stored.astype(np.float32) / 255.0)[:, None],
+        size=(size, size),
+        mode="bilinear",
+        align_corners=False,
+        antialias=True,
+    )
     session = ort.InferenceSession(str(out / "onnx" / "encoder.onnx"), providers=["CPUExecutionProvider"])
     (onnx_features,) = session.run(["features"], {"image": x.numpy()})
     assert onnx_features.shape == features.shape == (len(stored), 192)
@@ -205,9 +246,19 @@ def test_lejepa_trains_a_clip_encoder_on_spatio_temporal_views(tmp_path):
     frames = phantoms(sum(counts), 32)
     frames = np.clip(frames.astype(int) + rng.integers(-8, 8, frames.shape), 0, 255).astype(np.uint8)
     write_dataset(tmp_path / "clips", frames, default_meta(len(counts), counts))
-    cfg = load_config(PretrainConfig, layers=[CONFIG], overrides=[
-        "objective=lejepa", "model.frames=4", "model.tubelet=2", "clips.stride=2", "train.steps=2",
-        "train.batch_size=4", "runtime.checkpoint_every=2"])
+    cfg = load_config(
+        PretrainConfig,
+        layers=[CONFIG],
+        overrides=[
+            "objective=lejepa",
+            "model.frames=4",
+            "model.tubelet=2",
+            "clips.stride=2",
+            "train.steps=2",
+            "train.batch_size=4",
+            "runtime.checkpoint_every=2",
+        ],
+    )
     art = run_pretrain(tmp_path / "run", cfg, data=tmp_path / "clips")
     assert art.manifest["status"] == "complete"
     enc = load_encoder(tmp_path / "run")

@@ -59,8 +59,9 @@ def test_items_carry_global_and_local_views_in_the_stored_dtype(dataset):
 
 def test_without_jitter_whole_crops_are_the_frame_itself(dataset):
     data, raw = dataset
-    crops = MultiCrop(ViewsConfig(global_views=2, local_views=1, local_scale=(1.0, 1.0), intensity=NO_JITTER),
-                      WHOLE, 48, 24, 255.0)
+    crops = MultiCrop(
+        ViewsConfig(global_views=2, local_views=1, local_scale=(1.0, 1.0), intensity=NO_JITTER), WHOLE, 48, 24, 255.0
+    )
     item = PretrainViews(data, crops, seed=0)[(0, 0, 5)]
     assert np.array_equal(item["image"][0, 0], raw[5]) and np.array_equal(item["image"][1, 0], raw[5])
     import cv2
@@ -83,7 +84,7 @@ def test_grey_level_jitter_is_seeded_stays_in_range_and_changes_the_view():
     off = IntensityJitter(NO_JITTER, 255.0)
     assert off(img, np.random.default_rng(0)) is img
     # 16-bit data: the range is the dataset's divide_by, not 65535
-    img16 = (img.astype(np.uint16) * 16)
+    img16 = img.astype(np.uint16) * 16
     out16 = IntensityJitter(cfg, 4095.0)(img16, np.random.default_rng(1))
     assert out16.dtype == np.uint16 and out16.max() > 1000 and out16.max() <= 65535
 
@@ -121,8 +122,14 @@ def test_multi_view_batches_do_not_depend_on_the_split(dataset):
     for step in range(2):
         parts = []
         for rank in range(2):
-            it = iter(build_loader(ds, StepSampler(20, 8, 0, 2, start_step=step, world=2, rank=rank, accum=2),
-                                   Collator(None, 8, 0), workers=0))
+            it = iter(
+                build_loader(
+                    ds,
+                    StepSampler(20, 8, 0, 2, start_step=step, world=2, rank=rank, accum=2),
+                    Collator(None, 8, 0),
+                    workers=0,
+                )
+            )
             parts += [next(it), next(it)]
         for key in ("images", "local", "index"):
             assert torch.equal(torch.cat([p[key] for p in parts]), whole[step][key]), key
@@ -141,10 +148,22 @@ def clip_data(tmp_path):
 
 
 def test_clip_views_are_spatio_temporal_crops_of_one_sample(clip_data):
-    cfg = load_config(PretrainConfig, overrides=[
-        "objective=lejepa", "model.size=tiny", "model.patch_size=8", "model.image_size=16", "model.frames=4",
-        "model.tubelet=2", "clips.stride=2", "lejepa.views.local_views=3", "lejepa.views.intensity.jitter_p=0",
-        "lejepa.views.intensity.blur_p=0", "lejepa.views.intensity.noise_p=0"])
+    cfg = load_config(
+        PretrainConfig,
+        overrides=[
+            "objective=lejepa",
+            "model.size=tiny",
+            "model.patch_size=8",
+            "model.image_size=16",
+            "model.frames=4",
+            "model.tubelet=2",
+            "clips.stride=2",
+            "lejepa.views.local_views=3",
+            "lejepa.views.intensity.jitter_p=0",
+            "lejepa.views.intensity.blur_p=0",
+            "lejepa.views.intensity.noise_p=0",
+        ],
+    )
     ds = training_images(cfg, clip_data, views=cfg.lejepa.views)
     assert isinstance(ds, PretrainClipViews)
     starts = set()

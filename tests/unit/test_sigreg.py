@@ -34,7 +34,7 @@ def test_gaussian_samples_score_near_the_null_expectation_whatever_the_batch():
     """For N(0, I) samples E[EP] = integral (1 - exp(-t^2)) w(t) dt (about 1.05 on [-3, 3]) for every N."""
     sig = SIGReg(SIGRegConfig(), seed=0)
     t, w = quadrature(17, 3.0)
-    expected = float((w * (1 - torch.exp(-t**2))).sum())
+    expected = float((w * (1 - torch.exp(-(t**2)))).sum())
     assert 1.0 < expected < 1.1
     for n, seed in ((256, 1), (1024, 2), (4096, 3)):
         value = float(sig(gaussian(n, 64, seed), step=seed))
@@ -66,7 +66,9 @@ def test_one_direction_equals_the_epps_pulley_integral_by_adaptive_quadrature():
     """The per-direction statistic of fixed data is the Epps-Pulley integral (scipy.integrate.quad): exactly
     with a fine trapezoid grid, within 1 % with the default 17 knots."""
     rng = np.random.default_rng(3)
-    z = torch.from_numpy(np.concatenate([rng.normal(0.3, 1.4, (40, 8)), rng.exponential(1.0, (40, 8))]).astype(np.float32))
+    z = torch.from_numpy(
+        np.concatenate([rng.normal(0.3, 1.4, (40, 8)), rng.exponential(1.0, (40, 8))]).astype(np.float32)
+    )
     for knots, rtol in ((4001, 1e-5), (17, 1e-2)):
         sig = SIGReg(SIGRegConfig(slices=5, knots=knots, t_max=3.0), seed=11)
         per_slice = sig.per_slice(z, step=4)
@@ -77,7 +79,9 @@ def test_one_direction_equals_the_epps_pulley_integral_by_adaptive_quadrature():
     # the truncation at t_max = 3 leaves out little: against the integral over the whole real line
     x = (z @ a[:, 0]).double().numpy()
     whole = direct_epps_pulley(x, 40.0)
-    assert float(SIGReg(SIGRegConfig(slices=1, knots=4001, t_max=8.0), 0).per_slice(torch.from_numpy(x)[:, None].float(), 0)[0]) == pytest.approx(whole, rel=1e-4)
+    assert float(
+        SIGReg(SIGRegConfig(slices=1, knots=4001, t_max=8.0), 0).per_slice(torch.from_numpy(x)[:, None].float(), 0)[0]
+    ) == pytest.approx(whole, rel=1e-4)
 
 
 def test_groups_are_scored_separately_and_averaged():
@@ -131,7 +135,14 @@ def _worker(rank: int, world: int, init: str, queue) -> None:
         y_in = z.chunk(world)[rank].clone().requires_grad_(True)
         y = bn(y_in)
         (y.sin() * torch.arange(16.0)).mean().backward()  # this rank's share of the loss (DDP averages)
-        out = (sig.directions(16, 7, torch.device("cpu")), value.detach(), x.grad, y.detach(), y_in.grad, bn.weight.grad)
+        out = (
+            sig.directions(16, 7, torch.device("cpu")),
+            value.detach(),
+            x.grad,
+            y.detach(),
+            y_in.grad,
+            bn.weight.grad,
+        )
         queue.put((rank, *[t.numpy() for t in out]))  # numpy: pickled by value (the process ends before the read)
     finally:
         dist.destroy_process_group()
@@ -142,8 +153,9 @@ def test_two_gloo_ranks_draw_the_same_directions_and_compute_the_one_process_sta
     batch, and -- once DDP averages gradients over ranks -- the same gradients (SIGReg and batch norm)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    mp.start_processes(_worker, args=(2, f"file://{tmp_path / 'rdzv'}", queue), nprocs=2, start_method="spawn",
-                       join=True)
+    mp.start_processes(
+        _worker, args=(2, f"file://{tmp_path / 'rdzv'}", queue), nprocs=2, start_method="spawn", join=True
+    )
     got = {r[0]: [torch.from_numpy(a) for a in r[1:]] for r in (queue.get(timeout=60) for _ in range(2))}
     assert torch.equal(got[0][0], got[1][0])  # directions drawn without communication
     z = gaussian(64, 16, seed=5) * torch.linspace(0.2, 2.0, 16)

@@ -15,9 +15,16 @@ from cxrjepa.pretrain.objectives import build_objective
 from cxrjepa.pretrain.objectives.lejepa import flat_views
 
 MODEL = ["model.size=tiny", "model.patch_size=8", "model.image_size=32", "model.layers=2", "sigreg.slices=64"]
-MASKS = ["jepa_sigreg.predictor.depth=1", "jepa_sigreg.predictor.width=32", "jepa_sigreg.predictor.heads=2",
-         "jepa_sigreg.masks.min_context=4", "ijepa.predictor.depth=1", "ijepa.predictor.width=32",
-         "ijepa.predictor.heads=2", "ijepa.masks.min_context=4"]
+MASKS = [
+    "jepa_sigreg.predictor.depth=1",
+    "jepa_sigreg.predictor.width=32",
+    "jepa_sigreg.predictor.heads=2",
+    "jepa_sigreg.masks.min_context=4",
+    "ijepa.predictor.depth=1",
+    "ijepa.predictor.width=32",
+    "ijepa.predictor.heads=2",
+    "ijepa.masks.min_context=4",
+]
 NORM = {"divide_by": 255.0, "mean": 0.4, "std": 0.25}
 
 
@@ -68,8 +75,15 @@ def test_identical_views_have_no_invariance_loss():
 def masked_batch(obj, b: int = 4, step: int = 2) -> dict:
     grid = obj.config.model.token_grid((32, 32))
     collate = Collator(obj.masks(grid), b, seed=0)
-    items = [{"image": np.random.default_rng(i).integers(0, 255, (1, 32, 32), dtype=np.uint8), "index": i,
-              "step": step, "pos": i} for i in range(b)]
+    items = [
+        {
+            "image": np.random.default_rng(i).integers(0, 255, (1, 32, 32), dtype=np.uint8),
+            "index": i,
+            "step": step,
+            "pos": i,
+        }
+        for i in range(b)
+    ]
     batch = collate(items)
     batch["images"] = Normalizer(NORM)(batch["images"])
     return batch

@@ -60,8 +60,7 @@ class JEPAStudent(nn.Module):
         self.encoder = encoder
         self.predictor = predictor
 
-    def forward(self, images: torch.Tensor, context: torch.Tensor, targets: torch.Tensor,
-                return_context: bool = False):
+    def forward(self, images: torch.Tensor, context: torch.Tensor, targets: torch.Tensor, return_context: bool = False):
         z = self.encoder.tokens(images, context)
         grid = self.encoder.config.token_grid(tuple(images.shape[2:]))
         pred = self.predictor(z, context, targets, grid)
@@ -83,8 +82,9 @@ def student_predictions(student, batch: dict, sigreg: SIGReg | None) -> tuple[to
     return pred, sigreg(z.mean(dim=1), batch["step"])
 
 
-def with_sigreg(loss: torch.Tensor, term: torch.Tensor | None, weight: float,
-                terms: StepTerms) -> tuple[torch.Tensor, dict]:
+def with_sigreg(
+    loss: torch.Tensor, term: torch.Tensor | None, weight: float, terms: StepTerms
+) -> tuple[torch.Tensor, dict]:
     """``loss + weight * term`` and the scalars to report (none without the term); the term is also added to
     the step's ``terms`` (logged by :meth:`Objective.after_step` as ``sigreg``)."""
     if term is None:

@@ -53,8 +53,10 @@ class JEPASigRegConfig:
 
     def validate(self) -> None:
         if not 0.0 < self.sigreg_weight < 1.0:
-            raise ConfigError("'jepa_sigreg.sigreg_weight' must be in (0, 1): without SIGReg nothing prevents "
-                              "collapse, without prediction nothing is learned.")
+            raise ConfigError(
+                "'jepa_sigreg.sigreg_weight' must be in (0, 1): without SIGReg nothing prevents "
+                "collapse, without prediction nothing is learned."
+            )
 
 
 class JEPASigRegStudent(JEPAStudent):

@@ -103,9 +103,11 @@ class LeJEPA(Objective):
     def prepare(self, env: TrainEnv) -> None:
         self.normalizer = Normalizer(env.data.normalization)
         if env.runtime.grad_accum > 1 and env.info.is_main:
-            console.warn("lejepa with runtime.grad_accum > 1: SIGReg and the projector's batch norm see each "
-                         "micro-batch (all processes together), not the whole global batch; the run differs from "
-                         "one without accumulation.")
+            console.warn(
+                "lejepa with runtime.grad_accum > 1: SIGReg and the projector's batch norm see each "
+                "micro-batch (all processes together), not the whole global batch; the run differs from "
+                "one without accumulation."
+            )
 
     # ------------------------------------------------------------------ the loss
     def loss(self, student, batch):
@@ -150,6 +152,7 @@ class LeJEPA(Objective):
         if local is not None:
             flops += encoder_flops(cfg, tokens_of(cfg, local[:, 0]), b * local.shape[1])
             rows += b * local.shape[1]
-        flops += self.student.projector.flops(rows) + linear_flops(rows, self.student.projector.out_dim,
-                                                                   self.sigreg.slices)
+        flops += self.student.projector.flops(rows) + linear_flops(
+            rows, self.student.projector.out_dim, self.sigreg.slices
+        )
         return 3.0 * flops
