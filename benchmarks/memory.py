@@ -3,6 +3,9 @@ CPU pretraining and embedding runs, next to what the estimate says for the same 
 
     PYTHONPATH=$PWD python benchmarks/memory.py [--only NAME ...] [--embed] [--fit]
 
+NAME is a key of :data:`PRETRAIN` (size, patch, pixels, batch and, unless I-JEPA, the objective), e.g.
+``--only t16-224-b16-lejepa t16-224-b16-jepa-sigreg``.
+
 Each pretraining run is ``cxrjepa pretrain ... --gpus 0 --max-steps 2 --set runtime.workers=0`` in a fresh
 process on a random 48-frame 224 px dataset, measured with ``/usr/bin/time -f %M`` (peak RSS of the training
 process; loader workers are off so that the process is all there is). ``--fit`` refits the runtime term and
@@ -48,6 +51,9 @@ PRETRAIN = {
     "s16-128-b64": _cfg("small", 16, 128, 64),
     "s16-224-b32-pixel": _cfg("small", 16, 224, 32, objective="pixel"),
     "s16-224-b32-salt": _cfg("small", 16, 224, 32, objective="salt"),
+    "t16-224-b16-lejepa": _cfg("tiny", 16, 224, 16, objective="lejepa"),
+    "t16-224-b16-jepa-sigreg": _cfg("tiny", 16, 224, 16, objective="jepa-sigreg"),
+    "s16-128-b32-lejepa": _cfg("small", 16, 128, 32, objective="lejepa"),
     "b16-224-b8": _cfg("base", 16, 224, 8),
     "b16-224-b24": _cfg("base", 16, 224, 24),
 }

@@ -6,6 +6,12 @@ block of every trained sequence: the student encoder on its context tokens, the 
 target tokens once per target block), the frozen forward passes, the monitor and held-out batches, and on a
 CPU the data-loader workers. Token counts come from the run's own mask generator (numpy, no model).
 
+LeJEPA trains the encoder on every view of an image (V global views at the training size, W local views at
+theirs: with the defaults 2 + 6 x 1/4 = 3.5 full-size passes per image) and a projector, with nothing frozen;
+JEPA-SIGReg trains I-JEPA's context encoder and predictor plus the same encoder's full-image pass that
+gives its targets and its SIGReg embeddings (trained too: SIGReg back-propagates through it), again with
+nothing frozen. Trained full-image passes are counted at :data:`FULL_PASS_BYTES` per unit. SIGReg keeps its projections' phases (rows x directions x knots) for the backward pass.
+
 Objectives this module does not know are estimated as a student encoder trained on every token plus an
 EMA-sized frozen copy (an upper bound for the JEPA family).
 """
@@ -38,6 +44,20 @@ from cxrjepa.pretrain.config import PretrainConfig
 WORKER_BYTES = 64 * 2**20
 #: CUDA context and allocator reserve on a GPU
 CUDA_RESERVE_BYTES = 1536 * 2**20
+#: bytes per token x width x block of a trained *full-image* encoder pass (LeJEPA's views, JEPA-SIGReg's full-image
+#: pass): more than :data:`cxrjepa.core.memory.TRAIN_BYTES`, which was fitted on I-JEPA-family runs whose units are
+#: mostly the predictor's and the context encoder's gathered tokens (calibrated on CPU runs of both objectives,
+#: docs/pretrain.md; CUDA scaled like TRAIN_BYTES, not measured)
+FULL_PASS_BYTES = {"cpu": 72.0, "cuda": 43.0}
+#: objectives that keep no frozen model (pixel: a plain autoencoder; lejepa, jepa-sigreg: SIGReg instead of a
+#: teacher or an EMA target)
+NOTHING_FROZEN = ("pixel", "lejepa", "jepa-sigreg")
+#: bytes per (row x direction x knot) SIGReg keeps and works on: the float32 phases t * x saved for the backward
+#: pass, their cosines and sines, and the phases' gradient
+SIGREG_BYTES = 16
+#: bytes per hidden unit of a projector row kept for the backward pass (float32: the linear output, the batch
+#: norm's float copy and output, the ReLU mask) and per output unit
+PROJECTOR_BYTES = 16
 
 
 def encoder_params(cfg: EncoderConfig) -> int:
@@ -74,6 +94,38 @@ def _tokens(config: PretrainConfig, masks_config) -> tuple[int, int, int, int]:
     context = max(int(m.context.shape[1]) for m in draws)
     target = max(int(m.targets.shape[2]) for m in draws)
     return n, context, target, int(masks_config.targets)
+
+
+def lejepa_views(config: PretrainConfig) -> list[tuple[int, int, int]]:
+    """LeJEPA's (views, tokens per view, pixels per view) of one item: the global views, then the local ones."""
+    model, views = config.model, config.lejepa.views
+    local = views.resolved_local_size(model.image_size, model.patch_size)
+    shape = (local, local)
+    if model.is_clip:
+        shape = (views.resolved_local_frames(model.frames, model.tubelet), *shape)
+    out = [(views.global_views, int(np.prod(model.token_grid(model.input_shape))), int(np.prod(model.input_shape)))]
+    if views.local_views:
+        out.append((views.local_views, int(np.prod(model.token_grid(shape))), int(np.prod(shape))))
+    return out
+
+
+def projector_params(config: PretrainConfig) -> int:
+    """Parameters of LeJEPA's projector (cxrjepa.models.projector.Projector)."""
+    p, width = config.lejepa.projector, config.model.embed_dim
+    total = 0
+    for _ in range(p.layers - 1):
+        total += width * p.hidden + 2 * p.hidden  # a linear map without bias, then batch norm's scale and shift
+        width = p.hidden
+    return total + width * p.out + p.out
+
+
+def sigreg_rows(config: PretrainConfig, micro: int, tokens: int) -> int:
+    """Rows of the SIGReg statistic per process and micro-batch (0 when the run has no SIGReg term)."""
+    if config.objective == "lejepa":
+        return micro * sum(count for count, _, _ in lejepa_views(config))
+    if config.objective == "jepa-sigreg":
+        return micro * (tokens if config.jepa_sigreg.sigreg_on == "tokens" else 1)
+    return micro if config.sigreg.weight > 0 else 0  # ijepa / salt: the context's mean-pooled tokens
 
 
 def _safetensors_params(path: Path) -> int | None:
@@ -161,15 +213,30 @@ def estimate_pretrain(
     ckpt = rt.activation_checkpointing if checkpointing is None else checkpointing
     micro = max(1, math.ceil(config.train.batch_size / (max(world, 1) * max(accum, 1))))
     d = model.embed_dim
-    section = getattr(config, config.objective, None)
+    section = config.objective_section()
     masks = getattr(section, "masks", None)
     head = getattr(section, "predictor", None) or getattr(section, "decoder", None)
     n, context, target, blocks = _tokens(config, masks)
-    enc = Stack(d, model.depth, context, mlp_ratio=model.mlp_ratio)
-    trained = [enc]
+    pixels = int(np.prod(model.input_shape)) * model.in_chans
+    item_pixels = pixels  # what one item of a batch holds
+    trained = [Stack(d, model.depth, context, mlp_ratio=model.mlp_ratio)]
+    full: list[Stack] = []  # trained full-image encoder passes (FULL_PASS_BYTES)
     p_trained = encoder_params(model)
     p_frozen = 0
     frozen_pass = 0
+    extra_acts = 0  # activations outside the transformer stacks (projector, SIGReg)
+    if config.objective == "lejepa":  # every view through the encoder, then the projector
+        views = lejepa_views(config)
+        trained = []
+        full = [Stack(d, model.depth, tokens, sequences=count, mlp_ratio=model.mlp_ratio) for count, tokens, _ in views]
+        item_pixels = model.in_chans * sum(count * size for count, _, size in views)
+        p_trained += projector_params(config)
+        proj = config.lejepa.projector
+        rows = sum(count for count, _, _ in views)
+        extra_acts += micro * rows * PROJECTOR_BYTES * ((proj.layers - 1) * proj.hidden + proj.out)
+    elif config.objective == "jepa-sigreg":  # the full-image pass is trained too (targets, SIGReg)
+        full.append(Stack(d, model.depth, n, mlp_ratio=model.mlp_ratio))
+    extra_acts += SIGREG_BYTES * sigreg_rows(config, micro, n) * config.sigreg.slices * config.sigreg.knots
     if head is not None and blocks:
         out_dim = d
         if config.objective == "pixel":
@@ -181,7 +248,7 @@ def estimate_pretrain(
         p_frozen, tstack = teacher_profile(teacher, teacher_weights, config)
         frozen_pass = infer_activation_bytes(tstack, micro, device)
         frozen_bytes = (2 if device == "cuda" else FROZEN_PARAM_BYTES) * p_frozen
-    elif config.objective != "pixel":  # I-JEPA's EMA target (and unknown objectives): a frozen copy on all tokens
+    elif config.objective not in NOTHING_FROZEN:  # I-JEPA's EMA target (and unknown objectives): a frozen copy
         p_frozen = encoder_params(model)
         frozen_pass = infer_activation_bytes(Stack(d, model.depth, n, mlp_ratio=model.mlp_ratio), micro, device)
         frozen_bytes = FROZEN_PARAM_BYTES * p_frozen
@@ -191,9 +258,12 @@ def estimate_pretrain(
         acts = sum(
             int(4 * micro * s.units + TRAIN_BYTES[device] * micro * s.sequences * s.tokens * s.width) for s in trained
         )
+        full_acts = sum(
+            int(4 * micro * s.units + FULL_PASS_BYTES[device] * micro * s.sequences * s.tokens * s.width) for s in full
+        )
     else:
         acts = train_activation_bytes(trained, micro, device)
-    pixels = int(np.prod(model.input_shape)) * model.in_chans
+        full_acts = int(FULL_PASS_BYTES[device] * micro * sum(s.units for s in full))
     watched = min(rt.monitor_batch, max(frames, 1))
     held = min(config.salt.holdout_items, frames) if config.objective == "salt" and config.salt.holdout else 0
     parts = {
@@ -202,13 +272,17 @@ def estimate_pretrain(
         "frozen parameters": frozen_bytes,
         "activations": acts,
         "frozen forward": frozen_pass,
-        "batches": 4 * pixels * (2 * micro + held) + int(4 * watched * (pixels + 2 * n * d)),
+        "batches": 4 * (2 * micro * item_pixels + held * pixels) + int(4 * watched * (pixels + 2 * n * d)),
     }
+    if full_acts:
+        parts["full-image passes"] = full_acts
+    if extra_acts:
+        parts["projector and SIGReg"] = int(extra_acts)
     if device == "cpu":
         from cxrjepa.pretrain.data import default_workers
 
         workers = rt.workers if rt.workers is not None else default_workers(procs_per_node)
-        parts["loader workers"] = workers * (WORKER_BYTES + 4 * pixels * micro * rt.prefetch)
+        parts["loader workers"] = workers * (WORKER_BYTES + 4 * item_pixels * micro * rt.prefetch)
     return Estimate(device, parts, processes=procs_per_node)
 
 

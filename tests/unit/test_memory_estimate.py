@@ -114,6 +114,36 @@ def test_the_estimate_grows_with_batch_resolution_and_model_and_shrinks_with_pro
     assert four < 0.5 * one  # a quarter of the batch per GPU
 
 
+def test_sigreg_objectives_count_their_encoder_passes_and_keep_nothing_frozen():
+    """LeJEPA: the encoder on V global + W local views (defaults: 2 + 6 x 1/4 = 3.5 full-size passes per image)
+    and a projector; JEPA-SIGReg: I-JEPA's student plus a trained full-image pass. Neither has an EMA copy."""
+    from cxrjepa.pretrain.memory import FULL_PASS_BYTES, projector_params
+
+    def est(*sets):
+        cfg = load_config(PretrainConfig, overrides=["model.size=tiny", "train.batch_size=16", *sets])
+        return estimate_pretrain(cfg, device="cpu", world=1, procs_per_node=1, frames=48), cfg
+
+    full_pass = FULL_PASS_BYTES["cpu"] * 16 * 196 * 192 * 12  # micro-batch x tokens x width x blocks (ViT-T/16, 224 px)
+    le, cfg = est("objective=lejepa")
+    assert le.parts["full-image passes"] == pytest.approx(3.5 * full_pass, rel=1e-6) and le.parts["activations"] == 0
+    assert le.parts["frozen parameters"] == le.parts["frozen forward"] == 0
+    assert le.parts["trained parameters"] == 16 * (encoder_params(cfg.model) + projector_params(cfg))
+    assert le.parts["projector and SIGReg"] > 0
+    more, _ = est("objective=lejepa", "lejepa.views.local_views=10")
+    assert more.parts["full-image passes"] == pytest.approx(4.5 * full_pass, rel=1e-6) and more.total > le.total
+    from cxrjepa.models.projector import Projector
+
+    real = sum(p.numel() for p in Projector(cfg.lejepa.projector, cfg.model.embed_dim).parameters())
+    assert projector_params(cfg) == real
+    js, _ = est("objective=jepa-sigreg")
+    ij, _ = est("objective=ijepa")
+    assert js.parts["full-image passes"] == pytest.approx(full_pass, rel=1e-6)
+    assert js.parts["activations"] == ij.parts["activations"]  # the context encoder and predictor, as I-JEPA's
+    assert js.parts["frozen parameters"] == js.parts["frozen forward"] == 0 < ij.parts["frozen parameters"]
+    tokens, _ = est("objective=jepa-sigreg", "jepa_sigreg.sigreg_on=tokens")  # SIGReg over 196x more rows
+    assert tokens.parts["projector and SIGReg"] == pytest.approx(196 * js.parts["projector and SIGReg"])
+
+
 def test_cgroup_limits_lower_what_is_available(tmp_path):
     (tmp_path / "memory.max").write_text(f"{4 * GB}\n")
     (tmp_path / "memory.current").write_text(f"{3 * GB}\n")
