@@ -328,7 +328,7 @@ def test_pipeline_runner_predicts_the_salt_fingerprint(chain, tmp_path):
 @pytest.mark.parametrize(
     "name, want",
     [
-        ("quickstart", [("run", "ijepa", "tiny", 8, 64, 1)]),  # its recipe file: recipes/cxr-small-cpu.yaml
+        ("quickstart", [("run", "lejepa", "tiny", 8, 64, 1)]),  # its recipe file: recipes/cxr-small-cpu.yaml
         (
             "us-salt-cpu",
             [

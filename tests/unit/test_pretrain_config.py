@@ -33,10 +33,11 @@ def test_a_partial_section_keeps_the_other_defaults():
     assert cfg.ijepa.masks.targets == 2 and cfg.ijepa.masks.min_context == 10 and cfg.ijepa.ema == (0.99, 1.0)
 
 
-@pytest.mark.parametrize("name", ["cxr-small-cpu", "cxr-ijepa-vitb16", "cxr-ijepa-vitl16"])
-def test_recipes_load(name):
+@pytest.mark.parametrize(("name", "objective"),
+                         [("cxr-small-cpu", "lejepa"), ("cxr-ijepa-vitb16", "ijepa"), ("cxr-ijepa-vitl16", "ijepa")])
+def test_recipes_load(name, objective):
     cfg = load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"])
-    assert cfg.objective == "ijepa" and not cfg.augment.hflip
+    assert cfg.objective == objective and not cfg.augment.hflip
     assert cfg.model.image_size % cfg.model.patch_size == 0
 
 
@@ -60,8 +61,11 @@ def test_bad_settings_are_one_sentence():
 
 
 def test_ultrasound_cpu_recipe_is_the_cxr_twin():
-    """us-small-cpu.yaml = cxr-small-cpu.yaml (same encoder, masks, optimiser, steps: same cost) + hflip."""
+    """us-small-cpu.yaml = cxr-small-cpu.yaml (same encoder, views, optimiser, steps: same cost) + hflip and
+    speckle noise on the views."""
     cxr = load_config(PretrainConfig, files=[ROOT / "recipes" / "cxr-small-cpu.yaml"]).science()
     us = load_config(PretrainConfig, files=[ROOT / "recipes" / "us-small-cpu.yaml"]).science()
     assert us["augment"].pop("hflip") is True and cxr["augment"].pop("hflip") is False
+    us_noise = us["lejepa"]["views"]["intensity"].pop("noise")
+    assert us_noise == "speckle" and cxr["lejepa"]["views"]["intensity"].pop("noise") == "gaussian"
     assert us == cxr
