@@ -44,7 +44,7 @@ def command(
         str | None,
         typer.Option(
             "--objective",
-            help="Pretraining objective: ijepa (default), pixel (masked-block pixel reconstruction: a SALT teacher) or salt (student of a frozen --teacher).",
+            help="Pretraining objective: ijepa (default), lejepa (multi-view invariance + SIGReg, no teacher), jepa-sigreg (I-JEPA masks and predictor, SIGReg instead of an EMA target), pixel (masked-block pixel reconstruction: a SALT teacher) or salt (student of a frozen --teacher).",
         ),
     ] = None,
     teacher: Annotated[

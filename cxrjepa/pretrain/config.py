@@ -19,12 +19,25 @@ from cxrjepa.core.errors import ConfigError
 from cxrjepa.models.vit import EncoderConfig
 from cxrjepa.pretrain.augment import AugmentConfig
 from cxrjepa.pretrain.objectives.ijepa import IJEPAConfig
+from cxrjepa.pretrain.objectives.jepa_sigreg import JEPASigRegConfig
+from cxrjepa.pretrain.objectives.lejepa import LeJEPAConfig
 from cxrjepa.pretrain.objectives.pixel import PixelConfig
 from cxrjepa.pretrain.objectives.salt import SALTConfig
 from cxrjepa.pretrain.optim import OptimConfig
+from cxrjepa.pretrain.sigreg import SIGRegConfig
 
-#: config sections that belong to one objective (left out of the fingerprint of runs of other objectives)
-OBJECTIVE_SECTIONS = ("ijepa", "pixel", "salt")
+#: config section -> the objective it belongs to (left out of the fingerprint of runs of other objectives)
+OBJECTIVE_SECTIONS = {
+    "ijepa": "ijepa",
+    "pixel": "pixel",
+    "salt": "salt",
+    "lejepa": "lejepa",
+    "jepa_sigreg": "jepa-sigreg",
+}
+#: objectives that always use the ``sigreg`` section (others only with ``sigreg.weight`` > 0)
+SIGREG_OBJECTIVES = ("lejepa", "jepa-sigreg")
+#: objectives that take ``sigreg.weight`` as an optional extra term
+SIGREG_EXTRA = ("ijepa", "salt")
 
 
 @dataclass
@@ -141,6 +154,12 @@ class PretrainConfig:
     pixel: PixelConfig = field(default_factory=PixelConfig)
     #: SALT student of a frozen teacher (``objective: salt``)
     salt: SALTConfig = field(default_factory=SALTConfig)
+    #: LeJEPA: multi-view invariance + SIGReg, no teacher (``objective: lejepa``)
+    lejepa: LeJEPAConfig = field(default_factory=LeJEPAConfig)
+    #: I-JEPA masks and predictor with SIGReg instead of an EMA target (``objective: jepa-sigreg``)
+    jepa_sigreg: JEPASigRegConfig = field(default_factory=JEPASigRegConfig)
+    #: the SIGReg statistic (lejepa, jepa-sigreg) and an optional extra SIGReg term for ijepa / salt
+    sigreg: SIGRegConfig = field(default_factory=SIGRegConfig)
     clips: ClipConfig = field(default_factory=ClipConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -152,15 +171,24 @@ class PretrainConfig:
 
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"'objective' must be one of {', '.join(sorted(OBJECTIVES))}, not '{self.objective}'.")
+        if self.sigreg.weight and self.objective not in SIGREG_EXTRA:
+            where = {"lejepa": "lejepa.sigreg_weight", "jepa-sigreg": "jepa_sigreg.sigreg_weight"}.get(self.objective)
+            raise ConfigError(
+                f"'sigreg.weight' is an extra term for {' and '.join(SIGREG_EXTRA)}, not {self.objective}"
+                + (f"; set {where} instead." if where else ".")
+            )
 
     def science(self) -> dict:
-        """The fingerprinted part: everything but ``runtime``, without the sections of other objectives and,
-        for image encoders, without the clip settings (so adding objectives never makes a run stale)."""
+        """The fingerprinted part: everything but ``runtime``, without the sections of other objectives, without
+        ``sigreg`` where it plays no part, and, for image encoders, without the clip settings (so adding
+        objectives or settings never makes a run stale)."""
         data = to_dict(self)
         data.pop("runtime")
-        for section in OBJECTIVE_SECTIONS:
-            if section != self.objective:
+        for section, objective in OBJECTIVE_SECTIONS.items():
+            if objective != self.objective:
                 data.pop(section, None)
+        if self.objective not in SIGREG_OBJECTIVES and not self.sigreg.weight:
+            data.pop("sigreg")
         if not self.model.is_clip:
             data.pop("clips")
             data["model"].pop("frames")

@@ -13,6 +13,11 @@ Design: every random choice is a pure function of ``(seed, step, position in the
 So the data a run sees does not depend on the number of processes, loader workers or accumulation
 steps, and an interrupted run continues with exactly the batches it would have seen.
 
+Multi-view objectives (LeJEPA: :meth:`cxrjepa.pretrain.objectives.base.Objective.views`) get
+:class:`PretrainViews` / :class:`PretrainClipViews` instead: every item carries its global views as
+``image`` (V, 1, S, S) and its local views as ``local`` (W, 1, s, s), all drawn from the same per-sample
+generator, so the same equivalences hold.
+
 What is an *item* (:func:`training_items`): a frame for image encoders (every frame of every sample, stills
 and clip frames alike), a sample for clip encoders (:class:`PretrainClips` draws a window of
 ``model.frames`` frames, every ``clips.stride``-th, at a random start, with one crop for all its frames).
@@ -35,7 +40,7 @@ from cxrjepa.core import console
 from cxrjepa.core.errors import ConfigError
 from cxrjepa.data.loader import worker_init
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.pretrain.augment import AugmentConfig, RandomResizedCrop, resize
+from cxrjepa.pretrain.augment import AugmentConfig, MultiCrop, RandomResizedCrop, ViewsConfig, resize
 from cxrjepa.pretrain.masks import Masks
 
 Key = tuple[int, int, int]  # (global step, position in the global batch, frame index)
@@ -331,6 +336,85 @@ class PretrainClips(PretrainImages):
         }
 
 
+class PretrainViews(PretrainImages):
+    """Several views of each frame (multi-view objectives), addressed by :data:`Key`.
+
+    Items: ``{"image": (V, 1, S, S) global views, "local": (W, 1, s, s) local views (when W > 0), "step", "pos",
+    "index"}`` in the stored dtype; every view has its own crop, flip and grey-level jitter (:class:`MultiCrop`)."""
+
+    def __init__(
+        self,
+        data: DatasetArtifact,
+        crops: MultiCrop,
+        seed: int,
+        cache: FrameCache | None = None,
+        *,
+        items: np.ndarray | None = None,
+        extras: Callable[[np.ndarray], dict] | None = None,
+    ):
+        super().__init__(data, crops.size, AugmentConfig(), seed, cache, items=items, extras=extras)
+        self.crops = crops
+
+    def __getitem__(self, key: Key) -> dict:
+        step, pos, i = key
+        idx = int(i) if self.items is None else int(self.items[int(i)])
+        frame = np.asarray(self.source()[idx])
+        glob, local = self.crops(frame, self.rng(step, pos))
+        out = {"image": glob[:, None], "step": step, "pos": pos, "index": idx}
+        if local is not None:
+            out["local"] = local[:, None]
+        return {**out, **self._extras(np.array([idx]), squeeze=True)}
+
+
+class PretrainClipViews(PretrainClips):
+    """Several spatio-temporal views of each sample (multi-view objectives with a clip encoder).
+
+    Every view takes its own window of frames (``frames`` for global views, ``local_frames`` for local ones,
+    every ``stride``-th, at a random start inside the sample; stills become static clips) and its own crop,
+    flip and jitter, the same for all of its frames. Items: ``{"image": (V, 1, T, S, S), "local":
+    (W, 1, T', s, s), "step", "pos", "index"}``."""
+
+    def __init__(
+        self,
+        data: DatasetArtifact,
+        crops: MultiCrop,
+        seed: int,
+        stride: int,
+        cache: FrameCache | None = None,
+        *,
+        items: np.ndarray | None = None,
+    ):
+        super().__init__(data, crops.size, AugmentConfig(), seed, crops.frames, stride, cache, items=items)
+        self.crops = crops
+
+    def __getitem__(self, key: Key) -> dict:
+        step, pos, i = key
+        sample = int(i) if self.items is None else int(self.items[int(i)])
+        rng = self.rng(step, pos)
+        start, count = int(self.starts[sample]), int(self.counts[sample])
+        slab = np.asarray(self.source()[start : start + count])  # the sample's frames: one slab read
+        views = []
+        for crop, length in self.crops.plan():
+            frames = clip_frames(0, count, length, self.stride, clip_offset(count, length, self.stride, rng))
+            views.append(self.crops.view(crop, slab[frames], rng))
+        g = self.crops.views.global_views
+        out = {"image": np.stack(views[:g])[:, None], "step": step, "pos": pos, "index": sample}
+        if len(views) > g:
+            out["local"] = np.stack(views[g:])[:, None]
+        return out
+
+
+def multi_crop(config, data: DatasetArtifact, views: ViewsConfig) -> MultiCrop:
+    """The :class:`MultiCrop` of a run: global views at ``model.image_size`` (and ``model.frames``), local
+    views at the resolved local size (and frames); jitter relative to the dataset's ``divide_by``."""
+    model = config.model
+    local_size = views.resolved_local_size(model.image_size, model.patch_size)
+    frames = model.frames if model.is_clip else 1
+    local_frames = views.resolved_local_frames(model.frames, model.tubelet) if model.is_clip else 1
+    value_range = float(data.normalization.get("divide_by", 255.0))
+    return MultiCrop(views, config.augment, model.image_size, local_size, value_range, frames, local_frames)
+
+
 def training_items(config, data: DatasetArtifact) -> tuple[np.ndarray, np.ndarray]:
     """``(items, patients)``: what a run samples -- frames for image encoders, samples for clip encoders --
     and each item's patient (``patient_key``; a sample without one is its own patient)."""
@@ -387,10 +471,19 @@ def training_images(
     *,
     items: np.ndarray | None = None,
     extras: Callable[[np.ndarray], dict] | None = None,
+    views: ViewsConfig | None = None,
 ) -> Dataset:
     """The dataset a run trains on, addressed by :data:`Key`: crops of frames, or clips of samples for clip
-    encoders (``model.frames > 1``). ``items``: the frames / samples to draw from (default: all)."""
+    encoders (``model.frames > 1``); several views of each with ``views`` (multi-view objectives).
+    ``items``: the frames / samples to draw from (default: all)."""
     model = config.model
+    if views is not None:
+        crops = multi_crop(config, data, views)
+        if model.is_clip:
+            if extras is not None:
+                raise ConfigError("Per-frame extras (a teacher cache) cannot go with multi-view clips.")
+            return PretrainClipViews(data, crops, config.train.seed, config.clips.stride, cache, items=items)
+        return PretrainViews(data, crops, config.train.seed, cache, items=items, extras=extras)
     if model.is_clip:
         return PretrainClips(
             data,

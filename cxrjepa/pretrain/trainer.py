@@ -224,7 +224,7 @@ class Trainer:
             barrier(info)
         extras = self.objective.item_extras()
         items = self.train_items if len(self.holdout_items) else None
-        images = training_images(cfg, self.data, cache, items=items, extras=extras)
+        images = training_images(cfg, self.data, cache, items=items, extras=extras, views=self.objective.views())
         self.frames = len(images)
         self.sampler = StepSampler(
             self.frames,

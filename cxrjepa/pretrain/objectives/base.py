@@ -14,6 +14,7 @@ from cxrjepa.models.vit import ViTEncoder
 from cxrjepa.pretrain.masks import Masks
 
 if TYPE_CHECKING:
+    from cxrjepa.pretrain.augment import ViewsConfig
     from cxrjepa.pretrain.config import PretrainConfig
 
 MaskMaker = Callable[[np.random.Generator, int], Masks]
@@ -52,6 +53,25 @@ class TrainEnv:
     runtime: Any
 
 
+class StepTerms:
+    """The loss terms of one optimizer step, averaged over its micro-batches: ``add`` them in :meth:`Objective.loss`
+    (detached tensors: no device sync), ``pop`` them as floats in :meth:`Objective.after_step` to log them."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums[k] + v.detach() if k in self.sums else v.detach()
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: float(v) / self.count for k, v in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return out
+
+
 class Objective(nn.Module):
     """A pretraining objective.
 
@@ -59,6 +79,9 @@ class Objective(nn.Module):
     the wrapped callable to :meth:`loss`) and may hold frozen modules (listed by :meth:`frozen`). Hooks:
 
     * :meth:`masks` -- the (picklable) mask generator the data stream must attach to batches, or None;
+    * :meth:`views` -- for multi-view objectives, the views each item carries (global views as ``images``
+      (B, V, C, ...) and local ones as ``local`` (B, W, C, ...), in stored units: normalise ``local`` with
+      :class:`cxrjepa.pretrain.data.Normalizer`), or None for one crop per item;
     * :meth:`loss` -- ``(loss, extra scalars)`` for a batch on the device;
     * :meth:`after_step` -- called after every optimizer step (EMA updates); returns scalars to log;
     * :meth:`export_encoder` -- the encoder written to ``RUN/encoder/``;
@@ -128,6 +151,9 @@ class Objective(nn.Module):
         return {}
 
     def masks(self, grid: tuple[int, ...]) -> MaskMaker | None:
+        return None
+
+    def views(self) -> ViewsConfig | None:
         return None
 
     def loss(self, student: Callable[..., Any], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

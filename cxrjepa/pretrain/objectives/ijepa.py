@@ -23,6 +23,7 @@ from cxrjepa.models.vit import ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
 from cxrjepa.pretrain.objectives.base import Objective
 from cxrjepa.pretrain.schedules import linear
+from cxrjepa.pretrain.sigreg import SIGReg
 
 
 @dataclass
@@ -51,17 +52,41 @@ def regression_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torc
 
 
 class JEPAStudent(nn.Module):
-    """Context encoder + predictor: ``forward(images, context, targets)`` -> predictions (B, M, T, D)."""
+    """Context encoder + predictor: ``forward(images, context, targets)`` -> predictions (B, M, T, D), and with
+    ``return_context=True`` also the context encoder's tokens (B, K, D)."""
 
     def __init__(self, encoder: ViTEncoder, predictor: Predictor):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
 
-    def forward(self, images: torch.Tensor, context: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, context: torch.Tensor, targets: torch.Tensor, return_context: bool = False):
         z = self.encoder.tokens(images, context)
         grid = self.encoder.config.token_grid(tuple(images.shape[2:]))
-        return self.predictor(z, context, targets, grid)
+        pred = self.predictor(z, context, targets, grid)
+        return (pred, z) if return_context else pred
+
+
+def context_sigreg(config) -> SIGReg | None:
+    """The optional extra SIGReg term of ijepa / salt students (``sigreg.weight`` > 0), else None."""
+    return SIGReg(config.sigreg, config.train.seed) if config.sigreg.weight > 0 else None
+
+
+def student_predictions(student, batch: dict, sigreg: SIGReg | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The student's predictions of ``batch``'s target blocks and, with ``sigreg``, the SIGReg statistic of its
+    context encoder's mean-pooled tokens (else None)."""
+    images, context, targets = batch["images"], batch["context"], batch["targets"]
+    if sigreg is None:
+        return student(images, context, targets), None
+    pred, z = student(images, context, targets, return_context=True)
+    return pred, sigreg(z.mean(dim=1), batch["step"])
+
+
+def with_sigreg(loss: torch.Tensor, term: torch.Tensor | None, weight: float) -> tuple[torch.Tensor, dict]:
+    """``loss + weight * term`` and the scalars to report (none without the term)."""
+    if term is None:
+        return loss, {}
+    return loss + weight * term, {"sigreg": term.detach()}
 
 
 class IJEPA(Objective):
@@ -73,6 +98,7 @@ class IJEPA(Objective):
         encoder = ViTEncoder(config.model)
         self.student = JEPAStudent(encoder, Predictor(self.settings.predictor, encoder.embed_dim))
         self.target = copy.deepcopy(encoder).requires_grad_(False).eval()
+        self.sigreg = context_sigreg(config)
 
     def frozen(self) -> list[nn.Module]:
         return [self.target]
@@ -81,15 +107,16 @@ class IJEPA(Objective):
         return block_masks(self.settings.masks, grid)  # tube masks for clip encoders
 
     def loss(self, student, batch):
-        images, context, targets = batch["images"], batch["context"], batch["targets"]
+        images, targets = batch["images"], batch["targets"]
         b, m, t = targets.shape
         with torch.no_grad():
             h = self.target.tokens(images)
             if self.settings.target_layernorm:
                 h = F.layer_norm(h.float(), (h.shape[-1],))
             y = gather_tokens(h, targets.reshape(b, m * t)).reshape(b, m, t, -1)
-        pred = student(images, context, targets)
-        return regression_loss(self.settings.loss, pred.float(), y.float()), {}
+        pred, term = student_predictions(student, batch, self.sigreg)
+        loss = regression_loss(self.settings.loss, pred.float(), y.float())
+        return with_sigreg(loss, term, self.config.sigreg.weight)
 
     def momentum(self, step: int, total_steps: int) -> float:
         return linear(step, total_steps, *self.settings.ema)

@@ -32,7 +32,13 @@ from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
 from cxrjepa.pretrain.objectives.base import Objective, TrainEnv
-from cxrjepa.pretrain.objectives.ijepa import JEPAStudent, regression_loss
+from cxrjepa.pretrain.objectives.ijepa import (
+    JEPAStudent,
+    context_sigreg,
+    regression_loss,
+    student_predictions,
+    with_sigreg,
+)
 from cxrjepa.pretrain.teacher import Teacher, TeacherConfig
 
 
@@ -88,6 +94,7 @@ class SALT(Objective):
             )
         predictor = Predictor(self.settings.predictor, encoder.embed_dim, out_dim=self.teacher.embed_dim)
         self.student = JEPAStudent(encoder, predictor)
+        self.sigreg = context_sigreg(config)
         norm = self.inputs.normalization or {}
         self.in_mean, self.in_std = float(norm.get("mean", 0.5)), float(norm.get("std", 0.25))
         self.cache = None
@@ -151,13 +158,13 @@ class SALT(Objective):
         return h
 
     def loss(self, student, batch):
-        images, context, targets = batch["images"], batch["context"], batch["targets"]
+        targets = batch["targets"]
         b, m, t = targets.shape
         with torch.inference_mode():
             y = gather_tokens(self.teacher_tokens(batch), targets.reshape(b, m * t)).reshape(b, m, t, -1)
         y = y.clone()  # a normal tensor (inference tensors cannot be saved for backward)
-        pred = student(images, context, targets)
-        return regression_loss(self.settings.loss, pred.float(), y), {}
+        pred, term = student_predictions(student, batch, self.sigreg)
+        return with_sigreg(regression_loss(self.settings.loss, pred.float(), y), term, self.config.sigreg.weight)
 
     # ------------------------------------------------------------------ the rest
     def export_encoder(self) -> ViTEncoder:
