@@ -144,7 +144,10 @@ def pretrain(
     cost_file = folder / "pretrain-cost.json"  # measured when the run was made; a rerun that skips it reads it back
     cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
     complete = (run / "manifest.yaml").exists() and cost.get("steps") == cal.steps
-    resumed = run.exists() and not complete
+    # an interrupted run of these very steps continues (its CPU before the interruption is not counted); a
+    # finished run of other steps (another budget) is stale and starts over
+    old = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else None
+    resumed = not complete and bool(old) and old.get("train", {}).get("steps") == cal.steps
     m = runner(command(run, cal.steps))
     if not complete:
         cost = {"steps": cal.steps, "wall_s": m.wall_s, "cpu_s": m.cpu_s, "resumed": resumed}
