@@ -1,6 +1,8 @@
-"""Is a CPU-pretrained cxrjepa encoder any good? Probes on real public data against two baselines.
+"""Is a CPU-pretrained cxrjepa encoder any good? Several objectives at an equal CPU budget, probed on real
+public data against a random-init twin and raw pixels.
 
     PYTHONPATH=. python benchmarks/quality.py --data-root /work/shared/data --work /tmp/cxrjepa-quality \\
+        --contenders ijepa,lejepa,jepa-sigreg --budget-cpu 300 --budget-cpu kermany=600 \\
         --write benchmarks/results/quality.md
 
 For each data set (Kermany pediatric CXR: normal vs pneumonia; ieee8023 CXR: COVID-19 vs other; BUSI breast
@@ -9,16 +11,28 @@ cxrjepa command (printed, and listed in the results file):
 
 1. ``cxrjepa ingest`` the set's *training* files only (its patient-level ``split`` column), without labels:
    the unlabeled pretraining set; and ``cxrjepa ingest --labels`` of every file: the probing set;
-2. ``cxrjepa pretrain`` with the CPU recipe (``recipes/cxr-small-cpu.yaml``, or ``recipes/us-small-cpu.yaml``
-   for ultrasound) for a fixed amount of work (the recipe's steps x batch; its CPU time is measured and
-   reported), then three encoders are embedded with ``cxrjepa embed``:
-   (a) the pretrained I-JEPA encoder, (b) the same architecture randomly initialised (``random:RUN``),
-   (c) raw pixels area-downsampled to ``--pixels`` x ``--pixels`` (``pixels:N``);
-3. ``cxrjepa probe`` each with the same split (the set's own patient-level ``split`` column written as a split
+2. ``cxrjepa pretrain`` each contender of ``--contenders`` (``benchmarks/contenders.py``: ``ijepa``,
+   ``lejepa``, ``jepa-sigreg``; the shipped CPU recipe for the objective it uses, benchmark configs in
+   ``benchmarks/configs/`` for the others, one encoder architecture for all) at the same budget of
+   ``--budget-cpu`` CPU seconds (``benchmarks/budget.py``: two short calibration runs give each contender's
+   CPU seconds per step on this set and its fixed cost, ``train.steps`` is set to fit the budget, and the real
+   run's measured CPU seconds are reported beside it);
+3. ``cxrjepa embed`` (a) every pretrained encoder, (b) its architecture randomly initialised (``random:RUN``,
+   one twin per distinct model section: one for all when the contenders share the encoder), (c) raw pixels
+   area-downsampled to ``--pixels`` x ``--pixels`` (``pixels:N``);
+4. ``cxrjepa probe`` each with the same split (the set's own patient-level ``split`` column written as a split
    file): logistic regression on standardized features, regularisation chosen on ``val``, test AUROC
    (one-vs-rest macro for 3 classes) and macro-F1 with patient-bootstrap 95 % intervals; kNN AUROC beside it.
-   The two ViTs are probed on their mean-pooled last layer and on their last 4 layers (``--features``), and
-   the I-JEPA encoder's test AUROC minus each baseline's gets a paired patient-bootstrap interval.
+   The ViTs are probed on their mean-pooled last layer and on their last 4 layers (``--features``); each
+   pretrained encoder's headline metric (AUROC for the 2-class sets, macro-F1 for the 3-class ones) minus its
+   random twin's (same features) and minus raw pixels' gets a paired interval: both probes scored on the same
+   patient-bootstrap resamples.
+
+Budgets are CPU seconds, not steps or wall time (the machine is shared): ``--budget-cpu 300`` for every set,
+``--budget-cpu kermany=600`` for one. Every stage runs with ``--threads`` torch threads. Reruns skip finished
+stages (the calibration is kept in ``WORK/SET/CONTENDER/calibration.json``, finished runs, embeddings and
+probes are not redone), so an interrupted run resumes where it stopped; a pretraining resumed after a kill
+reports the CPU seconds of its last part only (marked in the table).
 
 Text below the notes marker of an existing ``--write`` file (the hand-written analysis) is kept on rewrite.
 
@@ -26,9 +40,6 @@ POCUS: the 3 ``viral`` clips (all in the training split) are left unlabelled: to
 fourth class, and merging viral into the bacterial ``pneumonia`` class would mix two labels. They still serve
 as unlabeled pretraining data. Videos are stored as clips (15 fps, at most 64 frames); pretraining samples
 their frames, embed averages 16 evenly spaced frames per clip.
-
-Budgets are work, not wall time (the machine is shared): ``--threads`` torch threads, the recipe's steps and
-batch; measured CPU seconds (this process's children) are reported next to them.
 """
 
 from __future__ import annotations
@@ -36,16 +47,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CXRJEPA_SALT", "benchmark-salt-not-secret")
+
+from benchmarks import contenders as cont  # noqa: E402
+from benchmarks.budget import parse_budgets  # noqa: E402
 
 
 @dataclass
@@ -54,76 +65,51 @@ class DataSet:
     folder: str
     title: str
     column: str  # label column of labels.csv
-    recipe: str
+    modality: str  # cxr | us: which shipped CPU recipe (and augmentation) its contenders use
     #: label value -> class name (values not listed keep their name); None = drop from probing
     relabel: dict = field(default_factory=dict)
     #: extra ``cxrjepa ingest`` settings (ultrasound: US-JEPA's 2-98 percentile rescale, speckle makes extremes noisy)
     ingest: tuple = ()
+    #: the metric the paired differences are taken on (the issue's headline metric for this set)
+    metric: str = "auroc"
 
 
+US_INGEST = ("--set", "percentile_low=2", "--set", "percentile_high=98")
 SETS = {
     "kermany": DataSet(
         "kermany",
         "kermany_pediatric_cxr_224",
         "Kermany pediatric CXR",
         "label",
-        "recipes/cxr-small-cpu.yaml",
+        "cxr",
         {"NORMAL": "normal", "PNEUMONIA": "pneumonia"},
     ),
     "ieee8023": DataSet(
-        "ieee8023",
-        "covid_chestxray_ieee8023",
-        "ieee8023 COVID CXR",
-        "covid",
-        "recipes/cxr-small-cpu.yaml",
-        {"1": "covid", "0": "other"},
+        "ieee8023", "covid_chestxray_ieee8023", "ieee8023 COVID CXR", "covid", "cxr", {"1": "covid", "0": "other"}
     ),
     "busi": DataSet(
-        "busi",
-        "busi_breast_ultrasound_256",
-        "BUSI breast US",
-        "label",
-        "recipes/us-small-cpu.yaml",
-        ingest=("--set", "percentile_low=2", "--set", "percentile_high=98"),
+        "busi", "busi_breast_ultrasound_256", "BUSI breast US", "label", "us", ingest=US_INGEST, metric="macro_f1"
     ),
     "pocus": DataSet(
         "pocus",
         "pocus_lung_ultrasound",
         "POCUS lung US",
         "label",
-        "recipes/us-small-cpu.yaml",
+        "us",
         {"viral": None},
-        ingest=("--set", "percentile_low=2", "--set", "percentile_high=98"),
+        ingest=US_INGEST,
+        metric="macro_f1",
     ),
 }
 
-ENCODERS = ("cxrjepa", "random", "pixels")
 FEATURE_NAMES = {"features": "mean-pooled last layer", "features_last4": "last 4 layers"}
-
-
-def row_key(encoder: str, features: str) -> str:
-    """Probe folder / result key: ``cxrjepa`` (mean-pooled features), ``cxrjepa-last4``, ``pixels``."""
-    return encoder if features == "features" else f"{encoder}-{features.removeprefix('features_')}"
-
-
+METRIC_NAMES = {"auroc": "AUROC", "macro_f1": "macro-F1"}
 NOTES = "<!-- notes: written by hand, kept when quality.py --write rewrites the tables above -->"
 
 
-def child_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def sh(cmd: list, log: list[str], env: dict) -> tuple[float, float]:
-    """Run a cxrjepa command (printed and recorded); returns (wall seconds, CPU seconds)."""
-    text = "cxrjepa " + " ".join(str(c) for c in cmd)
-    print(f"$ {text}", flush=True)
-    log.append(text)
-    t0, c0 = time.time(), child_cpu()
-    res = subprocess.run([sys.executable, "-m", "cxrjepa", *map(str, cmd)], env=env)  # noqa: S603
-    if res.returncode not in (0, 3):  # 3: finished, some inputs rejected (they are in the ledger)
-        raise SystemExit(f"command failed ({res.returncode}): {text}")
-    return time.time() - t0, child_cpu() - c0
+def row_key(encoder: str, features: str) -> str:
+    """Probe folder / result key: ``ijepa`` (mean-pooled features), ``ijepa-last4``, ``random``, ``pixels``."""
+    return encoder if features == "features" else f"{encoder}-{features.removeprefix('features_')}"
 
 
 def train_list(ds: DataSet, root: Path, work: Path) -> Path:
@@ -161,172 +147,135 @@ def probe_inputs(ds: DataSet, data: Path, work: Path) -> tuple[Path, Path, dict]
 
 
 def test_scores(prb: Path, patients: dict) -> tuple:
-    """(classes, labels, scores (N, C), patient keys) of the linear probe's test predictions, by sample_id."""
+    """(classes, class index per sample, scores (N, C), patient keys) of the linear probe's test predictions,
+    sorted by sample_id (so two probes of the same samples line up)."""
     import pandas as pd
 
     df = pd.read_parquet(prb / "predictions.parquet")
     df = df[(df["probe"] == "linear") & (df["split"] == "test")].sort_values("sample_id")
-    cols = sorted(c for c in df.columns if c.startswith("score_"))
-    return (
-        [c[6:] for c in cols],
-        df["target"].astype(str).to_numpy(),
-        df[cols].to_numpy(float),
-        df["sample_id"].map(patients).to_numpy(),
-    )
-
-
-def auroc(y, scores, classes) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    if len(classes) == 2:
-        return float(roc_auc_score(y == classes[1], scores[:, 1]))
-    return float(roc_auc_score(y, scores, multi_class="ovr", average="macro", labels=classes))
+    cols = [c for c in df.columns if c.startswith("score_")]
+    classes = [c[6:] for c in cols]
+    y = df["target"].astype(str).map(classes.index).to_numpy()
+    return classes, y, df[cols].to_numpy(float), df["sample_id"].map(patients).to_numpy(), df["sample_id"].to_numpy()
 
 
 def paired_delta(a: Path, b: Path, patients: dict, n: int, seed: int) -> dict:
-    """Test AUROC of probe a minus probe b on the same samples, with a paired patient-bootstrap 95 % interval
-    (both probes scored on each resample): the interval excludes 0 when one encoder really beats the other."""
+    """Test AUROC and macro-F1 of probe a minus probe b on the same samples, each with a paired
+    patient-bootstrap 95 % interval (both probes scored on every resample, cxrjepa's own metric code): the
+    interval excludes 0 when one encoder really beats the other."""
     import numpy as np
 
-    classes, y, sa, pa = test_scores(a, patients)
-    _, yb, sb, _ = test_scores(b, patients)
-    assert (y == yb).all()
-    value = auroc(y, sa, classes) - auroc(y, sb, classes)
-    groups = {p: np.flatnonzero(pa == p) for p in dict.fromkeys(pa)}
-    keys, rng, deltas = list(groups), np.random.default_rng(seed), []
-    for _ in range(n):
-        idx = np.concatenate([groups[keys[i]] for i in rng.integers(0, len(keys), len(keys))])
-        if len(set(y[idx])) < len(classes):
-            continue  # a resample without every class has no AUROC
-        deltas.append(auroc(y[idx], sa[idx], classes) - auroc(y[idx], sb[idx], classes))
-    lo, hi = np.percentile(deltas, [2.5, 97.5])
-    return {"value": value, "ci": [float(lo), float(hi)]}
+    from cxrjepa.probe.metrics import bootstrap_weights, classification, metric_value, percentile_ci
+
+    _, y, sa, groups, ids = test_scores(a, patients)
+    _, yb, sb, _, ids_b = test_scores(b, patients)
+    if not (np.array_equal(ids, ids_b) and np.array_equal(y, yb)):
+        raise SystemExit(f"{a} and {b} scored different test samples: cannot pair them.")
+
+    def diff(W):
+        ma, mb = classification(W, y, sa)[0], classification(W, y, sb)[0]
+        return {k: ma[k] - mb[k] for k in METRIC_NAMES}
+
+    point = diff(np.ones((1, len(y))))
+    boots = [diff(W) for W in bootstrap_weights(groups, n, seed)]
+    return {
+        k: {"value": metric_value(point[k][0]), "ci": percentile_ci(np.concatenate([d[k] for d in boots]))}
+        for k in METRIC_NAMES
+    }
 
 
-def run_set(ds: DataSet, args, env: dict) -> dict:
-    root, work = Path(args.data_root), Path(args.work) / ds.name
-    work.mkdir(parents=True, exist_ok=True)
-    log: list[str] = []
-    src = root / ds.folder
-    size = str(args.size)
-    sh(
-        [
-            "ingest",
-            f"@{train_list(ds, root, work)}",
-            "--out",
-            work / "pretrain-data",
-            "--size",
-            size,
-            *ds.ingest,
-            "--quiet",
-        ],
-        log,
-        env,
-    )
-    sh(
-        ["ingest", src, "--out", work / "data", "--size", size, *ds.ingest, "--labels", src / "labels.csv", "--quiet"],
-        log,
-        env,
-    )
-    recipe = ROOT / ds.recipe
-    pre = [
-        "pretrain",
-        "--data",
-        work / "pretrain-data",
-        "--out",
-        work / "run",
-        "--config",
-        recipe,
-        "--gpus",
-        "0",
+def probe_args(args, lab: Path, spl: Path, features: str) -> list:
+    return [
+        "--labels",
+        lab,
+        "--key",
+        "sample_id",
+        "--label-col",
+        "target",
+        "--split",
+        spl,
+        "--features",
+        features,
+        "--fewshot",
+        "none",
+        "--bootstrap",
+        str(args.bootstrap),
         "--set",
-        f"train.seed={args.seed}",
+        "probes=[linear,knn]",
+        "--set",
+        "subgroups=[]",
+        "--set",
+        "attributes=false",
+        "--set",
+        f"seed={args.seed}",
         "--quiet",
     ]
-    pre += [x for s in args.set for x in ("--set", s)]
-    budget = work / "pretrain-cost.json"  # measured when the run was made; a rerun that skips it reads it back
-    finished = (work / "run" / "manifest.yaml").exists() and budget.exists()
-    wall, cpu = sh(pre, log, env)
-    if finished:
-        wall, cpu = (json.loads(budget.read_text())[k] for k in ("wall_s", "cpu_s"))
-    else:
-        budget.write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
-    rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    mon = [r for r in rows if "rankme" in r]
-    manifest = __import__("yaml").safe_load((work / "run" / "manifest.yaml").read_text())
-    cfg = __import__("yaml").safe_load((work / "run" / "config.yaml").read_text())
+
+
+def run_set(ds: DataSet, args, env: dict, budget: float, contenders: list) -> dict:
+    root, work = Path(args.data_root), Path(args.work) / ds.name
+    work.mkdir(parents=True, exist_ok=True)
+    sh = cont.Runner(env)
+    src = root / ds.folder
+    size = str(args.size)
+    pre_data = work / "pretrain-data"
+    sh(["ingest", f"@{train_list(ds, root, work)}", "--out", pre_data, "--size", size, *ds.ingest, "--quiet"])
+    sh(["ingest", src, "--out", work / "data", "--size", size, *ds.ingest, "--labels", src / "labels.csv", "--quiet"])
+    extra = tuple(args.set)
+    pretrained = [
+        cont.pretrain(sh, c, ds.modality, pre_data, work / c.name, budget, seed=args.seed, extra=extra)
+        for c in contenders
+    ]
+    twins = cont.twins(pretrained)
+    # encoder name -> (embed spec, folder, is a ViT)
+    encoders = {p["contender"].name: (p["run"], work / p["contender"].name, True) for p in pretrained}
+    encoders |= {t["name"]: (f"random:{t['run']}", work / t["name"], True) for t in twins.values()}
+    encoders["pixels"] = (f"pixels:{args.pixels}", work / "pixels", False)
     lab, spl, info = probe_inputs(ds, work / "data", work)
-    specs = {"cxrjepa": work / "run", "random": f"random:{work / 'run'}", "pixels": f"pixels:{args.pixels}"}
     feats = args.features.split(",")
     results = {}
-    for name in ENCODERS:
-        emb = work / f"emb-{name}"
-        embed = ["embed", "--encoder", specs[name], "--data", work / "data", "--out", emb, "--quiet"]
-        if "features_last4" in feats and name != "pixels":
+    for name, (spec, folder, vit) in encoders.items():
+        emb = folder / "emb"
+        embed = ["embed", "--encoder", spec, "--data", work / "data", "--out", emb, "--quiet"]
+        if "features_last4" in feats and vit:
             embed.append("--last4")
-        sh(embed, log, env)
-        for features in feats if name != "pixels" else ["features"]:
-            row = row_key(name, features)
-            sh(
-                [
-                    "probe",
-                    "--embeddings",
-                    emb,
-                    "--out",
-                    work / f"probe-{row}",
-                    "--labels",
-                    lab,
-                    "--key",
-                    "sample_id",
-                    "--label-col",
-                    "target",
-                    "--split",
-                    spl,
-                    "--features",
-                    features,
-                    "--fewshot",
-                    "none",
-                    "--bootstrap",
-                    str(args.bootstrap),
-                    "--set",
-                    "probes=[linear,knn]",
-                    "--set",
-                    "subgroups=[]",
-                    "--set",
-                    "attributes=false",
-                    "--set",
-                    f"seed={args.seed}",
-                    "--quiet",
-                ],
-                log,
-                env,
-            )
-            results[row] = json.loads((work / f"probe-{row}" / "metrics.json").read_text())["tasks"]["target"]
+        sh(embed)
+        for features in feats if vit else ["features"]:
+            out = folder / f"probe-{features}"
+            sh(["probe", "--embeddings", emb, "--out", out, *probe_args(args, lab, spl, features)])
+            results[row_key(name, features)] = {
+                "probe": out,
+                "metrics": json.loads((out / "metrics.json").read_text())["tasks"]["target"],
+            }
     import pandas as pd
 
     meta = pd.read_parquet(work / "data" / "metadata.parquet", columns=["sample_id", "patient_key"])
     patients = dict(zip(meta["sample_id"], meta["patient_key"]))
-    # I-JEPA minus the same-pooling random init, and minus raw pixels (I-JEPA's default mean-pooled features)
-    pairs = {row_key("random", f): row_key("cxrjepa", f) for f in feats} | {"pixels": "cxrjepa"}
-    deltas = {
-        b: paired_delta(work / f"probe-{a}", work / f"probe-{b}", patients, args.bootstrap, args.seed)
-        for b, a in pairs.items()
-    }
+    twin_of = {c: t["name"] for t in twins.values() for c in t["serves"]}
+    deltas = {}
+    for p in pretrained:
+        name = p["contender"].name
+        for features in feats:
+            row = row_key(name, features)
+            mine = results[row]["probe"]
+            deltas[row] = {
+                "random": paired_delta(
+                    mine, results[row_key(twin_of[name], features)]["probe"], patients, args.bootstrap, args.seed
+                ),
+                "pixels": paired_delta(mine, results["pixels"]["probe"], patients, args.bootstrap, args.seed),
+            }
     return {
         "set": ds,
-        "log": log,
+        "log": sh.log,
         "results": results,
         "info": info,
         "deltas": deltas,
-        "pretrain": {
-            "wall_s": wall,
-            "cpu_s": cpu,
-            "steps": cfg["train"]["steps"],
-            "batch": cfg["train"]["batch_size"],
-            "frames": int(manifest.get("counts", {}).get("frames", 0) or 0),
-            "first": mon[0] if mon else {},
-            "last": mon[-1] if mon else {},
-        },
+        "pretrained": pretrained,
+        "twins": twins,
+        "frames": int(
+            (__import__("yaml").safe_load((pre_data / "manifest.yaml").read_text()).get("counts") or {}).get("frames")
+            or 0
+        ),
     }
 
 
@@ -337,56 +286,67 @@ def fmt(m: dict | None, signed: bool = False) -> str:
     return f"{m['value']:{f}} [{ci[0]:{f}}, {ci[1]:{f}}]" if ci else f"{m['value']:{f}}"
 
 
-def table(outs: list[dict], args, command: str) -> str:
+def encoder_label(o: dict, row: str, args) -> str:
+    """'LeJEPA, last 4 layers', 'same ViT, random init, ...', 'raw pixels 16x16'."""
+    titles = {p["contender"].name: f"cxrjepa {p['contender'].title}" for p in o["pretrained"]}
+    for t in o["twins"].values():
+        who = "" if t["name"] == "random" else f" ({', '.join(t['serves'])})"
+        titles[t["name"]] = f"same ViT{who}, random init"
+    if row == "pixels":
+        return f"raw pixels {args.pixels}x{args.pixels}"
+    name, feat = (row[: -len("-last4")], "features_last4") if row.endswith("-last4") else (row, "features")
+    return f"{titles[name]}, {FEATURE_NAMES[feat]}"
+
+
+def table(outs: list[dict], args, command: str, budgets: dict) -> str:
+    names = ", ".join(p["contender"].title for p in outs[0]["pretrained"]) if outs else ""
     lines = [
-        "# Probe quality: CPU-pretrained cxrjepa I-JEPA vs random init vs raw pixels",
+        f"# Probe quality: CPU-pretrained cxrjepa encoders ({names}) at an equal CPU budget vs random init vs raw pixels",
         "",
         f"Command: `{command}`",
         "",
-        f"Threads: {args.threads} torch/OpenMP threads; input size {args.size} px; pixel baseline {args.pixels} x {args.pixels}; "
-        f"ViT features probed: {', '.join(FEATURE_NAMES[f] for f in args.features.split(','))}; {args.bootstrap} patient-bootstrap resamples; seed {args.seed}.",
+        f"Budget: {', '.join(f'{n} {b:.0f}' for n, b in budgets.items())} CPU seconds of pretraining per contender "
+        f"(per data set); {args.threads} torch/OpenMP threads; input size {args.size} px; pixel baseline "
+        f"{args.pixels} x {args.pixels}; ViT features probed: "
+        f"{', '.join(FEATURE_NAMES[f] for f in args.features.split(','))}; {args.bootstrap} patient-bootstrap "
+        f"resamples; seed {args.seed}.",
         "",
-        "| data set | test n (classes) | encoder, features | AUROC [95% CI] | macro-F1 [95% CI] | kNN AUROC | I-JEPA AUROC minus this [95% CI] |",
-        "|---|---|---|---|---|---|---|",
+        "Paired differences: the set's headline metric (named in the first column) of the pretrained encoder minus "
+        "that of its random twin with the same features, and minus raw pixels', with a 95 % interval from the "
+        "same patient-bootstrap resamples for both probes.",
+        "",
+        "| data set | test n (classes) | encoder, features | AUROC [95% CI] | macro-F1 [95% CI] | kNN AUROC "
+        "| minus random twin [95% CI] | minus raw pixels [95% CI] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for o in outs:
         ds, res = o["set"], o["results"]
         test = o["info"]["counts"]["test"]
-        rows = [r for r in res]  # cxrjepa[-last4], random[-last4], pixels, in run order
-        rows = sorted(rows, key=lambda r: (ENCODERS.index(r.split("-")[0]), r))
-        for i, row in enumerate(rows):
-            lin = res[row]["probes"]["linear"]["metrics"]
-            knn = res[row]["probes"].get("knn", {}).get("metrics", {})
-            enc, _, feat = row.partition("-")
-            label = {
-                "cxrjepa": "cxrjepa I-JEPA",
-                "random": "same ViT, random init",
-                "pixels": f"raw pixels {args.pixels}x{args.pixels}",
-            }[enc]
-            if enc != "pixels":
-                label += f", {FEATURE_NAMES['features_' + feat if feat else 'features']}"
-            first = f"{ds.title}" if i == 0 else ""
+        for i, row in enumerate(res):
+            m = res[row]["metrics"]
+            lin = m["probes"]["linear"]["metrics"]
+            knn = m["probes"].get("knn", {}).get("metrics", {})
+            first = f"{ds.title} (differences: {METRIC_NAMES[ds.metric]})" if i == 0 else ""
             n = f"{sum(test.values())} ({', '.join(f'{k} {v}' for k, v in test.items())})" if i == 0 else ""
-            delta = fmt(o["deltas"][row], signed=True) if row in o["deltas"] else ""
+            d = o["deltas"].get(row)
+            vs_r, vs_p = (fmt(d["random"][ds.metric], True), fmt(d["pixels"][ds.metric], True)) if d else ("", "")
             lines.append(
-                f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | "
-                f"{fmt(knn.get('auroc'))} | {delta} |"
+                f"| {first} | {n} | {encoder_label(o, row, args)} | {fmt(lin.get('auroc'))} | "
+                f"{fmt(lin.get('macro_f1'))} | {fmt(knn.get('auroc'))} | {vs_r} | {vs_p} |"
             )
     lines += [
         "",
-        "## Pretraining budget (per data set)",
+        "## Pretraining budget (per data set and contender)",
         "",
-        "| data set | recipe | pretraining frames | steps x batch | CPU s | wall s | feat_std first -> last | RankMe first -> last |",
-        "|---|---|---|---|---|---|---|---|",
+        "Steps were calibrated per data set and contender from two short runs (CPU seconds of the `cxrjepa "
+        "pretrain` process and its data-loader workers); measured CPU s is the real run's.",
+        "",
+        *cont.BUDGET_HEADER,
     ]
     for o in outs:
-        p, ds = o["pretrain"], o["set"]
-        f, la = p["first"], p["last"]
-        lines.append(
-            f"| {ds.title} | `{ds.recipe}` | {p['frames']} | {p['steps']} x {p['batch']} | {p['cpu_s']:.0f} | {p['wall_s']:.0f} | "
-            f"{f.get('feat_std', float('nan')):.2f} -> {la.get('feat_std', float('nan')):.2f} | "
-            f"{f.get('rankme', float('nan')):.1f} -> {la.get('rankme', float('nan')):.1f} |"
-        )
+        for j, p in enumerate(o["pretrained"]):
+            label = f"{o['set'].title} ({o['frames']} frames)" if j == 0 else ""
+            lines.append(cont.budget_row(p, label))
     lines += ["", "## Splits (labelled samples per class)", ""]
     for o in outs:
         c = o["info"]["counts"]
@@ -407,28 +367,41 @@ def main() -> None:
     ap.add_argument("--data-root", default="/work/shared/data")
     ap.add_argument("--work", default="/tmp/cxrjepa-quality", help="artifacts land here (reruns skip finished stages)")
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
+    ap.add_argument(
+        "--contenders",
+        default="ijepa,lejepa,jepa-sigreg",
+        help=f"comma-separated pretrained contenders, from {', '.join(cont.CONTENDERS)} (benchmarks/contenders.py)",
+    )
+    ap.add_argument(
+        "--budget-cpu",
+        action="append",
+        default=[],
+        metavar="S|SET=S",
+        help="CPU seconds of pretraining per contender: S for every set (default 300), SET=S for one (repeatable)",
+    )
     ap.add_argument("--size", type=int, default=64, help="stored and model input size (the CPU recipes' 64 px)")
     ap.add_argument("--pixels", type=int, default=16, help="side of the raw-pixel baseline")
     ap.add_argument(
         "--features",
         default="features,features_last4",
-        help="comma-separated pooled arrays probed for the two ViTs (features, features_last4)",
+        help="comma-separated pooled arrays probed for the ViTs (features, features_last4)",
     )
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of every stage")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0, help="pretraining and probe seed")
-    ap.add_argument("--set", action="append", default=[], help="extra pretrain --set KEY=VALUE (e.g. train.steps=400)")
+    ap.add_argument("--set", action="append", default=[], help="extra pretrain --set KEY=VALUE for every contender")
     ap.add_argument("--write", help="write the markdown table here")
     args = ap.parse_args()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "OMP_NUM_THREADS": str(args.threads),
-        "MKL_NUM_THREADS": str(args.threads),
-    }
-    outs = [run_set(SETS[name], args, env) for name in args.sets.split(",") if name]
+    names = [n for n in args.sets.split(",") if n]
+    unknown = [n for n in names if n not in SETS]
+    if unknown:
+        raise SystemExit(f"--sets: unknown '{','.join(unknown)}' (known: {', '.join(SETS)}).")
+    budgets = parse_budgets(args.budget_cpu, names)
+    contenders = cont.parse_contenders(args.contenders)
+    env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    outs = [run_set(SETS[name], args, env, budgets[name], contenders) for name in names]
     command = "PYTHONPATH=. python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    text = table(outs, args, command)
+    text = table(outs, args, command, budgets)
     print(text)
     if args.write:
         path = Path(args.write)

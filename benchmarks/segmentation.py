@@ -1,28 +1,35 @@
-"""Lung segmentation from frozen patch tokens vs a segmentation network trained from scratch, same CPU budget.
+"""Lung segmentation from frozen patch tokens of several pretrained encoders at an equal CPU budget, vs the
+same ViT at random init and a U-Net trained from scratch with the same CPU budget.
 
-    pip download torchxrayvision --no-deps -d /tmp/txv          # ships data/semantic_masks_v7labs_lungs.zip
+    pip download torchxrayvision==1.5.7 --no-deps -d /tmp/txv     # ships data/semantic_masks_v7labs_lungs.zip
     unzip -j /tmp/txv/torchxrayvision-*.whl 'torchxrayvision/data/semantic_masks_v7labs_lungs.zip' -d /tmp/txv
     unzip -q /tmp/txv/semantic_masks_v7labs_lungs.zip -d /tmp/v7masks
-    python benchmarks/segmentation.py --images /work/shared/data/covid_chestxray_ieee8023 \\
-        --masks /tmp/v7masks/semantic_masks_v7labs_lungs --work /tmp/segbench --budget-s 600 \\
-        --write benchmarks/results/segmentation.md
+    PYTHONPATH=. python benchmarks/segmentation.py --images /work/shared/data/covid_chestxray_ieee8023 \\
+        --masks /tmp/v7masks/semantic_masks_v7labs_lungs --work /tmp/segbench \\
+        --contenders ijepa,lejepa,jepa-sigreg --budget-cpu 600 --write benchmarks/results/segmentation.md
 
 Steps (each a cxrjepa command, printed and written to the results file):
 
 1. ``cxrjepa ingest`` the ieee8023 images (all of them: pretraining is unlabeled) with ``--masks lung=DIR``
    (V7 Labs lung masks named after the images) and the dataset's patient ids (for patient-level splits);
-2. ``cxrjepa pretrain`` I-JEPA (``--pretrain-config``, default benchmarks/configs/segmentation-cpu.yaml)
-   with ``train.steps`` chosen so training takes about ``--budget-s`` seconds (a 10-step calibration run);
-3. ``cxrjepa embed --patch-tokens`` with (a) the pretrained encoder and (b) the same architecture randomly
-   initialised (``random:RUN``);
-4. ``cxrjepa probe --task segmentation`` on both, on one patient-level split (the second reuses the first's
-   split.csv): a linear head per patch and a small conv head, test Dice/IoU with patient-bootstrap intervals;
-5. (c) a U-Net (segmentation_models_pytorch, ResNet-18 encoder, random init, 1 input channel) trained from
-   scratch on the same training images for the same ``--budget-s`` seconds of wall time, the epoch with the
-   best validation Dice kept, scored on the same test images with the same Dice/IoU code.
+2. ``cxrjepa pretrain`` each contender of ``--contenders`` (``benchmarks/contenders.py``, the chest X-ray
+   configs: the same encoders as ``quality.py``'s, ViT-Tiny/8 with 4 blocks at 64 px: an 8 x 8 token grid)
+   within ``--budget-cpu`` CPU seconds each (``benchmarks/budget.py``: two short calibration runs give the
+   CPU seconds per step and the fixed cost, ``train.steps`` is set to fit; the measured CPU seconds of the
+   real run are reported beside the budget);
+3. ``cxrjepa embed --patch-tokens`` with every pretrained encoder and its architecture randomly initialised
+   (``random:RUN``, one twin per distinct model section);
+4. ``cxrjepa probe --task segmentation`` on each, on one patient-level split (the first probe's split.csv,
+   reused by the others): a linear head per patch and a small conv head, test Dice/IoU with patient-bootstrap
+   intervals, and each pretrained encoder's test Dice minus its random twin's (same head) with a paired
+   patient-bootstrap interval, from the probes' per-image Dice (``segmentation.parquet``);
+5. a U-Net (segmentation_models_pytorch, ResNet-18 encoder, random init, 1 input channel) trained from
+   scratch on the same training images at the stored size (``--size``) for the same ``--budget-cpu`` CPU
+   seconds (this process's CPU time, ``getrusage(RUSAGE_SELF)``, around its training loop), the epoch with
+   the best validation Dice kept, scored on the same test images with the same Dice/IoU code.
 
-Timings on a 2-core machine shared with other jobs are noisy; the budget is wall time, so a busier machine
-gives every contender fewer steps.
+Every contender runs with ``--threads`` threads. Reruns skip what is finished (calibrations, runs, embeddings,
+probes; the U-Net's result is kept in ``WORK/unet.json``), so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -30,26 +37,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("CXRJEPA_SALT", "benchmark-salt-not-secret")
 
-
-def sh(cmd: list[str], log: list[str]) -> float:
-    """Run a cxrjepa command (printed and recorded); returns its wall time."""
-    text = "cxrjepa " + " ".join(str(c) for c in cmd)
-    print(f"$ {text}", flush=True)
-    log.append(text)
-    t0 = time.time()
-    res = subprocess.run([sys.executable, "-m", "cxrjepa", *map(str, cmd)], env={**os.environ, "PYTHONPATH": str(ROOT)})  # noqa: S603
-    if res.returncode not in (0, 3):
-        raise SystemExit(f"command failed ({res.returncode}): {text}")
-    return time.time() - t0
+from benchmarks import contenders as cont  # noqa: E402
+from benchmarks.budget import Meter, self_cpu  # noqa: E402
 
 
 def patient_csv(images_root: Path, out: Path) -> Path:
@@ -63,52 +59,12 @@ def patient_csv(images_root: Path, out: Path) -> Path:
     return path
 
 
-def calibrate(work: Path, data: Path, config: Path, budget: float, log: list[str]) -> tuple[int, float]:
-    """Seconds per pretraining step (10 steps after 2 warm-up steps) -> steps that fit the budget."""
-    cal = work / "calibration"
-    t_short = sh(
-        [
-            "pretrain",
-            "--data",
-            data,
-            "--out",
-            cal / "a",
-            "--config",
-            config,
-            "--set",
-            "train.steps=2",
-            "--quiet",
-            "--force",
-        ],
-        [],
-    )
-    t_long = sh(
-        [
-            "pretrain",
-            "--data",
-            data,
-            "--out",
-            cal / "b",
-            "--config",
-            config,
-            "--set",
-            "train.steps=12",
-            "--quiet",
-            "--force",
-        ],
-        [],
-    )
-    per_step = max((t_long - t_short) / 10.0, 1e-3)
-    steps = max(20, int(budget / per_step))
-    log.append(f"# calibration: {per_step:.2f} s per step -> train.steps={steps} for a {budget:.0f} s budget")
-    return steps, per_step
-
-
-# ---------------------------------------------------------------- (c) a U-Net from scratch
+# ---------------------------------------------------------------- a U-Net from scratch
 
 
 def unet_baseline(data: Path, split_csv: Path, budget: float, seed: int = 0, batch: int = 8) -> dict:
-    """U-Net (ResNet-18 encoder, random init) trained on the split's training images for ``budget`` seconds."""
+    """U-Net (ResNet-18 encoder, random init) trained on the split's training images for ``budget`` CPU
+    seconds of this process (all its threads), the epoch with the best validation Dice kept."""
     import numpy as np
     import pandas as pd
     import segmentation_models_pytorch as smp
@@ -152,9 +108,9 @@ def unet_baseline(data: Path, split_csv: Path, budget: float, seed: int = 0, bat
 
     sel = idx["val"] if len(idx["val"]) else idx["train"]
     best, best_state, epochs, steps = -1.0, None, 0, 0
-    t0 = time.time()
+    meter = Meter(self_cpu)
     model.train()
-    while time.time() - t0 < budget:
+    while meter.stop().cpu_s < budget:
         order = rng.permutation(idx["train"])
         for lo in range(0, len(order), batch):
             b = np.sort(order[lo : lo + batch])
@@ -166,14 +122,14 @@ def unet_baseline(data: Path, split_csv: Path, budget: float, seed: int = 0, bat
             loss.backward()
             opt.step()
             steps += 1
-            if time.time() - t0 >= budget:
+            if meter.stop().cpu_s >= budget:
                 break
         epochs += 1
         d, _ = dice_of(sel)
         val = float(np.nanmean(d))
         if val > best:
             best, best_state = val, {k: v.detach().clone() for k, v in model.state_dict().items()}
-    train_s = time.time() - t0
+    meter.stop()
     model.load_state_dict(best_state)
     dice, iou = dice_of(idx["test"])
     patients = meta["patient_key"].astype(str).to_numpy()[idx["test"]]
@@ -182,60 +138,112 @@ def unet_baseline(data: Path, split_csv: Path, budget: float, seed: int = 0, bat
         "metrics": ev["metrics"],
         "epochs": epochs,
         "steps": steps,
-        "train_s": train_s,
+        "budget": budget,
+        "cpu_s": meter.cpu_s,
+        "wall_s": meter.wall_s,
         "val_dice": best,
         "params": n_params,
         "n": {k: int(len(v)) for k, v in idx.items()},
+        "test": {"sample_id": meta["sample_id"].astype(str).to_numpy()[idx["test"]].tolist(), "dice": dice.tolist()},
     }
+
+
+def unet_cached(path: Path, data: Path, split_csv: Path, budget: float, seed: int) -> dict:
+    """The U-Net's result, trained once per budget (kept in ``path``: a rerun reads it back)."""
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("budget") == budget:
+            return old
+    out = unet_baseline(data, split_csv, budget, seed=seed)
+    path.write_text(json.dumps(out))
+    return out
+
+
+# ---------------------------------------------------------------- paired differences
+
+
+def per_image_dice(probe: Path, head: str):
+    """(sample ids, patient keys, Dice (n, k)) of a segmentation probe's head on its test images."""
+    import pandas as pd
+
+    from cxrjepa.probe.layout import SEGMENTATION_TABLE
+
+    df = pd.read_parquet(probe / SEGMENTATION_TABLE)
+    df = df[(df["head"] == head) & (df["split"] == "test")]
+    wide = df.pivot_table(index=["sample_id", "patient_key"], columns="class", values="dice", dropna=False)
+    wide = wide.sort_index()
+    return (
+        wide.index.get_level_values(0).to_numpy(),
+        wide.index.get_level_values(1).to_numpy(),
+        wide.to_numpy(float),
+    )
+
+
+def paired_dice(a: Path, b: Path, head: str, seed: int) -> dict:
+    """Test Dice of probe ``a``'s head minus probe ``b``'s on the same images, paired patient bootstrap."""
+    import numpy as np
+
+    from cxrjepa.probe import seg_metrics
+
+    ids, groups, da = per_image_dice(a, head)
+    ids_b, _, db = per_image_dice(b, head)
+    if not np.array_equal(ids, ids_b):
+        raise SystemExit(f"{a} and {b} scored different test images: cannot pair them.")
+    return seg_metrics.paired_difference(da, db, groups, n_boot=1000, seed=seed)
 
 
 # ---------------------------------------------------------------- report
 
 
-def fmt(m: dict) -> str:
-    ci = m.get("ci")
-    return f"{m['value']:.3f} ({ci[0]:.3f}–{ci[1]:.3f})" if ci else f"{m['value']:.3f}"
+def fmt(m: dict | None, signed: bool = False) -> str:
+    if not m or m.get("value") is None:
+        return ""
+    ci, f = m.get("ci"), "+.3f" if signed else ".3f"
+    return f"{m['value']:{f}} ({ci[0]:{f}} to {ci[1]:{f}})" if ci else f"{m['value']:{f}}"
 
 
-def write_results(path: Path, args, log: list[str], rows: list[tuple], info: dict) -> None:
-    n = info["n"]
+def write_results(path: Path, args, log: list[str], rows: list[tuple], info: dict, pretrained: list[dict]) -> None:
+    n, unet = info["n"], info["unet"]
     lines = [
-        "# Lung segmentation: frozen cxrjepa patch tokens vs a U-Net from scratch",
+        "# Lung segmentation: frozen cxrjepa patch tokens at an equal CPU budget vs random init vs a U-Net",
         "",
         f"Data: the {info['images']} images of the ieee8023 COVID chest X-ray set in `shared/data/covid_chestxray_ieee8023`; "
         f"{info['masks']} of them have a V7 Labs lung mask (`semantic_masks_v7labs_lungs.zip` shipped in the torchxrayvision "
         "wheel). Pretraining uses all images without labels; segmentation uses the images with masks, split by patient "
-        f"(train {n['train']}, val {n['val']}, test {n['test']} images). Stored at {args.size} px.",
+        f"(train {n['train']}, val {n['val']}, test {n['test']} images). Stored at {args.size} px (the U-Net's input); "
+        "the encoders read them at their own input size.",
         "",
-        f"Budget: {args.budget_s:.0f} s of wall time, {args.threads} CPU thread(s) each, on a shared 2-core machine, for pretraining (a) "
-        "and for training the U-Net (c); "
-        f"the probes' heads add {info['probe_s']:.0f} s (a) and {info['probe_random_s']:.0f} s (b). "
-        f"Pretraining ran {info['steps']} steps ({info['per_step']:.2f} s/step, batch {info['batch']}); "
-        f"the U-Net ran {info['unet']['steps']} steps ({info['unet']['epochs']} epochs). "
-        "The machine was shared with other jobs: timings are noisy, and a busier machine gives every contender fewer steps.",
+        f"Budget: {args.budget_cpu:.0f} CPU seconds for each contender's pretraining and for the U-Net's training, "
+        f"{args.threads} thread(s) each. The U-Net ran {unet['steps']} steps ({unet['epochs']} epochs, batch 8) in "
+        f"{unet['cpu_s']:.0f} CPU s ({unet['wall_s']:.0f} s wall); the probes' heads are not counted.",
         "",
-        "| encoder / model | head | trained parameters | test Dice (95 % CI) | test IoU (95 % CI) |",
-        "|---|---|---|---|---|",
+        "| encoder / model | head | trained parameters | test Dice (95 % CI) | test IoU (95 % CI) | Dice minus random twin (paired 95 % CI) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, head, params, dice, iou in rows:
-        lines.append(f"| {name} | {head} | {params} | {dice} | {iou} |")
+    lines += [f"| {' | '.join(r)} |" for r in rows]
     lines += [
         "",
         "Dice and IoU are means over test images (lung = foreground), 95 % intervals from 1000 patient-level bootstrap "
-        "resamples; heads and U-Net epoch chosen on the validation images.",
+        "resamples; the paired differences score both encoders on the same resamples; heads and U-Net epoch chosen on "
+        "the validation images.",
+        "",
+        "## Pretraining budget",
+        "",
+        *cont.BUDGET_HEADER,
+        *(cont.budget_row(p, "ieee8023 (all images)" if i == 0 else "") for i, p in enumerate(pretrained)),
         "",
         "## Commands",
         "",
         "```bash",
         *log,
-        f"# (c) U-Net: benchmarks/segmentation.py unet_baseline(), {args.budget_s:.0f} s, batch 8, AdamW 1e-3, CE + Dice, "
-        f"OMP_NUM_THREADS={args.threads}",
+        f"# U-Net: benchmarks/segmentation.py unet_baseline(), {args.budget_cpu:.0f} CPU s, batch 8, AdamW 1e-3, "
+        f"CE + Dice, OMP_NUM_THREADS={args.threads}",
         "```",
         "",
         "Reproduce everything with:",
         "",
         "```bash",
-        "python " + " ".join(sys.argv),
+        "PYTHONPATH=. python " + " ".join(sys.argv),
         "```",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -248,10 +256,17 @@ def main() -> None:
     ap.add_argument("--images", type=Path, default=Path("/work/shared/data/covid_chestxray_ieee8023"))
     ap.add_argument("--masks", type=Path, required=True, help="folder of the unzipped V7 Labs lung masks")
     ap.add_argument("--work", type=Path, default=Path("/tmp/segbench"))
-    ap.add_argument("--budget-s", type=float, default=600.0, help="wall seconds for pretraining and for the U-Net each")
-    ap.add_argument("--size", type=int, default=128)
-    ap.add_argument("--pretrain-config", type=Path, default=ROOT / "benchmarks" / "configs" / "segmentation-cpu.yaml")
-    ap.add_argument("--steps", type=int, default=0, help="pretraining steps (0: calibrated to the budget)")
+    ap.add_argument(
+        "--contenders",
+        default="ijepa,lejepa,jepa-sigreg",
+        help=f"comma-separated pretrained contenders, from {', '.join(cont.CONTENDERS)} (benchmarks/contenders.py)",
+    )
+    ap.add_argument(
+        "--budget-cpu", type=float, default=600.0, help="CPU seconds of pretraining per contender, and of the U-Net"
+    )
+    ap.add_argument("--size", type=int, default=128, help="stored size (the U-Net's input)")
+    ap.add_argument("--seed", type=int, default=0, help="pretraining, probe and U-Net seed")
+    ap.add_argument("--set", action="append", default=[], help="extra pretrain --set KEY=VALUE for every contender")
     ap.add_argument("--write", type=Path, default=None, help="write the results table (Markdown) here")
     ap.add_argument(
         "--threads",
@@ -260,11 +275,14 @@ def main() -> None:
         help="CPU threads of every contender (on a busy 2-core machine 2 threads ran 4x slower than 1)",
     )
     args = ap.parse_args()
+    if not args.budget_cpu > 0:
+        raise SystemExit("--budget-cpu must be positive.")
+    contenders = cont.parse_contenders(args.contenders)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
     w = args.work
     w.mkdir(parents=True, exist_ok=True)
-    log: list[str] = []
+    sh = cont.Runner()
     labels = patient_csv(args.images, w)
     data = w / "dataset"
     sh(
@@ -282,104 +300,75 @@ def main() -> None:
             "--size",
             args.size,
             "--quiet",
-        ],
-        log,
+        ]
     )
     from cxrjepa.data.store import DatasetArtifact
 
     dsa = DatasetArtifact.open(data)
-    steps, per_step = (
-        (args.steps, float("nan")) if args.steps else calibrate(w, data, args.pretrain_config, args.budget_s, log)
-    )
-    run = w / "run"
-    t_pre = sh(
-        [
-            "pretrain",
-            "--data",
-            data,
-            "--out",
-            run,
-            "--config",
-            args.pretrain_config,
-            "--set",
-            f"train.steps={steps}",
-            "--quiet",
-        ],
-        log,
-    )
-    emb, emb_r = w / "emb", w / "emb-random"
-    sh(["embed", "--encoder", run, "--data", data, "--out", emb, "--patch-tokens", "--device", "cpu", "--quiet"], log)
-    sh(
-        [
-            "embed",
-            "--encoder",
-            f"random:{run}",
-            "--data",
-            data,
-            "--out",
-            emb_r,
-            "--patch-tokens",
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-        log,
-    )
-    probe, probe_r = w / "probe", w / "probe-random"
-    seg = ["--task", "segmentation", "--fewshot", "10,50,100", "--seeds", "3", "--quiet"]
-    t_probe = sh(["probe", "--embeddings", emb, "--out", probe, *seg], log)
-    t_probe_r = sh(["probe", "--embeddings", emb_r, "--out", probe_r, "--split", probe / "split.csv", *seg], log)
-    sh(["report", probe, probe_r, "--out", w / "report", "--quiet"], log)
-    print(f"$ (c) U-Net from scratch, {args.budget_s:.0f} s", flush=True)
-    unet = unet_baseline(data, probe / "split.csv", args.budget_s)
+    pretrained = [
+        cont.pretrain(sh, c, "cxr", data, w / c.name, args.budget_cpu, seed=args.seed, extra=tuple(args.set))
+        for c in contenders
+    ]
+    twins = cont.twins(pretrained)
+    twin_of = {c: t["name"] for t in twins.values() for c in t["serves"]}
+    encoders = {p["contender"].name: p["run"] for p in pretrained} | {
+        t["name"]: f"random:{t['run']}" for t in twins.values()
+    }
+    probes: dict[str, Path] = {}
+    seg = ["--task", "segmentation", "--fewshot", "10,50,100", "--seeds", "3", "--set", f"seed={args.seed}", "--quiet"]
+    for name, spec in encoders.items():
+        emb, probe = w / name / "emb", w / name / "probe"
+        sh(["embed", "--encoder", spec, "--data", data, "--out", emb, "--patch-tokens", "--device", "cpu", "--quiet"])
+        split = ["--split", next(iter(probes.values())) / "split.csv"] if probes else []
+        sh(["probe", "--embeddings", emb, "--out", probe, *split, *seg])
+        probes[name] = probe
+    sh(["report", *probes.values(), "--out", w / "report", "--quiet"])
+    first = next(iter(probes.values()))
+    print(f"$ U-Net from scratch, {args.budget_cpu:.0f} CPU s", flush=True)
+    unet = unet_cached(w / "unet.json", data, first / "split.csv", args.budget_cpu, args.seed)
+    titles = {p["contender"].name: f"cxrjepa {p['contender'].title}, pretrained" for p in pretrained}
+    for t in twins.values():
+        who = "" if t["name"] == "random" else f" ({', '.join(t['serves'])})"
+        titles[t["name"]] = f"same ViT{who}, random init"
     rows = []
-    for name, p in (
-        ("(a) cxrjepa I-JEPA ViT-Tiny/16, pretrained", probe),
-        ("(b) same architecture, random init", probe_r),
-    ):
-        m = json.loads((p / "metrics.json").read_text())["segmentation"]
+    for name, probe in probes.items():
+        m = json.loads((probe / "metrics.json").read_text())["segmentation"]
+        g = m["grid"]
         for head, body in m["probes"].items():
-            d = m["grid"]
             params = "1x1 conv on the token grid" if head == "linear" else "3x3 conv + BN + ReLU + 1x1 conv"
+            delta = paired_dice(probe, probes[twin_of[name]], head, args.seed) if name in twin_of else None
             rows.append(
                 (
-                    name,
-                    f"{head} ({d[0]}×{d[1]} tokens)",
+                    titles[name],
+                    f"{head} ({g[0]}×{g[1]} tokens)",
                     params,
                     fmt(body["metrics"]["dice"]),
                     fmt(body["metrics"]["iou"]),
+                    fmt(delta, signed=True),
                 )
             )
     rows.append(
         (
-            "(c) U-Net (ResNet-18 encoder) from scratch",
+            "U-Net (ResNet-18 encoder) from scratch",
             "whole network",
             f"{unet['params'] / 1e6:.1f} M (all)",
             fmt(unet["metrics"]["dice"]),
             fmt(unet["metrics"]["iou"]),
+            "",
         )
     )
-    m0 = json.loads((probe / "metrics.json").read_text())["segmentation"]
-    import yaml
-
-    batch = ((yaml.safe_load(args.pretrain_config.read_text()) or {}).get("train") or {}).get("batch_size", "?")
     info = {
         "images": len(dsa.meta),
         "masks": int(dsa.meta["has_mask"].sum()),
-        "n": m0["n"],
-        "steps": steps,
-        "per_step": per_step,
-        "batch": batch,
+        "n": json.loads((first / "metrics.json").read_text())["segmentation"]["n"],
         "unet": unet,
-        "probe_s": t_probe,
-        "probe_random_s": t_probe_r,
-        "pretrain_s": t_pre,
     }
     for r in rows:
         print(" | ".join(r))
-    print(json.dumps({"pretrain_s": t_pre, "unet": {k: v for k, v in unet.items() if k != "metrics"}}, default=str))
+    for p in pretrained:
+        print(cont.budget_row(p, ""))
     if args.write:
-        write_results(args.write, args, log, rows, info)
+        write_results(args.write, args, sh.log, rows, info, pretrained)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,26 @@ def test_dice_and_iou_equal_numpy():
     assert "ci" not in seg_metrics.evaluate(dice, iou, np.arange(6), ["one", "two"], n_boot=0)["metrics"]["dice"]
 
 
+def test_paired_dice_difference_is_the_difference_of_means_with_a_paired_interval():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 2)  # 20 patients, 2 images each
+    b = rng.uniform(0.3, 0.9, (40, 1))
+    a = np.clip(b + 0.05 + rng.normal(0, 0.01, b.shape), 0, 1)  # better than b on every image, by about 0.05
+    a[3, 0] = np.nan  # undefined for a on one image: left out of a's mean only, as evaluate() does
+    ev = {
+        k: seg_metrics.evaluate(v, v, groups, ["lung"], n_boot=0)["metrics"]["dice"]["value"]
+        for k, v in (("a", a), ("b", b))
+    }
+    d = seg_metrics.paired_difference(a, b, groups, n_boot=500, seed=0)
+    assert d["value"] == pytest.approx(ev["a"] - ev["b"], abs=1e-6)
+    lo, hi = d["ci"]
+    assert 0 < lo <= d["value"] <= hi < 0.1  # paired: the images' own spread (0.3-0.9) cancels out
+    unpaired = seg_metrics.evaluate(a, a, groups, ["lung"], n_boot=500, seed=0)["metrics"]["dice"]["ci"]
+    assert hi - lo < (unpaired[1] - unpaired[0]) / 3
+    same = seg_metrics.paired_difference(b, b, groups, n_boot=100, seed=0)
+    assert same["value"] == 0 and same["ci"] == [0.0, 0.0]
+
+
 def bright_region_dataset(path, n: int = 40, size: int = 64, seed: int = 0):
     """Noisy images with a bright rectangle on the 8-pixel patch grid; the mask is the rectangle."""
     rng = np.random.default_rng(seed)
