@@ -33,8 +33,9 @@ def test_a_partial_section_keeps_the_other_defaults():
     assert cfg.ijepa.masks.targets == 2 and cfg.ijepa.masks.min_context == 10 and cfg.ijepa.ema == (0.99, 1.0)
 
 
-@pytest.mark.parametrize(("name", "objective"),
-                         [("cxr-small-cpu", "lejepa"), ("cxr-ijepa-vitb16", "ijepa"), ("cxr-ijepa-vitl16", "ijepa")])
+@pytest.mark.parametrize(
+    ("name", "objective"), [("cxr-small-cpu", "lejepa"), ("cxr-ijepa-vitb16", "ijepa"), ("cxr-ijepa-vitl16", "ijepa")]
+)
 def test_recipes_load(name, objective):
     cfg = load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"])
     assert cfg.objective == objective and not cfg.augment.hflip
