@@ -14,6 +14,7 @@ rank 0 coordinates and hands the job to the others.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from cxrjepa.runtime import (
     DistInfo,
     LaunchSpec,
     ProcessPlan,
+    all_reduce_mean,
     barrier,
     broadcast_object,
     cpu_count,
@@ -103,7 +105,8 @@ class Job:
 
     def to_args(self) -> dict:
         """The job as JSON-able launch-spec arguments (the config travels as the spec's config file)."""
-        return {"out": str(self.out), "data": str(self.data), "encoder": self.spec.absolute(),
+        # absolute paths: the ranks on other nodes and a finalize step may start in another working directory
+        return {"out": str(self.out.absolute()), "data": str(self.data.absolute()), "encoder": self.spec.absolute(),
                 "weights": str(self.spec.weights.absolute()) if self.spec.weights else None, "device": self.device,
                 "batch_size": self.batch_size, "workers": self.workers, "n_rows": self.n_rows,
                 "unit_rows": self.unit_rows, "pending": list(self.pending), "dtypes": dict(self.dtypes),
@@ -251,9 +254,9 @@ class Layout:
         return Job(Path(out), Path(data), self.spec, config, device, batch_size, options.workers, self.n, unit_rows,
                    pending, self.dtypes, clip, ledger)
 
-    def announce(self, config: EmbedConfig, device: str, world: int) -> None:
+    def announce(self, config: EmbedConfig, device: str, world: int, what: str = "") -> None:
         enc = self.encoder
-        msg = (f"Embedding {self.n} samples with '{self.spec.text}' ({enc.source}, dim {enc.embed_dim}, "
+        msg = (f"{what or f'Embedding {self.n} samples'} with '{self.spec.text}' ({enc.source}, dim {enc.embed_dim}, "
                f"{input_size(config, enc)} px) on {device}")
         console.info(msg + (f" x{world}." if world > 1 else "."))
 
@@ -416,6 +419,7 @@ def run_ranks(options: EmbedOptions, prepare: Callable[[str, DistInfo], tuple[An
         if isinstance(job, str):
             raise CxrjepaError("Rank 0 could not start the embedding; see its error.")
         if job is not None and job.pending:
+            check_shared(info, job.out, job.data)
             _work(info, job)
         barrier(info)
         result = complete(state, job) if info.is_main else None
@@ -423,3 +427,21 @@ def run_ranks(options: EmbedOptions, prepare: Callable[[str, DistInfo], tuple[An
         return result
     finally:
         shutdown(info)
+
+
+def check_shared(info: DistInfo, out: Path, data: Path) -> None:
+    """Every rank must see the arrays rank 0 created in ``out`` and the dataset ``data``: with ranks on several
+    nodes both must sit on storage every node shares (docs/cluster.md). Refuses on every rank at once, with one
+    sentence, instead of leaving rows unwritten (the ranks agree through an all-reduce)."""
+    sees = (Path(out) / store.ZARR).is_dir() and (Path(data) / "manifest.yaml").is_file()
+    seen = float(all_reduce_mean(torch.tensor([float(sees)]), info))
+    if seen >= 1.0:
+        return
+    if not sees:
+        raise CxrjepaError(f"Rank {info.rank} on '{socket.gethostname()}' cannot see the embeddings folder '{out}' "
+                           f"rank 0 created, or the dataset '{data}'; with several nodes, --out and --data must be on "
+                           "storage every node shares (docs/cluster.md).")
+    blind = round((1.0 - seen) * info.world)
+    raise CxrjepaError(f"{blind} of {info.world} ranks cannot see the embeddings folder '{out}' or the dataset "
+                       f"'{data}'; with several nodes, --out and --data must be on storage every node shares "
+                       "(docs/cluster.md).")

@@ -162,11 +162,10 @@ def _join(out: Path, part: Part, config: EmbedConfig, encoder, data, weights, op
         pending = [u for u in mine if u not in done]
         job = lay.job(out, data, config, options, device, unit_rows, pending, prefix)
         write_record(joined.folder, new_record(part, joined.settings, {"job": job.to_args(), "units": mine}))
-        if len(pending) < len(mine):
-            console.info(f"Part {part}: {len(mine) - len(pending)} of its {len(mine)} units are already written.")
-        console.info(f"Part {part}: units {mine[0] if mine else '-'}..{mine[-1] if mine else '-'} of {n_units} "
-                     f"({sum(min(lay.n, (u + 1) * unit_rows) - u * unit_rows for u in mine)} of {lay.n} rows).")
-        lay.announce(config, device, world)
+        rows = sum(min(lay.n, (u + 1) * unit_rows) - u * unit_rows for u in mine)
+        done_here = f", {len(mine) - len(pending)} of them already written" if len(pending) < len(mine) else ""
+        lay.announce(config, device, world, f"Part {part}: embedding {rows} of {lay.n} samples ({len(mine)} of {n_units} "
+                                            f"units{done_here})")
     except BaseException:
         joined.release()
         raise
