@@ -38,7 +38,7 @@ os.environ.setdefault("CXRJEPA_SALT", "benchmark-salt-not-secret")
 
 
 def make_archive(root: Path, n: int, rows: int, cols: int, syntaxes: list[str]) -> list[Path]:
-    from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+    from tests.dicom_files import make_dataset, phantom, write_dicom
 
     base = [phantom(rows, cols, seed=s, bits=12) for s in range(4)]
     paths = []

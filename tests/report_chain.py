@@ -201,7 +201,13 @@ def _bootstrap(fn, y, s, rng, n=60) -> dict:
 
 
 def _binary_metrics(y: np.ndarray, score: np.ndarray, rng) -> dict:
-    from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        balanced_accuracy_score,
+        f1_score,
+        roc_auc_score,
+    )
 
     pred = (score >= 0.5).astype(int)
     return {

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from cxrjepa.cli.common import (
-    ConfigOpt, DryRunOpt, ForceOpt, JsonOpt, OutOpt, PrintConfigOpt, QuietOpt, SetOpt, VerboseOpt, execute,
+    ConfigOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    PrintConfigOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    execute,
     stage_config,
 )
 

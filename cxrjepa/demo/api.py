@@ -26,10 +26,20 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin
 from cxrjepa.core.atomic import atomic_write_text
 from cxrjepa.core.errors import ConfigError
-from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_files
+from cxrjepa.core.lock import locks_output
 from cxrjepa.demo import codecs, dicom, ultrasound
-from cxrjepa.demo.phantom import Anatomy, Findings, Phantom, View, draw, persist_findings, sample_anatomy, sample_findings, sample_view
+from cxrjepa.demo.phantom import (
+    Anatomy,
+    Findings,
+    Phantom,
+    View,
+    draw,
+    persist_findings,
+    sample_anatomy,
+    sample_findings,
+    sample_view,
+)
 from cxrjepa.demo.storage import Storage, sample_storage, set_pixel_tags, to_stored
 
 #: bump when a change to this stage's code changes what it writes for the same settings and inputs
@@ -83,8 +93,8 @@ class DemoConfig:
         if not 64 <= self.min_size <= self.max_size <= 4096:
             raise ConfigError("Sizes must satisfy 64 <= min_size <= max_size <= 4096.")
         for key in self.transfer_syntaxes:
-            if key != "auto" and key not in codecs.BY_KEY:
-                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.BY_KEY)}.")
+            if key != "auto" and key not in codecs.DEMO_KEYS:
+                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.DEMO_KEYS)}.")
 
     def resolved(self) -> DemoConfig:
         """A copy whose ``transfer_syntaxes`` lists the keys really written (``auto`` expanded)."""

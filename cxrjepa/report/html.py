@@ -12,7 +12,20 @@ import re
 from html import escape
 
 from cxrjepa.report.doc import (
-    Block, Cards, Cell, Code, Details, Document, Figure, Heading, Note, Para, Section, Table, Tree, TreeItem,
+    Block,
+    Cards,
+    Cell,
+    Code,
+    Details,
+    Document,
+    Figure,
+    Heading,
+    Note,
+    Para,
+    Section,
+    Table,
+    Tree,
+    TreeItem,
 )
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"

@@ -3,7 +3,22 @@ linked from figures/*.png instead of embedded."""
 
 from __future__ import annotations
 
-from cxrjepa.report.doc import Block, Cards, Cell, Code, Details, Document, Figure, Heading, Note, Para, Section, Table, Tree, TreeItem
+from cxrjepa.report.doc import (
+    Block,
+    Cards,
+    Cell,
+    Code,
+    Details,
+    Document,
+    Figure,
+    Heading,
+    Note,
+    Para,
+    Section,
+    Table,
+    Tree,
+    TreeItem,
+)
 
 FIGURES_DIR = "figures"
 

@@ -5,7 +5,22 @@ from __future__ import annotations
 import base64
 
 from cxrjepa.report import html, markdown
-from cxrjepa.report.doc import Card, Cards, Cell, Code, Details, Document, Figure, Heading, Note, Para, Section, Table, Tree, TreeItem
+from cxrjepa.report.doc import (
+    Card,
+    Cards,
+    Cell,
+    Code,
+    Details,
+    Document,
+    Figure,
+    Heading,
+    Note,
+    Para,
+    Section,
+    Table,
+    Tree,
+    TreeItem,
+)
 from tests.report_chain import inspect_html
 
 PNG = base64.b64decode(

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-
 import pytest
 
 from cxrjepa.core.artifact import begin, input_refs
