@@ -45,8 +45,12 @@ def make_archive(root: Path, n: int, rows: int, cols: int, syntaxes: list[str]) 
     for i in range(n):
         px = base[i % 4].copy()
         px[i % rows, :] ^= 1 + i  # every file differs (no pixel duplicates)
-        ds = make_dataset(px, bits_stored=12, photometric="MONOCHROME1" if i % 4 == 0 else None,
-                          window=(2000, 3000) if i % 3 == 0 else None)
+        ds = make_dataset(
+            px,
+            bits_stored=12,
+            photometric="MONOCHROME1" if i % 4 == 0 else None,
+            window=(2000, 3000) if i % 3 == 0 else None,
+        )
         paths.append(write_dicom(ds, root / f"d{i // 1000:03d}" / f"img{i:06d}.dcm", syntaxes[i % len(syntaxes)]))
     return paths
 
@@ -108,8 +112,23 @@ def peak_rss(src: Path, out: Path, workers: int, size: int) -> tuple[float, floa
 
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "cxrjepa", "ingest", str(src), "--out", str(out), "--size", str(size),
-                             "--workers", str(workers), "--quiet"], env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cxrjepa",
+            "ingest",
+            str(src),
+            "--out",
+            str(out),
+            "--size",
+            str(size),
+            "--workers",
+            str(workers),
+            "--quiet",
+        ],
+        env=env,
+    )
     top = psutil.Process(proc.pid)
     total = single = 0.0
     while proc.poll() is None:
@@ -147,8 +166,13 @@ def main() -> None:
 
     syntaxes = [JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, ExplicitVRLittleEndian]
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="cxrjepa-bench-"))
-    results: dict = {"files": args.files, "shape": [args.rows, args.cols], "size": args.size,
-                     "syntaxes": [s.name for s in syntaxes], "cpus": os.cpu_count()}
+    results: dict = {
+        "files": args.files,
+        "shape": [args.rows, args.cols],
+        "size": args.size,
+        "syntaxes": [s.name for s in syntaxes],
+        "cpus": os.cpu_count(),
+    }
     try:
         if args.files > 0:
             src = tmp / "speed"
@@ -169,9 +193,14 @@ def main() -> None:
             dicom_pixels.prefer_single_threaded(False)
             n = len(paths)
             results.update(
-                decode_only_img_s=n / t_dec, ingest_1w_img_s=n / t_1, ingest_2w_img_s=n / t_2,
-                ratio_1w_vs_decode=t_dec / t_1, speedup_2w_vs_1w=t_1 / t_2, cores_busy_1w=cpu_1 / t_1,
-                ingest_1w_single_threaded_img_s=n / t_1s, speedup_2w_vs_1w_single_threaded=t_1s / t_2,
+                decode_only_img_s=n / t_dec,
+                ingest_1w_img_s=n / t_1,
+                ingest_2w_img_s=n / t_2,
+                ratio_1w_vs_decode=t_dec / t_1,
+                speedup_2w_vs_1w=t_1 / t_2,
+                cores_busy_1w=cpu_1 / t_1,
+                ingest_1w_single_threaded_img_s=n / t_1s,
+                speedup_2w_vs_1w_single_threaded=t_1s / t_2,
             )
         if args.rss:
             counts = [int(c) for c in args.rss.split(",")]
@@ -181,7 +210,9 @@ def main() -> None:
                 make_archive(s, c, 64, 64, [ExplicitVRLittleEndian])
                 rss[c] = peak_rss(s, tmp / f"rss_out{c}", 2, 64)
                 shutil.rmtree(s, ignore_errors=True)
-            results["peak_rss_mb"] = {str(c): {"total": round(v[0]), "largest_process": round(v[1])} for c, v in rss.items()}
+            results["peak_rss_mb"] = {
+                str(c): {"total": round(v[0]), "largest_process": round(v[1])} for c, v in rss.items()
+            }
     finally:
         if not args.tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -189,16 +220,28 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     if "decode_only_img_s" in results:
-        print(f"{results['files']} files {args.rows}x{args.cols} ({', '.join(results['syntaxes'])}) -> {args.size} px, {results['cpus']} CPUs")
+        print(
+            f"{results['files']} files {args.rows}x{args.cols} ({', '.join(results['syntaxes'])}) -> {args.size} px, {results['cpus']} CPUs"
+        )
         print(f"  decode only (pydicom)   {results['decode_only_img_s']:8.1f} img/s")
-        print(f"  ingest, 1 worker        {results['ingest_1w_img_s']:8.1f} img/s   x{results['ratio_1w_vs_decode']:.2f} of decode-only (goal >= 0.85)")
-        print(f"  ingest, 2 workers       {results['ingest_2w_img_s']:8.1f} img/s   x{results['speedup_2w_vs_1w']:.2f} of 1 worker (goal >= 1.7)")
-        print(f"    1 worker kept {results['cores_busy_1w']:.2f} cores busy (gdcm's JPEG 2000 threads): at most "
-              f"x{results['cpus'] / results['cores_busy_1w']:.2f} is left for {results['cpus']} cores")
-        print(f"  ingest, 1 worker with the pool's single-threaded decoders {results['ingest_1w_single_threaded_img_s']:.1f} img/s;"
-              f" 2 workers x{results['speedup_2w_vs_1w_single_threaded']:.2f} of it")
+        print(
+            f"  ingest, 1 worker        {results['ingest_1w_img_s']:8.1f} img/s   x{results['ratio_1w_vs_decode']:.2f} of decode-only (goal >= 0.85)"
+        )
+        print(
+            f"  ingest, 2 workers       {results['ingest_2w_img_s']:8.1f} img/s   x{results['speedup_2w_vs_1w']:.2f} of 1 worker (goal >= 1.7)"
+        )
+        print(
+            f"    1 worker kept {results['cores_busy_1w']:.2f} cores busy (gdcm's JPEG 2000 threads): at most "
+            f"x{results['cpus'] / results['cores_busy_1w']:.2f} is left for {results['cpus']} cores"
+        )
+        print(
+            f"  ingest, 1 worker with the pool's single-threaded decoders {results['ingest_1w_single_threaded_img_s']:.1f} img/s;"
+            f" 2 workers x{results['speedup_2w_vs_1w_single_threaded']:.2f} of it"
+        )
     for c, v in results.get("peak_rss_mb", {}).items():
-        print(f"  peak RSS, {int(c):>6} files  {v['total']:6d} MB total, {v['largest_process']} MB largest process (goal < 2048, flat)")
+        print(
+            f"  peak RSS, {int(c):>6} files  {v['total']:6d} MB total, {v['largest_process']} MB largest process (goal < 2048, flat)"
+        )
 
 
 if __name__ == "__main__":

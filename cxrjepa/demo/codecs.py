@@ -72,13 +72,33 @@ SYNTAXES: tuple[Syntax, ...] = (
     Syntax("jpeg-lossless", JPEGLosslessSV1, gdcm_name="JPEGLosslessProcess14_1"),
     Syntax("jpeg-ls", JPEGLSLossless, gdcm_name="JPEGLSLossless", pydicom_plugins=("pyjpegls",)),
     Syntax("jpeg2000", JPEG2000Lossless, gdcm_name="JPEG2000Lossless", pydicom_plugins=("pylibjpeg",)),
-    Syntax("jpeg-baseline", JPEGBaseline8Bit, lossy=True, only_8bit=True, gdcm_name="JPEGBaselineProcess1",
-           lossy_method="ISO_10918_1"),
+    Syntax(
+        "jpeg-baseline",
+        JPEGBaseline8Bit,
+        lossy=True,
+        only_8bit=True,
+        gdcm_name="JPEGBaselineProcess1",
+        lossy_method="ISO_10918_1",
+    ),
     Syntax("big-endian", ExplicitVRBigEndian, demo=False),
-    Syntax("jpeg2000-lossy", JPEG2000, lossy=True, pydicom_plugins=("pylibjpeg",), compress_args=(("j2k_cr", [10]),),
-           lossy_method="ISO_15444_1", demo=False),
-    Syntax("jpeg-ls-near", JPEGLSNearLossless, lossy=True, gdcm_name="JPEGLSNearLossless", pydicom_plugins=None,
-           lossy_method="ISO_14495_1", demo=False),
+    Syntax(
+        "jpeg2000-lossy",
+        JPEG2000,
+        lossy=True,
+        pydicom_plugins=("pylibjpeg",),
+        compress_args=(("j2k_cr", [10]),),
+        lossy_method="ISO_15444_1",
+        demo=False,
+    ),
+    Syntax(
+        "jpeg-ls-near",
+        JPEGLSNearLossless,
+        lossy=True,
+        gdcm_name="JPEGLSNearLossless",
+        pydicom_plugins=None,
+        lossy_method="ISO_14495_1",
+        demo=False,
+    ),
 )
 BY_KEY = {s.key: s for s in SYNTAXES}
 BY_UID = {s.uid: s for s in SYNTAXES}
@@ -199,8 +219,12 @@ def encode(ds: Dataset, key: str, *, new_instance_uid: bool = False) -> str:
             ds.PixelData = np.frombuffer(ds.PixelData, dtype=dtype).byteswap().tobytes()
         ds.file_meta.TransferSyntaxUID = syntax.uid
     elif how.startswith("pydicom:"):
-        ds.compress(syntax.uid, encoding_plugin=how.split(":", 1)[1], generate_instance_uid=new_instance_uid,
-                    **dict(syntax.compress_args))
+        ds.compress(
+            syntax.uid,
+            encoding_plugin=how.split(":", 1)[1],
+            generate_instance_uid=new_instance_uid,
+            **dict(syntax.compress_args),
+        )
     else:
         _gdcm_transcode(ds, syntax)
     return how

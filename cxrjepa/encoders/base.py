@@ -81,8 +81,12 @@ class FeatureEncoder(nn.Module):
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.fingerprint = fingerprint
         self.info = dict(info or {})
-        self.register_buffer("_mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "_mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "_std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
         self.requires_grad_(False)
         self.eval()
 
@@ -138,8 +142,11 @@ class FeatureEncoder(nn.Module):
             "mean": list(self.preprocess.mean),
             "std": list(self.preprocess.std),
             "prefix_tokens": self.num_prefix_tokens,
-            **({"clip_frames": self.clip_frames, "clip_stride": self.clip_stride, "tubelet": self.tubelet}
-               if self.clip_frames > 1 else {}),
+            **(
+                {"clip_frames": self.clip_frames, "clip_stride": self.clip_stride, "tubelet": self.tubelet}
+                if self.clip_frames > 1
+                else {}
+            ),
             **self.info,
         }
 
@@ -160,7 +167,9 @@ class TimmTokens(nn.Module):
                 return EncoderOutput([feats.flatten(2).transpose(1, 2)])
             return EncoderOutput([feats[:, p:]], feats[:, :p] if p else None)
         if not hasattr(self.model, "forward_intermediates"):
-            raise UsageError(f"The timm model '{type(self.model).__name__}' cannot give intermediate layers; drop the last-4-layer features.")
+            raise UsageError(
+                f"The timm model '{type(self.model).__name__}' cannot give intermediate layers; drop the last-4-layer features."
+            )
         outs = self.model.forward_intermediates(
             x, indices=n_layers, norm=True, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=bool(p)
         )

@@ -62,13 +62,16 @@ def _hf_size(proc: dict, default: int) -> int:
     return default
 
 
-@register_encoder("hf", prefix="hf:", detect=lambda path: path.is_dir() and is_hf_folder(path), target="path",
-                  usage="hf:FOLDER")
+@register_encoder(
+    "hf", prefix="hf:", detect=lambda path: path.is_dir() and is_hf_folder(path), target="path", usage="hf:FOLDER"
+)
 def load_hf_encoder(spec: EncoderSpec, options: LoadOptions) -> FeatureEncoder:
     try:
         from transformers import AutoModel
     except ImportError:  # pragma: no cover - depends on the environment
-        raise UsageError("Loading a Hugging Face folder needs the 'transformers' package (pip install transformers).") from None
+        raise UsageError(
+            "Loading a Hugging Face folder needs the 'transformers' package (pip install transformers)."
+        ) from None
     from cxrjepa.core.fingerprint import fingerprint_path
 
     folder = Path(spec.target)
@@ -117,12 +120,19 @@ def _timm_wrapper_encoder(model: nn.Module, proc: dict, folder: Path, spec: str)
         TimmTokens(vit),
         source="hf",
         spec=spec,
-        preprocess=Preprocess(_hf_size(proc, int(args.get("img_size", 224))), chans,
-                              tuple(float(v) for v in proc.get("image_mean", [0.5] * chans)),
-                              tuple(float(v) for v in proc.get("image_std", [0.5] * chans))),
+        preprocess=Preprocess(
+            _hf_size(proc, int(args.get("img_size", 224))),
+            chans,
+            tuple(float(v) for v in proc.get("image_mean", [0.5] * chans)),
+            tuple(float(v) for v in proc.get("image_std", [0.5] * chans)),
+        ),
         embed_dim=int(vit.num_features),
         patch_size=patch,
         num_prefix_tokens=int(getattr(vit, "num_prefix_tokens", 0) or 0),
         fingerprint=fingerprint_path(folder),
-        info={"hf_model_type": "timm_wrapper", "hf_class": type(model).__name__, "timm_model": model.config.architecture},
+        info={
+            "hf_model_type": "timm_wrapper",
+            "hf_class": type(model).__name__,
+            "timm_model": model.config.architecture,
+        },
     )

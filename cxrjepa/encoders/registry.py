@@ -149,7 +149,7 @@ def parse_encoder_spec(text: str | Path, weights: str | Path | None = None) -> E
     w = Path(weights) if weights else None
     for kind in _KINDS.values():
         if kind.prefix and text.startswith(kind.prefix):
-            return EncoderSpec(text, kind.name, text[len(kind.prefix):], w if kind.weights else None)
+            return EncoderSpec(text, kind.name, text[len(kind.prefix) :], w if kind.weights else None)
     if w is not None:
         with_weights = " or ".join(f"--encoder {k.usage}" for k in _KINDS.values() if k.weights)
         raise UsageError(f"--weights goes with {with_weights}.")

@@ -35,7 +35,9 @@ class ClipTokens(nn.Module):
         if n_layers <= 1:
             return EncoderOutput([self.encoder.run_blocks(tokens)])
         if n_layers > len(self.encoder.vit.blocks):
-            raise UsageError(f"The clip encoder has {len(self.encoder.vit.blocks)} blocks, fewer than the {n_layers} layers asked for.")
+            raise UsageError(
+                f"The clip encoder has {len(self.encoder.vit.blocks)} blocks, fewer than the {n_layers} layers asked for."
+            )
         return EncoderOutput(list(self.encoder.run_blocks(tokens, return_layers=n_layers)))
 
 
@@ -56,8 +58,13 @@ def cxrjepa_encoder_ref(name: str, path: Path) -> dict:
     return {"name": name, "path": str(path), "kind": "encoder", "fingerprint": sha}
 
 
-@register_encoder("cxrjepa", default=True, target="path", usage="RUN",
-                  input_ref=lambda name, spec: cxrjepa_encoder_ref(name, Path(spec.target)))
+@register_encoder(
+    "cxrjepa",
+    default=True,
+    target="path",
+    usage="RUN",
+    input_ref=lambda name, spec: cxrjepa_encoder_ref(name, Path(spec.target)),
+)
 def load_run_encoder(spec: EncoderSpec, options: LoadOptions) -> FeatureEncoder:
     """A cxrjepa run (complete) or export folder, as trained: its own normalization and input size."""
     from cxrjepa.core.artifact import open_artifact, read_manifest
@@ -72,8 +79,11 @@ def load_run_encoder(spec: EncoderSpec, options: LoadOptions) -> FeatureEncoder:
     cfg = loaded.config
     clip = {}
     if cfg.is_clip:  # timm's forward cannot run tubelets: tokens come from the ViTEncoder itself
-        clip = {"clip_frames": cfg.frames, "clip_stride": int(loaded.meta.get("clip_stride", 1) or 1),
-                "tubelet": cfg.tubelet}
+        clip = {
+            "clip_frames": cfg.frames,
+            "clip_stride": int(loaded.meta.get("clip_stride", 1) or 1),
+            "tubelet": cfg.tubelet,
+        }
     return FeatureEncoder(
         ClipTokens(loaded.model) if cfg.is_clip else TimmTokens(loaded.model.vit),
         source="cxrjepa",
@@ -104,8 +114,9 @@ def load_random_encoder(spec: EncoderSpec, options: LoadOptions) -> FeatureEncod
     norm = normalization_of(normalization)
     m = _ARCH.match(arch)
     if m and m.group("size") in SIZES:
-        cfg = EncoderConfig(size=m.group("size"), patch_size=int(m.group("patch") or 16),
-                            image_size=options.image_size or 224)
+        cfg = EncoderConfig(
+            size=m.group("size"), patch_size=int(m.group("patch") or 16), image_size=options.image_size or 224
+        )
         cfg.image_size -= cfg.image_size % cfg.patch_size
         cfg.validate()
     else:

@@ -31,15 +31,23 @@ def load_timm_encoder(spec: EncoderSpec, options: LoadOptions) -> FeatureEncoder
     except UnreadableFileError as exc:  # names the file and the cause (a refused pickle, a corrupt file)
         raise UsageError(exc.message) from None
     except Exception as exc:
-        raise UsageError(f"Cannot read the weights file '{weights}' ({type(exc).__name__}); use safetensors or a plain state dict.") from None
+        raise UsageError(
+            f"Cannot read the weights file '{weights}' ({type(exc).__name__}); use safetensors or a plain state dict."
+        ) from None
     # through timm's pretrained path (its checkpoint filters and input-channel adaptation), from memory
-    kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state, "source": "state_dict"}, "num_classes": 0}
+    kwargs = {
+        "pretrained": True,
+        "pretrained_cfg_overlay": {"state_dict": state, "source": "state_dict"},
+        "num_classes": 0,
+    }
     try:
         model = timm.create_model(name, dynamic_img_size=True, **kwargs)
     except TypeError:  # not a ViT: no dynamic image size
         model = timm.create_model(name, **kwargs)
     except RuntimeError as exc:
-        raise UsageError(f"The weights in '{weights}' do not fit the timm model '{name}' ({str(exc).splitlines()[0][:200]}).") from None
+        raise UsageError(
+            f"The weights in '{weights}' do not fit the timm model '{name}' ({str(exc).splitlines()[0][:200]})."
+        ) from None
     for attr in ("pretrained_cfg", "default_cfg"):  # do not keep a second copy of the weights
         cfg_dict = getattr(model, attr, None)
         if isinstance(cfg_dict, dict):
@@ -50,7 +58,11 @@ def load_timm_encoder(spec: EncoderSpec, options: LoadOptions) -> FeatureEncoder
     mean = tuple(float(v) for v in pcfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(float(v) for v in pcfg.get("std", (0.229, 0.224, 0.225)))
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else int(getattr(model, "feature_info", [{}])[-1].get("reduction", 32))
+    patch = (
+        int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        if patch
+        else int(getattr(model, "feature_info", [{}])[-1].get("reduction", 32))
+    )
     return FeatureEncoder(
         TimmTokens(model.eval()),
         source="timm",

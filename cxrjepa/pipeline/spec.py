@@ -64,7 +64,9 @@ class Pipeline:
         for s in self.stages:
             if s.id == stage_id:
                 return s
-        raise ConfigError(f"The pipeline has no stage '{stage_id}'." + did_you_mean(stage_id, [s.id for s in self.stages]))
+        raise ConfigError(
+            f"The pipeline has no stage '{stage_id}'." + did_you_mean(stage_id, [s.id for s in self.stages])
+        )
 
     def resolve(self, value: Any) -> Any:
         """Replace "@ID/sub" references by paths under that stage's output folder."""
@@ -104,11 +106,15 @@ def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages
         raise ConfigError(f"Pipeline file '{path}' does not exist.")
     data = read_yaml(path)
     if "stages" not in data and is_recipe(data):
-        raise ConfigError(f"'{path}' is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config {path}")
+        raise ConfigError(
+            f"'{path}' is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config {path}"
+        )
     unknown = set(data) - {"name", "description", "out", "stages"}
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"Unknown pipeline key '{key}' in '{path}'." + did_you_mean(key, ["name", "description", "out", "stages"]))
+        raise ConfigError(
+            f"Unknown pipeline key '{key}' in '{path}'." + did_you_mean(key, ["name", "description", "out", "stages"])
+        )
     stages_raw = data.get("stages")
     if not isinstance(stages_raw, dict) or not stages_raw:
         raise ConfigError(f"Pipeline '{path}' needs a 'stages' mapping of stage ids to stage settings.")
@@ -142,7 +148,9 @@ def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages
         for up in spec.upstream():
             if up not in seen:
                 where = "a later stage" if up in stages_raw else "no stage"
-                raise ConfigError(f"Stage '{sid}' reads '@{up}', which is {where}; stages must come after their inputs.")
+                raise ConfigError(
+                    f"Stage '{sid}' reads '@{up}', which is {where}; stages must come after their inputs."
+                )
         stages.append(spec)
         seen.add(sid)
     return Pipeline(name=str(data.get("name") or path.stem), path=path, root=root_path, stages=stages)

@@ -13,8 +13,18 @@ import pytest
 
 from tests.report_chain import shared_report
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -22,8 +32,10 @@ def chromium() -> str:
     """The installed Chromium (or Chrome); a skip that says why when there is none (tests never install it)."""
     found = next((p for p in map(shutil.which, NAMES) if p), None)
     if found is None:
-        pytest.skip(f"No Chromium or Chrome on PATH ({', '.join(NAMES)}); install one (e.g. 'apt-get install "
-                    "chromium') to run the browser check.")
+        pytest.skip(
+            f"No Chromium or Chrome on PATH ({', '.join(NAMES)}); install one (e.g. 'apt-get install "
+            "chromium') to run the browser check."
+        )
     return found
 
 
@@ -31,9 +43,17 @@ def screenshot(browser: str, page: Path, png: Path, width: int, height: int) -> 
     profile = tempfile.mkdtemp(prefix="cxrjepa-chromium-")
     try:
         return subprocess.run(
-            [browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={png}",
-             page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=180,
+            [
+                browser,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={png}",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
     finally:
         shutil.rmtree(profile, ignore_errors=True)

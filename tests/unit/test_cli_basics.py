@@ -43,8 +43,10 @@ def test_run_on_a_recipe_says_to_use_pretrain(recipe, monkeypatch):
     monkeypatch.chdir(ROOT)
     res = runner.invoke(app, ["run", f"recipes/{recipe}"])
     assert res.exit_code == 2
-    want = (f"error: 'recipes/{recipe}' is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config "
-            f"recipes/{recipe}")
+    want = (
+        f"error: 'recipes/{recipe}' is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config "
+        f"recipes/{recipe}"
+    )
     assert res.stderr.strip() == want
 
 
