@@ -45,6 +45,30 @@ MemoryCheckOpt = Annotated[
     ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
+PartOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--part",
+        help="Run only part K of N (K = 0 .. N-1, e.g. --part $SLURM_ARRAY_TASK_ID/8 with "
+        "sbatch --array=0-7); parts may run at once on machines sharing --out "
+        "(docs/cluster.md).",
+    ),
+]
+FinalizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--finalize",
+        help="Assemble the artifact from its finished parts (only --out is needed); "
+        "names the parts to rerun when some are missing (exit 1).",
+    ),
+]
+AutoFinalizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--auto-finalize/--no-auto-finalize",
+        help="With --part: the last part to finish assembles the artifact (default).",
+    ),
+]
 LoggerOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -111,6 +135,16 @@ def report_error(exc: BaseException, verbose: bool = False) -> int:
     else:
         console.error(f"Unexpected {type(exc).__name__}; rerun with --verbose for the traceback.")
     return EXIT_FAILURE
+
+
+def part_summary(result: Any) -> tuple[Any, int]:
+    """The result of a ``--part`` run and exit 0 once the part's work is done, even when the artifact it
+    finalized rejected inputs (so a scheduler's ``afterok`` dependency holds); ``--finalize`` reports them."""
+    if isinstance(result, Artifact):
+        if exit_code_for(result) == EXIT_REJECTED:
+            console.warn("Some inputs were rejected; see the failure ledger in the artifact.")
+        return artifact_summary(result), EXIT_OK
+    return result, EXIT_OK
 
 
 def execute(

@@ -8,39 +8,44 @@ from typing import Annotated
 import typer
 
 from cxrjepa.cli.common import (
+    AutoFinalizeOpt,
     ConfigOpt,
     DryRunOpt,
+    FinalizeOpt,
     ForceOpt,
     JsonOpt,
     MemoryCheckOpt,
     OutOpt,
+    PartOpt,
     PrintConfigOpt,
     QuietOpt,
     SetOpt,
     VerboseOpt,
     execute,
+    part_summary,
     stage_config,
 )
 
 HELP = (
     "Embed every sample of a dataset with an encoder (a cxrjepa run or export, random:SIZE, timm:NAME with "
     "--weights, or a local Hugging Face folder). Writes features.zarr + index.parquet in the dataset's order; "
-    "resumable; --gpus N shards over GPUs."
+    "resumable; --gpus N shards over GPUs. On a cluster, --part K/N embeds one part of an array job and "
+    "--finalize completes the artifact (docs/cluster.md)."
 )
 
 
 def command(
     encoder: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--encoder",
             "-e",
             help="RUN or RUN/encoder (cxrjepa), random:SIZE\\[/PATCH] or random:RUN (random init, seeded), pixels:SIZE (raw pixels), "
             "timm:NAME (with --weights), or a local Hugging Face model folder (hf:FOLDER).",
         ),
-    ],
-    data: Annotated[Path, typer.Option("--data", "-d", help="Dataset artifact (from 'cxrjepa ingest').")],
-    out: OutOpt,
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset artifact (from 'cxrjepa ingest').")] = None,
+    out: OutOpt = ...,
     weights: Annotated[
         Path | None,
         typer.Option(
@@ -83,6 +88,9 @@ def command(
         int, typer.Option("--processes", help="CPU processes to shard over (gloo) when running on CPU.")
     ] = 1,
     memory_check: MemoryCheckOpt = True,
+    part: PartOpt = None,
+    finalize: FinalizeOpt = False,
+    auto_finalize: AutoFinalizeOpt = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_cfg: PrintConfigOpt = False,
@@ -104,6 +112,16 @@ def command(
     }
 
     def go():
+        from cxrjepa.core.errors import UsageError
+
+        if finalize:
+            from cxrjepa.embed.parts import finalize_embed
+
+            if encoder or data or part:
+                raise UsageError("--finalize takes only --out: the parts recorded their encoder, dataset and settings.")
+            return finalize_embed(out)
+        if encoder is None or data is None:
+            raise UsageError("Give the encoder (--encoder) and the dataset (--data) to embed.")
         cfg = stage_config(EmbedConfig, config, set_, flags, print_only=print_cfg)
         opts = EmbedOptions(
             device=device,
@@ -113,8 +131,30 @@ def command(
             workers=workers,
             memory_check=memory_check,
         )
+        if part is not None:
+            from cxrjepa.embed.parts import run_embed_part
+
+            if dry_run:
+                raise UsageError("--dry-run plans the whole embedding; leave out --part.")
+            return run_embed_part(
+                out,
+                part,
+                cfg,
+                encoder=encoder,
+                data=data,
+                weights=weights,
+                options=opts,
+                force=force,
+                auto_finalize=auto_finalize,
+            )
         return run_embed(
             out, cfg, encoder=encoder, data=data, weights=weights, options=opts, force=force, dry_run=dry_run
         )
 
-    execute(go, json_output=json_out, quiet=quiet, verbose=verbose)
+    execute(
+        go,
+        json_output=json_out,
+        quiet=quiet,
+        verbose=verbose,
+        summarize=part_summary if part is not None and not finalize else None,
+    )

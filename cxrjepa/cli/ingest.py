@@ -8,16 +8,20 @@ from typing import Annotated
 import typer
 
 from cxrjepa.cli.common import (
+    AutoFinalizeOpt,
     ConfigOpt,
     DryRunOpt,
+    FinalizeOpt,
     ForceOpt,
     JsonOpt,
     OutOpt,
+    PartOpt,
     PrintConfigOpt,
     QuietOpt,
     SetOpt,
     VerboseOpt,
     execute,
+    part_summary,
     stage_config,
 )
 
@@ -27,19 +31,22 @@ HELP = (
     "Inputs are recognised by content; bad inputs are ledgered, never fatal (exit code 3 when some were "
     "rejected). An interrupted run resumes when rerun with the same command. Example:\n\n"
     "  cxrjepa ingest /archive/cxr --out data/cxr --size 256 --labels labels.csv --key path\n\n"
-    "  cxrjepa ingest DEMO/dicom --out data/demo --masks lung=DEMO/masks"
+    "  cxrjepa ingest DEMO/dicom --out data/demo --masks lung=DEMO/masks\n\n"
+    "On a cluster, --part K/N runs one part of an array job and --finalize assembles the parts (docs/cluster.md):\n\n"
+    "  cxrjepa ingest /archive/cxr --out data/cxr --part $SLURM_ARRAY_TASK_ID/8\n\n"
+    "  cxrjepa ingest --finalize --out data/cxr"
 )
 
 
 def command(
     sources: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="Input folders (walked recursively), files, or @LIST (a text file with one path per line).",
             show_default=False,
         ),
-    ],
-    out: OutOpt,
+    ] = None,
+    out: OutOpt = ...,
     size: Annotated[
         int | None, typer.Option("--size", help="Side of the stored square frames in pixels (default 224).")
     ] = None,
@@ -111,6 +118,9 @@ def command(
             help="File with the secret salt for sample/patient hashes (else $CXRJEPA_SALT, else a generated one kept in ~/.config/cxrjepa).",
         ),
     ] = None,
+    part: PartOpt = None,
+    finalize: FinalizeOpt = False,
+    auto_finalize: AutoFinalizeOpt = True,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     print_config_: PrintConfigOpt = False,
@@ -134,8 +144,17 @@ def command(
     }
 
     def run():
+        from cxrjepa.core.errors import UsageError
         from cxrjepa.ingest.api import run_ingest
 
+        if finalize:
+            from cxrjepa.ingest.parts import finalize_ingest
+
+            if sources or part:
+                raise UsageError(
+                    "--finalize takes only --out (and --workers): the parts recorded their inputs and settings."
+                )
+            return finalize_ingest(out, workers=workers)
         cfg = stage_config(IngestConfig, config, set_, flags, print_only=print_config_)
         options = IngestOptions(
             workers=workers,
@@ -144,8 +163,30 @@ def command(
             time_limit=time_limit,
             memory_limit_mb=memory_limit,
         )
+        if part is not None:
+            from cxrjepa.ingest.parts import run_ingest_part
+
+            if dry_run:
+                raise UsageError("--dry-run checks the whole input; leave out --part.")
+            return run_ingest_part(
+                out,
+                part,
+                cfg,
+                sources=sources or [],
+                labels=labels,
+                masks=masks,
+                options=options,
+                force=force,
+                auto_finalize=auto_finalize,
+            )
         return run_ingest(
-            out, cfg, sources=sources, labels=labels, masks=masks, options=options, force=force, dry_run=dry_run
+            out, cfg, sources=sources or [], labels=labels, masks=masks, options=options, force=force, dry_run=dry_run
         )
 
-    execute(run, json_output=json_output, quiet=quiet, verbose=verbose)
+    execute(
+        run,
+        json_output=json_output,
+        quiet=quiet,
+        verbose=verbose,
+        summarize=part_summary if part is not None and not finalize else None,
+    )

@@ -14,9 +14,12 @@ rank 0 coordinates and hands the job to the others.
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +47,7 @@ from cxrjepa.runtime import (
     DistInfo,
     LaunchSpec,
     ProcessPlan,
+    all_reduce_mean,
     barrier,
     broadcast_object,
     cpu_count,
@@ -102,12 +106,15 @@ class Job:
     dtypes: dict = field(default_factory=dict)
     #: (frames, stride) of a clip encoder (embedded in whole clip windows), None for image encoders
     clip: tuple[int, int] | None = None
+    #: prefix of this job's ledger files (a part of an array job writes ``part-K-of-N.rank-RRR.jsonl``)
+    ledger: str = ""
 
     def to_args(self) -> dict:
         """The job as JSON-able launch-spec arguments (the config travels as the spec's config file)."""
+        # absolute paths: the ranks on other nodes and a finalize step may start in another working directory
         return {
-            "out": str(self.out),
-            "data": str(self.data),
+            "out": str(self.out.absolute()),
+            "data": str(self.data.absolute()),
             "encoder": self.spec.absolute(),
             "weights": str(self.spec.weights.absolute()) if self.spec.weights else None,
             "device": self.device,
@@ -118,6 +125,7 @@ class Job:
             "pending": list(self.pending),
             "dtypes": dict(self.dtypes),
             "clip": list(self.clip) if self.clip else None,
+            "ledger": self.ledger,
         }
 
     @classmethod
@@ -135,10 +143,11 @@ class Job:
             [int(u) for u in args["pending"]],
             dict(args["dtypes"]),
             tuple(args["clip"]) if args["clip"] else None,
+            str(args.get("ledger") or ""),
         )
 
 
-def _resolve_device(options: EmbedOptions, *, check: bool = True) -> tuple[str, ProcessPlan]:
+def resolve_device(options: EmbedOptions, *, check: bool = True) -> tuple[str, ProcessPlan]:
     """The device kind and the processes for ``options``; ``check=False`` (dry runs) plans GPUs asked for
     with ``--gpus`` without looking for them."""
     if options.batch_size < 1 or options.processes < 1 or (options.gpus is not None and options.gpus < 1):
@@ -178,8 +187,24 @@ def run_embed(
     options = options or EmbedOptions()
     out = Path(out)
     if in_worker() and worker_info(False).world > 1:  # ranks of an outside torchrun: every rank runs this function
-        return _run_as_rank(out, config, encoder=encoder, data=data, weights=weights, options=options, force=force)
-    dev, procs = _resolve_device(options, check=not dry_run)
+        return run_ranks(
+            options,
+            lambda dev, info: _prepare(
+                out,
+                config,
+                encoder=encoder,
+                data=data,
+                weights=weights,
+                options=options,
+                device=dev,
+                world=info.world,
+                local=info.local_world,
+                force=force,
+                dry_run=False,
+            )[:2],
+            lambda builder, job: finish(builder, job) if builder is not None else builder_existing(out),
+        )
+    dev, procs = resolve_device(options, check=not dry_run)
     builder, job, enc = _prepare(
         out,
         config,
@@ -197,18 +222,24 @@ def run_embed(
             job["launch"] = dry_run_command(procs) if procs.launches else None
             return job
         return builder_existing(out)
-    with expecting_writes("the embeddings", _array_bytes(builder)):  # a full disk says how much is needed
-        if job.pending:
-            if procs.launches:
-                _launch(job, procs)
-            else:
-                _work(worker_info(dev == "cuda"), job, enc)
-        return _finish(builder, job)
+    with expecting_writes("the embeddings", array_bytes(builder.contents)):  # a full disk says how much is needed
+        run_job(job, procs, enc)
+        return finish(builder, job)
 
 
-def _array_bytes(builder: ArtifactBuilder) -> int:
+def run_job(job: Job, procs: ProcessPlan, encoder: FeatureEncoder | None = None) -> None:
+    """Embed the job's pending units here: on ``procs`` launched processes, or in this process."""
+    if not job.pending:
+        return
+    if procs.launches:
+        _launch(job, procs)
+    else:
+        _work(worker_info(job.device == "cuda"), job, encoder)
+
+
+def array_bytes(contents: dict) -> int:
     """Uncompressed size of the arrays the embeddings will hold (an upper bound of what they write)."""
-    arrays = builder.contents.get("arrays") or {}
+    arrays = contents.get("arrays") or {}
     return int(sum(np.prod(a["shape"]) * np.dtype(a["dtype"]).itemsize for a in arrays.values()))
 
 
@@ -240,7 +271,108 @@ def builder_existing(out: Path) -> Artifact:
     return open_artifact(out, "embeddings")
 
 
-def _prepare(out, config, *, encoder, data, weights, options, device, world, force, dry_run):
+@dataclass
+class Layout:
+    """What an embedding writes, decided from the dataset and the encoder before any row is embedded."""
+
+    ds: DatasetArtifact
+    spec: EncoderSpec
+    encoder: FeatureEncoder
+    shapes: dict
+    dtypes: dict
+    unit_rows: int
+
+    @property
+    def n(self) -> int:
+        return len(self.ds.meta)
+
+    def contents(self, data: str | Path, config: EmbedConfig, unit_rows: int | None = None) -> dict:
+        """The manifest's ``contents`` (cxrjepa.embed.store.EmbeddingsContents) for arrays of ``unit_rows``."""
+        enc, spec = self.encoder, self.spec
+        size = input_size(config, enc)
+        contents = {
+            "arrays": {
+                k: {"path": f"{store.ZARR}/{k}", "shape": [self.n, *s], "dtype": self.dtypes[k]}
+                for k, s in self.shapes.items()
+            },
+            "index": store.INDEX,
+            "label_columns": list(self.ds.label_columns),
+            "encoder": {
+                **enc.describe(),
+                "load": spec.absolute(),
+                "weights": str(spec.weights.resolve()) if spec.weights else None,
+            },
+            "dataset": {"path": str(Path(data).resolve()), "fingerprint": self.ds.artifact.content_fingerprint},
+            "input_size": size,
+            "unit_rows": unit_rows or self.unit_rows,
+        }
+        if config.patch_tokens:
+            contents["arrays"][PATCH]["grid"] = list(enc.token_grid(size, size))
+        return contents
+
+    def job(
+        self,
+        out: Path,
+        data: str | Path,
+        config: EmbedConfig,
+        options: EmbedOptions,
+        device: str,
+        unit_rows: int,
+        pending: list[int],
+        ledger: str = "",
+    ) -> Job:
+        clip = encoder_clip(self.encoder)
+        batch_size = max(options.batch_size, clip[0]) if clip else options.batch_size  # at least one whole window
+        return Job(
+            Path(out),
+            Path(data),
+            self.spec,
+            config,
+            device,
+            batch_size,
+            options.workers,
+            self.n,
+            unit_rows,
+            pending,
+            self.dtypes,
+            clip,
+            ledger,
+        )
+
+    def announce(self, config: EmbedConfig, device: str, world: int, what: str = "") -> None:
+        enc = self.encoder
+        msg = (
+            f"{what or f'Embedding {self.n} samples'} with '{self.spec.text}' ({enc.source}, dim {enc.embed_dim}, "
+            f"{input_size(config, enc)} px) on {device}"
+        )
+        console.info(msg + (f" x{world}." if world > 1 else "."))
+
+
+def layout_for(
+    ds: DatasetArtifact,
+    config: EmbedConfig,
+    options: EmbedOptions,
+    *,
+    encoder: str | Path,
+    weights: str | Path | None,
+    device: str,
+    world: int,
+    local: int | None = None,
+) -> Layout:
+    """Load the encoder (on the CPU) and decide the arrays for the dataset ``ds``: shapes, dtypes, rows per unit
+    for ``world`` processes; refuse a batch that cannot fit in memory (``local``: the processes on this machine)."""
+    spec = parse_encoder_spec(encoder, weights)
+    enc = load_encoder_for(spec, config, ds)
+    check_config(config, enc)
+    shapes = output_shapes(config, enc)
+    dtypes = {k: (config.patch_dtype if k == PATCH else config.dtype) for k in shapes}
+    n = len(ds.meta)
+    unit_rows = store.balanced_unit_rows(store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize), n, world)
+    _check_memory(enc, config, options, device, world if local is None else local, shapes, unit_rows)
+    return Layout(ds, spec, enc, shapes, dtypes, unit_rows)
+
+
+def _prepare(out, config, *, encoder, data, weights, options, device, world, force, dry_run, local=None):
     ds = DatasetArtifact.open(data)
     spec = parse_encoder_spec(encoder, weights)
     refs = embed_input_refs(encoder, data, weights)
@@ -251,8 +383,8 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     if builder.skipped:
         console.info(f"Embeddings '{out}' are up to date.")
         return None, None, None
-    n = len(ds.meta)
     if dry_run:
+        n = len(ds.meta)
         plan = {
             "dry_run": True,
             "out": str(out),
@@ -265,50 +397,23 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
         }
         console.info(f"Would embed {n} samples of '{data}' with '{spec.text}' into '{out}' ({builder.action}).")
         return builder, plan, None
-    enc = load_encoder_for(spec, config, ds)
-    check_config(config, enc)
-    shapes = output_shapes(config, enc)
-    dtypes = {k: (config.patch_dtype if k == PATCH else config.dtype) for k in shapes}
-    unit_rows = store.balanced_unit_rows(store.unit_rows_for(shapes, np.dtype(config.patch_dtype).itemsize), n, world)
-    _check_memory(enc, config, options, device, world, shapes, unit_rows)
+    lay = layout_for(ds, config, options, encoder=encoder, weights=weights, device=device, world=world, local=local)
+    n, unit_rows = lay.n, lay.unit_rows
     ledger = store.Ledger(out)
-    resumable = store.existing_unit_rows(out, n, shapes, dtypes) if builder.resumed else None
+    resumable = store.existing_unit_rows(out, n, lay.shapes, lay.dtypes) if builder.resumed else None
     if resumable:
         unit_rows = resumable  # the units of the interrupted run, whatever the number of processes now
         done = ledger.done()
         console.info(f"Resuming: {len(done)} of {len(unit_ranges(n, unit_rows))} units already written.")
     else:
         ledger.clear()
-        store.create_arrays(out, n, shapes, dtypes, unit_rows)
+        store.create_arrays(out, n, lay.shapes, lay.dtypes, unit_rows)
         done = {}
     pending = [u for u in range(len(unit_ranges(n, unit_rows))) if u not in done]
-    size = input_size(config, enc)
-    builder.contents.update(
-        {
-            "arrays": {
-                k: {"path": f"{store.ZARR}/{k}", "shape": [n, *s], "dtype": dtypes[k]} for k, s in shapes.items()
-            },
-            "index": store.INDEX,
-            "label_columns": list(ds.label_columns),
-            "encoder": {
-                **enc.describe(),
-                "load": spec.absolute(),
-                "weights": str(spec.weights.resolve()) if spec.weights else None,
-            },
-            "dataset": {"path": str(Path(data).resolve()), "fingerprint": ds.artifact.content_fingerprint},
-            "input_size": size,
-            "unit_rows": unit_rows,
-        }
-    )
-    if config.patch_tokens:
-        builder.contents["arrays"][PATCH]["grid"] = list(enc.token_grid(size, size))
+    builder.contents.update(lay.contents(data, config, unit_rows))
     builder.write_partial()
-    clip = encoder_clip(enc)
-    batch_size = max(options.batch_size, clip[0]) if clip else options.batch_size  # at least one whole window
-    job = Job(out, Path(data), spec, config, device, batch_size, options.workers, n, unit_rows, pending, dtypes, clip)
-    msg = f"Embedding {n} samples with '{spec.text}' ({enc.source}, dim {enc.embed_dim}, {size} px) on {device}"
-    console.info(msg + (f" x{world}." if world > 1 else "."))
-    return builder, job, enc
+    lay.announce(config, device, world)
+    return builder, lay.job(out, data, config, options, device, unit_rows, pending), lay.encoder
 
 
 def _check_memory(
@@ -347,17 +452,17 @@ def _work(info: DistInfo, job: Job, encoder: FeatureEncoder | None = None) -> No
     if not units:
         return
     device = info.device
-    if device.type == "cpu" and info.world > 1:
-        torch.set_num_threads(max(1, cpu_count() // info.world))
+    if device.type == "cpu" and info.local_world > 1:  # the processes on this machine share its cores
+        torch.set_num_threads(max(1, cpu_count() // info.local_world))
     ds = DatasetArtifact.open(job.data)
     enc = encoder.to(device) if encoder is not None else load_encoder_for(job.spec, job.config, ds, device)
     starts, counts = ds.frame_index
     plan = plan_for(job.clip, starts, counts, job.config.clip_frames, job.config.clip_pool)
     batches = plan_batches(plan, units, job.unit_rows, job.batch_size)
-    workers = auto_workers(len(batches), info.world) if job.workers is None else job.workers
+    workers = auto_workers(len(batches), info.local_world) if job.workers is None else job.workers
     loader = batch_loader(ds, plan, batches, workers=workers, pin_memory=device.type == "cuda")
     arrays = store.open_arrays(job.out, mode="r+")
-    ledger = store.Ledger(job.out, info.rank)
+    ledger = store.Ledger(job.out, info.rank, job.ledger)
     extract = Extractor(enc, job.config, device, ds.max_value)
     ranges = unit_ranges(job.n_rows, job.unit_rows)
     buf: dict[str, np.ndarray] = {}
@@ -384,7 +489,8 @@ def _work(info: DistInfo, job: Job, encoder: FeatureEncoder | None = None) -> No
                 bar.update(status=f"{rows_done / max(time.time() - t0, 1e-9):.1f} samples/s")
 
 
-def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
+def finish(builder: ArtifactBuilder, job: Job) -> Artifact:
+    """Write the index, the exports and the complete manifest, once every unit of rows is in the ledger."""
     out = builder.path
     ds = DatasetArtifact.open(job.data)
     done = store.Ledger(out).done()
@@ -418,27 +524,22 @@ def _finish(builder: ArtifactBuilder, job: Job) -> Artifact:
     return art
 
 
-def _run_as_rank(out, config, *, encoder, data, weights, options, force):
-    """One rank of an outside torchrun launch (every rank runs the same command): rank 0 coordinates and
-    broadcasts the job, every rank embeds its slice, rank 0 finishes the artifact."""
+def run_ranks(
+    options: EmbedOptions,
+    prepare: Callable[[str, DistInfo], tuple[Any, Job | None]],
+    complete: Callable[[Any, Job | None], Any],
+) -> Any:
+    """The ranks of an outside torchrun launch (every rank runs the same command, on one node or several):
+    rank 0 prepares (``prepare(device, info)`` -> its state and the job, None when there is nothing to do)
+    and broadcasts the job, every rank embeds its slice of the pending units, and rank 0 completes
+    (``complete(state, job)``, whose result it returns; other ranks return None)."""
     dev = "cuda" if (options.device in ("auto", "cuda") and torch.cuda.is_available()) else "cpu"
     info = init_worker(dev == "cuda", backend="gloo")  # the ranks only exchange the job and wait for each other
     try:
-        builder = job = None
+        state = job = None
         if info.is_main:
             try:
-                builder, job, _ = _prepare(
-                    out,
-                    config,
-                    encoder=encoder,
-                    data=data,
-                    weights=weights,
-                    options=options,
-                    device=dev,
-                    world=info.world,
-                    force=force,
-                    dry_run=False,
-                )
+                state, job = prepare(dev, info)
             except Exception:
                 broadcast_object("failed", info)  # let the other ranks stop instead of waiting for a job
                 raise
@@ -446,12 +547,33 @@ def _run_as_rank(out, config, *, encoder, data, weights, options, force):
         if isinstance(job, str):
             raise CxrjepaError("Rank 0 could not start the embedding; see its error.")
         if job is not None and job.pending:
+            check_shared(info, job.out, job.data)
             _work(info, job)
         barrier(info)
-        art = _finish(builder, job) if (info.is_main and builder is not None and job is not None) else None
+        result = complete(state, job) if info.is_main else None
         barrier(info)
-        if info.is_main:
-            return art if art is not None else builder_existing(out)
-        return None
+        return result
     finally:
         shutdown(info)
+
+
+def check_shared(info: DistInfo, out: Path, data: Path) -> None:
+    """Every rank must see the arrays rank 0 created in ``out`` and the dataset ``data``: with ranks on several
+    nodes both must sit on storage every node shares (docs/cluster.md). Refuses on every rank at once, with one
+    sentence, instead of leaving rows unwritten (the ranks agree through an all-reduce)."""
+    sees = (Path(out) / store.ZARR).is_dir() and (Path(data) / "manifest.yaml").is_file()
+    seen = float(all_reduce_mean(torch.tensor([float(sees)]), info))
+    if seen >= 1.0:
+        return
+    if not sees:
+        raise CxrjepaError(
+            f"Rank {info.rank} on '{socket.gethostname()}' cannot see the embeddings folder '{out}' "
+            f"rank 0 created, or the dataset '{data}'; with several nodes, --out and --data must be on "
+            "storage every node shares (docs/cluster.md)."
+        )
+    blind = round((1.0 - seen) * info.world)
+    raise CxrjepaError(
+        f"{blind} of {info.world} ranks cannot see the embeddings folder '{out}' or the dataset "
+        f"'{data}'; with several nodes, --out and --data must be on storage every node shares "
+        "(docs/cluster.md)."
+    )

@@ -6,6 +6,7 @@ Layout (docs/artifacts.md, kind ``embeddings``)::
     EMB/features.zarr/      features (N, D) [+ features_last4 (N, 4D), patch_tokens (N, L, D)]
     EMB/index.parquet       row -> sample_id, patient_key, the dataset's metadata and label columns
     EMB/ledger/rank-RRR.jsonl   units written (resume), one JSON line per unit: unit, rows, digest
+                                (part-K-of-N.rank-RRR.jsonl when written by the parts of an array job)
     EMB/features.npy | features.parquet   with --format npy | parquet
 
 Row ``i`` of every array is row ``i`` of ``index.parquet``: the dataset's sample order. The manifest's
@@ -138,16 +139,24 @@ def digest(values: dict[str, np.ndarray]) -> str:
 
 
 class Ledger:
-    """Units whose rows are written, appended (and fsynced) after the arrays hold them."""
+    """Units whose rows are written, appended (and fsynced) after the arrays hold them.
 
-    def __init__(self, out: Path, rank: int = 0):
+    Each writer has its own file: ``rank-RRR.jsonl``, or ``PREFIXrank-RRR.jsonl`` for the ranks of a part of
+    an array job (``part-K-of-N.rank-RRR.jsonl``); :meth:`done` reads them all."""
+
+    def __init__(self, out: Path, rank: int = 0, prefix: str = ""):
         self.dir = Path(out) / LEDGER
         self.rank = rank
+        self.prefix = prefix
+
+    @property
+    def path(self) -> Path:
+        return self.dir / f"{self.prefix}rank-{self.rank:03d}.jsonl"
 
     def append(self, unit: int, lo: int, hi: int, dig: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         line = json.dumps({"unit": int(unit), "rows": [int(lo), int(hi)], "digest": dig}) + "\n"
-        with open(self.dir / f"rank-{self.rank:03d}.jsonl", "a") as fh:
+        with open(self.path, "a") as fh:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
@@ -157,7 +166,7 @@ class Ledger:
         entries: dict[int, dict] = {}
         if not self.dir.is_dir():
             return entries
-        for path in sorted(self.dir.glob("rank-*.jsonl")):
+        for path in sorted(self.dir.glob("*rank-*.jsonl")):
             for line in path.read_text().splitlines():
                 try:
                     e = json.loads(line)
@@ -166,9 +175,10 @@ class Ledger:
                     continue
         return entries
 
-    def clear(self) -> None:
+    def clear(self, prefix: str | None = None) -> None:
+        """Forget every unit (``prefix``: only those of the writers with that prefix)."""
         if self.dir.is_dir():
-            for p in self.dir.glob("rank-*.jsonl"):
+            for p in self.dir.glob(f"{prefix}rank-*.jsonl" if prefix is not None else "*rank-*.jsonl"):
                 p.unlink()
 
 

@@ -13,7 +13,7 @@ from cxrjepa.core.lock import locks_output
 from cxrjepa.data import layout
 from cxrjepa.ingest import ledger
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
-from cxrjepa.ingest.context import Context
+from cxrjepa.ingest.context import Context, InputItem
 from cxrjepa.ingest.discover import discover
 from cxrjepa.ingest.masks import MaskSource, Pairing, pair_masks, pair_masks_from_csv, parse_sources
 from cxrjepa.ingest.phi import Salt, load_salt
@@ -34,9 +34,10 @@ ALGORITHM_VERSION = 1
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
-def _source_refs(
+def source_refs(
     sources: Sequence[str | Path], labels: str | Path | None, salt: Salt, masks: Sequence[MaskSource] = ()
 ) -> list[dict]:
+    """The input references of an ingest (sources, labels, mask folders, the salt's tag): its fingerprint's inputs."""
     refs = []
     for i, src in enumerate(sources):
         s = str(src)
@@ -57,7 +58,7 @@ def ingest_input_refs(
 ) -> list[dict]:
     """The inputs of an ingest as its fingerprint sees them (the pipeline runner uses this too)."""
     salt = load_salt((options or IngestOptions()).salt_file, create=False)
-    return _source_refs(sources, labels, salt, parse_sources(masks))
+    return source_refs(sources, labels, salt, parse_sources(masks))
 
 
 @locks_output("ingest")
@@ -82,32 +83,11 @@ def run_ingest(
     (nothing is written). Resumes an interrupted run with the same settings and inputs; returns the
     existing artifact when it is up to date.
     """
-    config = config or IngestConfig()
-    config.validate()
-    options = options or IngestOptions()
+    config, options, mask_sources = check_request(config, options, sources, labels, masks)
     out = Path(out)
-    if not options.time_limit > 0:
-        raise UsageError(f"The time limit per input must be positive, not {options.time_limit}.")
-    if options.memory_limit_mb < 0 or 0 < options.memory_limit_mb < 256:
-        raise UsageError(
-            f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}."
-        )
-    if not sources:
-        raise UsageError("Give at least one input folder or file to ingest.")
-    if labels is not None and not Path(labels).is_file():
-        raise UsageError(f"The labels file '{labels}' does not exist.")
-    for s in sources:
-        p = Path(str(s)[1:] if str(s).startswith("@") else s)
-        if not p.exists():
-            raise UsageError(f"The input '{p}' does not exist.")
-    mask_sources = parse_sources(masks)
-    if config.labels_mask_column and labels is None:
-        raise UsageError("'labels_mask_column' needs a labels CSV (--labels).")
-    if config.labels_mask_column and mask_sources:
-        raise UsageError("Give masks either with --masks or with a masks column of the labels CSV, not both.")
     salt = load_salt(options.salt_file, create=not dry_run)
     workers = options.workers if options.workers > 0 else default_workers()
-    refs = _source_refs(sources, labels, salt, mask_sources)
+    refs = source_refs(sources, labels, salt, mask_sources)
     builder = begin(
         out,
         "dataset",
@@ -129,6 +109,58 @@ def run_ingest(
         console.info(f"Dataset '{out}' is up to date.")
         return builder.existing_artifact()
     return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
+
+
+def check_request(
+    config: IngestConfig | None,
+    options: IngestOptions | None,
+    sources: Sequence[str | Path],
+    labels: str | Path | None,
+    masks: Sequence[str | Path] | str | Path | None,
+) -> tuple[IngestConfig, IngestOptions, list[MaskSource]]:
+    """The checked settings of an ingest (one sentence, exit 2, for what cannot work) and its mask sources."""
+    config = config or IngestConfig()
+    config.validate()
+    options = options or IngestOptions()
+    if not options.time_limit > 0:
+        raise UsageError(f"The time limit per input must be positive, not {options.time_limit}.")
+    if options.memory_limit_mb < 0 or 0 < options.memory_limit_mb < 256:
+        raise UsageError(
+            f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}."
+        )
+    if not sources:
+        raise UsageError("Give at least one input folder or file to ingest.")
+    if labels is not None and not Path(labels).is_file():
+        raise UsageError(f"The labels file '{labels}' does not exist.")
+    for s in sources:
+        p = Path(str(s)[1:] if str(s).startswith("@") else s)
+        if not p.exists():
+            raise UsageError(f"The input '{p}' does not exist.")
+    mask_sources = parse_sources(masks)
+    if config.labels_mask_column and labels is None:
+        raise UsageError("'labels_mask_column' needs a labels CSV (--labels).")
+    if config.labels_mask_column and mask_sources:
+        raise UsageError("Give masks either with --masks or with a masks column of the labels CSV, not both.")
+    return config, options, mask_sources
+
+
+def find_inputs(
+    out: Path,
+    sources: Sequence[str | Path],
+    labels: str | Path | None,
+    config: IngestConfig,
+    mask_sources: Sequence[MaskSource],
+) -> tuple[list, Pairing | None]:
+    """Every entry of the sources in the sorted order samples take (discovery, then mask pairing), and the
+    pairing. Refuses sources that hold no input file at all."""
+    items = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
+    if all(i.verdict and i.verdict[0] == ledger.IGNORED for i in items):
+        found = f" (only {len(items)} sidecar or hidden files)" if items else ""
+        raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + found + ".")
+    pairing = _pair(items, labels, config, list(mask_sources))
+    if pairing is not None:
+        items = pairing.items
+    return items, pairing
 
 
 def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -> Pairing | None:
@@ -165,46 +197,64 @@ def _ingest(
 ) -> Artifact:
     config = ctx.config
     warm_up()  # the decode workers' fork server imports the decoders while the inputs are discovered
-    items = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
-    if all(i.verdict and i.verdict[0] == ledger.IGNORED for i in items):
-        found = f" (only {len(items)} sidecar or hidden files)" if items else ""
-        raise UsageError("No input files found in " + ", ".join(f"'{s}'" for s in sources) + found + ".")
-    pairing = _pair(items, labels, config, list(mask_sources))
-    if pairing is not None:
-        items = pairing.items
+    items, pairing = find_inputs(out, sources, labels, config, mask_sources)
+    units = process_inputs(out, staging, items, ctx, options, workers, resumed=builder.resumed)
+    artifact = assemble(out, builder, labels, ctx, workers, [(staging, len(units))], len(items), pairing)
+    staging.remove()
+    return artifact
+
+
+def process_inputs(
+    store: Path,
+    staging: Staging,
+    items: Sequence[InputItem],
+    ctx: Context,
+    options: IngestOptions,
+    workers: int,
+    *,
+    resumed: bool,
+    orders: Sequence[int] | None = None,
+    heading: str = "Ingesting",
+) -> list:
+    """Decode ``items`` into the staging area of ``store`` (the artifact, or a part's folder) in work units,
+    skipping the units already done; returns every unit. ``orders``: the items' positions in the whole
+    input list when they are a part of it."""
     unit_size = options.unit_size if options.unit_size > 0 else unit_size_for(len(items), workers)
-    unit_size = staging.prepare(items, unit_size, config.size, config.dtype)
-    units = make_units(items, unit_size)
+    unit_size = staging.prepare(items, unit_size, ctx.config.size, ctx.config.dtype, orders)
+    units = make_units(items, unit_size, orders)
     todo = [u for u in units if not staging.is_done(u.index)]
-    if builder.resumed and len(todo) < len(units):
+    if resumed and len(todo) < len(units):
         console.info(f"Resuming: {len(units) - len(todo)} of {len(units)} work units were already done.")
     n_ignored = sum(1 for i in items if i.verdict and i.verdict[0] == ledger.IGNORED)
     also = f" ({n_ignored} more files ignored: sidecar, text or hidden)" if n_ignored else ""
     console.info(
-        f"Ingesting {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {out}"
+        f"{heading} {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {store}"
     )
     with console.progress("ingest", total=len(items)) as bar:
         bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
         limits = Limits(seconds=options.time_limit, memory_mb=memory_limit_mb(workers, options.memory_limit_mb))
-        process_units(out, todo, ctx, workers, lambda r: bar.advance(r["inputs"]), limits)
-    return _finalize(out, builder, labels, ctx, workers, staging, len(units), len(items), pairing)
+        process_units(store, todo, ctx, workers, lambda r: bar.advance(r["inputs"]), limits)
+    return units
 
 
-def _finalize(
-    out,
+def assemble(
+    out: Path,
     builder,
     labels,
     ctx: Context,
     workers: int,
-    staging: Staging,
-    n_units: int,
+    stores: Sequence[tuple[Staging, int]],
     n_items: int,
     pairing: Pairing | None = None,
 ) -> Artifact:
+    """The last step of an ingest: the dataset from the finished work units of ``stores`` (staging areas and
+    their unit counts: the run's own, or one per part of an array job), ``n_items`` entries in all.
+
+    Writes the images, tables and the complete manifest; the caller removes the staging areas."""
     from cxrjepa.ingest import writer
 
     config = ctx.config
-    asm = writer.collect(staging, n_units, config.dedupe)
+    asm = writer.collect(stores, config.dedupe)
     meta = asm.meta
     label_columns: list[str] = []
     if labels is not None:
@@ -246,7 +296,15 @@ def _finalize(
 
             with expecting_writes("the dataset's images", n_bytes):  # a full disk says how much is needed
                 n_frames = writer.copy_all(
-                    out, meta, config.size, config.dtype, workers, run, bar.advance, masks=pairing is not None
+                    out,
+                    meta,
+                    config.size,
+                    config.dtype,
+                    workers,
+                    run,
+                    bar.advance,
+                    masks=pairing is not None,
+                    stores=[st for st, _ in stores],
                 )
     finally:
         if pool is not None:
@@ -311,7 +369,6 @@ def _finalize(
             public, config.size, config.dtype, meta["_mask_hash"] if pairing is not None else None
         )
     )
-    staging.remove()
     _report(artifact)
     return artifact
 

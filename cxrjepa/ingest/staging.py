@@ -45,14 +45,48 @@ class Unit:
     index: int
     start: int  # position of its first input in the sorted input list
     items: tuple[InputItem, ...]
+    #: positions of its inputs in the whole sorted input list when they are not ``start``, ``start + 1``, ...
+    #: (a part of an array job holds every N-th input or so, see :mod:`cxrjepa.ingest.parts`)
+    orders: tuple[int, ...] = ()
+
+    def order(self, k: int) -> int:
+        """The position of the unit's ``k``-th input in the whole sorted input list (the sample order)."""
+        return self.orders[k] if self.orders else self.start + k
 
 
-def make_units(items: Sequence[InputItem], unit_size: int) -> list[Unit]:
-    return [Unit(u, s, tuple(items[s : s + unit_size])) for u, s in enumerate(range(0, len(items), unit_size))]
+def make_units(items: Sequence[InputItem], unit_size: int, orders: Sequence[int] | None = None) -> list[Unit]:
+    """Consecutive units of ``unit_size`` inputs; ``orders``: each input's position in the whole input list
+    (default: its position in ``items``)."""
+    if orders is None:
+        return [Unit(u, s, tuple(items[s : s + unit_size])) for u, s in enumerate(range(0, len(items), unit_size))]
+    return [
+        Unit(
+            u,
+            int(orders[s]) if s < len(orders) else s,
+            tuple(items[s : s + unit_size]),
+            tuple(int(o) for o in orders[s : s + unit_size]),
+        )
+        for u, s in enumerate(range(0, len(items), unit_size))
+    ]
+
+
+def inputs_fingerprint(items: Sequence[InputItem]) -> str:
+    """A hash of an input list as the staging area sees it: paths, mask pairings, discovery verdicts."""
+    return hash_obj(
+        [
+            (
+                i.source_index,
+                i.rel,
+                *((i.masks, i.mask_error) if i.masks or i.mask_error else ()),
+                *((i.verdict,) if i.verdict else ()),
+            )
+            for i in items
+        ]
+    )
 
 
 class Staging:
-    """The staging folder of one artifact."""
+    """The staging folder of one artifact (or of one part of an array job: ``Staging(OUT/parts/K-of-N)``)."""
 
     def __init__(self, out: Path):
         self.dir = Path(out) / STAGING
@@ -77,20 +111,15 @@ class Staging:
             return np.zeros((0, size, size), dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r", shape=(n, size, size))
 
-    def prepare(self, items: Sequence[InputItem], unit_size: int, size: int, dtype: str) -> int:
+    def prepare(
+        self, items: Sequence[InputItem], unit_size: int, size: int, dtype: str, orders: Sequence[int] | None = None
+    ) -> int:
         """Create the staging folder, or check that the one there belongs to this input list (else start
-        it over). Returns the unit size to use (the stored one when resuming)."""
-        inputs_hash = hash_obj(
-            [
-                (
-                    i.source_index,
-                    i.rel,
-                    *((i.masks, i.mask_error) if i.masks or i.mask_error else ()),
-                    *((i.verdict,) if i.verdict else ()),
-                )
-                for i in items
-            ]
-        )
+        it over). Returns the unit size to use (the stored one when resuming). ``orders``: the inputs'
+        positions in the whole input list, when ``items`` is a part of it."""
+        inputs_hash = inputs_fingerprint(items)
+        if orders is not None:
+            inputs_hash = hash_obj([inputs_hash, [int(o) for o in orders]])
         plan = {
             "n_inputs": len(items),
             "inputs_hash": inputs_hash,

@@ -155,7 +155,7 @@ def run_unit(
     records: list[dict] = []
     try:
         for k, item in enumerate(unit.items):
-            order = unit.start + k
+            order = unit.order(k)
             if k in settled:
                 reason, detail = settled[k]
                 rec = Record(item.rel, item.source_index, ledger.REJECTED, reason, detail)
@@ -198,7 +198,7 @@ def run_unit(
 
 def copy_shards(
     zarr_path: str,
-    out: str,
+    stores: list[str],
     size: int,
     dtype: str,
     shard: int,
@@ -210,7 +210,8 @@ def copy_shards(
     """Write the final array's shards ``shard_range`` (whole shards, one call each) from the unit files,
     and the same shards of the masks array when the dataset has one.
 
-    ``table`` rows are (global_start, count, unit, local_start) of the kept samples, sorted by global_start;
+    ``stores`` are the folders that hold the staging areas (the artifact, or each part of an array job); ``table`` rows are
+    (global_start, count, store, unit, local_start) of the kept samples, sorted by global_start;
     ``mask_table`` the same for the samples that have a mask (local_start into the unit's mask file).
     """
     import zarr
@@ -218,16 +219,16 @@ def copy_shards(
     arr = zarr.open_array(zarr_path, mode="r+")
     marr = zarr.open_array(mask_path, mode="r+") if mask_path is not None else None
     total = int(arr.shape[0])
-    staging = Staging(Path(out))
-    maps: dict[tuple[int, str], np.ndarray] = {}
+    stagings = [Staging(Path(d)) for d in stores]
+    maps: dict[tuple[int, int, str], np.ndarray] = {}
     written = 0
     for s in range(*shard_range):
         f0, f1 = s * shard, min((s + 1) * shard, total)
         if f1 <= f0:
             continue
-        arr[f0:f1] = _fill_shard(staging, maps, table, f0, f1, size, dtype, "images")
+        arr[f0:f1] = _fill_shard(stagings, maps, table, f0, f1, size, dtype, "images")
         if marr is not None and mask_table is not None and len(mask_table):
-            buf = _fill_shard(staging, maps, mask_table, f0, f1, size, "uint8", "masks")
+            buf = _fill_shard(stagings, maps, mask_table, f0, f1, size, "uint8", "masks")
             if buf.any():  # an all-background shard is the fill value: nothing to write
                 marr[f0:f1] = buf
         written += f1 - f0
@@ -235,7 +236,7 @@ def copy_shards(
 
 
 def _fill_shard(
-    staging: Staging, maps: dict, table: np.ndarray, f0: int, f1: int, size: int, dtype: str, kind: str
+    stagings: list[Staging], maps: dict, table: np.ndarray, f0: int, f1: int, size: int, dtype: str, kind: str
 ) -> np.ndarray:
     """Frames ``f0:f1`` of the final array from the unit files; frames no row covers stay 0 (masks)."""
     buf = (
@@ -246,14 +247,14 @@ def _fill_shard(
     starts = table[:, 0]
     r = max(0, int(np.searchsorted(starts, f0, side="right")) - 1)
     while r < len(table) and int(starts[r]) < f1:
-        g, c, u, local = (int(v) for v in table[r])
+        g, c, st, u, local = (int(v) for v in table[r])
         lo, hi = max(g, f0), min(g + c, f1)
         if hi > lo:
-            src = maps.get((u, kind))
+            src = maps.get((st, u, kind))
             if src is None:
                 if len(maps) > 8:
                     maps.clear()
-                src = maps[(u, kind)] = staging.frames(u, size, dtype, kind)
+                src = maps[(st, u, kind)] = stagings[st].frames(u, size, dtype, kind)
             buf[lo - f0 : hi - f0] = src[local + (lo - g) : local + (hi - g)]
         r += 1
     return buf

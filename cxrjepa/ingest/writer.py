@@ -1,6 +1,7 @@
 """Assembling the dataset from the finished work units (the last step of ``cxrjepa ingest``).
 
-1. Units are read in unit order, so samples keep the sorted input order whatever the workers did.
+1. Units are read in unit order, so samples keep the sorted input order whatever the workers did; the
+   units of the parts of an array job (cxrjepa.ingest.parts) are merged back into that order.
 2. Duplicates are dropped deterministically, first in input order wins: the same instance (SOPInstanceUID,
    or the same file bytes for non-DICOM) and then the same stored pixels; each is ledgered with the input
    it repeats.
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,18 +39,23 @@ class Assembled:
     ignored: int = 0  # how many of them are ignored
 
 
-INTERNAL = ["_unit", "_local_start", "_order", "_mask_local"]
+INTERNAL = ["_store", "_unit", "_local_start", "_order", "_mask_local"]
 
 
-def _frame(rows: list[dict], unit: int) -> pd.DataFrame:
+def _frame(rows: list[dict], store: int, unit: int) -> pd.DataFrame:
     columns = list(COLUMNS) + list(PRIVATE) + INTERNAL
     df = pd.DataFrame(rows, columns=columns)
+    df["_store"] = store
     df["_unit"] = unit
     return df
 
 
-def collect(staging: Staging, n_units: int, dedupe: bool) -> Assembled:
+def collect(stores: Sequence[tuple[Staging, int]], dedupe: bool) -> Assembled:
     """The kept samples (a table in input order, frame offsets laid out) and every ledger record.
+
+    ``stores``: the staging areas and their unit counts: one for a single run, one per part for the parts
+    of an array job (their rows are merged back into the whole input list's order, so duplicates across
+    parts are dropped as in one run: the first in input order wins).
 
     Rows are turned into a columnar table unit by unit, so a million samples cost a few hundred MB in
     this process, not a million dicts.
@@ -57,14 +63,17 @@ def collect(staging: Staging, n_units: int, dedupe: bool) -> Assembled:
     frames: list[pd.DataFrame] = []
     records: list[dict] = []
     ignored = 0
-    for u in range(n_units):
-        data = staging.load(u)
-        if data["rows"]:
-            frames.append(_frame(data["rows"], u))
-        for r in data["records"]:
-            ignored += r.get("status") == ledger.IGNORED
-            records.append(r)
-    meta = pd.concat(frames, ignore_index=True) if frames else _frame([], 0).iloc[0:0]
+    for s, (staging, n_units) in enumerate(stores):
+        for u in range(n_units):
+            data = staging.load(u)
+            if data["rows"]:
+                frames.append(_frame(data["rows"], s, u))
+            for r in data["records"]:
+                ignored += r.get("status") == ledger.IGNORED
+                records.append(r)
+    meta = pd.concat(frames, ignore_index=True) if frames else _frame([], 0, 0).iloc[0:0]
+    if len(stores) > 1 and len(meta):  # parts interleave in input order
+        meta = meta.sort_values("_order", kind="stable").reset_index(drop=True)
     if dedupe and len(meta):
         dup_key = meta["_dedupe_key"].duplicated(keep="first").to_numpy()
         first_by_key = meta.loc[~dup_key].set_index("_dedupe_key")["source_path"]
@@ -108,15 +117,15 @@ def _dtype(default: object) -> str:
 
 
 def frame_table(meta: pd.DataFrame, masks: bool = False) -> np.ndarray:
-    """(global_start, count, unit, local_start) per kept sample, int64; ``masks=True``: of the samples
+    """(global_start, count, store, unit, local_start) per kept sample, int64; ``masks=True``: of the samples
     with a mask, local_start into the unit's mask file."""
     if masks:
         meta = meta[meta["has_mask"].astype(bool)]
     local = "_mask_local" if masks else "_local_start"
     return (
-        np.stack([meta[c].to_numpy(np.int64) for c in ("frame_start", "frame_count", "_unit", local)], axis=1)
+        np.stack([meta[c].to_numpy(np.int64) for c in ("frame_start", "frame_count", "_store", "_unit", local)], axis=1)
         if len(meta)
-        else np.zeros((0, 4), np.int64)
+        else np.zeros((0, 5), np.int64)
     )
 
 
@@ -179,18 +188,21 @@ def copy_all(
     run: Callable[[Callable, list[tuple], int, Callable], None],
     on_progress: Callable[[int], None] = lambda n: None,
     masks: bool = False,
+    stores: Sequence[Staging] | None = None,
 ) -> int:
-    """Create the final array (and ``masks``) and fill it from the staging units; returns the number of frames."""
+    """Create the final array (and ``masks``) and fill it from the staging units of ``stores`` (default: the
+    artifact's own staging area); returns the number of frames."""
     from cxrjepa.ingest.worker import copy_shards
 
     n_frames = int(meta["frame_count"].sum()) if len(meta) else 0
     zpath, mpath, shard = create_images(out, n_frames, size, dtype, masks)
+    store_dirs = [str(st.dir.parent) for st in (stores if stores is not None else [Staging(out)])]
     table = frame_table(meta)
     mtable = frame_table(meta, masks=True) if masks else None
     tasks = []
     for s0, s1 in shard_tasks(n_frames, shard, max(1, workers) * 4):
         # only the rows overlapping this range travel to the worker
-        task = (zpath, str(out), size, dtype, shard, _rows_in(table, s0 * shard, s1 * shard), (s0, s1))
+        task = (zpath, store_dirs, size, dtype, shard, _rows_in(table, s0 * shard, s1 * shard), (s0, s1))
         if mtable is not None:
             task += (mpath, _rows_in(mtable, s0 * shard, s1 * shard))
         tasks.append(task)
