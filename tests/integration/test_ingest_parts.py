@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 import cxrjepa
@@ -28,6 +27,7 @@ from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.ingest.api import run_ingest
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
 from cxrjepa.ingest.parts import finalize_ingest, run_ingest_part
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 N_PARTS = 3
 SALT = "parts-test-salt-0123456789"
