@@ -53,7 +53,9 @@ def main() -> None:
     print(f"  total                 {total:6.2f} s  -> {len(cases) / total:.0f} images/s")
     print("  encode time per file by transfer syntax (ms):")
     for key in sorted(by_syntax, key=lambda k: -by_syntax[k] / count[k]):
-        print(f"    {key:14s} {1000 * by_syntax[key] / count[key]:6.1f}  ({count[key]} files, encoder {codecs.encoder_for(key)})")
+        print(
+            f"    {key:14s} {1000 * by_syntax[key] / count[key]:6.1f}  ({count[key]} files, encoder {codecs.encoder_for(key)})"
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()

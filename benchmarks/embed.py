@@ -67,12 +67,20 @@ def bare_forward(spec: str, data: Path, batch_size: int, device: str, repeats: i
     return best
 
 
-def embed_rate(spec: str, data: Path, out: Path, batch_size: int, device: str, repeats: int, workers: int | None) -> float:
+def embed_rate(
+    spec: str, data: Path, out: Path, batch_size: int, device: str, repeats: int, workers: int | None
+) -> float:
     best = 0.0
     for _ in range(repeats):
         t = time.perf_counter()
-        run_embed(out, EmbedConfig(), encoder=spec, data=data, force=True,
-                  options=EmbedOptions(device=device, batch_size=batch_size, workers=workers))
+        run_embed(
+            out,
+            EmbedConfig(),
+            encoder=spec,
+            data=data,
+            force=True,
+            options=EmbedOptions(device=device, batch_size=batch_size, workers=workers),
+        )
         best = max(best, len(DatasetArtifact.open(data).meta) / (time.perf_counter() - t))
     return best
 
@@ -127,8 +135,12 @@ def main() -> None:
             large = make_dataset(tmp / "ds_large", 4 * args.rss_n, args.size)
             rss_small = child_rss(spec, small, tmp / "e1", args.batch_size, args.device)
             rss_large = child_rss(spec, large, tmp / "e2", args.batch_size, args.device)
-            result.update({"rss_mib": {str(args.rss_n): round(rss_small, 1), str(4 * args.rss_n): round(rss_large, 1)},
-                           "rss_growth_mib": round(rss_large - rss_small, 1)})
+            result.update(
+                {
+                    "rss_mib": {str(args.rss_n): round(rss_small, 1), str(4 * args.rss_n): round(rss_large, 1)},
+                    "rss_growth_mib": round(rss_large - rss_small, 1),
+                }
+            )
     result["self_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result, indent=2))
 

@@ -42,30 +42,58 @@ def main() -> int:
     args = ap.parse_args()
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="cxrjepa-fuzz-"))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CXRJEPA_SALT": os.environ.get("CXRJEPA_SALT", "fuzz-benchmark-salt"),
-           "XDG_CONFIG_HOME": str(work / "cfg")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CXRJEPA_SALT": os.environ.get("CXRJEPA_SALT", "fuzz-benchmark-salt"),
+        "XDG_CONFIG_HOME": str(work / "cfg"),
+    }
     results = []
     try:
         corpus = build(work / "corpus", args.cases, args.seed)
-        print(f"corpus: {len(corpus.files)} entries under {corpus.root}: " +
-              ", ".join(f"{k} {v}" for k, v in corpus.kinds.most_common()), file=sys.stderr)
+        print(
+            f"corpus: {len(corpus.files)} entries under {corpus.root}: "
+            + ", ".join(f"{k} {v}" for k, v in corpus.kinds.most_common()),
+            file=sys.stderr,
+        )
         for workers in (int(w) for w in args.workers.split(",")):
             out = work / f"out-w{workers}"
-            cmd = [sys.executable, "-m", "cxrjepa", "ingest", str(corpus.root), "--out", str(out), "--size",
-                   str(args.size), "--workers", str(workers), "--json", "--force"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "cxrjepa",
+                "ingest",
+                str(corpus.root),
+                "--out",
+                str(out),
+                "--size",
+                str(args.size),
+                "--workers",
+                str(workers),
+                "--json",
+                "--force",
+            ]
             run = run_measured(cmd, env, timeout=6 * 3600)
             figures, problems = accounting(corpus, out) if (out / "manifest.yaml").is_file() else ({}, ["no manifest"])
             ledger_file = out / "failures.jsonl"
-            ledger = [json.loads(line) for line in ledger_file.read_text().splitlines()] if ledger_file.is_file() else []
-            results.append({
-                "workers": workers, "exit_code": run.returncode,
-                "traceback": "Traceback" in run.stderr or "Traceback" in run.stdout,
-                "wall_s": round(run.wall_s, 1), "peak_rss_mb": round(run.peak_rss / 2**20),
-                **figures, "accounting_problems": problems,
-                "planted_values_found": (leaks(out, run.stdout, run.stderr) if (out / "metadata.parquet").is_file()
-                                         else ["no output"]),
-                "by_reason": dict(Counter(f"{r['status']}: {r['reason']}" for r in ledger).most_common()),
-            })
+            ledger = (
+                [json.loads(line) for line in ledger_file.read_text().splitlines()] if ledger_file.is_file() else []
+            )
+            results.append(
+                {
+                    "workers": workers,
+                    "exit_code": run.returncode,
+                    "traceback": "Traceback" in run.stderr or "Traceback" in run.stdout,
+                    "wall_s": round(run.wall_s, 1),
+                    "peak_rss_mb": round(run.peak_rss / 2**20),
+                    **figures,
+                    "accounting_problems": problems,
+                    "planted_values_found": (
+                        leaks(out, run.stdout, run.stderr) if (out / "metadata.parquet").is_file() else ["no output"]
+                    ),
+                    "by_reason": dict(Counter(f"{r['status']}: {r['reason']}" for r in ledger).most_common()),
+                }
+            )
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -73,18 +101,30 @@ def main() -> int:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
-            print(f"\n--workers {r['workers']}: exit {r['exit_code']}, traceback {'YES' if r['traceback'] else 'no'}, "
-                  f"wall {r['wall_s']} s, peak memory of the process tree {r['peak_rss_mb']} MB")
+            print(
+                f"\n--workers {r['workers']}: exit {r['exit_code']}, traceback {'YES' if r['traceback'] else 'no'}, "
+                f"wall {r['wall_s']} s, peak memory of the process tree {r['peak_rss_mb']} MB"
+            )
             if "entries" in r:
-                print(f"  {r['entries']} entries = {r['inputs']} inputs + {r['ignored']} ignored; {r['samples']} samples + "
-                      f"{r['rejected']} rejected + {r['skipped']} skipped + {r['duplicates']} duplicates = {r['inputs']}; "
-                      f"{r['ledger_rows']} ledger rows")
-            print(f"  accounting problems: {r['accounting_problems'] or 'none'}; planted values found: "
-                  f"{r['planted_values_found'] or 'none'}")
+                print(
+                    f"  {r['entries']} entries = {r['inputs']} inputs + {r['ignored']} ignored; {r['samples']} samples + "
+                    f"{r['rejected']} rejected + {r['skipped']} skipped + {r['duplicates']} duplicates = {r['inputs']}; "
+                    f"{r['ledger_rows']} ledger rows"
+                )
+            print(
+                f"  accounting problems: {r['accounting_problems'] or 'none'}; planted values found: "
+                f"{r['planted_values_found'] or 'none'}"
+            )
             for reason, n in r["by_reason"].items():
                 print(f"  {n:>6}  {reason}")
-    ok = all(r["exit_code"] == 3 and not r["traceback"] and not r["accounting_problems"] and not r["planted_values_found"]
-             and r["peak_rss_mb"] < 2048 for r in results)
+    ok = all(
+        r["exit_code"] == 3
+        and not r["traceback"]
+        and not r["accounting_problems"]
+        and not r["planted_values_found"]
+        and r["peak_rss_mb"] < 2048
+        for r in results
+    )
     return 0 if ok else 1
 
 

@@ -61,8 +61,12 @@ def make_archive(root: Path, n: int, rows: int, cols: int, syntaxes: list[str], 
         px = base[i % 4].copy()
         # every file differs, also once stored in 8 bits (no pixel duplicates): i in binary, black or white
         px[0, :bits] = np.where((i >> np.arange(bits)) & 1, 4095, 0)
-        ds = make_dataset(px, bits_stored=12, photometric="MONOCHROME1" if i % 4 == 0 else None,
-                          window=(2000, 3000) if i % 3 == 0 else None)
+        ds = make_dataset(
+            px,
+            bits_stored=12,
+            photometric="MONOCHROME1" if i % 4 == 0 else None,
+            window=(2000, 3000) if i % 3 == 0 else None,
+        )
         paths.append(write_dicom(ds, root / f"d{i // 1000:03d}" / f"img{i:06d}.dcm", syntaxes[i % len(syntaxes)]))
     return paths
 
@@ -120,8 +124,10 @@ def ingest_times(src: Path, out: Path, workers: int, size: int) -> tuple[float, 
 
 #: runs a command and writes the largest ru_maxrss (kB) of the processes it and its children waited for (the
 #: command's main process, its pools' workers; not the fork server's children) to a file
-_SHIM = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
-         "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)")
+_SHIM = (
+    "import resource, subprocess, sys; rc = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); sys.exit(rc)"
+)
 
 
 def watch(cmd: list[str]) -> dict:
@@ -160,14 +166,34 @@ def watch(cmd: list[str]) -> dict:
         maxrss_kb = int(rec.read() or 0)
     if shim.returncode not in (0, 3):
         raise SystemExit(f"{' '.join(cmd[2:5])} ... failed with exit code {shim.returncode}")
-    return {"wall_s": wall, "rss_mb": total / 2**20, "rss_largest_mb": single / 2**20, "fds": fds,
-            "fds_largest": fds_one, "ru_maxrss_mb": maxrss_kb / 1024, "cpu_s": sum(cpu.values()),
-            "load_1min_after": os.getloadavg()[0]}
+    return {
+        "wall_s": wall,
+        "rss_mb": total / 2**20,
+        "rss_largest_mb": single / 2**20,
+        "fds": fds,
+        "fds_largest": fds_one,
+        "ru_maxrss_mb": maxrss_kb / 1024,
+        "cpu_s": sum(cpu.values()),
+        "load_1min_after": os.getloadavg()[0],
+    }
 
 
 def ingest_cmd(sources: list[Path], out: Path, workers: int, size: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cxrjepa", "ingest", *map(str, sources), "--out", str(out), "--size", str(size),
-            "--workers", str(workers), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "ingest",
+        *map(str, sources),
+        "--out",
+        str(out),
+        "--size",
+        str(size),
+        "--workers",
+        str(workers),
+        "--quiet",
+        *extra,
+    ]
 
 
 def peak_rss(src: Path, out: Path, workers: int, size: int) -> tuple[float, float]:
@@ -184,8 +210,15 @@ PER_FOLDER = 1000
 
 
 def scale_cache(cache: str | None) -> Path:
-    base = Path(cache) if cache else (Path(os.environ["XDG_CACHE_HOME"]) / "cxrjepa-bench"
-                                      if os.environ.get("XDG_CACHE_HOME") else Path("/tmp/cxrjepa-bench-cache"))
+    base = (
+        Path(cache)
+        if cache
+        else (
+            Path(os.environ["XDG_CACHE_HOME"]) / "cxrjepa-bench"
+            if os.environ.get("XDG_CACHE_HOME")
+            else Path("/tmp/cxrjepa-bench-cache")
+        )
+    )
     return base / f"ingest-scale-{SCALE_PX}px"
 
 
@@ -210,7 +243,11 @@ def scale_archive(cache: Path, n: int) -> list[Path]:
     (root / "done").mkdir(parents=True, exist_ok=True)
     missing = [k for k in range(n // PER_FOLDER) if not (root / "done" / f"d{k:03d}").is_file()]
     if missing:
-        print(f"writing {len(missing) * PER_FOLDER} synthetic DICOMs into {root} (once; cached) ...", file=sys.stderr, flush=True)
+        print(
+            f"writing {len(missing) * PER_FOLDER} synthetic DICOMs into {root} (once; cached) ...",
+            file=sys.stderr,
+            flush=True,
+        )
         t = time.perf_counter()
         with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             for _ in pool.map(_write_folder, [str(root)] * len(missing), missing):
@@ -224,9 +261,13 @@ def _table_sizes(out: Path) -> dict:
 
     counts = read_manifest(out)["counts"]
     meta = (out / "metadata.parquet").stat().st_size
-    return {"samples": counts.get("samples"), "inputs": counts.get("inputs"), "metadata_bytes": meta,
-            "metadata_bytes_per_input": meta / max(counts.get("inputs") or 1, 1),
-            "ledger_bytes": (out / "failures.jsonl").stat().st_size if (out / "failures.jsonl").exists() else 0}
+    return {
+        "samples": counts.get("samples"),
+        "inputs": counts.get("inputs"),
+        "metadata_bytes": meta,
+        "metadata_bytes_per_input": meta / max(counts.get("inputs") or 1, 1),
+        "ledger_bytes": (out / "failures.jsonl").stat().st_size if (out / "failures.jsonl").exists() else 0,
+    }
 
 
 def run_scale(cache: Path, work: Path, counts: list[int], parts: int, parts_inputs: int, workers: int) -> dict:
@@ -252,41 +293,72 @@ def run_scale(cache: Path, work: Path, counts: list[int], parts: int, parts_inpu
             shutil.rmtree(d, ignore_errors=True)
         print(f"one run and {parts} parts + finalize over {parts_inputs} inputs ...", file=sys.stderr, flush=True)
         single = watch(ingest_cmd(sources, one, workers, SCALE_PX))
-        part_runs = [watch(ingest_cmd(sources, split, workers, SCALE_PX, "--part", f"{k}/{parts}",
-                                      "--no-auto-finalize")) for k in range(parts)]
-        fin = watch([sys.executable, "-m", "cxrjepa", "ingest", "--finalize", "--out", str(split), "--workers",
-                     str(workers), "--quiet"])
+        part_runs = [
+            watch(ingest_cmd(sources, split, workers, SCALE_PX, "--part", f"{k}/{parts}", "--no-auto-finalize"))
+            for k in range(parts)
+        ]
+        fin = watch(
+            [
+                sys.executable,
+                "-m",
+                "cxrjepa",
+                "ingest",
+                "--finalize",
+                "--out",
+                str(split),
+                "--workers",
+                str(workers),
+                "--quiet",
+            ]
+        )
         a, b = read_manifest(one), read_manifest(split)
         if (a["content_fingerprint"], a["counts"]) != (b["content_fingerprint"], b["counts"]):
             raise SystemExit("the parts' dataset differs from the single run's")
         total = sum(r["wall_s"] for r in part_runs) + fin["wall_s"]
         cpu = sum(r["cpu_s"] for r in part_runs) + fin["cpu_s"]
-        results["parts"] = {"inputs": parts_inputs, "parts": parts, "single_s": single["wall_s"],
-                            "part_s": [r["wall_s"] for r in part_runs], "finalize_s": fin["wall_s"],
-                            "parts_total_s": total, "ratio": total / single["wall_s"],
-                            "single_cpu_s": single["cpu_s"], "part_cpu_s": [r["cpu_s"] for r in part_runs],
-                            "finalize_cpu_s": fin["cpu_s"], "parts_total_cpu_s": cpu, "cpu_ratio": cpu / single["cpu_s"],
-                            "same_dataset": True}
+        results["parts"] = {
+            "inputs": parts_inputs,
+            "parts": parts,
+            "single_s": single["wall_s"],
+            "part_s": [r["wall_s"] for r in part_runs],
+            "finalize_s": fin["wall_s"],
+            "parts_total_s": total,
+            "ratio": total / single["wall_s"],
+            "single_cpu_s": single["cpu_s"],
+            "part_cpu_s": [r["cpu_s"] for r in part_runs],
+            "finalize_cpu_s": fin["cpu_s"],
+            "parts_total_cpu_s": cpu,
+            "cpu_ratio": cpu / single["cpu_s"],
+            "same_dataset": True,
+        }
         for d in (one, split):
             shutil.rmtree(d, ignore_errors=True)
     return results
 
 
 def print_scale(r: dict) -> None:
-    print(f"scale: {r['px']}x{r['px']} uncompressed 12-bit DICOMs -> {r['px']} px uint8, {r['workers']} workers, "
-          f"{os.cpu_count()} CPUs (cache {r['cache']})")
-    print(f"  {'inputs':>7} {'img/s':>7} {'wall s':>7} {'CPU ms/in':>9} {'RSS MB':>7} {'largest':>7} {'maxrss':>7} "
-          f"{'fds':>5} {'1 proc':>6} {'table B':>9} {'B/input':>7} {'load':>5}")
+    print(
+        f"scale: {r['px']}x{r['px']} uncompressed 12-bit DICOMs -> {r['px']} px uint8, {r['workers']} workers, "
+        f"{os.cpu_count()} CPUs (cache {r['cache']})"
+    )
+    print(
+        f"  {'inputs':>7} {'img/s':>7} {'wall s':>7} {'CPU ms/in':>9} {'RSS MB':>7} {'largest':>7} {'maxrss':>7} "
+        f"{'fds':>5} {'1 proc':>6} {'table B':>9} {'B/input':>7} {'load':>5}"
+    )
     for n, w in r["runs"].items():
-        print(f"  {int(n):>7} {w['images_per_s']:7.0f} {w['wall_s']:7.1f} {w['cpu_ms_per_input']:9.2f} {w['rss_mb']:7.0f} "
-              f"{w['rss_largest_mb']:7.0f} {w['ru_maxrss_mb']:7.0f} {w['fds']:5d} {w['fds_largest']:6d} "
-              f"{w['metadata_bytes']:9d} {w['metadata_bytes_per_input']:7.1f} {w['load_1min_after']:5.1f}")
+        print(
+            f"  {int(n):>7} {w['images_per_s']:7.0f} {w['wall_s']:7.1f} {w['cpu_ms_per_input']:9.2f} {w['rss_mb']:7.0f} "
+            f"{w['rss_largest_mb']:7.0f} {w['ru_maxrss_mb']:7.0f} {w['fds']:5d} {w['fds_largest']:6d} "
+            f"{w['metadata_bytes']:9d} {w['metadata_bytes_per_input']:7.1f} {w['load_1min_after']:5.1f}"
+        )
     if "parts" in r:
         p = r["parts"]
-        print(f"  parts: {p['parts']} parts one after another ({', '.join(f'{t:.1f}' for t in p['part_s'])} s) + finalize "
-              f"{p['finalize_s']:.1f} s = {p['parts_total_s']:.1f} s vs one run {p['single_s']:.1f} s over {p['inputs']} "
-              f"inputs: x{p['ratio']:.2f}; CPU {p['parts_total_cpu_s']:.1f} vs {p['single_cpu_s']:.1f} s: "
-              f"x{p['cpu_ratio']:.2f} (same dataset: {p['same_dataset']})")
+        print(
+            f"  parts: {p['parts']} parts one after another ({', '.join(f'{t:.1f}' for t in p['part_s'])} s) + finalize "
+            f"{p['finalize_s']:.1f} s = {p['parts_total_s']:.1f} s vs one run {p['single_s']:.1f} s over {p['inputs']} "
+            f"inputs: x{p['ratio']:.2f}; CPU {p['parts_total_cpu_s']:.1f} vs {p['single_cpu_s']:.1f} s: "
+            f"x{p['cpu_ratio']:.2f} (same dataset: {p['same_dataset']})"
+        )
 
 
 def main() -> None:
@@ -314,8 +386,14 @@ def main() -> None:
         tmp = Path(args.tmp or tempfile.mkdtemp(prefix="cxrjepa-bench-"))
         try:
             workers = args.workers or len(os.sched_getaffinity(0))
-            res = run_scale(scale_cache(args.cache), tmp, [int(c) for c in args.scale_counts.split(",") if c],
-                            args.parts, args.parts_inputs, workers)
+            res = run_scale(
+                scale_cache(args.cache),
+                tmp,
+                [int(c) for c in args.scale_counts.split(",") if c],
+                args.parts,
+                args.parts_inputs,
+                workers,
+            )
         finally:
             if not args.tmp:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -327,8 +405,13 @@ def main() -> None:
 
     syntaxes = [JPEGLosslessSV1, JPEGLSLossless, JPEG2000Lossless, ExplicitVRLittleEndian]
     tmp = Path(args.tmp or tempfile.mkdtemp(prefix="cxrjepa-bench-"))
-    results: dict = {"files": args.files, "shape": [args.rows, args.cols], "size": args.size,
-                     "syntaxes": [s.name for s in syntaxes], "cpus": os.cpu_count()}
+    results: dict = {
+        "files": args.files,
+        "shape": [args.rows, args.cols],
+        "size": args.size,
+        "syntaxes": [s.name for s in syntaxes],
+        "cpus": os.cpu_count(),
+    }
     try:
         if args.files > 0:
             src = tmp / "speed"
@@ -349,9 +432,14 @@ def main() -> None:
             dicom_pixels.prefer_single_threaded(False)
             n = len(paths)
             results.update(
-                decode_only_img_s=n / t_dec, ingest_1w_img_s=n / t_1, ingest_2w_img_s=n / t_2,
-                ratio_1w_vs_decode=t_dec / t_1, speedup_2w_vs_1w=t_1 / t_2, cores_busy_1w=cpu_1 / t_1,
-                ingest_1w_single_threaded_img_s=n / t_1s, speedup_2w_vs_1w_single_threaded=t_1s / t_2,
+                decode_only_img_s=n / t_dec,
+                ingest_1w_img_s=n / t_1,
+                ingest_2w_img_s=n / t_2,
+                ratio_1w_vs_decode=t_dec / t_1,
+                speedup_2w_vs_1w=t_1 / t_2,
+                cores_busy_1w=cpu_1 / t_1,
+                ingest_1w_single_threaded_img_s=n / t_1s,
+                speedup_2w_vs_1w_single_threaded=t_1s / t_2,
             )
         if args.rss:
             counts = [int(c) for c in args.rss.split(",")]
@@ -361,7 +449,9 @@ def main() -> None:
                 make_archive(s, c, 64, 64, [ExplicitVRLittleEndian])
                 rss[c] = peak_rss(s, tmp / f"rss_out{c}", 2, 64)
                 shutil.rmtree(s, ignore_errors=True)
-            results["peak_rss_mb"] = {str(c): {"total": round(v[0]), "largest_process": round(v[1])} for c, v in rss.items()}
+            results["peak_rss_mb"] = {
+                str(c): {"total": round(v[0]), "largest_process": round(v[1])} for c, v in rss.items()
+            }
     finally:
         if not args.tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -369,16 +459,28 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     if "decode_only_img_s" in results:
-        print(f"{results['files']} files {args.rows}x{args.cols} ({', '.join(results['syntaxes'])}) -> {args.size} px, {results['cpus']} CPUs")
+        print(
+            f"{results['files']} files {args.rows}x{args.cols} ({', '.join(results['syntaxes'])}) -> {args.size} px, {results['cpus']} CPUs"
+        )
         print(f"  decode only (pydicom)   {results['decode_only_img_s']:8.1f} img/s")
-        print(f"  ingest, 1 worker        {results['ingest_1w_img_s']:8.1f} img/s   x{results['ratio_1w_vs_decode']:.2f} of decode-only (goal >= 0.85)")
-        print(f"  ingest, 2 workers       {results['ingest_2w_img_s']:8.1f} img/s   x{results['speedup_2w_vs_1w']:.2f} of 1 worker (goal >= 1.7)")
-        print(f"    1 worker kept {results['cores_busy_1w']:.2f} cores busy (gdcm's JPEG 2000 threads): at most "
-              f"x{results['cpus'] / results['cores_busy_1w']:.2f} is left for {results['cpus']} cores")
-        print(f"  ingest, 1 worker with the pool's single-threaded decoders {results['ingest_1w_single_threaded_img_s']:.1f} img/s;"
-              f" 2 workers x{results['speedup_2w_vs_1w_single_threaded']:.2f} of it")
+        print(
+            f"  ingest, 1 worker        {results['ingest_1w_img_s']:8.1f} img/s   x{results['ratio_1w_vs_decode']:.2f} of decode-only (goal >= 0.85)"
+        )
+        print(
+            f"  ingest, 2 workers       {results['ingest_2w_img_s']:8.1f} img/s   x{results['speedup_2w_vs_1w']:.2f} of 1 worker (goal >= 1.7)"
+        )
+        print(
+            f"    1 worker kept {results['cores_busy_1w']:.2f} cores busy (gdcm's JPEG 2000 threads): at most "
+            f"x{results['cpus'] / results['cores_busy_1w']:.2f} is left for {results['cpus']} cores"
+        )
+        print(
+            f"  ingest, 1 worker with the pool's single-threaded decoders {results['ingest_1w_single_threaded_img_s']:.1f} img/s;"
+            f" 2 workers x{results['speedup_2w_vs_1w_single_threaded']:.2f} of it"
+        )
     for c, v in results.get("peak_rss_mb", {}).items():
-        print(f"  peak RSS, {int(c):>6} files  {v['total']:6d} MB total, {v['largest_process']} MB largest process (goal < 2048, flat)")
+        print(
+            f"  peak RSS, {int(c):>6} files  {v['total']:6d} MB total, {v['largest_process']} MB largest process (goal < 2048, flat)"
+        )
 
 
 if __name__ == "__main__":

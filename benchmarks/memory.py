@@ -27,9 +27,12 @@ import yaml
 
 
 def _cfg(size, patch, img, batch, objective="ijepa", layers=None, monitor=64):
-    c = {"objective": objective, "model": {"size": size, "patch_size": patch, "image_size": img},
-         "train": {"batch_size": batch, "steps": 10, "precision": "fp32"},
-         "runtime": {"workers": 0, "monitor_batch": monitor, "checkpoint_every": 1000}}
+    c = {
+        "objective": objective,
+        "model": {"size": size, "patch_size": patch, "image_size": img},
+        "train": {"batch_size": batch, "steps": 10, "precision": "fp32"},
+        "runtime": {"workers": 0, "monitor_batch": monitor, "checkpoint_every": 1000},
+    }
     if layers:
         c["model"]["layers"] = layers
     return c
@@ -50,14 +53,23 @@ PRETRAIN = {
 }
 TEACHER = "random:small"
 #: (encoder, batch, rows): a forward pass never crosses a unit of rows (64 rows for 320, 256 for 1024)
-EMBED = [("random:tiny", 8, 320), ("random:small", 64, 320), ("random:base", 64, 320), ("random:tiny", 32, 1024),
-         ("random:tiny", 256, 1024)]
+EMBED = [
+    ("random:tiny", 8, 320),
+    ("random:small", 64, 320),
+    ("random:base", 64, 320),
+    ("random:tiny", 32, 1024),
+    ("random:tiny", 256, 1024),
+]
 FRAMES = 48
 
 
 def peak_rss_mb(cmd: list[str]) -> float:
-    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    p = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", *cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+    )
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-2000:]}")
     return int(p.stderr.strip().splitlines()[-1]) / 1024
@@ -71,8 +83,13 @@ def estimate_gb(cfg: dict, frames: int) -> tuple[float, float, float]:
     from cxrjepa.pretrain.config import PretrainConfig
 
     config = from_dict(PretrainConfig, cfg)
-    kw = {"device": "cpu", "world": 1, "procs_per_node": 1, "frames": frames,
-          "teacher": TEACHER if config.objective == "salt" else None}
+    kw = {
+        "device": "cpu",
+        "world": 1,
+        "procs_per_node": 1,
+        "frames": frames,
+        "teacher": TEACHER if config.objective == "salt" else None,
+    }
     est = PM.estimate_pretrain(config, **kw)
     keep = M.TRAIN_BYTES["cpu"]
     try:
@@ -103,9 +120,26 @@ def main() -> None:
         cfg = PRETRAIN[name]
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
-        cmd = [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(data), "--out", str(tmp / f"run-{name}"),
-               "--config", str(path), "--gpus", "0", "--max-steps", "2", "--force", "-q",
-               "--set", "runtime.memory_check=false"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cxrjepa",
+            "pretrain",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp / f"run-{name}"),
+            "--config",
+            str(path),
+            "--gpus",
+            "0",
+            "--max-steps",
+            "2",
+            "--force",
+            "-q",
+            "--set",
+            "runtime.memory_check=false",
+        ]
         if cfg["objective"] == "salt":
             cmd += ["--teacher", TEACHER]
         measured = peak_rss_mb(cmd) / 1024
@@ -113,8 +147,11 @@ def main() -> None:
         rows.append((name, measured, known, units))
         m = cfg["model"]
         model = m["size"] + (f"/{m['layers']} blocks" if m.get("layers") else "")
-        print(f"| {cfg['objective']} | {model} | {m['patch_size']} | {m['image_size']} | {cfg['train']['batch_size']} "
-              f"| {measured:.2f} | {est:.2f} | {est / measured:.2f} |", flush=True)
+        print(
+            f"| {cfg['objective']} | {model} | {m['patch_size']} | {m['image_size']} | {cfg['train']['batch_size']} "
+            f"| {measured:.2f} | {est:.2f} | {est / measured:.2f} |",
+            flush=True,
+        )
     if args.fit and len(rows) >= 2:
         x = np.array([[1.0, u] for _, _, _, u in rows])
         y = np.array([m - k for _, m, k, _ in rows])
@@ -126,9 +163,27 @@ def main() -> None:
             ds = tmp / f"ds{n}"
             if not ds.exists():
                 write_dataset(ds, rng.integers(0, 255, (n, 224, 224), dtype=np.uint8))
-            cmd = [sys.executable, "-m", "cxrjepa", "embed", "--encoder", enc, "--data", str(ds), "--out",
-                   str(tmp / "emb"), "--device", "cpu", "--batch-size", str(batch), "--workers", "0", "--force", "-q",
-                   "--no-memory-check"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "cxrjepa",
+                "embed",
+                "--encoder",
+                enc,
+                "--data",
+                str(ds),
+                "--out",
+                str(tmp / "emb"),
+                "--device",
+                "cpu",
+                "--batch-size",
+                str(batch),
+                "--workers",
+                "0",
+                "--force",
+                "-q",
+                "--no-memory-check",
+            ]
             print(f"| {enc} | {batch} | {n} | {peak_rss_mb(cmd) / 1024:.2f} |", flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 

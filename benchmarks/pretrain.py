@@ -103,8 +103,16 @@ def time_loop(step, n_warm: int, n_steps: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / n_steps
 
 
-def cxrjepa_step(cfg: PretrainConfig, batch: int, device: torch.device, steps: int, *, compile_blocks: bool = False,
-                 amp: bool = False, warm: int = 2) -> dict:
+def cxrjepa_step(
+    cfg: PretrainConfig,
+    batch: int,
+    device: torch.device,
+    steps: int,
+    *,
+    compile_blocks: bool = False,
+    amp: bool = False,
+    warm: int = 2,
+) -> dict:
     """The trainer's step (objective loss, backward, AdamW with schedule groups, EMA) on prepared batches."""
     torch.manual_seed(0)
     obj = IJEPA(cfg).to(device).train()
@@ -116,8 +124,14 @@ def cxrjepa_step(cfg: PretrainConfig, batch: int, device: torch.device, steps: i
     size = cfg.model.image_size
     images = torch.randn(batch, 1, size, size, device=device)
     masks = mask_sets(cfg, batch, warm + steps)
-    batches = [{"images": images, "context": torch.from_numpy(m.context).to(device),
-                "targets": torch.from_numpy(m.targets).to(device)} for m in masks]
+    batches = [
+        {
+            "images": images,
+            "context": torch.from_numpy(m.context).to(device),
+            "targets": torch.from_numpy(m.targets).to(device),
+        }
+        for m in masks
+    ]
 
     def step(i):
         with autocast(device, amp):
@@ -136,8 +150,9 @@ def cxrjepa_step(cfg: PretrainConfig, batch: int, device: torch.device, steps: i
     return out
 
 
-def lightly_step(cfg: PretrainConfig, batch: int, device: torch.device, steps: int, *, amp: bool = False,
-                 warm: int = 2) -> dict:
+def lightly_step(
+    cfg: PretrainConfig, batch: int, device: torch.device, steps: int, *, amp: bool = False, warm: int = 2
+) -> dict:
     """lightly's timm I-JEPA (reference forward: target -> layer norm -> apply_masks; context encoder on kept
     tokens -> IJEPAPredictorTIMM), default AdamW, lightly.models.utils.update_momentum; same ViT and masks."""
     from lightly.models import utils as lutils
@@ -147,18 +162,29 @@ def lightly_step(cfg: PretrainConfig, batch: int, device: torch.device, steps: i
     torch.manual_seed(0)
     size = cfg.model.image_size
     grid = cfg.model.token_grid((size, size))
-    encoder = MaskedVisionTransformerTIMM(create_vit(cfg.model), weight_initialization="skip",
-                                          pos_embed_initialization="skip").to(device)
+    encoder = MaskedVisionTransformerTIMM(
+        create_vit(cfg.model), weight_initialization="skip", pos_embed_initialization="skip"
+    ).to(device)
     target = copy.deepcopy(encoder).requires_grad_(False)
     p = cfg.ijepa.predictor
-    predictor = IJEPAPredictorTIMM(num_patches=grid[0] * grid[1], depth=p.depth, mlp_dim=cfg.model.embed_dim,
-                                   predictor_embed_dim=p.width, num_heads=p.num_heads).to(device)
+    predictor = IJEPAPredictorTIMM(
+        num_patches=grid[0] * grid[1],
+        depth=p.depth,
+        mlp_dim=cfg.model.embed_dim,
+        predictor_embed_dim=p.width,
+        num_heads=p.num_heads,
+    ).to(device)
     params = list(encoder.parameters()) + list(predictor.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay[0])
     images = torch.randn(batch, 1, size, size, device=device)
     masks = mask_sets(cfg, batch, warm + steps)
-    batches = [([torch.from_numpy(m.context).to(device)],
-                [torch.from_numpy(m.targets[:, j]).to(device) for j in range(m.targets.shape[1])]) for m in masks]
+    batches = [
+        (
+            [torch.from_numpy(m.context).to(device)],
+            [torch.from_numpy(m.targets[:, j]).to(device) for j in range(m.targets.shape[1])],
+        )
+        for m in masks
+    ]
 
     def step(i):
         masks_enc, masks_pred = batches[i]
@@ -190,8 +216,9 @@ def phantom_dataset(folder: Path, n: int, size: int) -> Path:
     return folder
 
 
-def loader_rate(cfg: PretrainConfig, data: Path, batch: int, batches: int, workers: int | None = None,
-                cache_dir: Path | None = None) -> dict:
+def loader_rate(
+    cfg: PretrainConfig, data: Path, batch: int, batches: int, workers: int | None = None, cache_dir: Path | None = None
+) -> dict:
     ds = DatasetArtifact.open(data)
     workers = default_workers(1) if workers is None else workers
     cache = None
@@ -201,8 +228,13 @@ def loader_rate(cfg: PretrainConfig, data: Path, batch: int, batches: int, worke
     images = PretrainImages(ds, cfg.model.image_size, cfg.augment, seed=0, cache=cache)
     size = cfg.model.image_size
     sampler = StepSampler(len(images), batch, 0, batches + 2)
-    loader = build_loader(images, sampler, Collator(MultiBlockMasks(cfg.ijepa.masks, cfg.model.token_grid((size, size))),
-                                                     batch, 0), workers=workers, persistent=False)
+    loader = build_loader(
+        images,
+        sampler,
+        Collator(MultiBlockMasks(cfg.ijepa.masks, cfg.model.token_grid((size, size))), batch, 0),
+        workers=workers,
+        persistent=False,
+    )
     it = iter(loader)
     next(it)  # worker start-up is not throughput
     t = time.perf_counter()
@@ -213,9 +245,16 @@ def loader_rate(cfg: PretrainConfig, data: Path, batch: int, batches: int, worke
 
 
 def end_to_end(cfg_name: str, data: Path, steps: int, tmp: Path) -> dict:
-    cfg = recipe(cfg_name, "runtime.log_every=1000", "runtime.monitor_every=0", "runtime.checkpoint_every=100000",
-                 "runtime.monitor_batch=8", "runtime.collapse_std=0", "runtime.collapse_rank=0",
-                 "runtime.collapse_rank_drop=0")  # a throughput run on noise phantoms: no collapse alarms
+    cfg = recipe(
+        cfg_name,
+        "runtime.log_every=1000",
+        "runtime.monitor_every=0",
+        "runtime.checkpoint_every=100000",
+        "runtime.monitor_batch=8",
+        "runtime.collapse_std=0",
+        "runtime.collapse_rank=0",
+        "runtime.collapse_rank_drop=0",
+    )  # a throughput run on noise phantoms: no collapse alarms
     run = run_pretrain(tmp / f"run-{cfg_name}", cfg, data=data, options=PretrainOptions(gpus=0, max_steps=steps))
     rows = [r for r in MetricsLog.read(run.path) if "images_per_s" in r]
     return {"images_per_s": rows[-1]["images_per_s"], "steps": steps}
@@ -257,9 +296,11 @@ def _main(argv: list[str] | None, tmp: Path) -> dict:
             step = cxrjepa_step(recipe(name), batch, cpu, args.steps)
             e2e = end_to_end(name, data, args.steps + 2, tmp)
             results[f"cpu_{name}"] = {"step": step, "end_to_end": e2e}
-            print(f"  {name:14s} step {fmt(step['images_per_s'])} img/s   end to end {fmt(e2e['images_per_s'])} img/s"
-                  f"   (batch {batch}, {step['tflop_per_step'] * 1e3:.1f} GFLOP/step,"
-                  f" {step['tflop_per_step'] * 1e3 / step['step_s']:.1f} GFLOP/s)")
+            print(
+                f"  {name:14s} step {fmt(step['images_per_s'])} img/s   end to end {fmt(e2e['images_per_s'])} img/s"
+                f"   (batch {batch}, {step['tflop_per_step'] * 1e3:.1f} GFLOP/step,"
+                f" {step['tflop_per_step'] * 1e3 / step['step_s']:.1f} GFLOP/s)"
+            )
 
     if "loader" in sections:
         print("== Loader alone vs training step (default workers)")
@@ -268,23 +309,29 @@ def _main(argv: list[str] | None, tmp: Path) -> dict:
         step = results.get("cpu_cxr-small-cpu", {}).get("step") or cxrjepa_step(small, small_batch, cpu, args.steps)
         ratio = load["images_per_s"] / step["images_per_s"]
         results["loader_cxr-small-cpu"] = {**load, "step_images_per_s": step["images_per_s"], "ratio": ratio}
-        print(f"  cxr-small-cpu  loader {fmt(load['images_per_s'])} img/s ({workers} workers) vs step "
-              f"{fmt(step['images_per_s'])} img/s  -> {ratio:.1f}x")
+        print(
+            f"  cxr-small-cpu  loader {fmt(load['images_per_s'])} img/s ({workers} workers) vs step "
+            f"{fmt(step['images_per_s'])} img/s  -> {ratio:.1f}x"
+        )
         big = recipe("cxr-ijepa-vitb16")
         big_data = phantom_dataset(tmp / "big", 512, 256)
         for label, cache in (("zarr", None), ("frame cache", tmp / "cache")):
             load = loader_rate(big, big_data, 64, 8, cache_dir=cache)
             results[f"loader_vitb16_224_{label.replace(' ', '_')}"] = load
-            print(f"  vitb16 224 px  loader {fmt(load['images_per_s'])} img/s from 256-px frames, {label} "
-                  f"({load['workers']} workers here; {fmt(load['images_per_s'] / max(load['workers'], 1))} img/s per worker)")
+            print(
+                f"  vitb16 224 px  loader {fmt(load['images_per_s'])} img/s from 256-px frames, {label} "
+                f"({load['workers']} workers here; {fmt(load['images_per_s'] / max(load['workers'], 1))} img/s per worker)"
+            )
 
     if "lightly" in sections:
         print("== cxrjepa vs lightly I-JEPA (same ViT, masks, batch, precision)")
         a = cxrjepa_step(small, small_batch, cpu, args.steps)
         b = lightly_step(small, small_batch, cpu, args.steps)
         results["lightly_cpu_small"] = {"cxrjepa": a, "lightly": b, "ratio": a["images_per_s"] / b["images_per_s"]}
-        print(f"  CPU cxr-small-cpu fp32: cxrjepa {fmt(a['images_per_s'])} img/s, lightly {fmt(b['images_per_s'])} img/s"
-              f"  -> {a['images_per_s'] / b['images_per_s']:.2f}x")
+        print(
+            f"  CPU cxr-small-cpu fp32: cxrjepa {fmt(a['images_per_s'])} img/s, lightly {fmt(b['images_per_s'])} img/s"
+            f"  -> {a['images_per_s'] / b['images_per_s']:.2f}x"
+        )
 
     if cuda and ("gpu" in sections or "lightly" in sections):
         gpu = torch.device("cuda", 0)
@@ -303,15 +350,19 @@ def _main(argv: list[str] | None, tmp: Path) -> dict:
         if "lightly" in sections:
             peer = lightly_step(vitb, batch, gpu, args.steps * 2, amp=True, warm=3)
             results["gpu_vitb16"]["lightly"] = peer
-            print(f"  lightly   eager     {fmt(peer['images_per_s'])} img/s  -> cxrjepa eager "
-                  f"{eager['images_per_s'] / peer['images_per_s']:.2f}x, compiled {comp['images_per_s'] / peer['images_per_s']:.2f}x")
+            print(
+                f"  lightly   eager     {fmt(peer['images_per_s'])} img/s  -> cxrjepa eager "
+                f"{eager['images_per_s'] / peer['images_per_s']:.2f}x, compiled {comp['images_per_s'] / peer['images_per_s']:.2f}x"
+            )
         if "loader" in sections:
             need = comp["images_per_s"] * 2
             for key in ("loader_vitb16_224_zarr", "loader_vitb16_224_frame_cache"):
                 load = results[key]
                 per_worker = load["images_per_s"] / max(load["workers"], 1)
-                print(f"  loader headroom ({key.split('224_')[1]}): {default_workers(1)} default workers x "
-                      f"{fmt(per_worker)} img/s per worker vs 2 x compiled step = {fmt(need)} img/s")
+                print(
+                    f"  loader headroom ({key.split('224_')[1]}): {default_workers(1)} default workers x "
+                    f"{fmt(per_worker)} img/s per worker vs 2 x compiled step = {fmt(need)} img/s"
+                )
     elif "gpu" in sections:
         print("== GPU: no CUDA device here; skipped")
 

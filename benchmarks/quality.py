@@ -62,14 +62,39 @@ class DataSet:
 
 
 SETS = {
-    "kermany": DataSet("kermany", "kermany_pediatric_cxr_224", "Kermany pediatric CXR", "label",
-                       "pipelines/cxr-small-cpu.yaml", {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}),
-    "ieee8023": DataSet("ieee8023", "covid_chestxray_ieee8023", "ieee8023 COVID CXR", "covid",
-                        "pipelines/cxr-small-cpu.yaml", {"1": "covid", "0": "other"}),
-    "busi": DataSet("busi", "busi_breast_ultrasound_256", "BUSI breast US", "label", "pipelines/us-small-cpu.yaml",
-                 ingest=("--set", "percentile_low=2", "--set", "percentile_high=98")),
-    "pocus": DataSet("pocus", "pocus_lung_ultrasound", "POCUS lung US", "label", "pipelines/us-small-cpu.yaml",
-                     {"viral": None}, ingest=("--set", "percentile_low=2", "--set", "percentile_high=98")),
+    "kermany": DataSet(
+        "kermany",
+        "kermany_pediatric_cxr_224",
+        "Kermany pediatric CXR",
+        "label",
+        "pipelines/cxr-small-cpu.yaml",
+        {"NORMAL": "normal", "PNEUMONIA": "pneumonia"},
+    ),
+    "ieee8023": DataSet(
+        "ieee8023",
+        "covid_chestxray_ieee8023",
+        "ieee8023 COVID CXR",
+        "covid",
+        "pipelines/cxr-small-cpu.yaml",
+        {"1": "covid", "0": "other"},
+    ),
+    "busi": DataSet(
+        "busi",
+        "busi_breast_ultrasound_256",
+        "BUSI breast US",
+        "label",
+        "pipelines/us-small-cpu.yaml",
+        ingest=("--set", "percentile_low=2", "--set", "percentile_high=98"),
+    ),
+    "pocus": DataSet(
+        "pocus",
+        "pocus_lung_ultrasound",
+        "POCUS lung US",
+        "label",
+        "pipelines/us-small-cpu.yaml",
+        {"viral": None},
+        ingest=("--set", "percentile_low=2", "--set", "percentile_high=98"),
+    ),
 }
 
 ENCODERS = ("cxrjepa", "random", "pixels")
@@ -79,6 +104,7 @@ FEATURE_NAMES = {"features": "mean-pooled last layer", "features_last4": "last 4
 def row_key(encoder: str, features: str) -> str:
     """Probe folder / result key: ``cxrjepa`` (mean-pooled features), ``cxrjepa-last4``, ``pixels``."""
     return encoder if features == "features" else f"{encoder}-{features.removeprefix('features_')}"
+
 
 NOTES = "<!-- notes: written by hand, kept when quality.py --write rewrites the tables above -->"
 
@@ -125,8 +151,12 @@ def probe_inputs(ds: DataSet, data: Path, work: Path) -> tuple[Path, Path, dict]
     labels.to_csv(lab, index=False)
     split.to_csv(spl, index=False)
     kept = labels["target"].notna()
-    counts = {s: {c: int(n) for c, n in labels.loc[kept & (split["split"] == s), "target"].value_counts().sort_index().items()}
-              for s in ("train", "val", "test")}
+    counts = {
+        s: {
+            c: int(n) for c, n in labels.loc[kept & (split["split"] == s), "target"].value_counts().sort_index().items()
+        }
+        for s in ("train", "val", "test")
+    }
     return lab, spl, {"counts": counts, "unlabelled": int((~kept).sum())}
 
 
@@ -137,7 +167,12 @@ def test_scores(prb: Path, patients: dict) -> tuple:
     df = pd.read_parquet(prb / "predictions.parquet")
     df = df[(df["probe"] == "linear") & (df["split"] == "test")].sort_values("sample_id")
     cols = sorted(c for c in df.columns if c.startswith("score_"))
-    return [c[6:] for c in cols], df["target"].astype(str).to_numpy(), df[cols].to_numpy(float), df["sample_id"].map(patients).to_numpy()
+    return (
+        [c[6:] for c in cols],
+        df["target"].astype(str).to_numpy(),
+        df[cols].to_numpy(float),
+        df["sample_id"].map(patients).to_numpy(),
+    )
 
 
 def auroc(y, scores, classes) -> float:
@@ -174,12 +209,40 @@ def run_set(ds: DataSet, args, env: dict) -> dict:
     log: list[str] = []
     src = root / ds.folder
     size = str(args.size)
-    sh(["ingest", f"@{train_list(ds, root, work)}", "--out", work / "pretrain-data", "--size", size, *ds.ingest, "--quiet"], log, env)
-    sh(["ingest", src, "--out", work / "data", "--size", size, *ds.ingest, "--labels", src / "labels.csv", "--quiet"],
-       log, env)
+    sh(
+        [
+            "ingest",
+            f"@{train_list(ds, root, work)}",
+            "--out",
+            work / "pretrain-data",
+            "--size",
+            size,
+            *ds.ingest,
+            "--quiet",
+        ],
+        log,
+        env,
+    )
+    sh(
+        ["ingest", src, "--out", work / "data", "--size", size, *ds.ingest, "--labels", src / "labels.csv", "--quiet"],
+        log,
+        env,
+    )
     recipe = ROOT / ds.recipe
-    pre = ["pretrain", "--data", work / "pretrain-data", "--out", work / "run", "--config", recipe, "--gpus", "0",
-           "--set", f"train.seed={args.seed}", "--quiet"]
+    pre = [
+        "pretrain",
+        "--data",
+        work / "pretrain-data",
+        "--out",
+        work / "run",
+        "--config",
+        recipe,
+        "--gpus",
+        "0",
+        "--set",
+        f"train.seed={args.seed}",
+        "--quiet",
+    ]
     pre += [x for s in args.set for x in ("--set", s)]
     budget = work / "pretrain-cost.json"  # measured when the run was made; a rerun that skips it reads it back
     finished = (work / "run" / "manifest.yaml").exists() and budget.exists()
@@ -202,12 +265,42 @@ def run_set(ds: DataSet, args, env: dict) -> dict:
         if "features_last4" in feats and name != "pixels":
             embed.append("--last4")
         sh(embed, log, env)
-        for features in (feats if name != "pixels" else ["features"]):
+        for features in feats if name != "pixels" else ["features"]:
             row = row_key(name, features)
-            sh(["probe", "--embeddings", emb, "--out", work / f"probe-{row}", "--labels", lab, "--key", "sample_id",
-                "--label-col", "target", "--split", spl, "--features", features, "--fewshot", "none",
-                "--bootstrap", str(args.bootstrap), "--set", "probes=[linear,knn]", "--set", "subgroups=[]",
-                "--set", "attributes=false", "--set", f"seed={args.seed}", "--quiet"], log, env)
+            sh(
+                [
+                    "probe",
+                    "--embeddings",
+                    emb,
+                    "--out",
+                    work / f"probe-{row}",
+                    "--labels",
+                    lab,
+                    "--key",
+                    "sample_id",
+                    "--label-col",
+                    "target",
+                    "--split",
+                    spl,
+                    "--features",
+                    features,
+                    "--fewshot",
+                    "none",
+                    "--bootstrap",
+                    str(args.bootstrap),
+                    "--set",
+                    "probes=[linear,knn]",
+                    "--set",
+                    "subgroups=[]",
+                    "--set",
+                    "attributes=false",
+                    "--set",
+                    f"seed={args.seed}",
+                    "--quiet",
+                ],
+                log,
+                env,
+            )
             results[row] = json.loads((work / f"probe-{row}" / "metrics.json").read_text())["tasks"]["target"]
     import pandas as pd
 
@@ -215,13 +308,25 @@ def run_set(ds: DataSet, args, env: dict) -> dict:
     patients = dict(zip(meta["sample_id"], meta["patient_key"]))
     # I-JEPA minus the same-pooling random init, and minus raw pixels (I-JEPA's default mean-pooled features)
     pairs = {row_key("random", f): row_key("cxrjepa", f) for f in feats} | {"pixels": "cxrjepa"}
-    deltas = {b: paired_delta(work / f"probe-{a}", work / f"probe-{b}", patients, args.bootstrap, args.seed)
-              for b, a in pairs.items()}
+    deltas = {
+        b: paired_delta(work / f"probe-{a}", work / f"probe-{b}", patients, args.bootstrap, args.seed)
+        for b, a in pairs.items()
+    }
     return {
-        "set": ds, "log": log, "results": results, "info": info, "deltas": deltas,
-        "pretrain": {"wall_s": wall, "cpu_s": cpu, "steps": cfg["train"]["steps"], "batch": cfg["train"]["batch_size"],
-                     "frames": int(manifest.get("counts", {}).get("frames", 0) or 0),
-                     "first": mon[0] if mon else {}, "last": mon[-1] if mon else {}},
+        "set": ds,
+        "log": log,
+        "results": results,
+        "info": info,
+        "deltas": deltas,
+        "pretrain": {
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "steps": cfg["train"]["steps"],
+            "batch": cfg["train"]["batch_size"],
+            "frames": int(manifest.get("counts", {}).get("frames", 0) or 0),
+            "first": mon[0] if mon else {},
+            "last": mon[-1] if mon else {},
+        },
     }
 
 
@@ -253,30 +358,44 @@ def table(outs: list[dict], args, command: str) -> str:
             lin = res[row]["probes"]["linear"]["metrics"]
             knn = res[row]["probes"].get("knn", {}).get("metrics", {})
             enc, _, feat = row.partition("-")
-            label = {"cxrjepa": "cxrjepa I-JEPA", "random": "same ViT, random init",
-                     "pixels": f"raw pixels {args.pixels}x{args.pixels}"}[enc]
+            label = {
+                "cxrjepa": "cxrjepa I-JEPA",
+                "random": "same ViT, random init",
+                "pixels": f"raw pixels {args.pixels}x{args.pixels}",
+            }[enc]
             if enc != "pixels":
                 label += f", {FEATURE_NAMES['features_' + feat if feat else 'features']}"
             first = f"{ds.title}" if i == 0 else ""
             n = f"{sum(test.values())} ({', '.join(f'{k} {v}' for k, v in test.items())})" if i == 0 else ""
             delta = fmt(o["deltas"][row], signed=True) if row in o["deltas"] else ""
-            lines.append(f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | "
-                         f"{fmt(knn.get('auroc'))} | {delta} |")
-    lines += ["", "## Pretraining budget (per data set)", "",
-              "| data set | recipe | pretraining frames | steps x batch | CPU s | wall s | feat_std first -> last | RankMe first -> last |",
-              "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {first} | {n} | {label} | {fmt(lin.get('auroc'))} | {fmt(lin.get('macro_f1'))} | "
+                f"{fmt(knn.get('auroc'))} | {delta} |"
+            )
+    lines += [
+        "",
+        "## Pretraining budget (per data set)",
+        "",
+        "| data set | recipe | pretraining frames | steps x batch | CPU s | wall s | feat_std first -> last | RankMe first -> last |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for o in outs:
         p, ds = o["pretrain"], o["set"]
         f, la = p["first"], p["last"]
         lines.append(
             f"| {ds.title} | `{ds.recipe}` | {p['frames']} | {p['steps']} x {p['batch']} | {p['cpu_s']:.0f} | {p['wall_s']:.0f} | "
             f"{f.get('feat_std', float('nan')):.2f} -> {la.get('feat_std', float('nan')):.2f} | "
-            f"{f.get('rankme', float('nan')):.1f} -> {la.get('rankme', float('nan')):.1f} |")
+            f"{f.get('rankme', float('nan')):.1f} -> {la.get('rankme', float('nan')):.1f} |"
+        )
     lines += ["", "## Splits (labelled samples per class)", ""]
     for o in outs:
         c = o["info"]["counts"]
         extra = f"; {o['info']['unlabelled']} unlabelled" if o["info"]["unlabelled"] else ""
-        lines.append(f"- {o['set'].title}: " + "; ".join(f"{s} {sum(v.values())} ({', '.join(f'{k} {n}' for k, n in v.items())})" for s, v in c.items()) + extra)
+        lines.append(
+            f"- {o['set'].title}: "
+            + "; ".join(f"{s} {sum(v.values())} ({', '.join(f'{k} {n}' for k, n in v.items())})" for s, v in c.items())
+            + extra
+        )
     lines += ["", "## Commands", ""]
     for o in outs:
         lines += [f"{o['set'].title}:", "", "```"] + o["log"] + ["```", ""]
@@ -290,15 +409,23 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, from {', '.join(SETS)}")
     ap.add_argument("--size", type=int, default=64, help="stored and model input size (the CPU recipes' 64 px)")
     ap.add_argument("--pixels", type=int, default=16, help="side of the raw-pixel baseline")
-    ap.add_argument("--features", default="features,features_last4",
-                    help="comma-separated pooled arrays probed for the two ViTs (features, features_last4)")
+    ap.add_argument(
+        "--features",
+        default="features,features_last4",
+        help="comma-separated pooled arrays probed for the two ViTs (features, features_last4)",
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of every stage")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0, help="pretraining and probe seed")
     ap.add_argument("--set", action="append", default=[], help="extra pretrain --set KEY=VALUE (e.g. train.steps=400)")
     ap.add_argument("--write", help="write the markdown table here")
     args = ap.parse_args()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
+    }
     outs = [run_set(SETS[name], args, env) for name in args.sets.split(",") if name]
     command = "PYTHONPATH=. python benchmarks/quality.py " + " ".join(sys.argv[1:])
     text = table(outs, args, command)
@@ -308,7 +435,7 @@ def main() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         old = path.read_text() if path.exists() else ""
         if NOTES in old:  # the hand-written analysis below the marker survives a rerun
-            text += "\n" + old[old.index(NOTES):]
+            text += "\n" + old[old.index(NOTES) :]
         path.write_text(text)
 
 

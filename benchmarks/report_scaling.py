@@ -50,12 +50,19 @@ def make(root: Path, n: int, size: int) -> Path:
         arr[s : s + k] = rng.integers(0, 255, (k, size, size), dtype=np.uint8)
     meta.to_parquet(ds / layout.METADATA, index=False)
     b.counts.update({"inputs": n, "samples": n, "frames": n, "rejected": 0})
-    b.contents.update({"images": {"shape": [n, size, size], "dtype": "uint8"}, "label_columns": ["finding"],
-                       "normalization": intensity_stats(arr, 255.0)})
+    b.contents.update(
+        {
+            "images": {"shape": [n, size, size], "dtype": "uint8"},
+            "label_columns": ["finding"],
+            "normalization": intensity_stats(arr, 255.0),
+        }
+    )
     b.finish()
     emb = root / f"emb-{n}"
     e = begin(emb, "embeddings", {"n": n}, input_refs({"dataset": ds}), force=True)
-    feats = zarr.open_group(str(emb / "features.zarr"), mode="w").create_array("features", shape=(n, 384), dtype="float16", chunks=(4096, 384))
+    feats = zarr.open_group(str(emb / "features.zarr"), mode="w").create_array(
+        "features", shape=(n, 384), dtype="float16", chunks=(4096, 384)
+    )
     y = (meta["finding"] == "PNEUMONIA").to_numpy()
     for s in range(0, n, 4096):
         k = min(4096, n - s)
@@ -80,12 +87,20 @@ def main() -> None:
             t = time.perf_counter()
             emb = make(root, n, args.size)
             built = time.perf_counter() - t
-            out = subprocess.run([sys.executable, "-c", CHILD, str(emb), str(root / f"report-{n}")],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, str(emb), str(root / f"report-{n}")],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[n] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"n={n:>7,}: report {results[n]['s']:.1f} s, peak RSS {results[n]['rss_mb']:.0f} MB (building the data took {built:.1f} s)")
+            print(
+                f"n={n:>7,}: report {results[n]['s']:.1f} s, peak RSS {results[n]['rss_mb']:.0f} MB (building the data took {built:.1f} s)"
+            )
     s, l = results[args.small], results[args.large]
-    print(f"data grew {args.large / args.small:.0f}x; report time x{l['s'] / s['s']:.2f}, peak memory x{l['rss_mb'] / s['rss_mb']:.2f}")
+    print(
+        f"data grew {args.large / args.small:.0f}x; report time x{l['s'] / s['s']:.2f}, peak memory x{l['rss_mb'] / s['rss_mb']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,12 +55,16 @@ GPU_MASKS = {"targets": 4, "target_scale": [0.15, 0.2], "min_context": 10}
 
 
 def config(objective: str, model: dict, head: dict, masks: dict, batch: int) -> PretrainConfig:
-    layers = [{
-        "objective": objective, "model": model, "train": {"batch_size": batch},
-        "ijepa": {"predictor": head, "masks": masks},
-        "salt": {"predictor": head, "masks": masks, "holdout": 0.0, "export": "last"},
-        "pixel": {"decoder": head, "masks": masks},
-    }]
+    layers = [
+        {
+            "objective": objective,
+            "model": model,
+            "train": {"batch_size": batch},
+            "ijepa": {"predictor": head, "masks": masks},
+            "salt": {"predictor": head, "masks": masks, "holdout": 0.0, "export": "last"},
+            "pixel": {"decoder": head, "masks": masks},
+        }
+    ]
     return load_config(PretrainConfig, layers=layers)
 
 
@@ -76,8 +80,16 @@ def teacher_export(folder: Path, model: dict, layers: int | None, size: str | No
     return folder
 
 
-def measure(cfg: PretrainConfig, device: torch.device, steps: int, *, teacher: Path | None = None,
-            cached: bool = False, amp: bool = False, warm: int = 3) -> dict:
+def measure(
+    cfg: PretrainConfig,
+    device: torch.device,
+    steps: int,
+    *,
+    teacher: Path | None = None,
+    cached: bool = False,
+    amp: bool = False,
+    warm: int = 3,
+) -> dict:
     """Wall and CPU seconds per training step (loss + backward + AdamW + after_step) on prepared batches."""
     torch.manual_seed(0)
     inputs = ObjectiveInputs(teacher=str(teacher) if teacher else None, normalization={"mean": 0.5, "std": 0.25})
@@ -93,8 +105,13 @@ def measure(cfg: PretrainConfig, device: torch.device, steps: int, *, teacher: P
     batches = []
     for _ in range(warm + steps):
         m = gen(rng, b)
-        batches.append({"images": images, "context": torch.from_numpy(m.context).to(device),
-                        "targets": torch.from_numpy(m.targets).to(device)})
+        batches.append(
+            {
+                "images": images,
+                "context": torch.from_numpy(m.context).to(device),
+                "targets": torch.from_numpy(m.targets).to(device),
+            }
+        )
     if cached:  # what the loader hands over from the cache: fp16 tokens of every frame
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             tokens = obj.teacher(images * 0.25 + 0.5, grid).to(torch.float16)
@@ -126,8 +143,17 @@ def measure(cfg: PretrainConfig, device: torch.device, steps: int, *, teacher: P
     return out
 
 
-def section(device: torch.device, model: dict, head: dict, masks: dict, batch: int, steps: int, amp: bool,
-            recipe_teacher: dict, tmp: Path) -> list[dict]:
+def section(
+    device: torch.device,
+    model: dict,
+    head: dict,
+    masks: dict,
+    batch: int,
+    steps: int,
+    amp: bool,
+    recipe_teacher: dict,
+    tmp: Path,
+) -> list[dict]:
     same = teacher_export(tmp / "same", model, None)
     small = teacher_export(tmp / "small", model, recipe_teacher.get("layers"), recipe_teacher.get("size"))
     rows = []
@@ -156,14 +182,18 @@ def section(device: torch.device, model: dict, head: dict, masks: dict, batch: i
 
 def print_rows(title: str, rows: list[dict]) -> None:
     print(f"\n## {title}\n")
-    print("| step | wall s/step | CPU s/step | images/s | GFLOP/step | speed-up vs I-JEPA (wall) | (CPU time) "
-          "| (model FLOPs) |")
+    print(
+        "| step | wall s/step | CPU s/step | images/s | GFLOP/step | speed-up vs I-JEPA (wall) | (CPU time) "
+        "| (model FLOPs) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         cpu = f"{r['cpu_speedup_vs_ijepa']:.2f}x" if r.get("cpu_speedup_vs_ijepa") else "-"
         flop = f"{r['flop_ratio_vs_ijepa']:.2f}x" if r.get("flop_ratio_vs_ijepa") else "-"
-        print(f"| {r['row']} | {r['step_s']:.4f} | {r['cpu_s']:.4f} | {r['images_per_s']:.1f} | {r['gflop']:.1f} | "
-              f"{r['speedup_vs_ijepa']:.2f}x | {cpu} | {flop} |")
+        print(
+            f"| {r['row']} | {r['step_s']:.4f} | {r['cpu_s']:.4f} | {r['images_per_s']:.1f} | {r['gflop']:.1f} | "
+            f"{r['speedup_vs_ijepa']:.2f}x | {cpu} | {flop} |"
+        )
 
 
 def main() -> None:
@@ -171,8 +201,13 @@ def main() -> None:
     ap.add_argument("--sections", default="cpu,gpu")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32, help="CPU batch (GPU: 128)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is reliable on a shared machine: "
-                    "more threads spin-wait whenever another job holds a core)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 is reliable on a shared machine: "
+        "more threads spin-wait whenever another job holds a core)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -180,16 +215,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cxrjepa-salt-bench-") as tmp:
         tmp = Path(tmp)
         if "cpu" in args.sections:
-            rows = section(torch.device("cpu"), CPU_MODEL, CPU_HEAD, CPU_MASKS, args.batch, args.steps, False,
-                           {"layers": 2}, tmp / "cpu")
+            rows = section(
+                torch.device("cpu"),
+                CPU_MODEL,
+                CPU_HEAD,
+                CPU_MASKS,
+                args.batch,
+                args.steps,
+                False,
+                {"layers": 2},
+                tmp / "cpu",
+            )
             results["cpu"] = {"model": CPU_MODEL, "batch": args.batch, "rows": rows}
             print_rows(f"CPU: ViT-Tiny/8, 4 blocks, 64 px, batch {args.batch}, fp32, {args.threads} threads", rows)
         if "gpu" in args.sections:
             if torch.cuda.is_available():
                 torch.backends.cuda.matmul.allow_tf32 = True
-                rows = section(torch.device("cuda"), GPU_MODEL, GPU_HEAD, GPU_MASKS, 128, args.steps, True,
-                               {"size": "small"}, tmp / "gpu")
-                results["gpu"] = {"model": GPU_MODEL, "batch": 128, "device": torch.cuda.get_device_name(), "rows": rows}
+                rows = section(
+                    torch.device("cuda"),
+                    GPU_MODEL,
+                    GPU_HEAD,
+                    GPU_MASKS,
+                    128,
+                    args.steps,
+                    True,
+                    {"size": "small"},
+                    tmp / "gpu",
+                )
+                results["gpu"] = {
+                    "model": GPU_MODEL,
+                    "batch": 128,
+                    "device": torch.cuda.get_device_name(),
+                    "rows": rows,
+                }
                 print_rows(f"GPU ({torch.cuda.get_device_name()}): ViT-B/16, 224 px, batch 128, bf16", rows)
             else:
                 print("\n(GPU section skipped: no CUDA device)")

@@ -73,9 +73,16 @@ def ingest(name: str, work: Path, size: int) -> Path:
     if not salt.exists():
         salt.parent.mkdir(parents=True, exist_ok=True)
         salt.write_text("cxrjepa-salt-benchmark\n")
-    cfg = IngestConfig(size=size, percentile_low=2.0, percentile_high=98.0, labels_patient_column=spec["patient_column"])
-    run_ingest(out, cfg, sources=[spec["folder"]], labels=spec["folder"] / "labels.csv",
-               options=IngestOptions(workers=1, salt_file=salt))
+    cfg = IngestConfig(
+        size=size, percentile_low=2.0, percentile_high=98.0, labels_patient_column=spec["patient_column"]
+    )
+    run_ingest(
+        out,
+        cfg,
+        sources=[spec["folder"]],
+        labels=spec["folder"] / "labels.csv",
+        options=IngestOptions(workers=1, salt_file=salt),
+    )
     return out
 
 
@@ -117,13 +124,25 @@ def pretrain(stage: str, out: Path, data: Path, steps: int, seed: int, teacher: 
     from cxrjepa.core.config import load_config
     from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
 
-    cfg = load_config(PretrainConfig, layers=[recipe_params(stage)],
-                      overrides=[f"train.steps={steps}", f"train.seed={seed}", "runtime.workers=0",
-                                 f"runtime.checkpoint_every={steps}"])
+    cfg = load_config(
+        PretrainConfig,
+        layers=[recipe_params(stage)],
+        overrides=[
+            f"train.steps={steps}",
+            f"train.seed={seed}",
+            "runtime.workers=0",
+            f"runtime.checkpoint_every={steps}",
+        ],
+    )
     t0, c0 = time.time(), cpu_seconds()
     art = run_pretrain(out, cfg, data=data, teacher=teacher, options=PretrainOptions(gpus=0))
-    return {"steps": steps, "cpu_s": round(cpu_seconds() - c0, 1), "wall_s": round(time.time() - t0, 1),
-            "final": art.contents.get("final", {}), "selection": art.contents.get("selection")}
+    return {
+        "steps": steps,
+        "cpu_s": round(cpu_seconds() - c0, 1),
+        "wall_s": round(time.time() - t0, 1),
+        "final": art.contents.get("final", {}),
+        "selection": art.contents.get("selection"),
+    }
 
 
 def probe_f1(emb: Path, labels: Path, out: Path, splits: int) -> list[float]:
@@ -132,16 +151,18 @@ def probe_f1(emb: Path, labels: Path, out: Path, splits: int) -> list[float]:
 
     scores = []
     for split in range(splits):
-        cfg = ProbeConfig(tasks=["task"], probes=["linear"], bootstrap=0, fewshot=[], subgroups=[], attributes=False,
-                          seed=split)
+        cfg = ProbeConfig(
+            tasks=["task"], probes=["linear"], bootstrap=0, fewshot=[], subgroups=[], attributes=False, seed=split
+        )
         art = run_probe(out / f"split{split}", cfg, embeddings=emb, labels=labels)
         metrics = json.loads((art.path / "metrics.json").read_text())
         scores.append(float(metrics["tasks"]["task"]["probes"]["linear"]["metrics"]["macro_f1"]["value"]))
     return scores
 
 
-def unit(name: str, seed: int, work: Path, budget: float, share: float, costs: dict, threads: int, size: int,
-         splits: int) -> dict:
+def unit(
+    name: str, seed: int, work: Path, budget: float, share: float, costs: dict, threads: int, size: int, splits: int
+) -> dict:
     """One dataset x one seed: the three encoders, embedded and probed."""
     import torch
 
@@ -165,8 +186,13 @@ def unit(name: str, seed: int, work: Path, budget: float, share: float, costs: d
     result = {"dataset": name, "seed": seed, "steps": steps, "runs": runs, "f1": {}}
     encoders = {"ijepa": root / "ijepa", "salt": root / "salt", "random": f"random:{root / 'salt'}"}
     for method, enc in encoders.items():
-        emb = run_embed(root / f"emb-{method}", EmbedConfig(seed=seed), encoder=enc, data=data,
-                        options=EmbedOptions(device="cpu", workers=0))
+        emb = run_embed(
+            root / f"emb-{method}",
+            EmbedConfig(seed=seed),
+            encoder=enc,
+            data=data,
+            options=EmbedOptions(device="cpu", workers=0),
+        )
         result["f1"][method] = probe_f1(emb.path, labels, root / f"probe-{method}", splits)
     (root / "result.json").write_text(json.dumps(result, indent=2))
     return result
@@ -176,9 +202,12 @@ def table(results: list[dict], args, costs: dict) -> str:
     import numpy as np
 
     splits = len(results[0]["f1"]["ijepa"])
-    lines = ["| dataset | method | linear-probe macro-F1 (mean +- sd over seeds) | per seed (mean of "
-             f"{splits} splits) | "
-             "pretraining CPU-s per seed |", "|---|---|---|---|---|"]
+    lines = [
+        "| dataset | method | linear-probe macro-F1 (mean +- sd over seeds) | per seed (mean of "
+        f"{splits} splits) | "
+        "pretraining CPU-s per seed |",
+        "|---|---|---|---|---|",
+    ]
     for name in sorted({r["dataset"] for r in results}):
         rows = [r for r in results if r["dataset"] == name]
         for method in ("ijepa", "salt", "random"):
@@ -190,13 +219,20 @@ def table(results: list[dict], args, costs: dict) -> str:
             else:
                 cpu = [0.0 for _ in rows]
             label = {"ijepa": "I-JEPA", "salt": "SALT (pixel teacher)", "random": "random init"}[method]
-            lines.append(f"| {name} | {label} | {np.mean(per_seed):.3f} +- {np.std(per_seed):.3f} | "
-                         + ", ".join(f"{v:.3f}" for v in per_seed) + " | "
-                         + ", ".join(f"{c:.0f}" for c in cpu) + " |")
+            lines.append(
+                f"| {name} | {label} | {np.mean(per_seed):.3f} +- {np.std(per_seed):.3f} | "
+                + ", ".join(f"{v:.3f}" for v in per_seed)
+                + " | "
+                + ", ".join(f"{c:.0f}" for c in cpu)
+                + " |"
+            )
     lines.append("")
-    lines.append(f"Budget: {args.budget:.0f} CPU-s per model per seed ({args.threads} torch thread), teacher share "
-                 f"{args.teacher_share:.3f}; calibrated CPU-s per step: "
-                 + ", ".join(f"{k} {v:.3f}" for k, v in costs.items()) + ".")
+    lines.append(
+        f"Budget: {args.budget:.0f} CPU-s per model per seed ({args.threads} torch thread), teacher share "
+        f"{args.teacher_share:.3f}; calibrated CPU-s per step: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in costs.items())
+        + "."
+    )
     steps = results[0]["steps"]
     lines.append("Steps (batch 32): " + ", ".join(f"{k} {v}" for k, v in steps.items()) + ".")
     return "\n".join(lines) + "\n"
@@ -233,12 +269,18 @@ def main() -> None:
         import multiprocessing
 
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(unit, n, s, args.work, args.budget, args.teacher_share, costs, args.threads, args.size,
-                                   args.splits) for n, s in units]
+            futures = [
+                pool.submit(
+                    unit, n, s, args.work, args.budget, args.teacher_share, costs, args.threads, args.size, args.splits
+                )
+                for n, s in units
+            ]
             results = [f.result() for f in futures]
     else:
-        results = [unit(n, s, args.work, args.budget, args.teacher_share, costs, args.threads, args.size, args.splits)
-                   for n, s in units]
+        results = [
+            unit(n, s, args.work, args.budget, args.teacher_share, costs, args.threads, args.size, args.splits)
+            for n, s in units
+        ]
     (args.work / "results.json").write_text(json.dumps(results, indent=2))
     text = table(results, args, costs)
     print(text)

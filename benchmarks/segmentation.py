@@ -66,8 +66,38 @@ def patient_csv(images_root: Path, out: Path) -> Path:
 def calibrate(work: Path, data: Path, config: Path, budget: float, log: list[str]) -> tuple[int, float]:
     """Seconds per pretraining step (10 steps after 2 warm-up steps) -> steps that fit the budget."""
     cal = work / "calibration"
-    t_short = sh(["pretrain", "--data", data, "--out", cal / "a", "--config", config, "--set", "train.steps=2", "--quiet", "--force"], [])
-    t_long = sh(["pretrain", "--data", data, "--out", cal / "b", "--config", config, "--set", "train.steps=12", "--quiet", "--force"], [])
+    t_short = sh(
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            cal / "a",
+            "--config",
+            config,
+            "--set",
+            "train.steps=2",
+            "--quiet",
+            "--force",
+        ],
+        [],
+    )
+    t_long = sh(
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            cal / "b",
+            "--config",
+            config,
+            "--set",
+            "train.steps=12",
+            "--quiet",
+            "--force",
+        ],
+        [],
+    )
     per_step = max((t_long - t_short) / 10.0, 1e-3)
     steps = max(20, int(budget / per_step))
     log.append(f"# calibration: {per_step:.2f} s per step -> train.steps={steps} for a {budget:.0f} s budget")
@@ -148,8 +178,15 @@ def unet_baseline(data: Path, split_csv: Path, budget: float, seed: int = 0, bat
     dice, iou = dice_of(idx["test"])
     patients = meta["patient_key"].astype(str).to_numpy()[idx["test"]]
     ev = seg_metrics.evaluate(dice, iou, patients, ["lung"], n_boot=1000, seed=seed)
-    return {"metrics": ev["metrics"], "epochs": epochs, "steps": steps, "train_s": train_s, "val_dice": best,
-            "params": n_params, "n": {k: int(len(v)) for k, v in idx.items()}}
+    return {
+        "metrics": ev["metrics"],
+        "epochs": epochs,
+        "steps": steps,
+        "train_s": train_s,
+        "val_dice": best,
+        "params": n_params,
+        "n": {k: int(len(v)) for k, v in idx.items()},
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -216,8 +253,12 @@ def main() -> None:
     ap.add_argument("--pretrain-config", type=Path, default=ROOT / "benchmarks" / "configs" / "segmentation-cpu.yaml")
     ap.add_argument("--steps", type=int, default=0, help="pretraining steps (0: calibrated to the budget)")
     ap.add_argument("--write", type=Path, default=None, help="write the results table (Markdown) here")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads of every contender (on a busy 2-core machine 2 threads ran 4x slower than 1)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of every contender (on a busy 2-core machine 2 threads ran 4x slower than 1)",
+    )
     args = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -226,17 +267,64 @@ def main() -> None:
     log: list[str] = []
     labels = patient_csv(args.images, w)
     data = w / "dataset"
-    sh(["ingest", args.images / "images", "--out", data, "--masks", f"lung={args.masks}", "--labels", labels, "--key", "filename",
-        "--size", args.size, "--quiet"], log)
+    sh(
+        [
+            "ingest",
+            args.images / "images",
+            "--out",
+            data,
+            "--masks",
+            f"lung={args.masks}",
+            "--labels",
+            labels,
+            "--key",
+            "filename",
+            "--size",
+            args.size,
+            "--quiet",
+        ],
+        log,
+    )
     from cxrjepa.data.store import DatasetArtifact
 
     dsa = DatasetArtifact.open(data)
-    steps, per_step = (args.steps, float("nan")) if args.steps else calibrate(w, data, args.pretrain_config, args.budget_s, log)
+    steps, per_step = (
+        (args.steps, float("nan")) if args.steps else calibrate(w, data, args.pretrain_config, args.budget_s, log)
+    )
     run = w / "run"
-    t_pre = sh(["pretrain", "--data", data, "--out", run, "--config", args.pretrain_config, "--set", f"train.steps={steps}", "--quiet"], log)
+    t_pre = sh(
+        [
+            "pretrain",
+            "--data",
+            data,
+            "--out",
+            run,
+            "--config",
+            args.pretrain_config,
+            "--set",
+            f"train.steps={steps}",
+            "--quiet",
+        ],
+        log,
+    )
     emb, emb_r = w / "emb", w / "emb-random"
     sh(["embed", "--encoder", run, "--data", data, "--out", emb, "--patch-tokens", "--device", "cpu", "--quiet"], log)
-    sh(["embed", "--encoder", f"random:{run}", "--data", data, "--out", emb_r, "--patch-tokens", "--device", "cpu", "--quiet"], log)
+    sh(
+        [
+            "embed",
+            "--encoder",
+            f"random:{run}",
+            "--data",
+            data,
+            "--out",
+            emb_r,
+            "--patch-tokens",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        log,
+    )
     probe, probe_r = w / "probe", w / "probe-random"
     seg = ["--task", "segmentation", "--fewshot", "10,50,100", "--seeds", "3", "--quiet"]
     t_probe = sh(["probe", "--embeddings", emb, "--out", probe, *seg], log)
@@ -245,20 +333,48 @@ def main() -> None:
     print(f"$ (c) U-Net from scratch, {args.budget_s:.0f} s", flush=True)
     unet = unet_baseline(data, probe / "split.csv", args.budget_s)
     rows = []
-    for name, p in (("(a) cxrjepa I-JEPA ViT-Tiny/16, pretrained", probe), ("(b) same architecture, random init", probe_r)):
+    for name, p in (
+        ("(a) cxrjepa I-JEPA ViT-Tiny/16, pretrained", probe),
+        ("(b) same architecture, random init", probe_r),
+    ):
         m = json.loads((p / "metrics.json").read_text())["segmentation"]
         for head, body in m["probes"].items():
             d = m["grid"]
             params = "1x1 conv on the token grid" if head == "linear" else "3x3 conv + BN + ReLU + 1x1 conv"
-            rows.append((name, f"{head} ({d[0]}×{d[1]} tokens)", params, fmt(body["metrics"]["dice"]), fmt(body["metrics"]["iou"])))
-    rows.append(("(c) U-Net (ResNet-18 encoder) from scratch", "whole network", f"{unet['params'] / 1e6:.1f} M (all)",
-                 fmt(unet["metrics"]["dice"]), fmt(unet["metrics"]["iou"])))
+            rows.append(
+                (
+                    name,
+                    f"{head} ({d[0]}×{d[1]} tokens)",
+                    params,
+                    fmt(body["metrics"]["dice"]),
+                    fmt(body["metrics"]["iou"]),
+                )
+            )
+    rows.append(
+        (
+            "(c) U-Net (ResNet-18 encoder) from scratch",
+            "whole network",
+            f"{unet['params'] / 1e6:.1f} M (all)",
+            fmt(unet["metrics"]["dice"]),
+            fmt(unet["metrics"]["iou"]),
+        )
+    )
     m0 = json.loads((probe / "metrics.json").read_text())["segmentation"]
     import yaml
 
     batch = ((yaml.safe_load(args.pretrain_config.read_text()) or {}).get("train") or {}).get("batch_size", "?")
-    info = {"images": len(dsa.meta), "masks": int(dsa.meta["has_mask"].sum()), "n": m0["n"], "steps": steps, "per_step": per_step,
-            "batch": batch, "unet": unet, "probe_s": t_probe, "probe_random_s": t_probe_r, "pretrain_s": t_pre}
+    info = {
+        "images": len(dsa.meta),
+        "masks": int(dsa.meta["has_mask"].sum()),
+        "n": m0["n"],
+        "steps": steps,
+        "per_step": per_step,
+        "batch": batch,
+        "unet": unet,
+        "probe_s": t_probe,
+        "probe_random_s": t_probe_r,
+        "pretrain_s": t_pre,
+    }
     for r in rows:
         print(" | ".join(r))
     print(json.dumps({"pretrain_s": t_pre, "unet": {k: v for k, v in unet.items() if k != "metrics"}}, default=str))

@@ -52,7 +52,9 @@ PACKAGES: tuple[Package, ...] = (
     Package("python-gdcm", "gdcm", "second decoder for JPEG family and JPEG 2000"),
     Package("SimpleITK", "SimpleITK", "NIfTI / volumes"),
     Package(
-        "opencv-python-headless", "cv2", "video and image processing",
+        "opencv-python-headless",
+        "cv2",
+        "video and image processing",
         alternatives=("opencv-python", "opencv-contrib-python", "opencv-contrib-python-headless"),
     ),
     Package("zarr", "zarr", "dataset storage"),
@@ -202,8 +204,16 @@ def check_package(pkg: Package, specs: dict[str, str]) -> dict:
 
 
 def check_torch() -> dict:
-    info: dict[str, Any] = {"version": None, "cuda_available": False, "cuda_version": None, "cudnn": None,
-                            "gpus": [], "mps_available": False, "threads": None, "error": None}
+    info: dict[str, Any] = {
+        "version": None,
+        "cuda_available": False,
+        "cuda_version": None,
+        "cudnn": None,
+        "gpus": [],
+        "mps_available": False,
+        "threads": None,
+        "error": None,
+    }
     try:
         import torch
     except Exception as exc:
@@ -332,7 +342,11 @@ def _verify(decoder, plugins: list[str], sample) -> dict:
         status = "partial"  # some plugins refuse this sample; pydicom falls back to one that works
     else:
         status = "failed"  # nothing decodes it, or a plugin silently returns wrong pixels
-    return {"status": status, "by_plugin": results, "sample": "encoded here" if expected is not None else "pydicom test file"}
+    return {
+        "status": status,
+        "by_plugin": results,
+        "sample": "encoded here" if expected is not None else "pydicom test file",
+    }
 
 
 def check_transfer_syntaxes(verify: bool = True) -> list[dict]:
@@ -378,7 +392,13 @@ def check_transfer_syntaxes(verify: bool = True) -> list[dict]:
 def check_output(path: str | Path) -> dict:
     """Can cxrjepa write in ``path``? Writes (and removes) a temporary file; creates nothing else."""
     path = Path(path).expanduser()
-    entry: dict[str, Any] = {"path": str(path), "exists": path.exists(), "writable": False, "free_gb": None, "error": None}
+    entry: dict[str, Any] = {
+        "path": str(path),
+        "exists": path.exists(),
+        "writable": False,
+        "free_gb": None,
+        "error": None,
+    }
     target = path
     if not path.exists():
         target = path.parent
@@ -450,13 +470,17 @@ def diagnose(out: str | Path = ".", *, verify_decoders: bool = True) -> dict:
             )
     for s in syntaxes:
         if s["essential"] and not s["decodable"]:
-            problems.append(f"No decoder for {s['name']} ({s['uid']}); install pylibjpeg-libjpeg, pylibjpeg-openjpeg and python-gdcm.")
+            problems.append(
+                f"No decoder for {s['name']} ({s['uid']}); install pylibjpeg-libjpeg, pylibjpeg-openjpeg and python-gdcm."
+            )
         elif s["verified"] in ("failed", "partial"):
             bad = ", ".join(f"{k}: {v}" for k, v in s["verification"]["by_plugin"].items() if v != "ok")
             if s["verified"] == "failed":
                 problems.append(f"Decoding {s['name']} fails its self-test ({bad}).")
             else:
-                warn.append(f"Some decoders cannot read the {s['name']} sample ({bad}); pydicom falls back to another plugin.")
+                warn.append(
+                    f"Some decoders cannot read the {s['name']} sample ({bad}); pydicom falls back to another plugin."
+                )
     if not output["writable"]:
         problems.append(f"Cannot write to the output folder '{output['path']}' ({output['error']}).")
     elif output["free_gb"] is not None and output["free_gb"] < 1.0:
@@ -471,8 +495,13 @@ def diagnose(out: str | Path = ".", *, verify_decoders: bool = True) -> dict:
         "problems": problems,
         "warnings": warn,
         "cxrjepa": cxrjepa.__version__,
-        "python": {"version": platform.python_version(), "implementation": platform.python_implementation(),
-                   "executable": sys.executable, "requirement": requires_python, "satisfied": python_ok},
+        "python": {
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "executable": sys.executable,
+            "requirement": requires_python,
+            "satisfied": python_ok,
+        },
         "platform": platform.platform(terse=True),
         "cpu": {"count": os.cpu_count(), "memory_gb": memory_gb},
         "torch": torch_info,

@@ -39,24 +39,60 @@ BIRTH_DATE = "18870704"
 
 #: pydicom's bundled image files the corpus starts from (every common transfer syntax, colour, multi-frame)
 SEED_FILES = (
-    "CT_small.dcm", "MR_small.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm",
-    "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEGLSNearLossless_08.dcm", "JPEG2000.dcm",
-    "JPGExtended.dcm", "SC_rgb_rle.dcm", "SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_rle_16bit.dcm", "examples_ybr_color.dcm",
-    "examples_palette.dcm", "image_dfl.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_small_odd.dcm",
-    "examples_jpeg2k.dcm", "GDCMJ2K_TextGBR.dcm", "SC_rgb_rle_2frame.dcm", "ExplVR_BigEnd.dcm", "693_J2KI.dcm",
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jp2klossless.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPEGLSNearLossless_08.dcm",
+    "JPEG2000.dcm",
+    "JPGExtended.dcm",
+    "SC_rgb_rle.dcm",
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "SC_rgb_rle_16bit.dcm",
+    "examples_ybr_color.dcm",
+    "examples_palette.dcm",
+    "image_dfl.dcm",
+    "SC_ybr_full_422_uncompressed.dcm",
+    "SC_rgb_small_odd.dcm",
+    "examples_jpeg2k.dcm",
+    "GDCMJ2K_TextGBR.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "ExplVR_BigEnd.dcm",
+    "693_J2KI.dcm",
     "SC_rgb_gdcm_KY.dcm",
 )
 
 #: DICOM mutations and how often each is drawn
 KINDS = {
-    "valid": 10, "flip": 14, "truncate": 10, "syntax": 10, "header": 14, "size": 10, "lut": 10, "deep": 5,
+    "valid": 10,
+    "flip": 14,
+    "truncate": 10,
+    "syntax": 10,
+    "header": 14,
+    "size": 10,
+    "lut": 10,
+    "deep": 5,
     "flip+header": 7,
 }
 SYNTAXES = (
-    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
-    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.90",
-    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201", "1.2.3.4.5.6.7",
+    "1.2.840.10008.1.2",
+    "1.2.840.10008.1.2.1",
+    "1.2.840.10008.1.2.2",
+    "1.2.840.10008.1.2.1.99",
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",
+    "1.2.840.10008.1.2.4.201",
+    "1.2.3.4.5.6.7",
 )
 SIZE_CLAIMS = ((65535, 65535), (60000, 60000), (30000, 30000), (8193, 8193), (4096, 4096), (1, 65535), (0, 0), (2, 2))
 NUMBERS = ("NaN", "inf", "-inf", "1e38", "-1e38", "0", "-5", "1e-45", "nan", "")
@@ -179,7 +215,9 @@ def _lut(ds: Dataset, rng: random.Random) -> None:
         ds.WindowCenter, ds.WindowWidth = rng.choice(NUMBERS), rng.choice(NUMBERS)
     elif choice == 2:
         item = Dataset()
-        item.add_new(0x00283002, "SS", [rng.choice((0, 1, 4096, 32767)), rng.choice((0, -5, 4464)), rng.choice((8, 16, 0, 40))])
+        item.add_new(
+            0x00283002, "SS", [rng.choice((0, 1, 4096, 32767)), rng.choice((0, -5, 4464)), rng.choice((8, 16, 0, 40))]
+        )
         item.add_new(0x00283006, "US", [rng.randrange(65536) for _ in range(rng.choice((0, 3, 256)))])
         ds.VOILUTSequence = Sequence([item])
     elif choice == 3:
@@ -239,7 +277,10 @@ def build(root: str | Path, n: int = 100, seed: int = 0) -> Corpus:
     seeds = _seed_datasets()
     extras = ["garbage", "empty", "png_bomb", "sidecar", "fifo", "dangling"]
     kinds, weights = list(KINDS), list(KINDS.values())
-    old_read, old_write = pydicom_config.settings.reading_validation_mode, pydicom_config.settings.writing_validation_mode
+    old_read, old_write = (
+        pydicom_config.settings.reading_validation_mode,
+        pydicom_config.settings.writing_validation_mode,
+    )
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
     try:
@@ -305,8 +346,10 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 1200.
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     streams: dict[str, bytes] = {}
-    readers = [threading.Thread(target=lambda k=k, s=s: streams.__setitem__(k, s.read()))
-               for k, s in (("out", proc.stdout), ("err", proc.stderr))]
+    readers = [
+        threading.Thread(target=lambda k=k, s=s: streams.__setitem__(k, s.read()))
+        for k, s in (("out", proc.stdout), ("err", proc.stderr))
+    ]
     for t in readers:
         t.start()
     root, peak = psutil.Process(proc.pid), 0
@@ -328,8 +371,13 @@ def run_measured(cmd: list[str], env: dict | None = None, timeout: float = 1200.
     proc.wait()
     for t in readers:
         t.join()
-    return Run(proc.returncode, streams["out"].decode(errors="replace"), streams["err"].decode(errors="replace"),
-               time.perf_counter() - start, peak)
+    return Run(
+        proc.returncode,
+        streams["out"].decode(errors="replace"),
+        streams["err"].decode(errors="replace"),
+        time.perf_counter() - start,
+        peak,
+    )
 
 
 def accounting(corpus: Corpus, out: Path) -> tuple[dict, list[str]]:
@@ -349,8 +397,16 @@ def accounting(corpus: Corpus, out: Path) -> tuple[dict, list[str]]:
     status = Counter(r["status"] for r in ledger)
     written = {p.relative_to(corpus.root).as_posix() for p in corpus.files}
     seen = Counter([*meta["source_path"], *(r["path"] for r in ledger)])
-    figures = {"entries": len(corpus.files), "inputs": c["inputs"], "samples": c["samples"], "rejected": c["rejected"],
-               "skipped": c["skipped"], "duplicates": c["duplicates"], "ignored": c["ignored"], "ledger_rows": len(ledger)}
+    figures = {
+        "entries": len(corpus.files),
+        "inputs": c["inputs"],
+        "samples": c["samples"],
+        "rejected": c["rejected"],
+        "skipped": c["skipped"],
+        "duplicates": c["duplicates"],
+        "ignored": c["ignored"],
+        "ledger_rows": len(ledger),
+    }
     problems = []
     if c["inputs"] + c["ignored"] != len(corpus.files):
         problems.append(f"inputs {c['inputs']} + ignored {c['ignored']} != {len(corpus.files)} entries written")
@@ -358,7 +414,12 @@ def accounting(corpus: Corpus, out: Path) -> tuple[dict, list[str]]:
         problems.append("samples + rejected + skipped + duplicates != inputs")
     if len(meta) != c["samples"]:
         problems.append(f"{len(meta)} metadata rows for {c['samples']} samples")
-    for key, st in (("rejected", "rejected"), ("skipped", "skipped"), ("duplicates", "duplicate"), ("ignored", "ignored")):
+    for key, st in (
+        ("rejected", "rejected"),
+        ("skipped", "skipped"),
+        ("duplicates", "duplicate"),
+        ("ignored", "ignored"),
+    ):
         if status.get(st, 0) != c[key]:
             problems.append(f"{status.get(st, 0)} {st} ledger rows, manifest says {c[key]}")
     if set(seen) != written:
@@ -374,8 +435,11 @@ def leaks(out: Path, *texts: str) -> list[str]:
     import pandas as pd
 
     needles = (MARKER.encode(), BIRTH_DATE.encode())
-    found = [str(p.relative_to(out)) for p in sorted(out.rglob("*")) if p.is_file()
-             and any(n in p.read_bytes() for n in needles)]
+    found = [
+        str(p.relative_to(out))
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and any(n in p.read_bytes() for n in needles)
+    ]
     meta = pd.read_parquet(out / "metadata.parquet")
     if meta.astype(str).apply(lambda col: col.str.contains(MARKER) | col.str.contains(BIRTH_DATE)).to_numpy().any():
         found.append("metadata.parquet (decoded values)")

@@ -89,13 +89,31 @@ def make_dataset(path: Path, n: int = 48, seed: int = 0, rejections: dict[str, i
             for i in range(k):
                 fh.write(json.dumps({"path": f"in/{reason[:3]}{i}.dcm", "reason": reason}) + "\n")
     total = sum(rejections.values())
-    b.counts.update({"inputs": n + total, "samples": n, "frames": n, "rejected": total, "duplicates": 0,
-                     "by_reason": dict(rejections), "by_modality": meta["modality"].value_counts().to_dict()})
-    b.contents.update({
-        "images": {"path": f"{layout.ZARR}/{layout.IMAGES}", "shape": list(images.shape), "dtype": str(images.dtype)},
-        "metadata": layout.METADATA, "failures": layout.FAILURES, "label_columns": [LABEL],
-        "normalization": intensity_stats(images, 255.0), "size": SIZE,
-    })
+    b.counts.update(
+        {
+            "inputs": n + total,
+            "samples": n,
+            "frames": n,
+            "rejected": total,
+            "duplicates": 0,
+            "by_reason": dict(rejections),
+            "by_modality": meta["modality"].value_counts().to_dict(),
+        }
+    )
+    b.contents.update(
+        {
+            "images": {
+                "path": f"{layout.ZARR}/{layout.IMAGES}",
+                "shape": list(images.shape),
+                "dtype": str(images.dtype),
+            },
+            "metadata": layout.METADATA,
+            "failures": layout.FAILURES,
+            "label_columns": [LABEL],
+            "normalization": intensity_stats(images, 255.0),
+            "size": SIZE,
+        }
+    )
     return b.finish(hash_bytes(images.tobytes()))
 
 
@@ -110,21 +128,41 @@ def training_log(steps: int, seed: int, collapse: bool = False) -> list[dict]:
         warm = min(1.0, s / max(steps * 0.1, 1))
         lr = 5e-4 * warm * (0.5 * (1 + math.cos(math.pi * t)))
         std = 0.6 * (1 - 0.98 * t) if collapse else 0.6 - 0.1 * t + rng.normal(0, 0.01)
-        rows.append({
-            "step": s, "epoch": s // 10, "loss": float(0.9 * math.exp(-3 * t) + 0.1 + rng.normal(0, 0.01)),
-            "lr": lr, "wd": 0.04 + 0.36 * t, "momentum": 0.996 + 0.004 * t,
-            "grad_norm": float(1.5 * math.exp(-t) + abs(rng.normal(0, 0.05))),
-            "feat_std": float(std), "rankme": float(40 * (1 - 0.9 * t) if collapse else 30 + 20 * t + rng.normal(0, 1)),
-            "images_per_s": float(55 + rng.normal(0, 2)), "time_s": 0.5 * s,
-        })
+        rows.append(
+            {
+                "step": s,
+                "epoch": s // 10,
+                "loss": float(0.9 * math.exp(-3 * t) + 0.1 + rng.normal(0, 0.01)),
+                "lr": lr,
+                "wd": 0.04 + 0.36 * t,
+                "momentum": 0.996 + 0.004 * t,
+                "grad_norm": float(1.5 * math.exp(-t) + abs(rng.normal(0, 0.05))),
+                "feat_std": float(std),
+                "rankme": float(40 * (1 - 0.9 * t) if collapse else 30 + 20 * t + rng.normal(0, 1)),
+                "images_per_s": float(55 + rng.normal(0, 2)),
+                "time_s": 0.5 * s,
+            }
+        )
     return rows
 
 
-def make_run(path: Path, dataset: Path, objective: str = "ijepa", steps: int = 60, seed: int = 0,
-             collapse: bool = False, metrics: bool = True) -> Artifact:
+def make_run(
+    path: Path,
+    dataset: Path,
+    objective: str = "ijepa",
+    steps: int = 60,
+    seed: int = 0,
+    collapse: bool = False,
+    metrics: bool = True,
+) -> Artifact:
     """A run artifact: config.yaml, metrics.jsonl (+ csv), and an encoder exported from a random tiny ViT."""
-    params = {"objective": objective, "model": {"size": "tiny", "patch_size": 16, "image_size": SIZE},
-              "optim": {"lr": 5e-4, "batch_size": 16}, "steps": steps, "seed": seed}
+    params = {
+        "objective": objective,
+        "model": {"size": "tiny", "patch_size": 16, "image_size": SIZE},
+        "optim": {"lr": 5e-4, "batch_size": 16},
+        "steps": steps,
+        "seed": seed,
+    }
     b = begin(path, "run", params, input_refs({"dataset": dataset}), force=True)
     (b.path / "config.yaml").write_text(yaml.safe_dump(params))
     if metrics:
@@ -135,12 +173,18 @@ def make_run(path: Path, dataset: Path, objective: str = "ijepa", steps: int = 6
         pd.DataFrame(log).to_csv(b.path / "metrics.csv", index=False)
     torch.manual_seed(seed)
     cfg = EncoderConfig(size="tiny", patch_size=16, image_size=SIZE)
-    norm = (yaml.safe_load((Path(dataset) / "manifest.yaml").read_text())["contents"].get("normalization") or {})
+    norm = yaml.safe_load((Path(dataset) / "manifest.yaml").read_text())["contents"].get("normalization") or {}
     export_encoder(create_vit(cfg), cfg, b.path / "encoder", Normalization(**norm))
     b.counts.update({"steps": steps, "planned_steps": steps, "epochs": steps // 10})
-    b.contents.update({"objective": objective, "config": "config.yaml", "metrics": ["metrics.jsonl", "metrics.csv"],
-                       "encoder": {"weights": "encoder/encoder.safetensors", "config": "encoder/config.json"},
-                       "stopped_early": False})
+    b.contents.update(
+        {
+            "objective": objective,
+            "config": "config.yaml",
+            "metrics": ["metrics.jsonl", "metrics.csv"],
+            "encoder": {"weights": "encoder/encoder.safetensors", "config": "encoder/config.json"},
+            "stopped_early": False,
+        }
+    )
     return b.finish()
 
 
@@ -156,13 +200,17 @@ def encode(run: Path, images: np.ndarray) -> np.ndarray:
 
 def make_embeddings(path: Path, dataset: Path, run: Path) -> Artifact:
     """features.zarr (features (N, D) float16, features_last4) + index.parquet, row i = dataset sample i."""
-    b = begin(path, "embeddings", {"pool": "mean", "layers": "last"}, input_refs({"dataset": dataset, "run": run}), force=True)
+    b = begin(
+        path, "embeddings", {"pool": "mean", "layers": "last"}, input_refs({"dataset": dataset, "run": run}), force=True
+    )
     images = np.asarray(zarr.open_group(str(Path(dataset) / layout.ZARR), mode="r")[layout.IMAGES][:])
     feats = encode(run, images).astype(np.float16)
     root = zarr.open_group(str(b.path / "features.zarr"), mode="w")
     arr = root.create_array("features", shape=feats.shape, dtype="float16", chunks=(16, feats.shape[1]))
     arr[:] = feats
-    last4 = root.create_array("features_last4", shape=(len(feats), 4 * feats.shape[1]), dtype="float16", chunks=(16, 4 * feats.shape[1]))
+    last4 = root.create_array(
+        "features_last4", shape=(len(feats), 4 * feats.shape[1]), dtype="float16", chunks=(16, 4 * feats.shape[1])
+    )
     last4[:] = np.tile(feats, (1, 4))
     meta = pd.read_parquet(Path(dataset) / layout.METADATA)
     meta.insert(0, "row", np.arange(len(meta)))
@@ -170,13 +218,22 @@ def make_embeddings(path: Path, dataset: Path, run: Path) -> Artifact:
     b.counts.update({"samples": len(feats)})
     ds_manifest = yaml.safe_load((Path(dataset) / "manifest.yaml").read_text())
     run_manifest = yaml.safe_load((Path(run) / "manifest.yaml").read_text())
-    b.contents.update({
-        "arrays": {"features": {"path": "features.zarr/features", "shape": list(feats.shape), "dtype": "float16"},
-                   "features_last4": {"path": "features.zarr/features_last4", "shape": list(last4.shape), "dtype": "float16"}},
-        "index": "index.parquet", "label_columns": [LABEL],
-        "encoder": {"spec": str(run), "source": "cxrjepa", "fingerprint": run_manifest["content_fingerprint"]},
-        "dataset": {"path": str(dataset), "fingerprint": ds_manifest["content_fingerprint"]},
-    })
+    b.contents.update(
+        {
+            "arrays": {
+                "features": {"path": "features.zarr/features", "shape": list(feats.shape), "dtype": "float16"},
+                "features_last4": {
+                    "path": "features.zarr/features_last4",
+                    "shape": list(last4.shape),
+                    "dtype": "float16",
+                },
+            },
+            "index": "index.parquet",
+            "label_columns": [LABEL],
+            "encoder": {"spec": str(run), "source": "cxrjepa", "fingerprint": run_manifest["content_fingerprint"]},
+            "dataset": {"path": str(dataset), "fingerprint": ds_manifest["content_fingerprint"]},
+        }
+    )
     return b.finish(hash_bytes(feats.tobytes()))
 
 
@@ -196,12 +253,18 @@ def _bootstrap(fn, y, s, rng, n=60) -> dict:
         if len(set(y[i])) < 2:
             continue
         vals.append(fn(y[i], s[i]))
-    lo, hi = (np.percentile(vals, [2.5, 97.5]) if vals else (value, value))
+    lo, hi = np.percentile(vals, [2.5, 97.5]) if vals else (value, value)
     return {"value": value, "ci": [float(lo), float(hi)]}
 
 
 def _binary_metrics(y: np.ndarray, score: np.ndarray, rng) -> dict:
-    from sklearn.metrics import accuracy_score, average_precision_score, balanced_accuracy_score, f1_score, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        balanced_accuracy_score,
+        f1_score,
+        roc_auc_score,
+    )
 
     pred = (score >= 0.5).astype(int)
     return {
@@ -227,15 +290,31 @@ def make_probe(path: Path, embeddings: Path, dataset: Path, run: Path, seed: int
     from sklearn.metrics import confusion_matrix, mean_absolute_error, r2_score, roc_auc_score, roc_curve
 
     rng = np.random.default_rng(seed)
-    b = begin(path, "probe", {"tasks": [LABEL], "probes": ["linear", "knn"]}, input_refs({"embeddings": embeddings}), force=True)
-    feats = np.asarray(zarr.open_group(str(Path(embeddings) / "features.zarr"), mode="r")["features"][:], dtype=np.float32)
+    b = begin(
+        path,
+        "probe",
+        {"tasks": [LABEL], "probes": ["linear", "knn"]},
+        input_refs({"embeddings": embeddings}),
+        force=True,
+    )
+    feats = np.asarray(
+        zarr.open_group(str(Path(embeddings) / "features.zarr"), mode="r")["features"][:], dtype=np.float32
+    )
     index = pd.read_parquet(Path(embeddings) / "index.parquet")
     split = split_of(index["patient_key"])
-    pd.DataFrame({"sample_id": index["sample_id"], "patient_key": index["patient_key"], "split": split}).to_csv(b.path / "split.csv", index=False)
+    pd.DataFrame({"sample_id": index["sample_id"], "patient_key": index["patient_key"], "split": split}).to_csv(
+        b.path / "split.csv", index=False
+    )
     y = (index[LABEL] == "PNEUMONIA").to_numpy().astype(int)
     tr, te = split == "train", split == "test"
-    task = {"type": "binary", "classes": CLASSES, "positive": "PNEUMONIA",
-            "n": {k: int((split == k).sum()) for k in ("train", "val", "test")}, "probes": {}, "fewshot": {}}
+    task = {
+        "type": "binary",
+        "classes": CLASSES,
+        "positive": "PNEUMONIA",
+        "n": {k: int((split == k).sum()) for k in ("train", "val", "test")},
+        "probes": {},
+        "fewshot": {},
+    }
     preds = []
     models = {}
     for kind in ("linear", "knn"):
@@ -248,13 +327,31 @@ def make_probe(path: Path, embeddings: Path, dataset: Path, run: Path, seed: int
         task["probes"][kind] = {
             "params": {"C": 1.0} if kind == "linear" else {"k": 5},
             "metrics": metrics,
-            "per_class": {"PNEUMONIA": {"auroc": metrics["auroc"], "auprc": metrics["auprc"], "f1": metrics["macro_f1"]}},
-            "curves": {"roc": {"PNEUMONIA": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}},
-                       "confusion": {"labels": CLASSES, "matrix": confusion_matrix(y[te], (s >= 0.5).astype(int), labels=[0, 1]).tolist()}},
+            "per_class": {
+                "PNEUMONIA": {"auroc": metrics["auroc"], "auprc": metrics["auprc"], "f1": metrics["macro_f1"]}
+            },
+            "curves": {
+                "roc": {"PNEUMONIA": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}},
+                "confusion": {
+                    "labels": CLASSES,
+                    "matrix": confusion_matrix(y[te], (s >= 0.5).astype(int), labels=[0, 1]).tolist(),
+                },
+            },
         }
-        preds.append(pd.DataFrame({"sample_id": index["sample_id"], "task": LABEL, "probe": kind, "split": split,
-                                   "target": np.asarray(CLASSES)[y], "prediction": np.asarray(CLASSES)[(score_all >= 0.5).astype(int)],
-                                   "score_NORMAL": 1 - score_all, "score_PNEUMONIA": score_all}))
+        preds.append(
+            pd.DataFrame(
+                {
+                    "sample_id": index["sample_id"],
+                    "task": LABEL,
+                    "probe": kind,
+                    "split": split,
+                    "target": np.asarray(CLASSES)[y],
+                    "prediction": np.asarray(CLASSES)[(score_all >= 0.5).astype(int)],
+                    "score_NORMAL": 1 - score_all,
+                    "score_PNEUMONIA": score_all,
+                }
+            )
+        )
         pts = []
         for frac in (0.25, 0.5):
             vals = []
@@ -265,13 +362,22 @@ def make_probe(path: Path, embeddings: Path, dataset: Path, run: Path, seed: int
                 if len(set(y[idx])) < 2:
                     continue
                 vals.append(roc_auc_score(y[te], _fit(kind, feats[idx], y[idx]).predict_proba(feats[te])[:, 1]))
-            pts.append({"fraction": frac, "n_train": int(frac * tr.sum()), "seeds": 3,
-                        "metrics": {"auroc": {"mean": float(np.mean(vals)), "std": float(np.std(vals))}}})
+            pts.append(
+                {
+                    "fraction": frac,
+                    "n_train": int(frac * tr.sum()),
+                    "seeds": 3,
+                    "metrics": {"auroc": {"mean": float(np.mean(vals)), "std": float(np.std(vals))}},
+                }
+            )
         task["fewshot"][kind] = pts
     # subgroups of the linear probe
     s_lin = models["linear"].predict_proba(feats)[:, 1]
     sub = {}
-    for attr, values in (("sex", index["sex"].replace("", np.nan)), ("age_band", pd.cut(index["age"], [0, 50, 120], labels=["<50", "50+"]).astype(str))):
+    for attr, values in (
+        ("sex", index["sex"].replace("", np.nan)),
+        ("age_band", pd.cut(index["age"], [0, 50, 120], labels=["<50", "50+"]).astype(str)),
+    ):
         groups = {}
         for g in sorted(set(values[te].dropna())):
             m = te & (values == g).to_numpy()
@@ -288,7 +394,11 @@ def make_probe(path: Path, embeddings: Path, dataset: Path, run: Path, seed: int
     for sev in (1, 2, 3):
         k = 2 * sev + 1
         t = torch.as_tensor(images[te], dtype=torch.float32)[:, None]
-        blurred = torch.nn.functional.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)[:, 0].numpy().astype(np.uint8)
+        blurred = (
+            torch.nn.functional.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)[:, 0]
+            .numpy()
+            .astype(np.uint8)
+        )
         s_b = models["linear"].predict_proba(encode(run, blurred))[:, 1]
         rob["blur"].append({"severity": sev, "metrics": {"auroc": {"value": float(roc_auc_score(y[te], s_b))}}})
     task["robustness"] = rob
@@ -302,18 +412,32 @@ def make_probe(path: Path, embeddings: Path, dataset: Path, run: Path, seed: int
     age_pred = Ridge(1.0).fit(feats[a_tr], age[a_tr]).predict(feats[a_te])
     attributes = {
         "sex": {"metrics": {"auroc": _bootstrap(roc_auc_score, ys[m_te], sex_score, rng)}},
-        "age": {"metrics": {"mae": {"value": float(mean_absolute_error(age[a_te], age_pred))},
-                            "r2": {"value": float(r2_score(age[a_te], age_pred))}}},
+        "age": {
+            "metrics": {
+                "mae": {"value": float(mean_absolute_error(age[a_te], age_pred))},
+                "r2": {"value": float(r2_score(age[a_te], age_pred))},
+            }
+        },
     }
     enc_ref = yaml.safe_load((Path(run) / "manifest.yaml").read_text())
-    metrics = {"encoder": {"path": str(run), "fingerprint": enc_ref.get("content_fingerprint")},
-               "tasks": {LABEL: task}, "attributes": attributes}
+    metrics = {
+        "encoder": {"path": str(run), "fingerprint": enc_ref.get("content_fingerprint")},
+        "tasks": {LABEL: task},
+        "attributes": attributes,
+    }
     (b.path / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (b.path / "metrics.yaml").write_text(yaml.safe_dump(metrics, sort_keys=False))
     pd.concat(preds).to_parquet(b.path / "predictions.parquet", index=False)
     b.counts.update({"samples": len(index), "tasks": 1})
-    b.contents.update({"metrics": "metrics.json", "metrics_yaml": "metrics.yaml", "predictions": "predictions.parquet",
-                       "split": {"path": "split.csv"}, "tasks": {LABEL: "binary"}})
+    b.contents.update(
+        {
+            "metrics": "metrics.json",
+            "metrics_yaml": "metrics.yaml",
+            "predictions": "predictions.parquet",
+            "split": {"path": "split.csv"},
+            "tasks": {LABEL: "binary"},
+        }
+    )
     return b.finish()
 
 
@@ -329,12 +453,17 @@ class Chain:
     probes: list[Path] = field(default_factory=list)
 
 
-def build_chain(root: Path, objectives: tuple[str, ...] = ("ijepa", "salt"), n: int = 48,
-                rejections: dict[str, int] | None = None) -> Chain:
+def build_chain(
+    root: Path, objectives: tuple[str, ...] = ("ijepa", "salt"), n: int = 48, rejections: dict[str, int] | None = None
+) -> Chain:
     """dataset -> one run per objective -> embeddings -> probe, under ``root``."""
     root = Path(root)
     chain = Chain(root, root / "dataset")
-    make_dataset(chain.dataset, n=n, rejections=rejections if rejections is not None else {"unsupported transfer syntax": 2, "constant image": 1})
+    make_dataset(
+        chain.dataset,
+        n=n,
+        rejections=rejections if rejections is not None else {"unsupported transfer syntax": 2, "constant image": 1},
+    )
     for i, obj in enumerate(objectives):
         run = root / f"run-{obj}"
         make_run(run, chain.dataset, objective=obj, seed=i)
@@ -355,8 +484,13 @@ def shared_chain(tmp_path_factory) -> Chain:
     if not done.exists():
         build_chain(root)
         done.write_text("ok")
-    return Chain(root, root / "dataset", [root / f"run-{o}" for o in ("ijepa", "salt")],
-                 [root / f"emb-{o}" for o in ("ijepa", "salt")], [root / f"probe-{o}" for o in ("ijepa", "salt")])
+    return Chain(
+        root,
+        root / "dataset",
+        [root / f"run-{o}" for o in ("ijepa", "salt")],
+        [root / f"emb-{o}" for o in ("ijepa", "salt")],
+        [root / f"probe-{o}" for o in ("ijepa", "salt")],
+    )
 
 
 def shared_report(tmp_path_factory) -> Path:
@@ -401,7 +535,19 @@ def unread_fields(raw, typed, path: str = "") -> list[str]:
 
 
 #: attributes through which a browser loads or follows something
-URL_ATTRIBUTES = {"src", "href", "srcset", "action", "formaction", "poster", "data", "background", "manifest", "xlink:href", "ping"}
+URL_ATTRIBUTES = {
+    "src",
+    "href",
+    "srcset",
+    "action",
+    "formaction",
+    "poster",
+    "data",
+    "background",
+    "manifest",
+    "xlink:href",
+    "ping",
+}
 
 
 @dataclass

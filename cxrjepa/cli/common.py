@@ -26,38 +26,56 @@ ConfigOpt = Annotated[
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override one setting, e.g. --set optim.lr=3e-4 (repeatable; wins over --config)."),
+    typer.Option(
+        "--set", "-s", help="Override one setting, e.g. --set optim.lr=3e-4 (repeatable; wins over --config)."
+    ),
 ]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved config as YAML and exit.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Redo the work even if the artifact is complete and up to date.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Redo the work even if the artifact is complete and up to date.")
+]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Show what would be done and write nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr; no progress bars.")]
 MemoryCheckOpt = Annotated[
     bool,
-    typer.Option("--memory-check/--no-memory-check",
-                 help="Refuse to start when the estimated peak memory does not fit this machine (default), "
-                      "or try anyway."),
+    typer.Option(
+        "--memory-check/--no-memory-check",
+        help="Refuse to start when the estimated peak memory does not fit this machine (default), or try anyway.",
+    ),
 ]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="More detail, and full tracebacks on errors.")]
 PartOpt = Annotated[
     str | None,
-    typer.Option("--part", help="Run only part K of N (K = 0 .. N-1, e.g. --part $SLURM_ARRAY_TASK_ID/8 with "
-                                "sbatch --array=0-7); parts may run at once on machines sharing --out "
-                                "(docs/cluster.md)."),
+    typer.Option(
+        "--part",
+        help="Run only part K of N (K = 0 .. N-1, e.g. --part $SLURM_ARRAY_TASK_ID/8 with "
+        "sbatch --array=0-7); parts may run at once on machines sharing --out "
+        "(docs/cluster.md).",
+    ),
 ]
 FinalizeOpt = Annotated[
-    bool, typer.Option("--finalize", help="Assemble the artifact from its finished parts (only --out is needed); "
-                                          "names the parts to rerun when some are missing (exit 1).")
+    bool,
+    typer.Option(
+        "--finalize",
+        help="Assemble the artifact from its finished parts (only --out is needed); "
+        "names the parts to rerun when some are missing (exit 1).",
+    ),
 ]
 AutoFinalizeOpt = Annotated[
-    bool, typer.Option("--auto-finalize/--no-auto-finalize",
-                       help="With --part: the last part to finish assembles the artifact (default).")
+    bool,
+    typer.Option(
+        "--auto-finalize/--no-auto-finalize",
+        help="With --part: the last part to finish assembles the artifact (default).",
+    ),
 ]
 LoggerOpt = Annotated[
     list[str] | None,
-    typer.Option("--logger", help="Experiment trackers: csv (always written), tensorboard, mlflow, wandb; comma-separated "
-                                  "or repeated (docs/tracking.md)."),
+    typer.Option(
+        "--logger",
+        help="Experiment trackers: csv (always written), tensorboard, mlflow, wandb; comma-separated "
+        "or repeated (docs/tracking.md).",
+    ),
 ]
 
 
@@ -69,8 +87,14 @@ def print_config(cfg: Any) -> None:
     sys.stdout.write(dump_yaml(cfg))
 
 
-def stage_config(cls: type, config: list[Path] | None, sets: list[str] | None, flags: dict[str, Any] | None = None,
-                 *, print_only: bool = False):
+def stage_config(
+    cls: type,
+    config: list[Path] | None,
+    sets: list[str] | None,
+    flags: dict[str, Any] | None = None,
+    *,
+    print_only: bool = False,
+):
     """The resolved config of a stage; with ``--print-config`` it is printed and the command ends (exit 0)."""
     cfg = resolve_config(cls, config, sets, flags)
     if print_only:

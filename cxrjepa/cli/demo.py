@@ -31,9 +31,12 @@ HELP = (
 def command(
     out: OutOpt,
     n: Annotated[int | None, typer.Option("--n", help="Number of chest radiographs (default 240).", min=1)] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Random seed; the same seed writes identical files (default 0).")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Random seed; the same seed writes identical files (default 0).")
+    ] = None,
     ultrasound: Annotated[
-        int | None, typer.Option("--ultrasound", help="Also write this many multi-frame ultrasound cines (default 0).", min=0)
+        int | None,
+        typer.Option("--ultrasound", help="Also write this many multi-frame ultrasound cines (default 0).", min=0),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -47,7 +50,9 @@ def command(
     from cxrjepa.demo.api import DemoConfig, run_demo
 
     def run():
-        cfg = stage_config(DemoConfig, config, set_, {"n": n, "seed": seed, "ultrasound": ultrasound}, print_only=print_config_)
+        cfg = stage_config(
+            DemoConfig, config, set_, {"n": n, "seed": seed, "ultrasound": ultrasound}, print_only=print_config_
+        )
         return run_demo(out, cfg, force=force, dry_run=dry_run)
 
     execute(run, json_output=json_output, quiet=quiet, verbose=verbose)

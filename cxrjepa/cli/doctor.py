@@ -35,18 +35,27 @@ def render(report: dict, *, verbose: bool = False, out: Console | None = None) -
     summary.add_column()
     py = report["python"]
     summary.add_row("cxrjepa", report["cxrjepa"])
-    summary.add_row("Python", escape(f"{py['version']} ({py['executable']})") + ("" if py.get("satisfied") is not False else f" [red]needs {py['requirement']}[/]"))
+    summary.add_row(
+        "Python",
+        escape(f"{py['version']} ({py['executable']})")
+        + ("" if py.get("satisfied") is not False else f" [red]needs {py['requirement']}[/]"),
+    )
     summary.add_row("Platform", escape(report["platform"]))
     summary.add_row("CPU", f"{report['cpu']['count']} cores, {report['cpu']['memory_gb']} GB memory")
     summary.add_row("torch", t["version"] or "[red]missing[/]")
     cuda = f"yes (CUDA {t['cuda_version']}, cuDNN {t['cudnn']})" if t["cuda_available"] else "no"
     summary.add_row("CUDA", cuda)
     for gpu in t["gpus"]:
-        summary.add_row(f"GPU {gpu['index']}", f"{escape(gpu['name'])}, {gpu['memory_gb']} GB, sm {gpu['capability']}, bf16 {'yes' if gpu['bf16'] else 'no'}")
+        summary.add_row(
+            f"GPU {gpu['index']}",
+            f"{escape(gpu['name'])}, {gpu['memory_gb']} GB, sm {gpu['capability']}, bf16 {'yes' if gpu['bf16'] else 'no'}",
+        )
     if t.get("mps_available"):
         summary.add_row("MPS", "yes")
     o = report["output"]
-    where = escape(f"{o['path']}: ") + ("[green]writable[/]" if o["writable"] else f"[red]not writable[/] ({escape(str(o['error']))})")
+    where = escape(f"{o['path']}: ") + (
+        "[green]writable[/]" if o["writable"] else f"[red]not writable[/] ({escape(str(o['error']))})"
+    )
     if o.get("free_gb") is not None:
         where += f", {o['free_gb']} GB free"
     if o.get("note"):
@@ -79,24 +88,35 @@ def render(report: dict, *, verbose: bool = False, out: Console | None = None) -
         if not verbose and not s["decodable"] and not s["essential"]:
             hidden += 1
             continue
-        test = {"ok": "[green]ok[/]", "partial": "[yellow]partial[/]", "failed": "[red]failed[/]"}.get(s["verified"], "-")
+        test = {"ok": "[green]ok[/]", "partial": "[yellow]partial[/]", "failed": "[red]failed[/]"}.get(
+            s["verified"], "-"
+        )
         if s["verified"] in ("partial", "failed"):
-            test += " (" + escape(", ".join(k for k, v in s["verification"]["by_plugin"].items() if v != "ok")) + " fail)"
+            test += (
+                " (" + escape(", ".join(k for k, v in s["verification"]["by_plugin"].items() if v != "ok")) + " fail)"
+            )
         ts.add_row(escape(s["name"]), s["uid"], _yes(s["decodable"]), escape(", ".join(s["plugins"]) or "-"), test)
     con.print(ts)
     if hidden:
-        con.print(f"[dim]{hidden} more syntaxes (video, JPEG 2000 Part 2, JPIP, SMPTE) cannot be decoded; --verbose lists them.[/]")
+        con.print(
+            f"[dim]{hidden} more syntaxes (video, JPEG 2000 Part 2, JPIP, SMPTE) cannot be decoded; --verbose lists them.[/]"
+        )
 
     for w in report["warnings"]:
         con.print(f"[yellow]warning:[/] {escape(w)}")
     for p in report["problems"]:
         con.print(f"[red]problem:[/] {escape(p)}")
-    con.print("[green]All required checks passed.[/]" if report["ok"] else f"[red]{len(report['problems'])} problem(s) found.[/]")
+    con.print(
+        "[green]All required checks passed.[/]"
+        if report["ok"]
+        else f"[red]{len(report['problems'])} problem(s) found.[/]"
+    )
 
 
 def command(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder whose write access to check (default: the current folder).")
+        Path,
+        typer.Option("--out", "-o", help="Output folder whose write access to check (default: the current folder)."),
     ] = Path("."),
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -46,18 +46,47 @@ def command(
     ] = None,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="Dataset artifact (from 'cxrjepa ingest').")] = None,
     out: OutOpt = ...,
-    weights: Annotated[Path | None, typer.Option("--weights", help="Local weights file for --encoder timm:NAME (safetensors or a torch state dict).")] = None,
-    last4: Annotated[bool | None, typer.Option("--last4/--no-last4", help="Also write features_last4: the last 4 blocks' mean-pooled tokens, concatenated.")] = None,
-    patch_tokens: Annotated[bool | None, typer.Option("--patch-tokens/--no-patch-tokens", help="Also write patch_tokens (N, L, D) for dense probes.")] = None,
-    pooling: Annotated[str | None, typer.Option("--pooling", help="Per-image feature: mean (of patch tokens) or cls.")] = None,
-    image_size: Annotated[int | None, typer.Option("--image-size", help="Model input size in pixels (default: the encoder's own).")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights", help="Local weights file for --encoder timm:NAME (safetensors or a torch state dict)."
+        ),
+    ] = None,
+    last4: Annotated[
+        bool | None,
+        typer.Option(
+            "--last4/--no-last4", help="Also write features_last4: the last 4 blocks' mean-pooled tokens, concatenated."
+        ),
+    ] = None,
+    patch_tokens: Annotated[
+        bool | None,
+        typer.Option("--patch-tokens/--no-patch-tokens", help="Also write patch_tokens (N, L, D) for dense probes."),
+    ] = None,
+    pooling: Annotated[
+        str | None, typer.Option("--pooling", help="Per-image feature: mean (of patch tokens) or cls.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Model input size in pixels (default: the encoder's own).")
+    ] = None,
     dtype: Annotated[str | None, typer.Option("--dtype", help="float32 or float16 for the pooled features.")] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="Extra copy besides zarr: npy (NAME.npy per array) or parquet (features.parquet).")] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format", help="Extra copy besides zarr: npy (NAME.npy per array) or parquet (features.parquet)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Frames per forward pass.")] = 64,
-    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Dataset reader processes (default: automatic).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-j", help="Dataset reader processes (default: automatic).")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs to shard over, one process each (default: 1 when CUDA is available).")] = None,
-    processes: Annotated[int, typer.Option("--processes", help="CPU processes to shard over (gloo) when running on CPU.")] = 1,
+    gpus: Annotated[
+        int | None,
+        typer.Option("--gpus", help="GPUs to shard over, one process each (default: 1 when CUDA is available)."),
+    ] = None,
+    processes: Annotated[
+        int, typer.Option("--processes", help="CPU processes to shard over (gloo) when running on CPU.")
+    ] = 1,
     memory_check: MemoryCheckOpt = True,
     part: PartOpt = None,
     finalize: FinalizeOpt = False,
@@ -73,7 +102,14 @@ def command(
 ) -> None:
     from cxrjepa.embed.api import EmbedConfig, EmbedOptions, run_embed
 
-    flags = {"last4": last4, "patch_tokens": patch_tokens, "pooling": pooling, "image_size": image_size, "dtype": dtype, "format": fmt}
+    flags = {
+        "last4": last4,
+        "patch_tokens": patch_tokens,
+        "pooling": pooling,
+        "image_size": image_size,
+        "dtype": dtype,
+        "format": fmt,
+    }
 
     def go():
         from cxrjepa.core.errors import UsageError
@@ -87,16 +123,38 @@ def command(
         if encoder is None or data is None:
             raise UsageError("Give the encoder (--encoder) and the dataset (--data) to embed.")
         cfg = stage_config(EmbedConfig, config, set_, flags, print_only=print_cfg)
-        opts = EmbedOptions(device=device, gpus=gpus, processes=processes, batch_size=batch_size, workers=workers,
-                            memory_check=memory_check)
+        opts = EmbedOptions(
+            device=device,
+            gpus=gpus,
+            processes=processes,
+            batch_size=batch_size,
+            workers=workers,
+            memory_check=memory_check,
+        )
         if part is not None:
             from cxrjepa.embed.parts import run_embed_part
 
             if dry_run:
                 raise UsageError("--dry-run plans the whole embedding; leave out --part.")
-            return run_embed_part(out, part, cfg, encoder=encoder, data=data, weights=weights, options=opts,
-                                  force=force, auto_finalize=auto_finalize)
-        return run_embed(out, cfg, encoder=encoder, data=data, weights=weights, options=opts, force=force, dry_run=dry_run)
+            return run_embed_part(
+                out,
+                part,
+                cfg,
+                encoder=encoder,
+                data=data,
+                weights=weights,
+                options=opts,
+                force=force,
+                auto_finalize=auto_finalize,
+            )
+        return run_embed(
+            out, cfg, encoder=encoder, data=data, weights=weights, options=opts, force=force, dry_run=dry_run
+        )
 
-    execute(go, json_output=json_out, quiet=quiet, verbose=verbose,
-            summarize=part_summary if part is not None and not finalize else None)
+    execute(
+        go,
+        json_output=json_out,
+        quiet=quiet,
+        verbose=verbose,
+        summarize=part_summary if part is not None and not finalize else None,
+    )

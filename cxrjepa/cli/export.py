@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from cxrjepa.cli.common import (
-    ConfigOpt, DryRunOpt, ForceOpt, JsonOpt, OutOpt, PrintConfigOpt, QuietOpt, SetOpt, VerboseOpt, execute,
+    ConfigOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    PrintConfigOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    execute,
     stage_config,
 )
 
@@ -20,17 +29,27 @@ HELP = (
 
 
 def command(
-    encoder: Annotated[Path, typer.Argument(
-        help="A run artifact, an exported encoder folder (RUN/encoder) or an export artifact.",
-        metavar="RUN|EXPORT", show_default=False)],
+    encoder: Annotated[
+        Path,
+        typer.Argument(
+            help="A run artifact, an exported encoder folder (RUN/encoder) or an export artifact.",
+            metavar="RUN|EXPORT",
+            show_default=False,
+        ),
+    ],
     out: OutOpt,
     formats: Annotated[
         list[str] | None,
-        typer.Option("--format", "-f", help="safetensors, onnx, torchscript or hf (repeatable; default: every format "
-                                            "the encoder can be exported to)."),
+        typer.Option(
+            "--format",
+            "-f",
+            help="safetensors, onnx, torchscript or hf (repeatable; default: every format "
+            "the encoder can be exported to).",
+        ),
     ] = None,
-    data: Annotated[Path | None, typer.Option(
-        "--data", "-d", help="Dataset to take the check batch from (default: the run's own).")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", "-d", help="Dataset to take the check batch from (default: the run's own).")
+    ] = None,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX operator set (default 18).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

@@ -37,11 +37,22 @@ def inspect_artifact(path: Path) -> dict:
 
 
 def render(manifest: dict, path: Path) -> Table:
-    table = Table(title=f"{path}  [{manifest.get('kind')}, {manifest.get('status')}]", title_justify="left", show_lines=False)
+    table = Table(
+        title=f"{path}  [{manifest.get('kind')}, {manifest.get('status')}]", title_justify="left", show_lines=False
+    )
     table.add_column("section", style="bold")
     table.add_column("key")
     table.add_column("value", overflow="fold")
-    for section in ("schema", "kind", "status", "created", "finished", "duration_s", "fingerprint", "content_fingerprint"):
+    for section in (
+        "schema",
+        "kind",
+        "status",
+        "created",
+        "finished",
+        "duration_s",
+        "fingerprint",
+        "content_fingerprint",
+    ):
         table.add_row("artifact", section, str(manifest.get(section)))
     for section in ("producer", "params", "options", "inputs", "counts", "contents", "notes"):
         for key, value in _flatten(manifest.get(section)):

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from cxrjepa.cli.common import (
-    ConfigOpt, DryRunOpt, ForceOpt, JsonOpt, OutOpt, PrintConfigOpt, QuietOpt, SetOpt, VerboseOpt, execute,
+    ConfigOpt,
+    DryRunOpt,
+    ForceOpt,
+    JsonOpt,
+    OutOpt,
+    PrintConfigOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    execute,
     stage_config,
 )
 
@@ -23,13 +32,18 @@ def command(
     out: OutOpt,
     artifacts: Annotated[
         list[Path] | None,
-        typer.Argument(help="Artifact folders to report on (dataset, run, embeddings, probe), in the order to show them.",
-                       metavar="ARTIFACT...", show_default=False),
+        typer.Argument(
+            help="Artifact folders to report on (dataset, run, embeddings, probe), in the order to show them.",
+            metavar="ARTIFACT...",
+            show_default=False,
+        ),
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     title: Annotated[str | None, typer.Option("--title", help="The page's title (default: 'cxrjepa report').")] = None,
-    device: Annotated[str, typer.Option("--device", help="Where the encoders run for patch-feature maps: auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        str, typer.Option("--device", help="Where the encoders run for patch-feature maps: auto, cpu or cuda.")
+    ] = "auto",
     print_cfg: PrintConfigOpt = False,
     force: ForceOpt = False,
     dry_run: DryRunOpt = False,

@@ -34,20 +34,27 @@ def _show(result) -> None:
 def command(
     pipeline: Annotated[Path, typer.Argument(help="Pipeline YAML file, e.g. pipelines/quickstart.yaml.")],
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Root folder for the stages' outputs (default: the pipeline's 'out').")
+        Path | None,
+        typer.Option("--out", "-o", help="Root folder for the stages' outputs (default: the pipeline's 'out')."),
     ] = None,
     stage_ids: Annotated[
         list[str] | None,
-        typer.Argument(help="With --force: only these stage ids are redone (e.g. --force embed probe).", show_default=False),
+        typer.Argument(
+            help="With --force: only these stage ids are redone (e.g. --force embed probe).", show_default=False
+        ),
     ] = None,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Redo stages even if up to date: all of them, or only the stage ids given after it."),
+        typer.Option(
+            "--force", help="Redo stages even if up to date: all of them, or only the stage ids given after it."
+        ),
     ] = False,
     dry_run: DryRunOpt = False,
     sets: Annotated[
         list[str] | None,
-        typer.Option("--set", "-s", help="Override a stage setting: --set ID.key=value (e.g. --set pretrain.optim.lr=1e-3).")
+        typer.Option(
+            "--set", "-s", help="Override a stage setting: --set ID.key=value (e.g. --set pretrain.optim.lr=1e-3)."
+        ),
     ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,

@@ -73,7 +73,9 @@ def read_manifest(path: str | Path) -> dict | None:
     try:
         data = yaml.safe_load(mpath.read_text())
     except (yaml.YAMLError, UnicodeDecodeError):
-        raise ArtifactError(f"The manifest of '{path}' is corrupt; rerun the stage that made it with --force.") from None
+        raise ArtifactError(
+            f"The manifest of '{path}' is corrupt; rerun the stage that made it with --force."
+        ) from None
     if not isinstance(data, dict) or "kind" not in data or "status" not in data:
         raise ArtifactError(f"The manifest of '{path}' is corrupt; rerun the stage that made it with --force.")
     return data
@@ -126,8 +128,12 @@ class Artifact:
     def _part_as(self, part: str, cls: type[T]) -> T:
         from cxrjepa.core.schema import parse
 
-        return parse(cls, self.manifest.get(part) or {}, what=f"the {self.kind} '{self.path}' ({MANIFEST} {part})",
-                     rerun=STAGE_FOR_KIND.get(self.kind))
+        return parse(
+            cls,
+            self.manifest.get(part) or {},
+            what=f"the {self.kind} '{self.path}' ({MANIFEST} {part})",
+            rerun=STAGE_FOR_KIND.get(self.kind),
+        )
 
     def input_ref(self, name: str) -> dict:
         """How a downstream artifact records this one as its input."""
@@ -151,9 +157,13 @@ def open_artifact(path: str | Path, kind: str | Sequence[str], *, what: str | No
     if manifest is None:
         raise ArtifactError(f"'{path}' is not {want} artifact (it has no {MANIFEST}); run {make} first.")
     if manifest.get("kind") not in kinds:
-        raise ArtifactError(f"'{path}' is {_article(manifest.get('kind', 'x'))} {manifest.get('kind')} artifact, not {want}.")
+        raise ArtifactError(
+            f"'{path}' is {_article(manifest.get('kind', 'x'))} {manifest.get('kind')} artifact, not {want}."
+        )
     if manifest.get("status") != COMPLETE:
-        raise ArtifactError(f"The {label} '{path}' is incomplete (status {manifest.get('status')}); rerun {make} to finish it.")
+        raise ArtifactError(
+            f"The {label} '{path}' is incomplete (status {manifest.get('status')}); rerun {make} to finish it."
+        )
     return Artifact(path=path, manifest=manifest)
 
 
@@ -194,7 +204,9 @@ class Plan:
     existing: dict | None = None
 
 
-def stale_reason(manifest: Mapping[str, Any], kind: str, params: Any, inputs: Sequence[Mapping[str, Any]], version: int) -> str:
+def stale_reason(
+    manifest: Mapping[str, Any], kind: str, params: Any, inputs: Sequence[Mapping[str, Any]], version: int
+) -> str:
     """Why an artifact whose fingerprint differs is stale: :data:`ALGORITHM_CHANGED` when its parameters and
     inputs are those of now and only the stage's algorithm version differs, else :data:`PARAMS_CHANGED`."""
     old = manifest.get("algorithm_version")
@@ -206,7 +218,13 @@ def stale_reason(manifest: Mapping[str, Any], kind: str, params: Any, inputs: Se
 
 
 def plan_artifact(
-    out: str | Path, kind: str, params: Any, inputs: Sequence[Mapping[str, Any]], *, force: bool = False, version: int = 1
+    out: str | Path,
+    kind: str,
+    params: Any,
+    inputs: Sequence[Mapping[str, Any]],
+    *,
+    force: bool = False,
+    version: int = 1,
 ) -> Plan:
     """Skip, resume, create, overwrite or refuse the output ``out`` of a stage at algorithm ``version``."""
     out = Path(out)
@@ -219,7 +237,12 @@ def plan_artifact(
             return Plan("refuse", f"'{out}' is a non-empty folder that is not a cxrjepa artifact", fp)
         return Plan("create", "no artifact yet", fp)
     if manifest.get("kind") != kind:
-        return Plan("refuse", f"'{out}' holds {_article(manifest.get('kind', 'x'))} {manifest.get('kind')} artifact", fp, manifest)
+        return Plan(
+            "refuse",
+            f"'{out}' holds {_article(manifest.get('kind', 'x'))} {manifest.get('kind')} artifact",
+            fp,
+            manifest,
+        )
     if manifest.get("fingerprint") != fp:
         return Plan("overwrite", stale_reason(manifest, kind, params, inputs, version), fp, manifest)
     if manifest.get("status") == COMPLETE:
@@ -297,7 +320,9 @@ class ArtifactBuilder:
     def finish(self, content_fingerprint: str | None = None) -> Artifact:
         """Write the complete manifest (last, atomically) and return the finished artifact."""
         if content_fingerprint is None:
-            content_fingerprint = hash_obj({"fingerprint": self.fingerprint, "counts": self.counts, "contents": self.contents})
+            content_fingerprint = hash_obj(
+                {"fingerprint": self.fingerprint, "counts": self.counts, "contents": self.contents}
+            )
         manifest = self.manifest(COMPLETE, content_fingerprint)
         check_lock(self.path)  # a lock lost meanwhile means another writer may have been here
         atomic_write_yaml(self.path / MANIFEST, manifest)
@@ -340,15 +365,26 @@ def begin(
         return _begin(out, kind, params, inputs, options, force, overwrite, dry_run, version)
 
 
-def _begin(out: Path, kind: str, params: Any, inputs: Sequence[Mapping[str, Any]], options: Mapping[str, Any] | None,
-           force: bool, overwrite: bool, dry_run: bool, version: int) -> ArtifactBuilder:
+def _begin(
+    out: Path,
+    kind: str,
+    params: Any,
+    inputs: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any] | None,
+    force: bool,
+    overwrite: bool,
+    dry_run: bool,
+    version: int,
+) -> ArtifactBuilder:
     params_d = to_dict(params)
     plan = plan_artifact(out, kind, params_d, inputs, force=force, version=version)
     if plan.action == "refuse":
         raise UsageError(f"{plan.reason}; choose another --out or pass --force.")
     if plan.action == "overwrite" and not force and not overwrite:
-        raise UsageError(f"'{out}' holds a {kind} made with other settings, inputs or algorithm ({plan.reason}); "
-                         "pass --force to replace it.")
+        raise UsageError(
+            f"'{out}' holds a {kind} made with other settings, inputs or algorithm ({plan.reason}); "
+            "pass --force to replace it."
+        )
     builder = ArtifactBuilder(
         path=out,
         kind=kind,

@@ -83,8 +83,9 @@ def _gb(nbytes: float) -> str:
     return f"{nbytes / 2**20:.0f} MB" if nbytes >= 2**20 else "under 1 MB"
 
 
-def note_space_error(exc: BaseException, *, what: str | None = None, nbytes: int | None = None,
-                     out: str | Path | None = None) -> None:
+def note_space_error(
+    exc: BaseException, *, what: str | None = None, nbytes: int | None = None, out: str | Path | None = None
+) -> None:
     """Attach what a stage was writing (and how much it needs) to a disk-full ``OSError`` passing by, once:
     the innermost context knows best."""
     if not isinstance(exc, OSError) or exc.errno not in SPACE_ERRNOS:
@@ -152,8 +153,10 @@ def file_error_cause(exc: BaseException) -> str | None:
     if isinstance(exc, pickle.UnpicklingError):
         text = str(exc)
         if "GLOBAL" in text or "unsupported global" in text.lower():
-            return ("it holds pickled Python objects that loading would have to run, and "
-                    "torch.load(weights_only=True) refused them; use a safetensors file or a plain state dict")
+            return (
+                "it holds pickled Python objects that loading would have to run, and "
+                "torch.load(weights_only=True) refused them; use a safetensors file or a plain state dict"
+            )
         return "it is not a readable PyTorch file (corrupt or truncated)"
     if module.startswith("yaml"):
         return f"it is not valid YAML{_yaml_position(exc)}"
@@ -205,12 +208,16 @@ def format_error(exc: BaseException) -> tuple[str, int] | None:
             target = f"'{exc.filename}'" + (f" -> '{exc.filename2}'" if exc.filename2 else "")
             return f"Cannot use {target}: {reason}.", EXIT_FAILURE
         if exc.strerror:
-            return (f"A system call failed: {reason} ({type(exc).__name__}); rerun with --verbose for where.",
-                    EXIT_FAILURE)
+            return (
+                f"A system call failed: {reason} ({type(exc).__name__}); rerun with --verbose for where.",
+                EXIT_FAILURE,
+            )
         return None
     if isinstance(exc, MemoryError):
-        return ("Ran out of memory; lower the batch size (or use runtime.grad_accum for pretraining) and rerun the "
-                "same command."), EXIT_FAILURE
+        return (
+            "Ran out of memory; lower the batch size (or use runtime.grad_accum for pretraining) and rerun the "
+            "same command."
+        ), EXIT_FAILURE
     cause = file_error_cause(exc)
     if cause is not None:
         return f"A file could not be read: {cause}; rerun with --verbose for which one.", EXIT_FAILURE

@@ -79,8 +79,9 @@ def lock_path(out: str | Path) -> Path:
     """The lock file of the output folder ``out``: ``.NAME.lock`` next to it (symlinks resolved)."""
     out = Path(out).resolve()
     if out.parent == out:
-        raise CxrjepaError(f"'{out}' cannot be an output folder (it has no parent folder for its lock file).",
-                           exit_code=EXIT_USAGE)
+        raise CxrjepaError(
+            f"'{out}' cannot be an output folder (it has no parent folder for its lock file).", exit_code=EXIT_USAGE
+        )
     return out.parent / f".{out.name}{SUFFIX}"
 
 
@@ -200,8 +201,10 @@ class OutputLock:
 
     def _held_sentence(self, holder: Holder | None) -> str:
         who = f"another cxrjepa {holder.stage} ({holder.words()})" if holder else "another cxrjepa process"
-        return (f"'{self.out}' is being written by {who}; wait for it to finish or choose another --out "
-                f"(lock file {self.path}).")
+        return (
+            f"'{self.out}' is being written by {who}; wait for it to finish or choose another --out "
+            f"(lock file {self.path})."
+        )
 
     def still_held(self) -> bool:
         """Whether the lock file at the path is still the one this process locked."""
@@ -304,8 +307,10 @@ def _output_lock(out: str | Path, stage: str) -> Iterator[OutputLock | None]:
         from cxrjepa.core import console
 
         alive = lock.previous.alive_here()
-        console.info(f"Took over the lock of '{out}' left by {lock.previous.words()}"
-                     + (", which is no longer running." if alive is False else ", which no longer holds it."))
+        console.info(
+            f"Took over the lock of '{out}' left by {lock.previous.words()}"
+            + (", which is no longer running." if alive is False else ", which no longer holds it.")
+        )
     _HELD[path] = lock
     lock.depth = 1
     try:

@@ -64,8 +64,12 @@ class Estimate:
         return self.per_process * (self.processes if self.device == "cpu" else 1)
 
     def as_dict(self) -> dict:
-        return {"device": self.device, "processes": self.processes, "total_gb": round(self.total / 2**30, 2),
-                "parts_gb": {k: round(v / 2**30, 3) for k, v in self.parts.items()}}
+        return {
+            "device": self.device,
+            "processes": self.processes,
+            "total_gb": round(self.total / 2**30, 2),
+            "parts_gb": {k: round(v / 2**30, 3) for k, v in self.parts.items()},
+        }
 
 
 def gb(nbytes: float) -> str:
@@ -121,8 +125,12 @@ def _nvidia_smi_free(index: int) -> int | None:
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     gpu = visible[index] if index < len(visible) else str(index)  # CUDA's index -> nvidia-smi's id (or UUID)
     try:
-        out = subprocess.run([exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", gpu],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", gpu],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return int(float(out.stdout.strip().splitlines()[0])) * 2**20 if out.returncode == 0 else None
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return None
@@ -146,8 +154,15 @@ def available_bytes(device: str = "cpu", index: int = 0) -> int | None:
     return min(avail, limited) if limited is not None else avail
 
 
-def check_fits(estimate: Estimate, what: str, advice: Sequence[str], *, enabled: bool = True,
-               switch_words: str = "--set runtime.memory_check=false", available: int | None = None) -> None:
+def check_fits(
+    estimate: Estimate,
+    what: str,
+    advice: Sequence[str],
+    *,
+    enabled: bool = True,
+    switch_words: str = "--set runtime.memory_check=false",
+    available: int | None = None,
+) -> None:
     """Refuse (exit 2) with one sentence when ``estimate`` does not fit; ``advice``: settings that would fit."""
     if not enabled:
         return
@@ -197,50 +212,109 @@ def infer_activation_bytes(stack: Stack, batch: int, device: str) -> int:
     return int(batch * stack.sequences * stack.tokens * per_token)
 
 
-def embed_estimate(*, device: str, batch: int, image_size: int, tokens: int, width: int, depth: int,
-                   params: int, out_values_per_sample: int, unit_rows: int, processes: int = 1) -> Estimate:
+def embed_estimate(
+    *,
+    device: str,
+    batch: int,
+    image_size: int,
+    tokens: int,
+    width: int,
+    depth: int,
+    params: int,
+    out_values_per_sample: int,
+    unit_rows: int,
+    processes: int = 1,
+) -> Estimate:
     """Peak memory of an embed process: the encoder, one batch's forward pass and one unit of output rows."""
     stack = Stack(width, depth, tokens)
-    return Estimate(device, {
-        "runtime": EMBED_BASE_BYTES,
-        "encoder": FROZEN_PARAM_BYTES * params,
-        "batch": 4 * batch * 3 * image_size * image_size,
-        "forward": infer_activation_bytes(stack, batch, device) + 4 * batch * tokens * width * 2,
-        "unit buffer": 4 * unit_rows * out_values_per_sample,
-    }, processes=processes)
+    return Estimate(
+        device,
+        {
+            "runtime": EMBED_BASE_BYTES,
+            "encoder": FROZEN_PARAM_BYTES * params,
+            "batch": 4 * batch * 3 * image_size * image_size,
+            "forward": infer_activation_bytes(stack, batch, device) + 4 * batch * tokens * width * 2,
+            "unit buffer": 4 * unit_rows * out_values_per_sample,
+        },
+        processes=processes,
+    )
 
 
-def check_embed_memory(*, device: str, batch: int, image_size: int, tokens: int, width: int, params: int,
-                       out_values_per_sample: int, unit_rows: int, processes: int = 1, enabled: bool = True,
-                       available: int | None = None) -> Estimate:
+def check_embed_memory(
+    *,
+    device: str,
+    batch: int,
+    image_size: int,
+    tokens: int,
+    width: int,
+    params: int,
+    out_values_per_sample: int,
+    unit_rows: int,
+    processes: int = 1,
+    enabled: bool = True,
+    available: int | None = None,
+) -> Estimate:
     """Refuse an embed whose batch cannot fit, naming the largest ``--batch-size`` that does."""
-    kw = {"device": device, "image_size": image_size, "tokens": tokens, "width": width, "depth": 1, "params": params,
-          "out_values_per_sample": out_values_per_sample, "unit_rows": unit_rows, "processes": processes}
+    kw = {
+        "device": device,
+        "image_size": image_size,
+        "tokens": tokens,
+        "width": width,
+        "depth": 1,
+        "params": params,
+        "out_values_per_sample": out_values_per_sample,
+        "unit_rows": unit_rows,
+        "processes": processes,
+    }
     est = embed_estimate(batch=batch, **kw)
     if not enabled:
         return est
     have = available if available is not None else available_bytes(device)
     if have is None or est.total <= MARGIN * have:
         return est
-    fits = next((b for b in (2**k for k in range(12, -1, -1)) if b < batch
-                 and embed_estimate(batch=b, **kw).total <= MARGIN * have), None)
+    fits = next(
+        (
+            b
+            for b in (2**k for k in range(12, -1, -1))
+            if b < batch and embed_estimate(batch=b, **kw).total <= MARGIN * have
+        ),
+        None,
+    )
     advice = [f"--batch-size {fits}"] if fits else ["a machine with more memory"]
     if processes > 1 and device == "cpu":
         advice.append("fewer --processes")
-    check_fits(est, f"Embedding {batch} images of {image_size} px per forward pass", advice,
-               switch_words="--no-memory-check", available=have)
+    check_fits(
+        est,
+        f"Embedding {batch} images of {image_size} px per forward pass",
+        advice,
+        switch_words="--no-memory-check",
+        available=have,
+    )
     return est
 
 
 def probe_estimate(*, rows: int, values_per_row: int, patch_values_per_row: int = 0, copies: float = 3.0) -> Estimate:
     """Peak memory of a probe: the feature matrix in float32 and the copies the fits make (train/val/test slices,
     the solver's own), the patch tokens of a segmentation probe (float16), plus the runtime."""
-    return Estimate("cpu", {"runtime": BASE_BYTES, "features": int(copies * rows * values_per_row * 4),
-                            "patch tokens": int(2 * rows * patch_values_per_row)})
+    return Estimate(
+        "cpu",
+        {
+            "runtime": BASE_BYTES,
+            "features": int(copies * rows * values_per_row * 4),
+            "patch tokens": int(2 * rows * patch_values_per_row),
+        },
+    )
 
 
-def check_probe_memory(*, rows: int, values_per_row: int, patch_values_per_row: int, features: str,
-                       enabled: bool = True, available: int | None = None) -> Estimate:
+def check_probe_memory(
+    *,
+    rows: int,
+    values_per_row: int,
+    patch_values_per_row: int,
+    features: str,
+    enabled: bool = True,
+    available: int | None = None,
+) -> Estimate:
     """Refuse a probe whose features cannot be held in memory."""
     est = probe_estimate(rows=rows, values_per_row=values_per_row, patch_values_per_row=patch_values_per_row)
     if not enabled:
@@ -248,6 +322,11 @@ def check_probe_memory(*, rows: int, values_per_row: int, patch_values_per_row: 
     advice = ["--features features"] if features != "features" else []
     if patch_values_per_row:
         advice.append("the label tasks without --task segmentation")
-    check_fits(est, f"Probing {rows} samples' {features}" + (" and patch tokens" if patch_values_per_row else ""),
-               advice + ["a machine with more memory"], switch_words="--no-memory-check", available=available)
+    check_fits(
+        est,
+        f"Probing {rows} samples' {features}" + (" and patch tokens" if patch_values_per_row else ""),
+        advice + ["a machine with more memory"],
+        switch_words="--no-memory-check",
+        available=available,
+    )
     return est

@@ -76,8 +76,10 @@ class Part:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise UsageError(f"--part {self.index}/{self.count}: parts are numbered 0 to {max(self.count, 1) - 1} "
-                             f"(sbatch --array=0-{max(self.count, 1) - 1}).")
+            raise UsageError(
+                f"--part {self.index}/{self.count}: parts are numbered 0 to {max(self.count, 1) - 1} "
+                f"(sbatch --array=0-{max(self.count, 1) - 1})."
+            )
 
     @property
     def name(self) -> str:
@@ -97,8 +99,10 @@ def parse_part(text: str | Part) -> Part:
         return text
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not m:
-        raise UsageError(f"--part takes K/N (part K of N parts, K from 0 to N-1, e.g. --part "
-                         f"$SLURM_ARRAY_TASK_ID/8 with sbatch --array=0-7), not '{text}'.")
+        raise UsageError(
+            f"--part takes K/N (part K of N parts, K from 0 to N-1, e.g. --part "
+            f"$SLURM_ARRAY_TASK_ID/8 with sbatch --array=0-7), not '{text}'."
+        )
     k, n = int(m.group(1)), int(m.group(2))
     if n < 1:
         raise UsageError(f"--part {text}: the number of parts must be at least 1.")
@@ -259,9 +263,11 @@ def ensure_idle(out: str | Path, doing: str, but: Part | None = None) -> None:
     busy = {p: h for p, h in running_parts(out).items() if p != but}
     if busy:
         who = "; ".join(f"{p} ({h.words()})" for p, h in sorted(busy.items()))
-        raise OutputLockedError(f"Cannot {doing}: part{'s' if len(busy) > 1 else ''} {who} of '{out}' "
-                                f"{'are' if len(busy) > 1 else 'is'} still running; wait for "
-                                f"{'them' if len(busy) > 1 else 'it'} to finish.")
+        raise OutputLockedError(
+            f"Cannot {doing}: part{'s' if len(busy) > 1 else ''} {who} of '{out}' "
+            f"{'are' if len(busy) > 1 else 'is'} still running; wait for "
+            f"{'them' if len(busy) > 1 else 'it'} to finish."
+        )
 
 
 def _is_part_join(holder: Holder | None) -> bool:
@@ -321,8 +327,16 @@ class Joined:
 
 
 def join(
-    out: str | Path, part: Part, *, kind: str, stage: str, params: Any, inputs: Sequence[Mapping[str, Any]],
-    version: int, options: Mapping[str, Any] | None = None, force: bool = False,
+    out: str | Path,
+    part: Part,
+    *,
+    kind: str,
+    stage: str,
+    params: Any,
+    inputs: Sequence[Mapping[str, Any]],
+    version: int,
+    options: Mapping[str, Any] | None = None,
+    force: bool = False,
     ready: Callable[[dict], bool] = lambda manifest: True,
     create: Callable[[ArtifactBuilder], None] = lambda builder: None,
 ) -> Joined:
@@ -344,8 +358,9 @@ def join(
     from cxrjepa.core.config import to_dict
 
     params_d = to_dict(params)
-    settings = PartSettings(kind, params_d, [dict(i) for i in inputs],
-                            compute_fingerprint(kind, params_d, inputs, version))
+    settings = PartSettings(
+        kind, params_d, [dict(i) for i in inputs], compute_fingerprint(kind, params_d, inputs, version)
+    )
     joined = Joined(part, part_dir(out, part), settings)
     with artifact_lock(out, f"{stage} --part {part}"):
         plan = plan_artifact(out, kind, params_d, inputs, version=version)
@@ -358,14 +373,17 @@ def join(
             others = sorted(records(out))
             if others:  # an unfinished split with other settings: never wiped by one part's mistake
                 what = differences(plan.existing or {}, {"params": params_d, "inputs": list(inputs)})
-                raise UsageError(f"'{out}' holds parts ({part_names(others)}) made with {what} than part {part}; run "
-                                 f"it with the same settings and inputs as them, or pass --force to start '{out}' "
-                                 "over with these.")
+                raise UsageError(
+                    f"'{out}' holds parts ({part_names(others)}) made with {what} than part {part}; run "
+                    f"it with the same settings and inputs as them, or pass --force to start '{out}' "
+                    "over with these."
+                )
         if plan.action != "resume" or not ready(plan.existing or {}):
             if plan.action != "create":
                 ensure_idle(out, f"replace '{out}' ({plan.reason})" if plan.action == "overwrite" else f"redo '{out}'")
-            joined.created = begin(out, kind, params_d, inputs, options=options, version=version,
-                                   force=plan.action in ("skip", "resume"))
+            joined.created = begin(
+                out, kind, params_d, inputs, options=options, version=version, force=plan.action in ("skip", "resume")
+            )
             create(joined.created)
         joined._stack.enter_context(output_lock(joined.folder, f"{stage} part {part}"))
     return joined
@@ -393,8 +411,13 @@ def incomplete(found: Mapping[Part, dict | None], count: int, fingerprint: str) 
     return why
 
 
-def missing_sentence(out: str | Path, why: Mapping[Part, str], command: str, reference: Mapping[str, Any] | None = None,
-                     found: Mapping[Part, dict | None] | None = None) -> str:
+def missing_sentence(
+    out: str | Path,
+    why: Mapping[Part, str],
+    command: str,
+    reference: Mapping[str, Any] | None = None,
+    found: Mapping[Part, dict | None] | None = None,
+) -> str:
     """One sentence naming the parts to rerun (and how), for :class:`PartsIncompleteError`."""
     parts = sorted(why)
     count = parts[0].count
@@ -405,9 +428,11 @@ def missing_sentence(out: str | Path, why: Mapping[Part, str], command: str, ref
             reason = f"made with {differences(found[p], reference)} than the others"
         details.append(f"{p} {reason}")
     noun = "Part" if len(parts) == 1 else "Parts"
-    return (f"{noun} {part_names(parts)} of '{out}' {'is' if len(parts) == 1 else 'are'} not complete "
-            f"({'; '.join(details)}); rerun {'it' if len(parts) == 1 else 'them'} with the same command "
-            f"('{command} ... --part K/{count}', e.g. sbatch --array={array_indices(parts)} ...) and finalize again.")
+    return (
+        f"{noun} {part_names(parts)} of '{out}' {'is' if len(parts) == 1 else 'are'} not complete "
+        f"({'; '.join(details)}); rerun {'it' if len(parts) == 1 else 'them'} with the same command "
+        f"('{command} ... --part K/{count}', e.g. sbatch --array={array_indices(parts)} ...) and finalize again."
+    )
 
 
 def maybe_finalize(out: str | Path, part: Part, fingerprint: str, finalize: Callable[[], Any], command: str) -> Any:
@@ -419,8 +444,10 @@ def maybe_finalize(out: str | Path, part: Part, fingerprint: str, finalize: Call
     found = records(out)
     left = incomplete(found, part.count, fingerprint)
     if left:
-        console.info(f"Part {part} is complete; waiting for {len(left)} more ({part_names(list(left))}). The last "
-                     f"part to finish finalizes '{out}' (or run '{command} --finalize --out {out}').")
+        console.info(
+            f"Part {part} is complete; waiting for {len(left)} more ({part_names(list(left))}). The last "
+            f"part to finish finalizes '{out}' (or run '{command} --finalize --out {out}')."
+        )
         return None
     try:
         return finalize()

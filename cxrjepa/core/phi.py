@@ -20,39 +20,141 @@ from collections.abc import Iterable
 AGE_CAP = 90
 
 #: a column whose words include one of these is identifying whatever else it says
-_ALWAYS = frozenset({
-    # record numbers and identity documents
-    "mrn", "ssn", "accession", "passport", "licence", "license", "insurance", "serial",
-    # dates (a year alone is not identifying, but a column named date or with date in it is taken to hold more)
-    "date", "dates", "datetime", "timestamp", "dob", "birth", "birthdate", "birthday", "death", "deceased",
-    # contact details and places smaller than a state
-    "address", "street", "city", "zip", "zipcode", "postcode", "postal", "phone", "telephone", "fax", "email",
-    "mail", "url",
-    # UIDs (DICOM study, series, SOP instance, frame of reference)
-    "uid", "uids",
-    # institutions and the staff who saw the patient
-    "institution", "hospital", "physician", "physicians", "doctor", "radiologist", "operator", "operators",
-    "technologist", "surname", "firstname", "lastname", "forename", "initials",
-    # free text about the patient or the study
-    "description", "descriptions", "comment", "comments", "note", "notes", "history", "report", "reports",
-    "narrative",
-})
+_ALWAYS = frozenset(
+    {
+        # record numbers and identity documents
+        "mrn",
+        "ssn",
+        "accession",
+        "passport",
+        "licence",
+        "license",
+        "insurance",
+        "serial",
+        # dates (a year alone is not identifying, but a column named date or with date in it is taken to hold more)
+        "date",
+        "dates",
+        "datetime",
+        "timestamp",
+        "dob",
+        "birth",
+        "birthdate",
+        "birthday",
+        "death",
+        "deceased",
+        # contact details and places smaller than a state
+        "address",
+        "street",
+        "city",
+        "zip",
+        "zipcode",
+        "postcode",
+        "postal",
+        "phone",
+        "telephone",
+        "fax",
+        "email",
+        "mail",
+        "url",
+        # UIDs (DICOM study, series, SOP instance, frame of reference)
+        "uid",
+        "uids",
+        # institutions and the staff who saw the patient
+        "institution",
+        "hospital",
+        "physician",
+        "physicians",
+        "doctor",
+        "radiologist",
+        "operator",
+        "operators",
+        "technologist",
+        "surname",
+        "firstname",
+        "lastname",
+        "forename",
+        "initials",
+        # free text about the patient or the study
+        "description",
+        "descriptions",
+        "comment",
+        "comments",
+        "note",
+        "notes",
+        "history",
+        "report",
+        "reports",
+        "narrative",
+    }
+)
 #: with ``name``: a person's or an institution's name
-_NAMED = frozenset({
-    "patient", "patients", "pt", "person", "first", "last", "given", "family", "middle", "maiden", "full",
-    "mother", "mothers", "other", "referring", "performing", "reading", "requesting", "attending", "station",
-})
+_NAMED = frozenset(
+    {
+        "patient",
+        "patients",
+        "pt",
+        "person",
+        "first",
+        "last",
+        "given",
+        "family",
+        "middle",
+        "maiden",
+        "full",
+        "mother",
+        "mothers",
+        "other",
+        "referring",
+        "performing",
+        "reading",
+        "requesting",
+        "attending",
+        "station",
+    }
+)
 #: with one of :data:`_NUMBERED`: an ID or record number of a person, a visit or a study
-_ABOUT = frozenset({
-    "patient", "patients", "pt", "person", "subject", "medical", "record", "study", "series", "instance", "sop",
-    "visit", "encounter", "admission", "account", "social", "security", "health", "member", "beneficiary",
-})
+_ABOUT = frozenset(
+    {
+        "patient",
+        "patients",
+        "pt",
+        "person",
+        "subject",
+        "medical",
+        "record",
+        "study",
+        "series",
+        "instance",
+        "sop",
+        "visit",
+        "encounter",
+        "admission",
+        "account",
+        "social",
+        "security",
+        "health",
+        "member",
+        "beneficiary",
+    }
+)
 _NUMBERED = frozenset({"id", "ids", "number", "numbers", "no", "num", "nr"})
 #: whole names (words run together, no separators) that are identifying
 _EXACT = frozenset({"name", "names", "patient", "pt", "pid", "ptid", "accno", "accnum", "acc"})
 #: run-together names that contain one of these are identifying ("patientid", "studyinstanceuid", ...)
-_CONTAINS = ("patientname", "patientsname", "patientid", "patientsid", "birthdate", "dateofbirth", "accession",
-             "institution", "physician", "instanceuid", "medicalrecord", "socialsecurity")
+_CONTAINS = (
+    "patientname",
+    "patientsname",
+    "patientid",
+    "patientsid",
+    "birthdate",
+    "dateofbirth",
+    "accession",
+    "institution",
+    "physician",
+    "instanceuid",
+    "medicalrecord",
+    "socialsecurity",
+)
 
 _PLURAL_ACRONYM = re.compile(r"(U?ID)s(?![a-z])")  # OtherPatientIDs, UIDs
 _CAMEL_ACRONYM = re.compile(r"([A-Z]+)([A-Z][a-z])")
@@ -97,8 +199,20 @@ def identifying(columns: Iterable[object]) -> list[str]:
 def is_age(name: object) -> bool:
     """An age column (``age``, ``PatientAge``, ``age_years``): its values are capped with :func:`cap_age`."""
     words = [w for w in column_words(name) if w != "s"]
-    return "age" in words and set(words) <= {"age", "patient", "patients", "pt", "years", "yrs", "y", "at", "study",
-                                            "exam", "scan", "in"}
+    return "age" in words and set(words) <= {
+        "age",
+        "patient",
+        "patients",
+        "pt",
+        "years",
+        "yrs",
+        "y",
+        "at",
+        "study",
+        "exam",
+        "scan",
+        "in",
+    }
 
 
 def cap_age(value: float) -> float:

@@ -62,14 +62,17 @@ def parse(cls: type[T], data: Any, *, what: str, rerun: str | None) -> T:
         return value
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
     fix = f"; rerun '{rerun}' with --force to rewrite it" if rerun else ""
-    raise SchemaError(f"{what[:1].upper()}{what[1:]} does not match what this version of cxrjepa reads: "
-                      f"{errs[0]}{more}{fix}.")
+    raise SchemaError(
+        f"{what[:1].upper()}{what[1:]} does not match what this version of cxrjepa reads: {errs[0]}{more}{fix}."
+    )
 
 
 def check_written(cls: type[T], data: Any, *, what: str) -> T:
     """What a stage is about to write, checked against the schema its readers use (a bug if it fails)."""
     value, errs = problems(cls, data)
     if value is None:
-        raise RuntimeError(f"cxrjepa is about to write {what} that its own readers reject: {'; '.join(errs)}. "
-                           "This is a bug in cxrjepa; please report it.")
+        raise RuntimeError(
+            f"cxrjepa is about to write {what} that its own readers reject: {'; '.join(errs)}. "
+            "This is a bug in cxrjepa; please report it."
+        )
     return value

@@ -19,7 +19,9 @@ from cxrjepa.core.artifact import Artifact, open_artifact
 from cxrjepa.data import layout
 
 
-def create_frames_array(root: zarr.Group, name: str, n_frames: int, size: int, dtype: str, shard_frames: int = layout.SHARD_FRAMES):
+def create_frames_array(
+    root: zarr.Group, name: str, n_frames: int, size: int, dtype: str, shard_frames: int = layout.SHARD_FRAMES
+):
     """A sharded (frames, size, size) array: one frame per chunk, ``shard_frames`` frames per shard file."""
     shard = max(1, min(shard_frames, max(n_frames, 1)))
     return root.create_array(
@@ -190,10 +192,16 @@ def write_dataset(
     builder = begin(out, "dataset", params or {"source": "in-memory"}, force=True)
     write_arrays(builder.path, images, meta, masks)
     max_value = float(np.iinfo(images.dtype).max)
-    builder.counts.update({"inputs": int(len(meta)), "samples": int(len(meta)), "frames": int(len(images)), "rejected": 0})
+    builder.counts.update(
+        {"inputs": int(len(meta)), "samples": int(len(meta)), "frames": int(len(images)), "rejected": 0}
+    )
     builder.contents.update(
         {
-            "images": {"path": f"{layout.ZARR}/{layout.IMAGES}", "shape": list(images.shape), "dtype": str(images.dtype)},
+            "images": {
+                "path": f"{layout.ZARR}/{layout.IMAGES}",
+                "shape": list(images.shape),
+                "dtype": str(images.dtype),
+            },
             "metadata": layout.METADATA,
             "label_columns": list(label_columns),
             "normalization": intensity_stats(images, max_value),

@@ -29,7 +29,17 @@ from cxrjepa.core.errors import ConfigError
 from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_files
 from cxrjepa.demo import codecs, dicom, ultrasound
-from cxrjepa.demo.phantom import Anatomy, Findings, Phantom, View, draw, persist_findings, sample_anatomy, sample_findings, sample_view
+from cxrjepa.demo.phantom import (
+    Anatomy,
+    Findings,
+    Phantom,
+    View,
+    draw,
+    persist_findings,
+    sample_anatomy,
+    sample_findings,
+    sample_view,
+)
 from cxrjepa.demo.storage import Storage, sample_storage, set_pixel_tags, to_stored
 
 #: bump when a change to this stage's code changes what it writes for the same settings and inputs
@@ -37,7 +47,19 @@ from cxrjepa.demo.storage import Storage, sample_storage, set_pixel_tags, to_sto
 ALGORITHM_VERSION = 1
 LABEL_COLUMNS = ("nodule", "effusion")
 CSV_COLUMNS = ("file", "patient_id", "nodule", "effusion", "sex", "age", "view")
-US_CSV_COLUMNS = ("file", "patient_id", "frames", "fps", "photometric", "transfer_syntax", "regions", "x0", "y0", "x1", "y1")
+US_CSV_COLUMNS = (
+    "file",
+    "patient_id",
+    "frames",
+    "fps",
+    "photometric",
+    "transfer_syntax",
+    "regions",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+)
 
 #: how often each transfer syntax is drawn (every available one appears at least once when n allows)
 SYNTAX_WEIGHTS = {
@@ -70,7 +92,9 @@ class DemoConfig:
     second_image_rate: float = 0.1  # share of patients with a second, later image
     min_size: int = 200  # shorter image side, pixels (at least)
     max_size: int = 640  # longer image side, pixels (at most)
-    transfer_syntaxes: list[str] = field(default_factory=lambda: ["auto"])  # keys, or "auto": all this install can write
+    transfer_syntaxes: list[str] = field(
+        default_factory=lambda: ["auto"]
+    )  # keys, or "auto": all this install can write
 
     def validate(self) -> None:
         if self.n < 1:
@@ -169,7 +193,7 @@ def plan_cases(cfg: DemoConfig) -> list[Case]:
     syntaxes = _assign_syntaxes(rng, list(cfg.transfer_syntaxes), cfg.n)
     cases: list[Case] = []
     for p in range(patients):
-        for visit in ((0, 1) if p in second else (0,)):
+        for visit in (0, 1) if p in second else (0,):
             i = len(cases)
             folder = f"P{p:04d}/S{visit + 1}" + ("/SER1" if i % 5 == 0 else "")
             cases.append(Case(i, p, visit, ids[p], f"{folder}/{_file_name(i, int(rng.integers(4)))}", syntaxes[i]))
@@ -229,7 +253,9 @@ def _findings(cfg: DemoConfig, a: Anatomy, p: int, visit: int, position: str) ->
     first = sample_findings(rng, a, first_position, nodule=bool(nodule), effusion=bool(effusion))
     if visit == 0:
         return first
-    return persist_findings(_rng(cfg.seed, _FINDINGS, p, visit), first, a, position, (cfg.nodule_rate, cfg.effusion_rate))
+    return persist_findings(
+        _rng(cfg.seed, _FINDINGS, p, visit), first, a, position, (cfg.nodule_rate, cfg.effusion_rate)
+    )
 
 
 def storage_for(cfg: DemoConfig, case: Case) -> Storage:
@@ -260,9 +286,13 @@ def render_case(cfg: DemoConfig, case: Case, *, with_findings: bool = True) -> R
 
     study_rng = _rng(cfg.seed, _STUDY, case.patient, case.visit)
     date = first_date + dt.timedelta(days=int(study_rng.integers(30, 700)) if case.visit else 0)
-    identity = dicom.sample_identity(_rng(cfg.seed, _PATIENT, case.patient, 1), case.patient_id, a.sex, a.age, first_date)
+    identity = dicom.sample_identity(
+        _rng(cfg.seed, _PATIENT, case.patient, 1), case.patient_id, a.sex, a.age, first_date
+    )
     study = dicom.sample_study(study_rng, cfg.seed, case.index, date)
-    ds = dicom.radiograph(identity, study, modality=acq.modality, view=acq.position, spacing_mm=acq.spacing_mm, with_age=acq.with_age)
+    ds = dicom.radiograph(
+        identity, study, modality=acq.modality, view=acq.position, spacing_mm=acq.spacing_mm, with_age=acq.with_age
+    )
     set_pixel_tags(ds, storage, acq.rows, acq.cols)
     ds.PixelData = to_stored(phantom.image, storage).tobytes()
     row = {
@@ -307,7 +337,9 @@ def _write_radiographs(out: Path, cfg: DemoConfig, cases: list[Case], task) -> t
     return rows, tally, encoders
 
 
-def _write_ultrasound(out: Path, cfg: DemoConfig, first_patient: int, ids: list[str], task) -> tuple[list[dict], Counter, dict]:
+def _write_ultrasound(
+    out: Path, cfg: DemoConfig, first_patient: int, ids: list[str], task
+) -> tuple[list[dict], Counter, dict]:
     rows: list[dict] = []
     tally: Counter = Counter()
     encoders: dict[str, str] = {}
@@ -359,7 +391,9 @@ def _by(tally: Counter, kind: str) -> dict:
 
 
 @locks_output("demo-data")
-def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool = False, dry_run: bool = False) -> Artifact | dict:
+def run_demo(
+    out: str | Path, config: DemoConfig | None = None, *, force: bool = False, dry_run: bool = False
+) -> Artifact | dict:
     """Write the demo archive to ``out`` (a ``demo`` artifact) and return it.
 
     With ``dry_run`` nothing is written and the plan (create / skip / overwrite and why) is returned.
@@ -371,7 +405,9 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
     cfg = config.resolved()
     builder = begin(out, "demo", config, [], force=force, dry_run=dry_run, version=ALGORITHM_VERSION)
     if dry_run:
-        console.info(f"demo-data: would {builder.action} '{out}' ({cfg.n} radiographs, {cfg.ultrasound} ultrasound cines).")
+        console.info(
+            f"demo-data: would {builder.action} '{out}' ({cfg.n} radiographs, {cfg.ultrasound} ultrasound cines)."
+        )
         return {"path": str(out), "kind": "demo", "action": builder.action, "fingerprint": builder.fingerprint}
     if builder.skipped:
         console.info(f"demo-data: '{out}' is up to date.")
@@ -387,7 +423,9 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
     ids = _patient_ids(cfg.seed, patients + cfg.ultrasound)
     with console.progress("demo-data", total=len(cases) + cfg.ultrasound) as task:
         rows, tally, encoders = _write_radiographs(out, cfg, cases, task)
-        us_rows, us_tally, us_encoders = _write_ultrasound(out, cfg, patients, ids, task) if cfg.ultrasound else ([], Counter(), {})
+        us_rows, us_tally, us_encoders = (
+            _write_ultrasound(out, cfg, patients, ids, task) if cfg.ultrasound else ([], Counter(), {})
+        )
     encoders.update(us_encoders)
     _write_csv(out / "labels.csv", CSV_COLUMNS, rows)
     if us_rows:
@@ -413,13 +451,25 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
         "labels": "labels.csv",
         "label_columns": list(LABEL_COLUMNS),
         "columns": list(CSV_COLUMNS),
-        "masks": {"path": "masks", "format": "png", "values": [0, 255], "classes": {"255": "lung"}, "naming": "image file stem"},
+        "masks": {
+            "path": "masks",
+            "format": "png",
+            "values": [0, 255],
+            "classes": {"255": "lung"},
+            "naming": "image file stem",
+        },
         "transfer_syntaxes": {  # what was written, and by which encoder
-            s.key: {"uid": str(s.uid), "name": s.name, "encoder": encoders[s.key]} for s in codecs.SYNTAXES if s.key in encoders
+            s.key: {"uid": str(s.uid), "name": s.name, "encoder": encoders[s.key]}
+            for s in codecs.SYNTAXES
+            if s.key in encoders
         },
     }
     if us_rows:
-        builder.contents["ultrasound"] = {"path": "ultrasound", "table": "ultrasound.csv", "columns": list(US_CSV_COLUMNS)}
+        builder.contents["ultrasound"] = {
+            "path": "ultrasound",
+            "table": "ultrasound.csv",
+            "columns": list(US_CSV_COLUMNS),
+        }
     files = [p for p in out.rglob("*") if p.is_file() and p.name != "manifest.yaml"]
     artifact = builder.finish(hash_files(files, root=out))
     console.info(

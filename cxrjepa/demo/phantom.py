@@ -170,9 +170,7 @@ def heart_shadow(x: np.ndarray, y: np.ndarray, a: Anatomy, position: str = "PA")
     return (u + ((y - hy) / hay) ** 2 < 1.0) | ((u < 1.0) & (y > hy))
 
 
-def sample_findings(
-    rng: np.random.Generator, a: Anatomy, position: str, *, nodule: bool, effusion: bool
-) -> Findings:
+def sample_findings(rng: np.random.Generator, a: Anatomy, position: str, *, nodule: bool, effusion: bool) -> Findings:
     """Findings drawn inside the lung fields; nodules stay clear of the lung edges."""
     nodules: list[Nodule] = []
     if nodule:
@@ -271,7 +269,11 @@ def draw(a: Anatomy, v: View, f: Findings) -> Phantom:
 
     # body: a rounded torso with a neck; soft tissue thicker in the middle, spine down the centre
     body = (np.abs(xs / f32(0.6)) ** 4 + np.abs((ys - f32(0.55)) / f32(0.8)) ** 4 < 1.0) | ((ax_ < 0.13) & (ys < 0.2))
-    tissue = f32(0.36) + f32(0.12) * np.clip(1.0 - (xs / f32(0.6)) ** 2, 0.0, 1.0) + f32(0.11) * np.exp(-((xs / f32(0.04)) ** 2))
+    tissue = (
+        f32(0.36)
+        + f32(0.12) * np.clip(1.0 - (xs / f32(0.6)) ** 2, 0.0, 1.0)
+        + f32(0.11) * np.exp(-((xs / f32(0.04)) ** 2))
+    )
     img = np.where(body, tissue, f32(0.03)).astype(f32)
 
     # abdomen (liver / spleen) below the domes
@@ -297,11 +299,20 @@ def draw(a: Anatomy, v: View, f: Findings) -> Phantom:
     rib_side = np.repeat(side, 10, axis=0)
     # posterior ribs leave the spine almost level and curve down along the chest wall; anterior ribs
     # (fainter) run down and inwards from the chest wall
-    _polylines(layer, v, rib_side * (0.035 + 0.46 * np.sin(t * np.pi / 2)), rib_y0 - 0.03 * t + a.rib_tilt * t**3, 0.10 * a.bone, 0.022)
+    _polylines(
+        layer,
+        v,
+        rib_side * (0.035 + 0.46 * np.sin(t * np.pi / 2)),
+        rib_y0 - 0.03 * t + a.rib_tilt * t**3,
+        0.10 * a.bone,
+        0.022,
+    )
     _polylines(layer, v, rib_side * (0.48 - 0.30 * t), rib_y0 + a.rib_tilt + 0.06 + 0.16 * t, 0.045 * a.bone, 0.018)
     if v.position == "AP":  # scapulae project over the lateral lung fields
         for s in SIDES:
-            cv2.ellipse(layer, _to_px(v, s * 0.43, 0.30), (int(0.08 * v.scale), int(0.2 * v.scale)), 15 * s, 0, 360, 0.05, -1)
+            cv2.ellipse(
+                layer, _to_px(v, s * 0.43, 0.30), (int(0.08 * v.scale), int(0.2 * v.scale)), 15 * s, 0, 360, 0.05, -1
+            )
     img += layer  # anti-aliased lines; the scatter blur below softens them further
 
     # vessels fanning out from the hila (lungs only)
@@ -312,8 +323,14 @@ def draw(a: Anatomy, v: View, f: Findings) -> Phantom:
     ang = vr.uniform(-1.2, 1.2, size=(14, 1)).astype(f32) + np.where(vside > 0, f32(0.0), f32(np.pi))
     length = vr.uniform(0.10, 0.22, size=(14, 1)).astype(f32)
     bend = vr.uniform(-0.04, 0.04, size=(14, 1)).astype(f32)
-    _polylines(layer, v, vside * 0.11 + np.cos(ang) * length * tt - bend * tt**2 * np.sin(ang),
-               0.45 + np.sin(ang) * length * tt + bend * tt**2 * np.cos(ang), 0.045, 0.008)
+    _polylines(
+        layer,
+        v,
+        vside * 0.11 + np.cos(ang) * length * tt - bend * tt**2 * np.sin(ang),
+        0.45 + np.sin(ang) * length * tt + bend * tt**2 * np.cos(ang),
+        0.045,
+        0.008,
+    )
     img += layer * lungs
 
     # breast shadows
@@ -361,8 +378,8 @@ def draw(a: Anatomy, v: View, f: Findings) -> Phantom:
     if v.collimate is not None:
         ct, cb, cl, cr = v.collimate
         img[: int(ct * rows)] = 0.96
-        img[rows - int(cb * rows):] = 0.96
+        img[rows - int(cb * rows) :] = 0.96
         img[:, : int(cl * cols)] = 0.96
-        img[:, cols - int(cr * cols):] = 0.96
+        img[:, cols - int(cr * cols) :] = 0.96
     np.clip(img, 0.0, 1.0, out=img)
     return Phantom(image=img, lungs=lungs, findings=f)

@@ -76,10 +76,16 @@ def embed_input_refs(encoder: str | Path, data: str | Path, weights: str | Path 
     return input_refs({"data": data}) + [encoder_input_ref("encoder", encoder, weights)]
 
 
-def load_encoder_for(spec: EncoderSpec, config: EmbedConfig, data: DatasetArtifact, device: str | torch.device = "cpu") -> FeatureEncoder:
+def load_encoder_for(
+    spec: EncoderSpec, config: EmbedConfig, data: DatasetArtifact, device: str | torch.device = "cpu"
+) -> FeatureEncoder:
     """The encoder as embed uses it (``random:`` encoders take the dataset's size and normalization)."""
     return load_feature_encoder(
-        spec, device=device, seed=config.seed, image_size=config.image_size or data.size, normalization=data.normalization
+        spec,
+        device=device,
+        seed=config.seed,
+        image_size=config.image_size or data.size,
+        normalization=data.normalization,
     )
 
 
@@ -106,18 +112,39 @@ class Job:
     def to_args(self) -> dict:
         """The job as JSON-able launch-spec arguments (the config travels as the spec's config file)."""
         # absolute paths: the ranks on other nodes and a finalize step may start in another working directory
-        return {"out": str(self.out.absolute()), "data": str(self.data.absolute()), "encoder": self.spec.absolute(),
-                "weights": str(self.spec.weights.absolute()) if self.spec.weights else None, "device": self.device,
-                "batch_size": self.batch_size, "workers": self.workers, "n_rows": self.n_rows,
-                "unit_rows": self.unit_rows, "pending": list(self.pending), "dtypes": dict(self.dtypes),
-                "clip": list(self.clip) if self.clip else None, "ledger": self.ledger}
+        return {
+            "out": str(self.out.absolute()),
+            "data": str(self.data.absolute()),
+            "encoder": self.spec.absolute(),
+            "weights": str(self.spec.weights.absolute()) if self.spec.weights else None,
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "n_rows": self.n_rows,
+            "unit_rows": self.unit_rows,
+            "pending": list(self.pending),
+            "dtypes": dict(self.dtypes),
+            "clip": list(self.clip) if self.clip else None,
+            "ledger": self.ledger,
+        }
 
     @classmethod
     def from_args(cls, args: dict, config: EmbedConfig) -> Job:
-        return cls(Path(args["out"]), Path(args["data"]), parse_encoder_spec(args["encoder"], args["weights"]), config,
-                   args["device"], int(args["batch_size"]), args["workers"], int(args["n_rows"]),
-                   int(args["unit_rows"]), [int(u) for u in args["pending"]], dict(args["dtypes"]),
-                   tuple(args["clip"]) if args["clip"] else None, str(args.get("ledger") or ""))
+        return cls(
+            Path(args["out"]),
+            Path(args["data"]),
+            parse_encoder_spec(args["encoder"], args["weights"]),
+            config,
+            args["device"],
+            int(args["batch_size"]),
+            args["workers"],
+            int(args["n_rows"]),
+            int(args["unit_rows"]),
+            [int(u) for u in args["pending"]],
+            dict(args["dtypes"]),
+            tuple(args["clip"]) if args["clip"] else None,
+            str(args.get("ledger") or ""),
+        )
 
 
 def resolve_device(options: EmbedOptions, *, check: bool = True) -> tuple[str, ProcessPlan]:
@@ -160,13 +187,36 @@ def run_embed(
     options = options or EmbedOptions()
     out = Path(out)
     if in_worker() and worker_info(False).world > 1:  # ranks of an outside torchrun: every rank runs this function
-        return run_ranks(options, lambda dev, info: _prepare(
-            out, config, encoder=encoder, data=data, weights=weights, options=options, device=dev, world=info.world,
-            local=info.local_world, force=force, dry_run=False)[:2],
-            lambda builder, job: finish(builder, job) if builder is not None else builder_existing(out))
+        return run_ranks(
+            options,
+            lambda dev, info: _prepare(
+                out,
+                config,
+                encoder=encoder,
+                data=data,
+                weights=weights,
+                options=options,
+                device=dev,
+                world=info.world,
+                local=info.local_world,
+                force=force,
+                dry_run=False,
+            )[:2],
+            lambda builder, job: finish(builder, job) if builder is not None else builder_existing(out),
+        )
     dev, procs = resolve_device(options, check=not dry_run)
-    builder, job, enc = _prepare(out, config, encoder=encoder, data=data, weights=weights, options=options,
-                                 device=dev, world=procs.world, force=force, dry_run=dry_run)
+    builder, job, enc = _prepare(
+        out,
+        config,
+        encoder=encoder,
+        data=data,
+        weights=weights,
+        options=options,
+        device=dev,
+        world=procs.world,
+        force=force,
+        dry_run=dry_run,
+    )
     if builder is None or isinstance(job, dict):
         if isinstance(job, dict):
             job["launch"] = dry_run_command(procs) if procs.launches else None
@@ -195,12 +245,20 @@ def array_bytes(contents: dict) -> int:
 
 def _launch(job: Job, procs: ProcessPlan) -> None:
     """Embed the job's pending units on ``procs`` launched processes (each takes its slice)."""
-    spec = LaunchSpec("embed", f"{__name__}:run_launched", job.to_args(), dump_yaml(job.config),
-                      quiet=console.settings.quiet, verbose=console.settings.verbose)
+    spec = LaunchSpec(
+        "embed",
+        f"{__name__}:run_launched",
+        job.to_args(),
+        dump_yaml(job.config),
+        quiet=console.settings.quiet,
+        verbose=console.settings.verbose,
+    )
     code = launch(spec, procs)
     if code != 0:
-        raise CxrjepaError(f"The embed processes failed (exit code {code}); see their messages above. "
-                           "Finished rows are kept; rerun the same command to resume.")
+        raise CxrjepaError(
+            f"The embed processes failed (exit code {code}); see their messages above. "
+            "Finished rows are kept; rerun the same command to resume."
+        )
 
 
 def run_launched(spec: LaunchSpec) -> None:
@@ -233,12 +291,17 @@ class Layout:
         enc, spec = self.encoder, self.spec
         size = input_size(config, enc)
         contents = {
-            "arrays": {k: {"path": f"{store.ZARR}/{k}", "shape": [self.n, *s], "dtype": self.dtypes[k]}
-                       for k, s in self.shapes.items()},
+            "arrays": {
+                k: {"path": f"{store.ZARR}/{k}", "shape": [self.n, *s], "dtype": self.dtypes[k]}
+                for k, s in self.shapes.items()
+            },
             "index": store.INDEX,
             "label_columns": list(self.ds.label_columns),
-            "encoder": {**enc.describe(), "load": spec.absolute(),
-                        "weights": str(spec.weights.resolve()) if spec.weights else None},
+            "encoder": {
+                **enc.describe(),
+                "load": spec.absolute(),
+                "weights": str(spec.weights.resolve()) if spec.weights else None,
+            },
             "dataset": {"path": str(Path(data).resolve()), "fingerprint": self.ds.artifact.content_fingerprint},
             "input_size": size,
             "unit_rows": unit_rows or self.unit_rows,
@@ -247,22 +310,55 @@ class Layout:
             contents["arrays"][PATCH]["grid"] = list(enc.token_grid(size, size))
         return contents
 
-    def job(self, out: Path, data: str | Path, config: EmbedConfig, options: EmbedOptions, device: str,
-            unit_rows: int, pending: list[int], ledger: str = "") -> Job:
+    def job(
+        self,
+        out: Path,
+        data: str | Path,
+        config: EmbedConfig,
+        options: EmbedOptions,
+        device: str,
+        unit_rows: int,
+        pending: list[int],
+        ledger: str = "",
+    ) -> Job:
         clip = encoder_clip(self.encoder)
         batch_size = max(options.batch_size, clip[0]) if clip else options.batch_size  # at least one whole window
-        return Job(Path(out), Path(data), self.spec, config, device, batch_size, options.workers, self.n, unit_rows,
-                   pending, self.dtypes, clip, ledger)
+        return Job(
+            Path(out),
+            Path(data),
+            self.spec,
+            config,
+            device,
+            batch_size,
+            options.workers,
+            self.n,
+            unit_rows,
+            pending,
+            self.dtypes,
+            clip,
+            ledger,
+        )
 
     def announce(self, config: EmbedConfig, device: str, world: int, what: str = "") -> None:
         enc = self.encoder
-        msg = (f"{what or f'Embedding {self.n} samples'} with '{self.spec.text}' ({enc.source}, dim {enc.embed_dim}, "
-               f"{input_size(config, enc)} px) on {device}")
+        msg = (
+            f"{what or f'Embedding {self.n} samples'} with '{self.spec.text}' ({enc.source}, dim {enc.embed_dim}, "
+            f"{input_size(config, enc)} px) on {device}"
+        )
         console.info(msg + (f" x{world}." if world > 1 else "."))
 
 
-def layout_for(ds: DatasetArtifact, config: EmbedConfig, options: EmbedOptions, *, encoder: str | Path,
-               weights: str | Path | None, device: str, world: int, local: int | None = None) -> Layout:
+def layout_for(
+    ds: DatasetArtifact,
+    config: EmbedConfig,
+    options: EmbedOptions,
+    *,
+    encoder: str | Path,
+    weights: str | Path | None,
+    device: str,
+    world: int,
+    local: int | None = None,
+) -> Layout:
     """Load the encoder (on the CPU) and decide the arrays for the dataset ``ds``: shapes, dtypes, rows per unit
     for ``world`` processes; refuse a batch that cannot fit in memory (``local``: the processes on this machine)."""
     spec = parse_encoder_spec(encoder, weights)
@@ -281,15 +377,24 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     spec = parse_encoder_spec(encoder, weights)
     refs = embed_input_refs(encoder, data, weights)
     opts = {**to_dict(options), "device": device, "world_size": world}
-    builder = begin(out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run,
-                    version=ALGORITHM_VERSION)
+    builder = begin(
+        out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run, version=ALGORITHM_VERSION
+    )
     if builder.skipped:
         console.info(f"Embeddings '{out}' are up to date.")
         return None, None, None
     if dry_run:
         n = len(ds.meta)
-        plan = {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
-                "samples": n, "encoder": spec.text, "device": device, "world_size": world}
+        plan = {
+            "dry_run": True,
+            "out": str(out),
+            "action": builder.action,
+            "fingerprint": builder.fingerprint,
+            "samples": n,
+            "encoder": spec.text,
+            "device": device,
+            "world_size": world,
+        }
         console.info(f"Would embed {n} samples of '{data}' with '{spec.text}' into '{out}' ({builder.action}).")
         return builder, plan, None
     lay = layout_for(ds, config, options, encoder=encoder, weights=weights, device=device, world=world, local=local)
@@ -311,8 +416,15 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     return builder, lay.job(out, data, config, options, device, unit_rows, pending), lay.encoder
 
 
-def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOptions, device: str, world: int,
-                  shapes: dict, unit_rows: int) -> None:
+def _check_memory(
+    enc: FeatureEncoder,
+    config: EmbedConfig,
+    options: EmbedOptions,
+    device: str,
+    world: int,
+    shapes: dict,
+    unit_rows: int,
+) -> None:
     """Refuse a batch size whose forward pass cannot fit (cxrjepa.core.memory), before any batch is read."""
     from cxrjepa.core.memory import check_embed_memory
 
@@ -320,11 +432,18 @@ def _check_memory(enc: FeatureEncoder, config: EmbedConfig, options: EmbedOption
     clip = encoder_clip(enc)
     # a forward pass never crosses a unit of rows: at most unit_rows images (clips: whole windows of frames)
     batch = max(options.batch_size, clip[0]) if clip else min(options.batch_size, unit_rows)
-    check_embed_memory(device=device, batch=batch,
-                       image_size=size, tokens=int(np.prod(enc.token_grid(size, size))), width=int(enc.embed_dim),
-                       params=sum(p.numel() for p in enc.parameters()),
-                       out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())), unit_rows=unit_rows,
-                       processes=world if device == "cpu" else 1, enabled=options.memory_check)
+    check_embed_memory(
+        device=device,
+        batch=batch,
+        image_size=size,
+        tokens=int(np.prod(enc.token_grid(size, size))),
+        width=int(enc.embed_dim),
+        params=sum(p.numel() for p in enc.parameters()),
+        out_values_per_sample=int(sum(np.prod(s) for s in shapes.values())),
+        unit_rows=unit_rows,
+        processes=world if device == "cpu" else 1,
+        enabled=options.memory_check,
+    )
 
 
 def _work(info: DistInfo, job: Job, encoder: FeatureEncoder | None = None) -> None:
@@ -389,18 +508,27 @@ def finish(builder: ArtifactBuilder, job: Job) -> Artifact:
     elif job.config.format == "parquet":
         files = store.export_parquet(out, arrays, ds.sample_ids, job.unit_rows)
     builder.contents["exports"] = files
-    builder.counts.update({"samples": job.n_rows, "frames_embedded": int(plan.frames.size), "rejected": 0,
-                           "units": len(ranges)})
+    builder.counts.update(
+        {"samples": job.n_rows, "frames_embedded": int(plan.frames.size), "rejected": 0, "units": len(ranges)}
+    )
     check_written(store.EmbeddingsContents, builder.contents, what="an embeddings manifest's contents")
-    content = hash_obj({"fingerprint": builder.fingerprint, "units": [done[u]["digest"] for u in range(len(ranges))],
-                        "index": ds.artifact.content_fingerprint})
+    content = hash_obj(
+        {
+            "fingerprint": builder.fingerprint,
+            "units": [done[u]["digest"] for u in range(len(ranges))],
+            "index": ds.artifact.content_fingerprint,
+        }
+    )
     art = builder.finish(content)
     console.info(f"Wrote {job.n_rows} embeddings to '{out}'.")
     return art
 
 
-def run_ranks(options: EmbedOptions, prepare: Callable[[str, DistInfo], tuple[Any, Job | None]],
-              complete: Callable[[Any, Job | None], Any]) -> Any:
+def run_ranks(
+    options: EmbedOptions,
+    prepare: Callable[[str, DistInfo], tuple[Any, Job | None]],
+    complete: Callable[[Any, Job | None], Any],
+) -> Any:
     """The ranks of an outside torchrun launch (every rank runs the same command, on one node or several):
     rank 0 prepares (``prepare(device, info)`` -> its state and the job, None when there is nothing to do)
     and broadcasts the job, every rank embeds its slice of the pending units, and rank 0 completes
@@ -438,10 +566,14 @@ def check_shared(info: DistInfo, out: Path, data: Path) -> None:
     if seen >= 1.0:
         return
     if not sees:
-        raise CxrjepaError(f"Rank {info.rank} on '{socket.gethostname()}' cannot see the embeddings folder '{out}' "
-                           f"rank 0 created, or the dataset '{data}'; with several nodes, --out and --data must be on "
-                           "storage every node shares (docs/cluster.md).")
+        raise CxrjepaError(
+            f"Rank {info.rank} on '{socket.gethostname()}' cannot see the embeddings folder '{out}' "
+            f"rank 0 created, or the dataset '{data}'; with several nodes, --out and --data must be on "
+            "storage every node shares (docs/cluster.md)."
+        )
     blind = round((1.0 - seen) * info.world)
-    raise CxrjepaError(f"{blind} of {info.world} ranks cannot see the embeddings folder '{out}' or the dataset "
-                       f"'{data}'; with several nodes, --out and --data must be on storage every node shares "
-                       "(docs/cluster.md).")
+    raise CxrjepaError(
+        f"{blind} of {info.world} ranks cannot see the embeddings folder '{out}' or the dataset "
+        f"'{data}'; with several nodes, --out and --data must be on storage every node shares "
+        "(docs/cluster.md)."
+    )

@@ -123,8 +123,19 @@ def _after(out: Path, part: Part, joined: Joined, summary: dict, auto_finalize: 
     return summary
 
 
-def _join(out: Path, part: Part, config: EmbedConfig, encoder, data, weights, options: EmbedOptions, device: str,
-          world: int, local: int, force: bool) -> tuple[Joined | None, Job | Artifact, Layout | None]:
+def _join(
+    out: Path,
+    part: Part,
+    config: EmbedConfig,
+    encoder,
+    data,
+    weights,
+    options: EmbedOptions,
+    device: str,
+    world: int,
+    local: int,
+    force: bool,
+) -> tuple[Joined | None, Job | Artifact, Layout | None]:
     """Join (or create) the artifact as ``part``; returns the part's place, its job (the pending units of
     its slice) and the layout, or ``(None, artifact, None)`` when the embeddings are complete."""
     ds = DatasetArtifact.open(data)
@@ -143,8 +154,19 @@ def _join(out: Path, part: Part, config: EmbedConfig, encoder, data, weights, op
         builder.contents.update(lay.contents(data, config))
         builder.write_partial()
 
-    joined = join(out, part, kind="embeddings", stage="embed", params=config, inputs=refs, version=ALGORITHM_VERSION,
-                  options=opts, force=force, ready=ready, create=create)
+    joined = join(
+        out,
+        part,
+        kind="embeddings",
+        stage="embed",
+        params=config,
+        inputs=refs,
+        version=ALGORITHM_VERSION,
+        options=opts,
+        force=force,
+        ready=ready,
+        create=create,
+    )
     if joined.existing is not None:
         console.info(f"Embeddings '{out}' are up to date.")
         return None, joined.existing, None
@@ -164,8 +186,12 @@ def _join(out: Path, part: Part, config: EmbedConfig, encoder, data, weights, op
         write_record(joined.folder, new_record(part, joined.settings, {"job": job.to_args(), "units": mine}))
         rows = sum(min(lay.n, (u + 1) * unit_rows) - u * unit_rows for u in mine)
         done_here = f", {len(mine) - len(pending)} of them already written" if len(pending) < len(mine) else ""
-        lay.announce(config, device, world, f"Part {part}: embedding {rows} of {lay.n} samples ({len(mine)} of {n_units} "
-                                            f"units{done_here})")
+        lay.announce(
+            config,
+            device,
+            world,
+            f"Part {part}: embedding {rows} of {lay.n} samples ({len(mine)} of {n_units} units{done_here})",
+        )
     except BaseException:
         joined.release()
         raise
@@ -179,22 +205,40 @@ def _complete(out: Path, joined: Joined, job: Job) -> dict:
     done = store.Ledger(out).done()
     left = [u for u in mine if u not in done]
     if left:
-        raise CxrjepaError(f"{len(left)} units of rows of part {joined.part} were not written; rerun the same command "
-                           "to resume.")
+        raise CxrjepaError(
+            f"{len(left)} units of rows of part {joined.part} were not written; rerun the same command to resume."
+        )
     record = finish_record(joined.folder, record)
-    return {"path": str(out), "kind": "embeddings", "status": "partial", "part": str(joined.part),
-            "part_status": record["status"], "units": len(mine), "fingerprint": record["fingerprint"]}
+    return {
+        "path": str(out),
+        "kind": "embeddings",
+        "status": "partial",
+        "part": str(joined.part),
+        "part_status": record["status"],
+        "units": len(mine),
+        "fingerprint": record["fingerprint"],
+    }
 
 
-def _part_as_ranks(out: Path, part: Part, config: EmbedConfig, encoder, data, weights, options: EmbedOptions,
-                   force: bool, auto_finalize: bool) -> Artifact | dict | None:
+def _part_as_ranks(
+    out: Path,
+    part: Part,
+    config: EmbedConfig,
+    encoder,
+    data,
+    weights,
+    options: EmbedOptions,
+    force: bool,
+    auto_finalize: bool,
+) -> Artifact | dict | None:
     """A part run by the ranks of an outside torchrun (one node or several): rank 0 joins and records the
     part, every rank embeds its slice of the part's units, rank 0 completes the part (and finalizes)."""
     held: dict = {}
 
     def prepare(dev: str, info: DistInfo):
-        joined, job, _ = _join(out, part, config, encoder, data, weights, options, dev, info.world, info.local_world,
-                               force)
+        joined, job, _ = _join(
+            out, part, config, encoder, data, weights, options, dev, info.world, info.local_world, force
+        )
         if joined is None:
             held["existing"] = job
             return None, None
@@ -235,9 +279,11 @@ def finalize_embed(out: str | Path) -> Artifact:
             console.info(f"Embeddings '{out}' are up to date.")
             return Artifact(out, manifest)
         if manifest is None or not found:
-            raise PartsIncompleteError(f"'{out}' holds no embed parts to finalize; run '{COMMAND} ... --out {out} "
-                                       "--part K/N' for K = 0 .. N-1 first (an interrupted single run resumes by "
-                                       "rerunning its own command).")
+            raise PartsIncompleteError(
+                f"'{out}' holds no embed parts to finalize; run '{COMMAND} ... --out {out} "
+                "--part K/N' for K = 0 .. N-1 first (an interrupted single run resumes by "
+                "rerunning its own command)."
+            )
         ensure_idle(out, f"finalize '{out}'")
         fp = manifest["fingerprint"]
         contents = manifest.get("contents") or {}
@@ -251,8 +297,11 @@ def finalize_embed(out: str | Path) -> Artifact:
             state = incomplete(found, count, fp)
             if reference is not None:  # name the parts whose units are missing (units are the same in any split)
                 gaps = set(missing)
-                state = {p: state.get(p, "has units that were never written") for k in range(count)
-                         if gaps & set(part_units(n_units, p := Part(k, count)))}
+                state = {
+                    p: state.get(p, "has units that were never written")
+                    for k in range(count)
+                    if gaps & set(part_units(n_units, p := Part(k, count)))
+                }
             if not state:
                 state = {Part(k, count): "missing" for k in range(count)}
             raise PartsIncompleteError(missing_sentence(out, state, COMMAND, reference, found))
@@ -260,13 +309,22 @@ def finalize_embed(out: str | Path) -> Artifact:
         job = Job.from_args(reference["settings"]["job"], config)
         ds = DatasetArtifact.open(job.data)
         if ds.artifact.content_fingerprint != (contents.get("dataset") or {}).get("fingerprint"):
-            raise PartsIncompleteError(f"The dataset '{job.data}' changed after the parts of '{out}' ran; rerun them "
-                                       "with --force.")
+            raise PartsIncompleteError(
+                f"The dataset '{job.data}' changed after the parts of '{out}' ran; rerun them with --force."
+            )
         count = reference["parts"]
-        builder = begin(out, "embeddings", config, manifest["inputs"],
-                        options={**(manifest.get("options") or {}), "parts": count}, version=ALGORITHM_VERSION)
+        builder = begin(
+            out,
+            "embeddings",
+            config,
+            manifest["inputs"],
+            options={**(manifest.get("options") or {}), "parts": count},
+            version=ALGORITHM_VERSION,
+        )
         if builder.fingerprint != fp:
-            raise CxrjepaError(f"The parts of '{out}' were made by another version of cxrjepa; rerun them with --force.")
+            raise CxrjepaError(
+                f"The parts of '{out}' were made by another version of cxrjepa; rerun them with --force."
+            )
         builder.contents = dict(contents)
         console.info(f"Finalizing '{out}' from its parts ({n_units} units of rows).")
         art = finish(builder, job)

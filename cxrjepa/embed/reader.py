@@ -79,8 +79,9 @@ def plan_clips(starts: np.ndarray, counts: np.ndarray, length: int, stride: int 
     return FramePlan(starts[row] + np.minimum(offset + k * stride, counts[row] - 1), ptr)
 
 
-def plan_for(clip: tuple[int, int] | None, starts: np.ndarray, counts: np.ndarray, clip_frames: int = 16,
-             clip_pool: str = "mean") -> FramePlan:
+def plan_for(
+    clip: tuple[int, int] | None, starts: np.ndarray, counts: np.ndarray, clip_frames: int = 16, clip_pool: str = "mean"
+) -> FramePlan:
     """The frames embed reads: clip windows for a clip encoder (``clip`` = (frames, stride)), else
     :func:`plan_frames`. A clip encoder embeds ``clip_frames // frames`` windows per sample (at least one;
     one centred window with ``clip_pool: middle``)."""
@@ -178,5 +179,10 @@ def auto_workers(n_batches: int, world: int = 1) -> int:
 def batch_loader(data: DatasetArtifact, plan: FramePlan, batches, *, workers: int, pin_memory: bool) -> DataLoader:
     kwargs = {"prefetch_factor": 4, "worker_init_fn": worker_init, "persistent_workers": False} if workers > 0 else {}
     return DataLoader(
-        BatchReader(data, plan, batches), batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory, **kwargs
+        BatchReader(data, plan, batches),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        **kwargs,
     )

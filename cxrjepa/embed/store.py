@@ -68,23 +68,35 @@ class EmbeddingsContents:
     exports: list[str] = field(default_factory=list)
 
 
-def unit_rows_for(shapes: dict[str, tuple[int, ...]], patch_itemsize: int = 2, budget: int = 64 << 20, cap: int = 256) -> int:
+def unit_rows_for(
+    shapes: dict[str, tuple[int, ...]], patch_itemsize: int = 2, budget: int = 64 << 20, cap: int = 256
+) -> int:
     """Rows per unit (= rows per output chunk/shard): 256, fewer when patch tokens would exceed ~64 MB."""
     per_row = max(int(np.prod(s)) * (patch_itemsize if len(s) > 1 else 4) for s in shapes.values())
     rows = max(8, min(cap, budget // max(per_row, 1)))
     return 1 << (int(rows).bit_length() - 1)  # a power of two
 
 
-def create_arrays(out: Path, n: int, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], unit_rows: int) -> dict[str, zarr.Array]:
+def create_arrays(
+    out: Path, n: int, shapes: dict[str, tuple[int, ...]], dtypes: dict[str, str], unit_rows: int
+) -> dict[str, zarr.Array]:
     root = zarr.open_group(str(out / ZARR), mode="w")
     arrays = {}
     for name, tail in shapes.items():
         shape = (n, *tail)
         if len(tail) == 1:
-            arr = root.create_array(name, shape=shape, dtype=dtypes[name], chunks=(unit_rows, *tail), dimension_names=DIMS[1], fill_value=0)
+            arr = root.create_array(
+                name, shape=shape, dtype=dtypes[name], chunks=(unit_rows, *tail), dimension_names=DIMS[1], fill_value=0
+            )
         else:  # one sample per chunk, one unit per shard file
             arr = root.create_array(
-                name, shape=shape, dtype=dtypes[name], chunks=(1, *tail), shards=(unit_rows, *tail), dimension_names=DIMS[2], fill_value=0
+                name,
+                shape=shape,
+                dtype=dtypes[name],
+                chunks=(1, *tail),
+                shards=(unit_rows, *tail),
+                dimension_names=DIMS[2],
+                fill_value=0,
             )
         arrays[name] = arr
     return arrays
@@ -244,7 +256,9 @@ class Embeddings:
     def array(self, name: str = "features") -> np.ndarray:
         if name not in self.arrays:
             have = ", ".join(self.arrays) or "none"
-            raise ArtifactError(f"The embeddings '{self.path}' hold no '{name}' (they hold {have}); re-run 'cxrjepa embed' with it.")
+            raise ArtifactError(
+                f"The embeddings '{self.path}' hold no '{name}' (they hold {have}); re-run 'cxrjepa embed' with it."
+            )
         return np.asarray(open_arrays(self.path)[name][:])
 
     @property

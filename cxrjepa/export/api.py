@@ -50,8 +50,11 @@ def _encoder_folder(encoder: Path) -> tuple[Path, Artifact | None]:
     if not (folder / WEIGHTS).is_file():
         raise ArtifactError(
             f"'{encoder}' holds no encoder weights ({folder.name}/{WEIGHTS}); "
-            + ("export it again with --format safetensors." if art.kind == KIND
-               else "rerun 'cxrjepa pretrain' to finish it.")
+            + (
+                "export it again with --format safetensors."
+                if art.kind == KIND
+                else "rerun 'cxrjepa pretrain' to finish it."
+            )
         )
     return folder, art
 
@@ -81,14 +84,16 @@ def _check_data(data: str | Path | None, art: Artifact | None, notes: list[str])
         found.sort(key=lambda i: i.get("name") != "data")
         path = found[0]["path"] if found else None
     else:
-        check = (art.contents.get("check") or {})
+        check = art.contents.get("check") or {}
         path = check.get("path") if check.get("kind") == "dataset" else None
     if path is None:
         return None
     manifest = _manifest(Path(path))
     if manifest is None or manifest.get("status") != "complete":
-        note = (f"The encoder's dataset '{path}' is not readable here; checking on synthetic images "
-                "(pass --data to use a dataset).")
+        note = (
+            f"The encoder's dataset '{path}' is not readable here; checking on synthetic images "
+            "(pass --data to use a dataset)."
+        )
         console.warn(note)
         notes.append(note)
         return None
@@ -99,14 +104,18 @@ def _formats(config: ExportConfig, encoder: EncoderConfig, notes: list[str]) -> 
     formats = config.wanted()
     if encoder.is_clip and "hf" in formats:
         if config.formats is not None:
-            raise UsageError("A clip (tubelet) encoder cannot be a Hugging Face folder: no stock transformers class "
-                             "builds its 3-D tubelet embedding; export it as safetensors, onnx or torchscript.")
+            raise UsageError(
+                "A clip (tubelet) encoder cannot be a Hugging Face folder: no stock transformers class "
+                "builds its 3-D tubelet embedding; export it as safetensors, onnx or torchscript."
+            )
         formats.remove("hf")
         notes.append("hf was not written: no stock transformers class builds a clip encoder's tubelet embedding.")
     missing = missing_packages(formats)
     if missing:
-        raise UsageError(f"Exporting to {', '.join(formats)} needs the packages {', '.join(sorted(set(missing)))}: "
-                         "pip install 'cxrjepa[export]'.")
+        raise UsageError(
+            f"Exporting to {', '.join(formats)} needs the packages {', '.join(sorted(set(missing)))}: "
+            "pip install 'cxrjepa[export]'."
+        )
     return formats
 
 
@@ -149,13 +158,25 @@ def _export_one(fmt: str, src: Source, out: Path, batch: CheckBatch, config: Exp
     dest = out / fmt
     shutil.rmtree(dest, ignore_errors=True)
     stage.rename(dest)
-    files = {str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": hash_file(p)}
-             for p in sorted(dest.rglob("*")) if p.is_file()}
-    console.info(f"export: {fmt} written and checked (max abs diff {diff:.3g} <= {tolerance:g}) in "
-                 f"{time.perf_counter() - t0:.1f} s.")
-    return {"files": files, "bytes": sum(f["bytes"] for f in files.values()), "tolerance": tolerance,
-            "max_abs_diff": diff, "checked_batch_sizes": sizes, "write_s": round(written_s, 2),
-            "total_s": round(time.perf_counter() - t0, 2), **info}
+    files = {
+        str(p.relative_to(out)): {"bytes": p.stat().st_size, "sha256": hash_file(p)}
+        for p in sorted(dest.rglob("*"))
+        if p.is_file()
+    }
+    console.info(
+        f"export: {fmt} written and checked (max abs diff {diff:.3g} <= {tolerance:g}) in "
+        f"{time.perf_counter() - t0:.1f} s."
+    )
+    return {
+        "files": files,
+        "bytes": sum(f["bytes"] for f in files.values()),
+        "tolerance": tolerance,
+        "max_abs_diff": diff,
+        "checked_batch_sizes": sizes,
+        "write_s": round(written_s, 2),
+        "total_s": round(time.perf_counter() - t0, 2),
+        **info,
+    }
 
 
 def _encoder_meta(folder: Path) -> dict:
@@ -195,31 +216,51 @@ def run_export(
         return builder.existing_artifact()
     if dry_run:
         console.info(f"Would export '{encoder}' as {', '.join(formats)} into '{out}' ({builder.action}).")
-        return {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
-                "encoder": str(encoder), "formats": formats}
+        return {
+            "dry_run": True,
+            "out": str(out),
+            "action": builder.action,
+            "fingerprint": builder.fingerprint,
+            "encoder": str(encoder),
+            "formats": formats,
+        }
     _clear(out)
     from cxrjepa.models.external import load_feature_encoder
 
     src = Source(folder, load_encoder(folder))
     reference = load_feature_encoder(str(folder))  # the encoder exactly as `cxrjepa embed --encoder` loads it
     check_data = _check_data(data, art, notes)
-    batch = make_check_batch(reference, check_data, config.check_samples, config.seed, src.loaded.normalization.divide_by)
+    batch = make_check_batch(
+        reference, check_data, config.check_samples, config.seed, src.loaded.normalization.divide_by
+    )
     if batch.source["kind"] == "synthetic":
         notes.append(batch.source["note"])
     cfg = src.loaded.config
     builder.notes = notes
-    builder.contents.update({
-        "encoder": {"path": str(encoder.resolve()), "fingerprint": src.loaded.fingerprint, "timm_model": cfg.timm_model,
-                    "encoder": to_dict(cfg), "embed_dim": cfg.embed_dim, "patch_size": cfg.patch_size,
-                    "image_size": cfg.image_size, "in_chans": cfg.in_chans, "clip": cfg.is_clip,
-                    "normalization": to_dict(src.loaded.normalization)},
-        "check": batch.source,
-        "formats": {},
-    })
+    builder.contents.update(
+        {
+            "encoder": {
+                "path": str(encoder.resolve()),
+                "fingerprint": src.loaded.fingerprint,
+                "timm_model": cfg.timm_model,
+                "encoder": to_dict(cfg),
+                "embed_dim": cfg.embed_dim,
+                "patch_size": cfg.patch_size,
+                "image_size": cfg.image_size,
+                "in_chans": cfg.in_chans,
+                "clip": cfg.is_clip,
+                "normalization": to_dict(src.loaded.normalization),
+            },
+            "check": batch.source,
+            "formats": {},
+        }
+    )
     builder.write_partial()
-    console.info(f"Exporting '{encoder}' ({cfg.timm_model}, {cfg.image_size} px) as {', '.join(formats)}; checking on "
-                 f"{len(batch)} {'dataset' if batch.source['kind'] == 'dataset' else 'synthetic'} "
-                 f"{'clips' if cfg.is_clip else 'images'}.")
+    console.info(
+        f"Exporting '{encoder}' ({cfg.timm_model}, {cfg.image_size} px) as {', '.join(formats)}; checking on "
+        f"{len(batch)} {'dataset' if batch.source['kind'] == 'dataset' else 'synthetic'} "
+        f"{'clips' if cfg.is_clip else 'images'}."
+    )
     for fmt in formats:
         builder.contents["formats"][fmt] = _export_one(fmt, src, out, batch, config)
         builder.write_partial()

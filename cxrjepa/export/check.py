@@ -47,7 +47,9 @@ class CheckBatch:
         return self.stored.astype(np.float32)[:, None]
 
 
-def dataset_frames(data: str | Path, encoder: FeatureEncoder, samples: int) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def dataset_frames(
+    data: str | Path, encoder: FeatureEncoder, samples: int
+) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """(frames (F, H, W), frames per row, maximum stored value, source) of ``samples`` evenly spread rows."""
     ds = DatasetArtifact.open(data)
     n = len(ds)
@@ -56,21 +58,30 @@ def dataset_frames(data: str | Path, encoder: FeatureEncoder, samples: int) -> t
     clip = encoder_clip(encoder)
     plan = plan_for(clip, starts[rows], counts[rows], clip[0] if clip else 1, "middle")
     frames = read_frames(ds.images, plan.frames)
-    source = {"kind": "dataset", "path": str(Path(data).resolve()), "fingerprint": ds.artifact.content_fingerprint,
-              "rows": rows.tolist()}
+    source = {
+        "kind": "dataset",
+        "path": str(Path(data).resolve()),
+        "fingerprint": ds.artifact.content_fingerprint,
+        "rows": rows.tolist(),
+    }
     return frames, plan.counts(), ds.max_value, source
 
 
-def synthetic_frames(encoder: FeatureEncoder, samples: int, seed: int,
-                     max_value: float) -> tuple[np.ndarray, np.ndarray, float, dict]:
+def synthetic_frames(
+    encoder: FeatureEncoder, samples: int, seed: int, max_value: float
+) -> tuple[np.ndarray, np.ndarray, float, dict]:
     """Seeded uniform-noise frames at the encoder's size, in the integer type ``max_value`` implies."""
     dtype = np.uint8 if max_value <= 255 else np.uint16
     per_row = encoder.clip_frames if encoder.clip_frames > 1 else 1
     size = encoder.image_size
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, int(np.iinfo(dtype).max) + 1, (samples * per_row, size, size)).astype(dtype)
-    source = {"kind": "synthetic", "seed": seed, "dtype": np.dtype(dtype).name,
-              "note": "no dataset was known for this encoder: checked on seeded synthetic images (uniform noise)"}
+    source = {
+        "kind": "synthetic",
+        "seed": seed,
+        "dtype": np.dtype(dtype).name,
+        "note": "no dataset was known for this encoder: checked on seeded synthetic images (uniform noise)",
+    }
     return frames, np.full(samples, per_row, dtype=np.int64), float(np.iinfo(dtype).max), source
 
 
@@ -87,8 +98,9 @@ def model_input(frames: np.ndarray, counts: np.ndarray, max_value: float, encode
     return x
 
 
-def make_check_batch(encoder: FeatureEncoder, data: str | Path | None, samples: int, seed: int,
-                     divide_by: float) -> CheckBatch:
+def make_check_batch(
+    encoder: FeatureEncoder, data: str | Path | None, samples: int, seed: int, divide_by: float
+) -> CheckBatch:
     """The check batch from ``data`` (a dataset artifact), or a synthetic one when ``data`` is ``None``."""
     if data is not None:
         frames, counts, max_value, source = dataset_frames(data, encoder, samples)

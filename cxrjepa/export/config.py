@@ -51,8 +51,9 @@ class ExportConfig:
             if len(set(self.formats)) != len(self.formats):
                 raise ConfigError("'formats' names a format twice.")
         if self.onnx_opset < MIN_OPSET:
-            raise ConfigError(f"'onnx_opset' must be {MIN_OPSET} or later (the opset torch's exporter writes), "
-                              f"not {self.onnx_opset}.")
+            raise ConfigError(
+                f"'onnx_opset' must be {MIN_OPSET} or later (the opset torch's exporter writes), not {self.onnx_opset}."
+            )
         for name in FORMATS:
             if not getattr(self.tolerance, name) >= 0:
                 raise ConfigError(f"'tolerance.{name}' must be zero or more.")

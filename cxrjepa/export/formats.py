@@ -138,9 +138,14 @@ def _graph_io(src: Source) -> dict:
     """Input and output description shared by the ONNX and TorchScript graphs."""
     norm, dim = src.loaded.normalization, src.loaded.config.embed_dim
     return {
-        "inputs": {INPUT: {"shape": src.input_shape(), "dtype": "float32",
-                           "values": f"stored intensity / maximum of its type ({norm.divide_by:g} for this encoder's "
-                                     "training data), i.e. in [0, 1]"}},
+        "inputs": {
+            INPUT: {
+                "shape": src.input_shape(),
+                "dtype": "float32",
+                "values": f"stored intensity / maximum of its type ({norm.divide_by:g} for this encoder's "
+                "training data), i.e. in [0, 1]",
+            }
+        },
         "outputs": {"features": ["batch", dim], "patch_tokens": ["batch", "tokens", dim]},
         "normalization": {"where": "inside the graph: (image - mean) / std", "mean": norm.mean, "std": norm.std},
     }
@@ -157,12 +162,18 @@ def write_safetensors(src: Source, folder: Path, batch: CheckBatch, opset: int) 
     return {
         "loads_with": "timm" if meta.get("timm_loadable", True) else "cxrjepa.models.export.load_encoder",
         "timm_model": meta.get("timm_model"),
-        "inputs": {"x": {"shape": src.input_shape(), "dtype": "float32",
-                         "values": "(stored / divide_by - mean) / std"}},
+        "inputs": {
+            "x": {"shape": src.input_shape(), "dtype": "float32", "values": "(stored / divide_by - mean) / std"}
+        },
         "outputs": {"features": "model(x)", "patch_tokens": "model.forward_features(x)"}
-        if not src.is_clip else {"features": "enc.model(x)", "patch_tokens": "enc.model.tokens(x)"},
-        "normalization": {"where": "outside the model (config.json 'normalization')", "divide_by": norm.divide_by,
-                          "mean": norm.mean, "std": norm.std},
+        if not src.is_clip
+        else {"features": "enc.model(x)", "patch_tokens": "enc.model.tokens(x)"},
+        "normalization": {
+            "where": "outside the model (config.json 'normalization')",
+            "divide_by": norm.divide_by,
+            "mean": norm.mean,
+            "std": norm.std,
+        },
     }
 
 
@@ -197,16 +208,25 @@ def write_onnx(src: Source, folder: Path, batch: CheckBatch, opset: int) -> dict
     path = folder / ONNX_FILE
     with _quiet(), torch.no_grad():
         torch.onnx.export(
-            graph, (_example(batch),), str(path), dynamo=True, opset_version=opset, verbose=False,
-            input_names=[INPUT], output_names=list(OUTPUTS),
+            graph,
+            (_example(batch),),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            verbose=False,
+            input_names=[INPUT],
+            output_names=list(OUTPUTS),
             dynamic_shapes={INPUT: {0: torch.export.Dim("batch", min=1)}},
             external_data=weight_bytes > ONNX_EXTERNAL_BYTES,
         )
     model = onnx.load(str(path), load_external_data=False)
     written = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return {"opset": int(written), "exporter": f"torch.onnx.export (dynamo), torch {torch.__version__}",
-            "dynamic_axes": {INPUT: {0: "batch"}, "features": {0: "batch"}, "patch_tokens": {0: "batch"}},
-            **_graph_io(src)}
+    return {
+        "opset": int(written),
+        "exporter": f"torch.onnx.export (dynamo), torch {torch.__version__}",
+        "dynamic_axes": {INPUT: {0: "batch"}, "features": {0: "batch"}, "patch_tokens": {0: "batch"}},
+        **_graph_io(src),
+    }
 
 
 def run_onnx(src: Source, folder: Path, batch: CheckBatch, rows: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -232,8 +252,10 @@ def write_torchscript(src: Source, folder: Path, batch: CheckBatch, opset: int) 
         torch.jit.save(module, str(folder / TORCHSCRIPT_FILE))
     info = {"method": "trace" if src.is_clip else "script", **_graph_io(src)}
     if not src.is_clip:
-        info["inputs"][INPUT]["sizes"] = (f"any height and width that are multiples of {src.loaded.config.patch_size} "
-                                          "(positions are interpolated, as in PyTorch); checked at the training size")
+        info["inputs"][INPUT]["sizes"] = (
+            f"any height and width that are multiples of {src.loaded.config.patch_size} "
+            "(positions are interpolated, as in PyTorch); checked at the training size"
+        )
     return info
 
 
@@ -297,14 +319,25 @@ def write_hf(src: Source, folder: Path, batch: CheckBatch, opset: int) -> dict:
     import transformers
 
     return {
-        "model_class": "TimmWrapperModel", "model_type": "timm_wrapper", "architecture": cfg.timm_model,
-        "image_processor": "ViTImageProcessor", "transformers": transformers.__version__,
-        "inputs": {"pixel_values": {"shape": src.input_shape(), "dtype": "float32",
-                                    "values": "the image processor's output for stored pixels (B, C, H, W)"}},
+        "model_class": "TimmWrapperModel",
+        "model_type": "timm_wrapper",
+        "architecture": cfg.timm_model,
+        "image_processor": "ViTImageProcessor",
+        "transformers": transformers.__version__,
+        "inputs": {
+            "pixel_values": {
+                "shape": src.input_shape(),
+                "dtype": "float32",
+                "values": "the image processor's output for stored pixels (B, C, H, W)",
+            }
+        },
         "outputs": {"features": "pooler_output", "patch_tokens": "last_hidden_state"},
-        "normalization": {"where": f"the image processor ({HF_PROCESSOR})",
-                          "rescale_factor": proc["rescale_factor"], "mean": src.loaded.normalization.mean,
-                          "std": src.loaded.normalization.std},
+        "normalization": {
+            "where": f"the image processor ({HF_PROCESSOR})",
+            "rescale_factor": proc["rescale_factor"],
+            "mean": src.loaded.normalization.mean,
+            "std": src.loaded.normalization.std,
+        },
     }
 
 

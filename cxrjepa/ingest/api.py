@@ -34,7 +34,9 @@ ALGORITHM_VERSION = 1
 PARALLEL_WRITE_BYTES = 256 * 2**20
 
 
-def source_refs(sources: Sequence[str | Path], labels: str | Path | None, salt: Salt, masks: Sequence[MaskSource] = ()) -> list[dict]:
+def source_refs(
+    sources: Sequence[str | Path], labels: str | Path | None, salt: Salt, masks: Sequence[MaskSource] = ()
+) -> list[dict]:
     """The input references of an ingest (sources, labels, mask folders, the salt's tag): its fingerprint's inputs."""
     refs = []
     for i, src in enumerate(sources):
@@ -86,8 +88,16 @@ def run_ingest(
     salt = load_salt(options.salt_file, create=not dry_run)
     workers = options.workers if options.workers > 0 else default_workers()
     refs = source_refs(sources, labels, salt, mask_sources)
-    builder = begin(out, "dataset", config, refs, options={"workers": workers}, force=force, dry_run=dry_run,
-                    version=ALGORITHM_VERSION)
+    builder = begin(
+        out,
+        "dataset",
+        config,
+        refs,
+        options={"workers": workers},
+        force=force,
+        dry_run=dry_run,
+        version=ALGORITHM_VERSION,
+    )
     ctx = Context(config, salt)
     if dry_run:
         from cxrjepa.ingest.dryrun import dry_run_report
@@ -101,9 +111,13 @@ def run_ingest(
     return _ingest(out, builder, sources, labels, ctx, options, workers, staging, mask_sources)
 
 
-def check_request(config: IngestConfig | None, options: IngestOptions | None, sources: Sequence[str | Path],
-                  labels: str | Path | None, masks: Sequence[str | Path] | str | Path | None,
-                  ) -> tuple[IngestConfig, IngestOptions, list[MaskSource]]:
+def check_request(
+    config: IngestConfig | None,
+    options: IngestOptions | None,
+    sources: Sequence[str | Path],
+    labels: str | Path | None,
+    masks: Sequence[str | Path] | str | Path | None,
+) -> tuple[IngestConfig, IngestOptions, list[MaskSource]]:
     """The checked settings of an ingest (one sentence, exit 2, for what cannot work) and its mask sources."""
     config = config or IngestConfig()
     config.validate()
@@ -111,7 +125,9 @@ def check_request(config: IngestConfig | None, options: IngestOptions | None, so
     if not options.time_limit > 0:
         raise UsageError(f"The time limit per input must be positive, not {options.time_limit}.")
     if options.memory_limit_mb < 0 or 0 < options.memory_limit_mb < 256:
-        raise UsageError(f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}.")
+        raise UsageError(
+            f"The memory limit per worker must be at least 256 MB (or 0: automatic), not {options.memory_limit_mb}."
+        )
     if not sources:
         raise UsageError("Give at least one input folder or file to ingest.")
     if labels is not None and not Path(labels).is_file():
@@ -128,8 +144,13 @@ def check_request(config: IngestConfig | None, options: IngestOptions | None, so
     return config, options, mask_sources
 
 
-def find_inputs(out: Path, sources: Sequence[str | Path], labels: str | Path | None, config: IngestConfig,
-                mask_sources: Sequence[MaskSource]) -> tuple[list, Pairing | None]:
+def find_inputs(
+    out: Path,
+    sources: Sequence[str | Path],
+    labels: str | Path | None,
+    config: IngestConfig,
+    mask_sources: Sequence[MaskSource],
+) -> tuple[list, Pairing | None]:
     """Every entry of the sources in the sorted order samples take (discovery, then mask pairing), and the
     pairing. Refuses sources that hold no input file at all."""
     items = discover(sources, exclude=[out, *(m.path for m in mask_sources)])
@@ -150,17 +171,30 @@ def _pair(items, labels, config: IngestConfig, mask_sources: list[MaskSource]) -
     else:
         return None
     st = pairing.stats
-    console.info(f"Masks: {st['inputs_with_masks']} of {len(items)} inputs have a mask ({st['mask_files']} mask files).")
+    console.info(
+        f"Masks: {st['inputs_with_masks']} of {len(items)} inputs have a mask ({st['mask_files']} mask files)."
+    )
     if st.get("mask_files_unmatched"):
         console.warn(f"{st['mask_files_unmatched']} mask files match no input (named after no input file).")
     if st["inputs_with_masks"] == 0:
-        console.warn("No mask matched an input: masks are matched by file name without extension "
-                     "(IMG1.png or IMG1_mask.png for IMG1.dcm) or by a path that mirrors the inputs.")
+        console.warn(
+            "No mask matched an input: masks are matched by file name without extension "
+            "(IMG1.png or IMG1_mask.png for IMG1.dcm) or by a path that mirrors the inputs."
+        )
     return pairing
 
 
-def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions, workers: int, staging: Staging,
-            mask_sources: list[MaskSource] = ()) -> Artifact:
+def _ingest(
+    out,
+    builder,
+    sources,
+    labels,
+    ctx: Context,
+    options: IngestOptions,
+    workers: int,
+    staging: Staging,
+    mask_sources: list[MaskSource] = (),
+) -> Artifact:
     config = ctx.config
     warm_up()  # the decode workers' fork server imports the decoders while the inputs are discovered
     items, pairing = find_inputs(out, sources, labels, config, mask_sources)
@@ -170,8 +204,18 @@ def _ingest(out, builder, sources, labels, ctx: Context, options: IngestOptions,
     return artifact
 
 
-def process_inputs(store: Path, staging: Staging, items: Sequence[InputItem], ctx: Context, options: IngestOptions,
-                   workers: int, *, resumed: bool, orders: Sequence[int] | None = None, heading: str = "Ingesting") -> list:
+def process_inputs(
+    store: Path,
+    staging: Staging,
+    items: Sequence[InputItem],
+    ctx: Context,
+    options: IngestOptions,
+    workers: int,
+    *,
+    resumed: bool,
+    orders: Sequence[int] | None = None,
+    heading: str = "Ingesting",
+) -> list:
     """Decode ``items`` into the staging area of ``store`` (the artifact, or a part's folder) in work units,
     skipping the units already done; returns every unit. ``orders``: the items' positions in the whole
     input list when they are a part of it."""
@@ -183,8 +227,9 @@ def process_inputs(store: Path, staging: Staging, items: Sequence[InputItem], ct
         console.info(f"Resuming: {len(units) - len(todo)} of {len(units)} work units were already done.")
     n_ignored = sum(1 for i in items if i.verdict and i.verdict[0] == ledger.IGNORED)
     also = f" ({n_ignored} more files ignored: sidecar, text or hidden)" if n_ignored else ""
-    console.info(f"{heading} {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} "
-                 f"-> {store}")
+    console.info(
+        f"{heading} {len(items) - n_ignored} inputs{also} with {workers} worker{'s' if workers > 1 else ''} -> {store}"
+    )
     with console.progress("ingest", total=len(items)) as bar:
         bar.advance(sum(len(u.items) for u in units) - sum(len(u.items) for u in todo))
         limits = Limits(seconds=options.time_limit, memory_mb=memory_limit_mb(workers, options.memory_limit_mb))
@@ -192,8 +237,16 @@ def process_inputs(store: Path, staging: Staging, items: Sequence[InputItem], ct
     return units
 
 
-def assemble(out: Path, builder, labels, ctx: Context, workers: int, stores: Sequence[tuple[Staging, int]], n_items: int,
-             pairing: Pairing | None = None) -> Artifact:
+def assemble(
+    out: Path,
+    builder,
+    labels,
+    ctx: Context,
+    workers: int,
+    stores: Sequence[tuple[Staging, int]],
+    n_items: int,
+    pairing: Pairing | None = None,
+) -> Artifact:
     """The last step of an ingest: the dataset from the finished work units of ``stores`` (staging areas and
     their unit counts: the run's own, or one per part of an array job), ``n_items`` entries in all.
 
@@ -207,31 +260,52 @@ def assemble(out: Path, builder, labels, ctx: Context, workers: int, stores: Seq
     if labels is not None:
         from cxrjepa.ingest.labels import join_labels
 
-        res = join_labels(meta, labels, key=config.labels_key, column=config.labels_column,
-                          patient_column=config.labels_patient_column, salt=ctx.salt,
-                          not_samples={r["path"] for r in asm.records},
-                          skip_columns=[config.labels_mask_column] if config.labels_mask_column else ())
+        res = join_labels(
+            meta,
+            labels,
+            key=config.labels_key,
+            column=config.labels_column,
+            patient_column=config.labels_patient_column,
+            salt=ctx.salt,
+            not_samples={r["path"] for r in asm.records},
+            skip_columns=[config.labels_mask_column] if config.labels_mask_column else (),
+        )
         meta, label_columns = res.meta, res.label_columns
         builder.counts.update(res.stats)
         builder.notes.extend(res.notes)
         st = res.stats
         if st["labels_unmatched_rows"]:
-            why = (f" ({st['labels_rows_of_ledgered_inputs']} of them belong to rejected, skipped or duplicate inputs)"
-                   if st["labels_rows_of_ledgered_inputs"] else "")
+            why = (
+                f" ({st['labels_rows_of_ledgered_inputs']} of them belong to rejected, skipped or duplicate inputs)"
+                if st["labels_rows_of_ledgered_inputs"]
+                else ""
+            )
             console.warn(f"{st['labels_unmatched_rows']} of {st['labels_rows']} label rows matched no sample{why}.")
         if res.stats["samples_without_labels"]:
             console.warn(f"{res.stats['samples_without_labels']} samples have no label row.")
-    n_bytes = int(meta["frame_count"].sum()) * config.size**2 * (1 if config.dtype == "uint8" else 2) if len(meta) else 0
+    n_bytes = (
+        int(meta["frame_count"].sum()) * config.size**2 * (1 if config.dtype == "uint8" else 2) if len(meta) else 0
+    )
     # a pool pays off only when there is much to compress and write (starting one costs ~0.5 s)
     pool = executor(workers) if workers > 1 and n_bytes > PARALLEL_WRITE_BYTES else None
     try:
         with console.progress("write", total=int(meta["frame_count"].sum()) if len(meta) else 0) as bar:
+
             def run(fn, tasks, w, on_done):
                 run_tasks(fn, tasks, w if pool else 1, on_done, pool)
 
             with expecting_writes("the dataset's images", n_bytes):  # a full disk says how much is needed
-                n_frames = writer.copy_all(out, meta, config.size, config.dtype, workers, run, bar.advance,
-                                           masks=pairing is not None, stores=[st for st, _ in stores])
+                n_frames = writer.copy_all(
+                    out,
+                    meta,
+                    config.size,
+                    config.dtype,
+                    workers,
+                    run,
+                    bar.advance,
+                    masks=pairing is not None,
+                    stores=[st for st, _ in stores],
+                )
     finally:
         if pool is not None:
             pool.shutdown()
@@ -278,16 +352,23 @@ def assemble(out: Path, builder, labels, ctx: Context, workers: int, stores: Seq
         }
     )
     if pairing is not None:
-        builder.counts.update({"masks": int(public["has_mask"].sum()) if len(public) else 0,
-                               "mask_files": int(pairing.stats.get("mask_files", 0)),
-                               "mask_files_unmatched": int(pairing.stats.get("mask_files_unmatched", 0))})
+        builder.counts.update(
+            {
+                "masks": int(public["has_mask"].sum()) if len(public) else 0,
+                "mask_files": int(pairing.stats.get("mask_files", 0)),
+                "mask_files_unmatched": int(pairing.stats.get("mask_files_unmatched", 0)),
+            }
+        )
     if ctx.salt.source == "generated":
         builder.notes.append(
             f"Sample and patient keys use a generated salt kept outside the artifact at {ctx.salt.location}; "
             "keep it private, and pass it with --salt-file to get the same keys in other datasets."
         )
-    artifact = builder.finish(writer.content_fingerprint(
-        public, config.size, config.dtype, meta["_mask_hash"] if pairing is not None else None))
+    artifact = builder.finish(
+        writer.content_fingerprint(
+            public, config.size, config.dtype, meta["_mask_hash"] if pairing is not None else None
+        )
+    )
     _report(artifact)
     return artifact
 
@@ -304,7 +385,9 @@ def _masks_contents(meta, pairing: Pairing, config: IngestConfig, n_frames: int)
         "chunks": [1, config.size, config.size],
         "shards": [min(layout.SHARD_FRAMES, max(1, n_frames)), config.size, config.size],
         "dimension_names": list(layout.DIMENSION_NAMES),
-        "classes": class_names(pairing.classes, config.mask_classes, meta.loc[has, "_mask_names"].fillna("").tolist(), values),
+        "classes": class_names(
+            pairing.classes, config.mask_classes, meta.loc[has, "_mask_names"].fillna("").tolist(), values
+        ),
         "values": values,
         "ignore_value": IGNORE,
         "samples": int(has.sum()),
@@ -339,4 +422,6 @@ def _report(artifact: Artifact) -> None:
     for reason, n in list(c.get("by_reason", {}).items())[:8]:
         console.info(f"  {n:>7}  {reason}")
     if c.get("burned_in_annotation"):
-        console.warn(f"{c['burned_in_annotation']} samples are flagged BurnedInAnnotation=YES (column burned_in_annotation).")
+        console.warn(
+            f"{c['burned_in_annotation']} samples are flagged BurnedInAnnotation=YES (column burned_in_annotation)."
+        )

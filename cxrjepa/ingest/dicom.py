@@ -75,8 +75,19 @@ _NON_IMAGE_NAMES = (
     ("Annotation", "ANN"),
 )
 _NON_IMAGE_MODALITIES = {
-    "SR": "SR", "PR": "PR", "KO": "KO", "SEG": "SEG", "REG": "REG", "FID": "FID", "DOC": "DOC",
-    "RTSTRUCT": "RT", "RTPLAN": "RT", "RTDOSE": "RT", "RTRECORD": "RT", "ECG": "WAVEFORM", "HD": "WAVEFORM",
+    "SR": "SR",
+    "PR": "PR",
+    "KO": "KO",
+    "SEG": "SEG",
+    "REG": "REG",
+    "FID": "FID",
+    "DOC": "DOC",
+    "RTSTRUCT": "RT",
+    "RTPLAN": "RT",
+    "RTDOSE": "RT",
+    "RTRECORD": "RT",
+    "ECG": "WAVEFORM",
+    "HD": "WAVEFORM",
 }
 
 # pydicom reports odd values through logging and warnings, sometimes quoting them: never let them out.
@@ -100,7 +111,9 @@ def read_header(path: Path, *, stop_before_pixels: bool = False) -> pydicom.Data
     """Read a DICOM file (with or without preamble / file meta); large pixel data stays on disk."""
     try:
         ds = pydicom.dcmread(
-            str(path), force=True, defer_size=None if stop_before_pixels else DEFER_SIZE,
+            str(path),
+            force=True,
+            defer_size=None if stop_before_pixels else DEFER_SIZE,
             stop_before_pixels=stop_before_pixels,
         )
     except Exception as exc:
@@ -298,7 +311,9 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
         except (DecodeError, NoDecoder) as exc:
             raise Reject(ledger.DECODE_FAILED, f"{_ts_name(ds.file_meta.TransferSyntaxUID)}: {exc}") from None
         except Exception as exc:
-            raise Reject(ledger.DECODE_FAILED, f"{_ts_name(ds.file_meta.TransferSyntaxUID)}: {type(exc).__name__}") from None
+            raise Reject(
+                ledger.DECODE_FAILED, f"{_ts_name(ds.file_meta.TransferSyntaxUID)}: {type(exc).__name__}"
+            ) from None
         shape = frames[0].shape
         modality = coded(ds.get("Modality"))
         is_us = modality in ("US", "IVUS") or "SequenceOfUltrasoundRegions" in ds
@@ -309,8 +324,14 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
         invert = photometric == "MONOCHROME1"
         try:
             stored = store_frames(
-                frames, size=cfg.size, dtype=cfg.dtype, low=cfg.percentile_low, high=cfg.percentile_high,
-                invert=invert, crop=region.crop if region else None, fov=region.fov if region else None,
+                frames,
+                size=cfg.size,
+                dtype=cfg.dtype,
+                low=cfg.percentile_low,
+                high=cfg.percentile_high,
+                invert=invert,
+                crop=region.crop if region else None,
+                fov=region.fov if region else None,
             )
         except ConstantImage:
             raise Reject(ledger.CONSTANT) from None
@@ -324,7 +345,9 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
         voi = voi or Voi()
         row = new_row(
             sample_id=sample_id,
-            patient_key=ctx.salt.key("patient", patient_id) if patient_id else ctx.salt.key("patient-" + basis[0], basis[1]),
+            patient_key=ctx.salt.key("patient", patient_id)
+            if patient_id
+            else ctx.salt.key("patient-" + basis[0], basis[1]),
             study_key=ctx.salt.key("study", study_uid) if study_uid else "",
             fps=fps,
             source_path=item.rel,
@@ -359,5 +382,3 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
             **stored.geometry.columns(),
         )
     return Sample(stored.frames, row).finish()
-
-

@@ -143,7 +143,11 @@ def sniff(path: str | Path) -> str:
         return IMAGE
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return IMAGE
-    if head[4:8] == b"ftyp" or (head.startswith(b"RIFF") and head[8:11] == b"AVI") or head.startswith(b"\x00\x00\x01\xba"):
+    if (
+        head[4:8] == b"ftyp"
+        or (head.startswith(b"RIFF") and head[8:11] == b"AVI")
+        or head.startswith(b"\x00\x00\x01\xba")
+    ):
         return VIDEO
     if ext in VOLUME_EXTS or head.startswith(b"NRRD") or head[344:348] in (b"n+1\x00", b"ni1\x00"):
         return VOLUME
@@ -350,7 +354,9 @@ def discover(sources: Sequence[str | Path], exclude: Sequence[str | Path] = ()) 
             continue
         root = Path(src)
         if root.is_dir():
-            items.extend(InputItem(path, display_name(rel), index, verdict=v) for path, rel, v in _walk(str(root), skip))
+            items.extend(
+                InputItem(path, display_name(rel), index, verdict=v) for path, rel, v in _walk(str(root), skip)
+            )
         elif os.path.lexists(root):
             items.append(InputItem(str(root), display_name(root.name), index, verdict=_named_verdict(str(root))))
         else:

@@ -69,14 +69,18 @@ def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, act
     by_status = Counter(r["status"] for r in flat if r["status"] != "ok")
     report = {
         "out": str(out),
-        "action": {"create": "create", "overwrite": "replace", "resume": "resume", "skip": "nothing (up to date)"}.get(action, action),
+        "action": {"create": "create", "overwrite": "replace", "resume": "resume", "skip": "nothing (up to date)"}.get(
+            action, action
+        ),
         "inputs": len(items) - by_status.get(ledger.IGNORED, 0),
         "ignored": by_status.get(ledger.IGNORED, 0),
         "would_ingest": len(ok),
         "would_ingest_by_format": dict(Counter(r["format"] for r in ok).most_common()),
         "would_skip": by_status.get(ledger.SKIPPED, 0),
         "would_reject": by_status.get(ledger.REJECTED, 0),
-        "by_reason": dict(Counter(r["reason"] for r in flat if r["reason"] and r["status"] != ledger.IGNORED).most_common()),
+        "by_reason": dict(
+            Counter(r["reason"] for r in flat if r["reason"] and r["status"] != ledger.IGNORED).most_common()
+        ),
         "transfer_syntaxes": dict(Counter(r["ts"] for r in flat if r["ts"]).most_common()),
         "cannot_decode": dict(Counter(r["detail"] for r in flat if r["reason"] == ledger.NO_DECODER).most_common()),
         "note": "header check only: pixel decoding, constant images and duplicates are found by the real run",
@@ -92,8 +96,12 @@ def dry_run_report(out: Path, sources: Sequence, ctx: Context, workers: int, act
         console.info(f"  {n:>7}  {reason}")
     if pairing is not None:
         m = report["masks"]
-        console.info(f"Masks: {m['inputs_with_masks']} inputs have a mask; {m['mask_files_unmatched']} mask files match no input; "
-                     f"{m['ambiguous']} inputs would be rejected for an ambiguous mask name (mask size and content are checked by the real run).")
+        console.info(
+            f"Masks: {m['inputs_with_masks']} inputs have a mask; {m['mask_files_unmatched']} mask files match no input; "
+            f"{m['ambiguous']} inputs would be rejected for an ambiguous mask name (mask size and content are checked by the real run)."
+        )
     if report["cannot_decode"]:
-        console.warn("This install cannot decode: " + ", ".join(f"{k} ({v})" for k, v in report["cannot_decode"].items()))
+        console.warn(
+            "This install cannot decode: " + ", ".join(f"{k} ({v})" for k, v in report["cannot_decode"].items())
+        )
     return report

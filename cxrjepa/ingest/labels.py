@@ -60,8 +60,15 @@ def _clean_path(value: str) -> str:
 
 
 def join_labels(
-    meta: pd.DataFrame, csv: str | Path, *, key: str, column: str, patient_column: str, salt: Salt,
-    not_samples: set[str] | None = None, skip_columns: tuple[str, ...] | list[str] = (),
+    meta: pd.DataFrame,
+    csv: str | Path,
+    *,
+    key: str,
+    column: str,
+    patient_column: str,
+    salt: Salt,
+    not_samples: set[str] | None = None,
+    skip_columns: tuple[str, ...] | list[str] = (),
 ) -> LabelsResult:
     """Join ``csv`` into ``meta``. ``not_samples``: paths of inputs that are in the ledger (rejected,
     skipped, duplicates), so unmatched label rows that belong to them are reported apart; ``skip_columns``

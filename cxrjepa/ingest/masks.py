@@ -41,11 +41,33 @@ from cxrjepa.ingest.ledger import Reject
 from cxrjepa.ingest.table import Sample, pixel_hash
 
 #: file name endings of mask files (longest first, so .nii.gz wins over .gz)
-MASK_EXTS = (".nii.gz", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm",
-             ".dcm", ".dicom", ".nii", ".mha", ".mhd", ".nrrd")
+MASK_EXTS = (
+    ".nii.gz",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+    ".webp",
+    ".pgm",
+    ".ppm",
+    ".dcm",
+    ".dicom",
+    ".nii",
+    ".mha",
+    ".mhd",
+    ".nrrd",
+)
 #: file name endings of inputs that are dropped to get an input's stem
-INPUT_EXTS = tuple(sorted(set(discover.IMAGE_EXTS + discover.VOLUME_EXTS + discover.VIDEO_EXTS
-                              + (".dcm", ".dicom", ".dic", ".ima")), key=len, reverse=True))
+INPUT_EXTS = tuple(
+    sorted(
+        set(discover.IMAGE_EXTS + discover.VOLUME_EXTS + discover.VIDEO_EXTS + (".dcm", ".dicom", ".dic", ".ima")),
+        key=len,
+        reverse=True,
+    )
+)
 #: suffixes of mask stems that are ignored when matching (IMG1_mask.png belongs to IMG1)
 MASK_SUFFIXES = ("_mask", "-mask", "_seg", "-seg")
 #: label value of "ignore" in label maps (as in PASCAL VOC); the segmentation probe skips these pixels
@@ -81,8 +103,10 @@ def parse_sources(masks: Sequence[str | Path] | str | Path | None) -> list[MaskS
             raise UsageError(f"The masks folder '{s.path}' does not exist.")
     named = [s for s in sources if s.name]
     if named and len(named) != len(sources):
-        raise UsageError("Give masks either as one folder (label maps or binary masks) or as NAME=FOLDER "
-                         "for every class, not a mix of both.")
+        raise UsageError(
+            "Give masks either as one folder (label maps or binary masks) or as NAME=FOLDER "
+            "for every class, not a mix of both."
+        )
     if len(sources) > 1 and not named:
         raise UsageError("Several masks folders need class names: --masks NAME=FOLDER for each.")
     if len({s.name for s in named}) != len(named):
@@ -174,22 +198,30 @@ def pair_masks(items: list[InputItem], sources: Sequence[MaskSource]) -> Pairing
                 continue
             found[i].append((str(src.path / hits[0]), label))
         files_used += len(used)
-    out = [replace(item, masks=tuple(m), mask_error=e) if (m or e) else item
-           for item, m, e in zip(items, found, errors)]
+    out = [
+        replace(item, masks=tuple(m), mask_error=e) if (m or e) else item for item, m, e in zip(items, found, errors)
+    ]
     classes = {str(k + 1): s.name for k, s in enumerate(sources) if s.name}
-    stats = {"mask_files": files_total, "mask_files_unmatched": files_total - files_used,
-             "inputs_with_masks": sum(1 for m, e in zip(found, errors) if m and not e)}
+    stats = {
+        "mask_files": files_total,
+        "mask_files_unmatched": files_total - files_used,
+        "inputs_with_masks": sum(1 for m, e in zip(found, errors) if m and not e),
+    }
     return Pairing(out, classes, stats, [s.path for s in sources])
 
 
-def pair_masks_from_csv(items: list[InputItem], csv: str | Path, mask_column: str, key: str, key_column: str = "") -> Pairing:
+def pair_masks_from_csv(
+    items: list[InputItem], csv: str | Path, mask_column: str, key: str, key_column: str = ""
+) -> Pairing:
     """Masks named in a column of the labels CSV (paths relative to the CSV's folder, ``|`` between several)."""
     import pandas as pd
 
     from cxrjepa.ingest.labels import KEY_COLUMNS, _clean_path, _find
 
     if key not in ("path", "filename"):
-        raise UsageError("A masks column in the labels CSV needs --key path or filename (UIDs are only known after reading).")
+        raise UsageError(
+            "A masks column in the labels CSV needs --key path or filename (UIDs are only known after reading)."
+        )
     header = list(pd.read_csv(csv, nrows=0).columns)
     if mask_column not in header:
         raise UsageError(f"The labels file '{csv}' has no masks column '{mask_column}'.")
@@ -217,13 +249,18 @@ def pair_masks_from_csv(items: list[InputItem], csv: str | Path, mask_column: st
             while not hits and len(parts) > 1:
                 parts = parts[1:]
                 hits = by_rel.get("/".join(parts), [])
-        refs = [(str(p if (p := Path(f)).is_absolute() else base / f), j + 1 if len(files) > 1 else 0) for j, f in enumerate(files)]
+        refs = [
+            (str(p if (p := Path(f)).is_absolute() else base / f), j + 1 if len(files) > 1 else 0)
+            for j, f in enumerate(files)
+        ]
         for i in hits:
             if i in found:
                 errors[i] = ledger.MASK_AMBIGUOUS
             found[i] = refs
-    out = [replace(it, masks=tuple(found.get(i, ())), mask_error=errors.get(i, "")) if (i in found or i in errors) else it
-           for i, it in enumerate(items)]
+    out = [
+        replace(it, masks=tuple(found.get(i, ())), mask_error=errors.get(i, "")) if (i in found or i in errors) else it
+        for i, it in enumerate(items)
+    ]
     stats = {"mask_files": n_files, "inputs_with_masks": sum(1 for i in found if i not in errors)}
     return Pairing(out, {}, stats, [])
 
@@ -264,8 +301,9 @@ def _dicom_array(path: Path, row: dict, ctx: Context) -> tuple[np.ndarray, dict[
         if not mine:
             raise Reject(ledger.MASK_OTHER_IMAGE)
         numbers = list(seg.segment_numbers)
-        labels = seg.get_pixels_by_source_instance(source_sop_instance_uids=mine[:1], segment_numbers=numbers,
-                                                   combine_segments=True, relabel=False)
+        labels = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=mine[:1], segment_numbers=numbers, combine_segments=True, relabel=False
+        )
         names = {}
         for n in numbers:
             desc = seg.get_segment_description(n)
@@ -361,7 +399,9 @@ def attach_masks(sample: Sample, item: InputItem, ctx: Context) -> Sample:
     return sample
 
 
-def class_names(pairing_classes: dict[str, str], configured: Sequence[str], found: Sequence[str], values: Sequence[int]) -> dict[str, str]:
+def class_names(
+    pairing_classes: dict[str, str], configured: Sequence[str], found: Sequence[str], values: Sequence[int]
+) -> dict[str, str]:
     """Label value -> class name for the manifest: named sources, else ``mask_classes``, else names from
     DICOM SEG files, else ``foreground`` for binary masks and the value itself for label maps."""
     out: dict[str, str] = {}

@@ -94,23 +94,42 @@ def run_ingest_part(
     salt = load_salt(options.salt_file, create=True)
     workers = options.workers if options.workers > 0 else default_workers()
     refs = source_refs(sources, labels, salt, mask_sources)
-    joined = join(out, part, kind="dataset", stage="ingest", params=config, inputs=refs, version=ALGORITHM_VERSION,
-                  options={"workers": workers}, force=force)
+    joined = join(
+        out,
+        part,
+        kind="dataset",
+        stage="ingest",
+        params=config,
+        inputs=refs,
+        version=ALGORITHM_VERSION,
+        options={"workers": workers},
+        force=force,
+    )
     if joined.existing is not None:
         console.info(f"Dataset '{out}' is up to date.")
         return joined.existing
     with joined:
         summary = _run(out, joined, sources, labels, Context(config, salt), options, workers, mask_sources, force)
     if auto_finalize:
-        art = maybe_finalize(out, part, joined.settings.fingerprint, lambda: finalize_ingest(out, workers=workers),
-                             COMMAND)
+        art = maybe_finalize(
+            out, part, joined.settings.fingerprint, lambda: finalize_ingest(out, workers=workers), COMMAND
+        )
         if art is not None:
             return art
     return summary
 
 
-def _run(out: Path, joined: Joined, sources, labels, ctx: Context, options: IngestOptions, workers: int,
-         mask_sources, force: bool) -> dict:
+def _run(
+    out: Path,
+    joined: Joined,
+    sources,
+    labels,
+    ctx: Context,
+    options: IngestOptions,
+    workers: int,
+    mask_sources,
+    force: bool,
+) -> dict:
     part, folder, fp = joined.part, joined.folder, joined.settings.fingerprint
     old = read_record(folder)
     if old is not None and old.get("fingerprint") == fp and old.get("status") == "complete" and not force:
@@ -124,29 +143,53 @@ def _run(out: Path, joined: Joined, sources, labels, ctx: Context, options: Inge
     orders = [i for i, item in enumerate(items) if part.owns(item.rel)]
     mine = [items[i] for i in orders]
     salt = ctx.salt
-    record = new_record(part, joined.settings, {
-        "sources": [str(s) for s in sources],
-        "labels": str(Path(labels).resolve()) if labels is not None else None,
-        "salt": {"source": salt.source, "location": salt.location, "tag": salt.tag,
-                 "file": str(Path(options.salt_file).resolve()) if options.salt_file else None},
-        "n_inputs": len(items),
-        "inputs_hash": inputs_fingerprint(items),
-        "inputs": len(mine),
-        "pairing": {"classes": pairing.classes, "stats": pairing.stats} if pairing is not None else None,
-    })
+    record = new_record(
+        part,
+        joined.settings,
+        {
+            "sources": [str(s) for s in sources],
+            "labels": str(Path(labels).resolve()) if labels is not None else None,
+            "salt": {
+                "source": salt.source,
+                "location": salt.location,
+                "tag": salt.tag,
+                "file": str(Path(options.salt_file).resolve()) if options.salt_file else None,
+            },
+            "n_inputs": len(items),
+            "inputs_hash": inputs_fingerprint(items),
+            "inputs": len(mine),
+            "pairing": {"classes": pairing.classes, "stats": pairing.stats} if pairing is not None else None,
+        },
+    )
     write_record(folder, record)
     staging = Staging(folder)
-    units = process_inputs(folder, staging, mine, ctx, options, workers, resumed=old is not None, orders=orders,
-                           heading=f"Part {part} of {len(items)} entries: ingesting")
+    units = process_inputs(
+        folder,
+        staging,
+        mine,
+        ctx,
+        options,
+        workers,
+        resumed=old is not None,
+        orders=orders,
+        heading=f"Part {part} of {len(items)} entries: ingesting",
+    )
     record = finish_record(folder, record, units=len(units))
     return _summary(out, record)
 
 
 def _summary(out: Path, record: dict) -> dict:
     s = record.get("settings") or {}
-    return {"path": str(out), "kind": "dataset", "status": "partial", "part": f"{record['part']}/{record['parts']}",
-            "part_status": record.get("status"), "part_inputs": s.get("inputs"), "inputs": s.get("n_inputs"),
-            "fingerprint": record.get("fingerprint")}
+    return {
+        "path": str(out),
+        "kind": "dataset",
+        "status": "partial",
+        "part": f"{record['part']}/{record['parts']}",
+        "part_status": record.get("status"),
+        "part_inputs": s.get("inputs"),
+        "inputs": s.get("n_inputs"),
+        "fingerprint": record.get("fingerprint"),
+    }
 
 
 def finalize_ingest(out: str | Path, *, workers: int = 0) -> Artifact:
@@ -169,8 +212,10 @@ def finalize_ingest(out: str | Path, *, workers: int = 0) -> Artifact:
             console.info(f"Dataset '{out}' is up to date.")
             return Artifact(out, manifest)
         if manifest is None or not found:
-            raise PartsIncompleteError(f"'{out}' holds no ingest parts to finalize; run '{COMMAND} SRC... --out {out} "
-                                       "--part K/N' for K = 0 .. N-1 first.")
+            raise PartsIncompleteError(
+                f"'{out}' holds no ingest parts to finalize; run '{COMMAND} SRC... --out {out} "
+                "--part K/N' for K = 0 .. N-1 first."
+            )
         ensure_idle(out, f"finalize '{out}'")
         fp = manifest["fingerprint"]
         count = _complete_split(found, fp)
@@ -195,13 +240,18 @@ def _check_same_inputs(out: Path, recs: list[dict]) -> None:
     """Every part must have seen the same input list (a folder one host may read and another not would make
     them differ even with equal fingerprints)."""
     ref = recs[0]["settings"]
-    odd = [Part(k, len(recs)) for k, r in enumerate(recs)
-           if (r["settings"].get("n_inputs"), r["settings"].get("inputs_hash")) != (ref.get("n_inputs"), ref.get("inputs_hash"))]
+    odd = [
+        Part(k, len(recs))
+        for k, r in enumerate(recs)
+        if (r["settings"].get("n_inputs"), r["settings"].get("inputs_hash"))
+        != (ref.get("n_inputs"), ref.get("inputs_hash"))
+    ]
     if odd:
         raise PartsIncompleteError(
             f"Part{'s' if len(odd) > 1 else ''} {part_names(odd)} of '{out}' found another list of inputs than part "
             f"0/{len(recs)} ({ref.get('n_inputs')} entries); check that every machine sees the same files, then rerun "
-            f"{'them' if len(odd) > 1 else 'it'} with --force.")
+            f"{'them' if len(odd) > 1 else 'it'} with --force."
+        )
 
 
 def _finalize_salt(rec: dict) -> Salt:
@@ -212,10 +262,15 @@ def _finalize_salt(rec: dict) -> Salt:
     except UsageError:
         salt = None
     if salt is None or salt.tag != s["tag"]:
-        where = {"file": f"the salt file '{s.get('file') or s.get('location')}'", "env": "$CXRJEPA_SALT",
-                 "generated": f"the generated salt at '{s.get('location')}'"}.get(s.get("source"), "the same salt")
-        raise UsageError(f"Finalizing needs the salt the parts used ({where}); run it where that salt is available "
-                         "(the same environment as the parts).")
+        where = {
+            "file": f"the salt file '{s.get('file') or s.get('location')}'",
+            "env": "$CXRJEPA_SALT",
+            "generated": f"the generated salt at '{s.get('location')}'",
+        }.get(s.get("source"), "the same salt")
+        raise UsageError(
+            f"Finalizing needs the salt the parts used ({where}); run it where that salt is available "
+            "(the same environment as the parts)."
+        )
     return salt
 
 
@@ -223,8 +278,9 @@ def _assemble(out: Path, recs: list[dict], count: int, workers: int) -> Artifact
     ref = recs[0]
     settings = ref["settings"]
     config = from_dict(IngestConfig, ref["params"])
-    builder = begin(out, "dataset", config, ref["inputs"], options={"workers": workers, "parts": count},
-                    version=ALGORITHM_VERSION)
+    builder = begin(
+        out, "dataset", config, ref["inputs"], options={"workers": workers, "parts": count}, version=ALGORITHM_VERSION
+    )
     if builder.fingerprint != ref["fingerprint"]:  # the settings read back do not give the parts' fingerprint
         raise CxrjepaError(f"The parts of '{out}' were made by another version of cxrjepa; rerun them with --force.")
     stores = []
@@ -233,8 +289,10 @@ def _assemble(out: Path, recs: list[dict], count: int, workers: int) -> Artifact
         n_units = int(rec.get("units", 0))
         lost = [u for u in range(n_units) if not staging.is_done(u)]
         if lost:
-            raise PartsIncompleteError(f"Part {k}/{count} of '{out}' lost {len(lost)} of its {n_units} work units "
-                                       f"(its folder was changed); rerun it with --force (sbatch --array={k}).")
+            raise PartsIncompleteError(
+                f"Part {k}/{count} of '{out}' lost {len(lost)} of its {n_units} work units "
+                f"(its folder was changed); rerun it with --force (sbatch --array={k})."
+            )
         stores.append((staging, n_units))
     pairing = None
     if settings.get("pairing"):
@@ -244,5 +302,7 @@ def _assemble(out: Path, recs: list[dict], count: int, workers: int) -> Artifact
     artifact = assemble(out, builder, settings.get("labels"), ctx, workers, stores, int(settings["n_inputs"]), pairing)
     shutil.rmtree(parts_root(out), ignore_errors=True)
     if artifact.counts.get("rejected"):
-        console.detail(f"{artifact.counts['rejected']} inputs were rejected ({ledger.REJECTED} rows of failures.jsonl).")
+        console.detail(
+            f"{artifact.counts['rejected']} inputs were rejected ({ledger.REJECTED} rows of failures.jsonl)."
+        )
     return artifact

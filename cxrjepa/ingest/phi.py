@@ -120,8 +120,6 @@ def sex_code(value: object) -> str:
     return ""
 
 
-
-
 def age_years(patient_age: object = None, birth_date: object = None, study_date: object = None) -> float:
     """Age in whole years from PatientAge ('045Y', '006M', '010W', '003D'), else from birth and study
     dates; NaN when unknown. Capped at 90."""

@@ -87,7 +87,9 @@ def check_claims(ds: Dataset, path: Path, frames: int, max_pixels: int) -> None:
         return  # a syntax whose codestream we do not parse: max_pixels and the decoded shape still hold
     c_rows, c_cols, c_comps, precision = found
     if (c_rows and c_rows != rows) or c_cols != cols or c_comps != spp:
-        raise Reject(ledger.PIXELS_MISMATCH, f"codestream {c_rows} x {c_cols} x {c_comps}, header {rows} x {cols} x {spp}")
+        raise Reject(
+            ledger.PIXELS_MISMATCH, f"codestream {c_rows} x {c_cols} x {c_comps}, header {rows} x {cols} x {spp}"
+        )
     if precision > bits:
         raise Reject(ledger.PIXELS_MISMATCH, f"codestream {precision} bits, BitsAllocated {bits}")
 

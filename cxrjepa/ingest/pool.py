@@ -102,8 +102,12 @@ class Limits:
 
 
 def executor(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=_context(), initializer=init_pool_worker,
-                               initargs=(single_threaded_decoders(workers),))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=_context(),
+        initializer=init_pool_worker,
+        initargs=(single_threaded_decoders(workers),),
+    )
 
 
 def run_tasks(
@@ -199,8 +203,13 @@ def _how_it_died(exitcode: int | None) -> str:
 
 
 def process_units(
-    out: Path, units: Iterable[Unit], ctx: Context, workers: int, on_done: Callable[[dict], None],
-    limits: Limits | None = None, process: Callable | None = None,
+    out: Path,
+    units: Iterable[Unit],
+    ctx: Context,
+    workers: int,
+    on_done: Callable[[dict], None],
+    limits: Limits | None = None,
+    process: Callable | None = None,
 ) -> None:
     """Process ``units`` into the staging area in ``workers`` decode workers (see the module docstring);
     ``on_done(summary)`` runs here as each unit is committed.
@@ -283,8 +292,10 @@ def _learn(w: _Worker, failure: str, limits: Limits) -> _Job:
         job.unexplained += 1
         if job.unexplained >= 2:
             how = "ran past the time limit" if failure == "time" else f"died ({_how_it_died(w.proc.exitcode)})"
-            raise WorkerError(f"An ingest worker {how} twice on work unit {job.unit.index} while reading no "
-                              "input; rerun the same command to resume.")
+            raise WorkerError(
+                f"An ingest worker {how} twice on work unit {job.unit.index} while reading no "
+                "input; rerun the same command to resume."
+            )
     elif failure == "time":
         job.settled[k] = (ledger.TIME_LIMIT, f"{limits.seconds:g} s")
     elif failure == "memory":

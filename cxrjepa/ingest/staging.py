@@ -59,14 +59,30 @@ def make_units(items: Sequence[InputItem], unit_size: int, orders: Sequence[int]
     (default: its position in ``items``)."""
     if orders is None:
         return [Unit(u, s, tuple(items[s : s + unit_size])) for u, s in enumerate(range(0, len(items), unit_size))]
-    return [Unit(u, int(orders[s]) if s < len(orders) else s, tuple(items[s : s + unit_size]),
-                 tuple(int(o) for o in orders[s : s + unit_size])) for u, s in enumerate(range(0, len(items), unit_size))]
+    return [
+        Unit(
+            u,
+            int(orders[s]) if s < len(orders) else s,
+            tuple(items[s : s + unit_size]),
+            tuple(int(o) for o in orders[s : s + unit_size]),
+        )
+        for u, s in enumerate(range(0, len(items), unit_size))
+    ]
 
 
 def inputs_fingerprint(items: Sequence[InputItem]) -> str:
     """A hash of an input list as the staging area sees it: paths, mask pairings, discovery verdicts."""
-    return hash_obj([(i.source_index, i.rel, *((i.masks, i.mask_error) if i.masks or i.mask_error else ()),
-                      *((i.verdict,) if i.verdict else ())) for i in items])
+    return hash_obj(
+        [
+            (
+                i.source_index,
+                i.rel,
+                *((i.masks, i.mask_error) if i.masks or i.mask_error else ()),
+                *((i.verdict,) if i.verdict else ()),
+            )
+            for i in items
+        ]
+    )
 
 
 class Staging:
@@ -95,15 +111,22 @@ class Staging:
             return np.zeros((0, size, size), dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r", shape=(n, size, size))
 
-    def prepare(self, items: Sequence[InputItem], unit_size: int, size: int, dtype: str,
-                orders: Sequence[int] | None = None) -> int:
+    def prepare(
+        self, items: Sequence[InputItem], unit_size: int, size: int, dtype: str, orders: Sequence[int] | None = None
+    ) -> int:
         """Create the staging folder, or check that the one there belongs to this input list (else start
         it over). Returns the unit size to use (the stored one when resuming). ``orders``: the inputs'
         positions in the whole input list, when ``items`` is a part of it."""
         inputs_hash = inputs_fingerprint(items)
         if orders is not None:
             inputs_hash = hash_obj([inputs_hash, [int(o) for o in orders]])
-        plan = {"n_inputs": len(items), "inputs_hash": inputs_hash, "unit_size": unit_size, "size": size, "dtype": dtype}
+        plan = {
+            "n_inputs": len(items),
+            "inputs_hash": inputs_hash,
+            "unit_size": unit_size,
+            "size": size,
+            "dtype": dtype,
+        }
         path = self.dir / PLAN
         if path.is_file():
             try:

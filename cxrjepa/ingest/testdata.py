@@ -79,7 +79,11 @@ def make_dataset(
     frames = arr.shape[0] if (arr.ndim == 3 and not colour) or arr.ndim == 4 else 1
     rows, cols = (arr.shape[-3], arr.shape[-2]) if colour else (arr.shape[-2], arr.shape[-1])
     ds = Dataset()
-    sop_class = SOP_CLASS["US_MF" if modality == "US" and frames > 1 else modality] if modality in SOP_CLASS else SOP_CLASS["OT"]
+    sop_class = (
+        SOP_CLASS["US_MF" if modality == "US" and frames > 1 else modality]
+        if modality in SOP_CLASS
+        else SOP_CLASS["OT"]
+    )
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = sop_class
@@ -159,7 +163,9 @@ def encodable_syntaxes(*, lossy: bool = True) -> list[UID]:
     return [u for u in out if lossy or u not in LOSSY]
 
 
-def write_dicom(ds: Dataset, path: str | Path, transfer_syntax: str = ExplicitVRLittleEndian, *, preamble: bool = True) -> Path:
+def write_dicom(
+    ds: Dataset, path: str | Path, transfer_syntax: str = ExplicitVRLittleEndian, *, preamble: bool = True
+) -> Path:
     """Save ``ds`` in ``transfer_syntax`` (``preamble=False``: a bare data set, no preamble or file meta)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,8 +185,12 @@ def write_dicom(ds: Dataset, path: str | Path, transfer_syntax: str = ExplicitVR
     if ts in NATIVE:
         ds.file_meta.TransferSyntaxUID = ts
     if not preamble:
-        ds.save_as(path, implicit_vr=ts == ImplicitVRLittleEndian, little_endian=ts != ExplicitVRBigEndian,
-                   enforce_file_format=False)
+        ds.save_as(
+            path,
+            implicit_vr=ts == ImplicitVRLittleEndian,
+            little_endian=ts != ExplicitVRBigEndian,
+            enforce_file_format=False,
+        )
         _strip_meta(path)
         return path
     ds.save_as(path, enforce_file_format=True)
@@ -233,12 +243,17 @@ def phantom(rows: int, cols: int, *, seed: int = 0, bits: int = 12, frames: int 
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     cy, cx = rows / 2, cols / 2
     body = np.exp(-(((yy - cy) / (0.45 * rows)) ** 2 + ((xx - cx) / (0.4 * cols)) ** 2) * 2)
-    lungs = sum(np.exp(-(((yy - 0.45 * rows) / (0.25 * rows)) ** 2 + ((xx - s * cols) / (0.12 * cols)) ** 2)) for s in (0.32, 0.68))
+    lungs = sum(
+        np.exp(-(((yy - 0.45 * rows) / (0.25 * rows)) ** 2 + ((xx - s * cols) / (0.12 * cols)) ** 2))
+        for s in (0.32, 0.68)
+    )
     img = 0.15 + 0.7 * body - 0.35 * lungs + 0.05 * np.sin(xx / (3 + seed % 5))
     top = 2**bits - 1
+
     def one(k: int) -> np.ndarray:
         x = img + rng.normal(0, 0.02, img.shape).astype(np.float32) + 0.03 * np.sin(k / 3.0 + yy / 9.0)
         return np.clip(x * top, 0, top).astype(np.uint16)
+
     if frames:
         return np.stack([one(k) for k in range(frames)])
     return one(0)

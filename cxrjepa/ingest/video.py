@@ -34,7 +34,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_frames(path: Path, target_fps: float, max_frames: int, max_pixels: int = 0) -> tuple[list[np.ndarray], float, int, bool]:
+def read_frames(
+    path: Path, target_fps: float, max_frames: int, max_pixels: int = 0
+) -> tuple[list[np.ndarray], float, int, bool]:
     """(grey float32 frames kept, stored fps, source frame count, colour?) of a video file; frames larger
     than ``max_pixels`` are refused before any is decoded."""
     with utf8_name(path) as name:
@@ -42,7 +44,9 @@ def read_frames(path: Path, target_fps: float, max_frames: int, max_pixels: int 
         try:
             if not cap.isOpened():
                 raise Reject(ledger.UNREADABLE_VIDEO)
-            check_size(int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), max_pixels)
+            check_size(
+                int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), max_pixels
+            )
             sampler = RateSampler(cap.get(cv2.CAP_PROP_FPS), target_fps, max_frames)
             frames: list[np.ndarray] = []
             colour = False
@@ -79,8 +83,13 @@ def process_video(path: Path, item: InputItem, ctx: Context) -> Sample:
     region = region_from_variance(frames, with_fov=cfg.us_blank_outside) if cfg.us_crop else None
     try:
         stored = store_frames(
-            frames, size=cfg.size, dtype=cfg.dtype, low=cfg.percentile_low, high=cfg.percentile_high,
-            crop=region.crop if region else None, fov=region.fov if region else None,
+            frames,
+            size=cfg.size,
+            dtype=cfg.dtype,
+            low=cfg.percentile_low,
+            high=cfg.percentile_high,
+            crop=region.crop if region else None,
+            fov=region.fov if region else None,
         )
     except ConstantImage:
         raise Reject(ledger.CONSTANT) from None

@@ -197,8 +197,15 @@ def run_unit(
 
 
 def copy_shards(
-    zarr_path: str, stores: list[str], size: int, dtype: str, shard: int, table: np.ndarray,
-    shard_range: tuple[int, int], mask_path: str | None = None, mask_table: np.ndarray | None = None,
+    zarr_path: str,
+    stores: list[str],
+    size: int,
+    dtype: str,
+    shard: int,
+    table: np.ndarray,
+    shard_range: tuple[int, int],
+    mask_path: str | None = None,
+    mask_table: np.ndarray | None = None,
 ) -> int:
     """Write the final array's shards ``shard_range`` (whole shards, one call each) from the unit files,
     and the same shards of the masks array when the dataset has one.
@@ -228,10 +235,15 @@ def copy_shards(
     return written
 
 
-def _fill_shard(stagings: list[Staging], maps: dict, table: np.ndarray, f0: int, f1: int, size: int, dtype: str,
-                kind: str) -> np.ndarray:
+def _fill_shard(
+    stagings: list[Staging], maps: dict, table: np.ndarray, f0: int, f1: int, size: int, dtype: str, kind: str
+) -> np.ndarray:
     """Frames ``f0:f1`` of the final array from the unit files; frames no row covers stay 0 (masks)."""
-    buf = np.zeros((f1 - f0, size, size), dtype=dtype) if kind == "masks" else np.empty((f1 - f0, size, size), dtype=dtype)
+    buf = (
+        np.zeros((f1 - f0, size, size), dtype=dtype)
+        if kind == "masks"
+        else np.empty((f1 - f0, size, size), dtype=dtype)
+    )
     starts = table[:, 0]
     r = max(0, int(np.searchsorted(starts, f0, side="right")) - 1)
     while r < len(table) and int(starts[r]) < f1:

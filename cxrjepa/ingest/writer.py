@@ -87,8 +87,14 @@ def collect(stores: Sequence[tuple[Staging, int]], dedupe: bool) -> Assembled:
                 reason, first = ledger.DUP_INSTANCE, first_by_key[row["_dedupe_key"]]
             else:
                 reason, first = ledger.DUP_PIXELS, first_by_pixels[row["pixel_hash"]]
-            rec = ledger.Record(row["source_path"], int(row["source_index"]), ledger.DUPLICATE, reason,
-                                duplicate_of=first, format=row["format"])
+            rec = ledger.Record(
+                row["source_path"],
+                int(row["source_index"]),
+                ledger.DUPLICATE,
+                reason,
+                duplicate_of=first,
+                format=row["format"],
+            )
             records.append({**rec.to_json(), "_order": int(row["_order"])})
         meta = meta.loc[~(dup_key | dup_pix)]
     records.sort(key=lambda r: r["_order"])
@@ -116,9 +122,11 @@ def frame_table(meta: pd.DataFrame, masks: bool = False) -> np.ndarray:
     if masks:
         meta = meta[meta["has_mask"].astype(bool)]
     local = "_mask_local" if masks else "_local_start"
-    return np.stack(
-        [meta[c].to_numpy(np.int64) for c in ("frame_start", "frame_count", "_store", "_unit", local)], axis=1
-    ) if len(meta) else np.zeros((0, 5), np.int64)
+    return (
+        np.stack([meta[c].to_numpy(np.int64) for c in ("frame_start", "frame_count", "_store", "_unit", local)], axis=1)
+        if len(meta)
+        else np.zeros((0, 5), np.int64)
+    )
 
 
 def create_images(out: Path, n_frames: int, size: int, dtype: str, masks: bool = False) -> tuple[str, str | None, int]:
@@ -172,9 +180,15 @@ def content_fingerprint(public: pd.DataFrame, size: int, dtype: str, mask_hashes
 
 
 def copy_all(
-    out: Path, meta: pd.DataFrame, size: int, dtype: str, workers: int,
-    run: Callable[[Callable, list[tuple], int, Callable], None], on_progress: Callable[[int], None] = lambda n: None,
-    masks: bool = False, stores: Sequence[Staging] | None = None,
+    out: Path,
+    meta: pd.DataFrame,
+    size: int,
+    dtype: str,
+    workers: int,
+    run: Callable[[Callable, list[tuple], int, Callable], None],
+    on_progress: Callable[[int], None] = lambda n: None,
+    masks: bool = False,
+    stores: Sequence[Staging] | None = None,
 ) -> int:
     """Create the final array (and ``masks``) and fill it from the staging units of ``stores`` (default: the
     artifact's own staging area); returns the number of frames."""

@@ -101,8 +101,12 @@ class FeatureEncoder(nn.Module):
         self.num_prefix_tokens = int(num_prefix_tokens)
         self.fingerprint = fingerprint
         self.info = dict(info or {})
-        self.register_buffer("_mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer(
+            "_mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "_std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False
+        )
         self.requires_grad_(False)
         self.eval()
 
@@ -158,8 +162,11 @@ class FeatureEncoder(nn.Module):
             "mean": list(self.preprocess.mean),
             "std": list(self.preprocess.std),
             "prefix_tokens": self.num_prefix_tokens,
-            **({"clip_frames": self.clip_frames, "clip_stride": self.clip_stride, "tubelet": self.tubelet}
-               if self.clip_frames > 1 else {}),
+            **(
+                {"clip_frames": self.clip_frames, "clip_stride": self.clip_stride, "tubelet": self.tubelet}
+                if self.clip_frames > 1
+                else {}
+            ),
             **self.info,
         }
 
@@ -180,7 +187,9 @@ class TimmTokens(nn.Module):
                 return EncoderOutput([feats.flatten(2).transpose(1, 2)])
             return EncoderOutput([feats[:, p:]], feats[:, :p] if p else None)
         if not hasattr(self.model, "forward_intermediates"):
-            raise UsageError(f"The timm model '{type(self.model).__name__}' cannot give intermediate layers; drop the last-4-layer features.")
+            raise UsageError(
+                f"The timm model '{type(self.model).__name__}' cannot give intermediate layers; drop the last-4-layer features."
+            )
         outs = self.model.forward_intermediates(
             x, indices=n_layers, norm=True, output_fmt="NLC", intermediates_only=True, return_prefix_tokens=bool(p)
         )
@@ -202,7 +211,9 @@ class ClipTokens(nn.Module):
         if n_layers <= 1:
             return EncoderOutput([self.encoder.run_blocks(tokens)])
         if n_layers > len(self.encoder.vit.blocks):
-            raise UsageError(f"The clip encoder has {len(self.encoder.vit.blocks)} blocks, fewer than the {n_layers} layers asked for.")
+            raise UsageError(
+                f"The clip encoder has {len(self.encoder.vit.blocks)} blocks, fewer than the {n_layers} layers asked for."
+            )
         return EncoderOutput(list(self.encoder.run_blocks(tokens, return_layers=n_layers)))
 
 
@@ -247,8 +258,11 @@ def _cxrjepa_encoder(path: Path, spec: str) -> FeatureEncoder:
     cfg = loaded.config
     clip = {}
     if cfg.is_clip:  # timm's forward cannot run tubelets: tokens come from the ViTEncoder itself
-        clip = {"clip_frames": cfg.frames, "clip_stride": int(loaded.meta.get("clip_stride", 1) or 1),
-                "tubelet": cfg.tubelet}
+        clip = {
+            "clip_frames": cfg.frames,
+            "clip_stride": int(loaded.meta.get("clip_stride", 1) or 1),
+            "tubelet": cfg.tubelet,
+        }
     return FeatureEncoder(
         ClipTokens(loaded.model) if cfg.is_clip else TimmTokens(loaded.model.vit),
         source="cxrjepa",
@@ -266,7 +280,9 @@ def _cxrjepa_encoder(path: Path, spec: str) -> FeatureEncoder:
 _ARCH = re.compile(r"^(?P<size>[a-z]+)(?:/(?P<patch>\d+))?$")
 
 
-def _random_encoder(arch: str, spec: str, seed: int, image_size: int | None, normalization: dict | None) -> FeatureEncoder:
+def _random_encoder(
+    arch: str, spec: str, seed: int, image_size: int | None, normalization: dict | None
+) -> FeatureEncoder:
     from cxrjepa.core.config import from_dict, to_dict
     from cxrjepa.models.export import Normalization, find_export
     from cxrjepa.models.vit import SIZES, EncoderConfig, create_vit
@@ -369,15 +385,23 @@ def _timm_encoder(name: str, spec: str, weights: Path | None) -> FeatureEncoder:
     except UnreadableFileError as exc:  # names the file and the cause (a refused pickle, a corrupt file)
         raise UsageError(exc.message) from None
     except Exception as exc:
-        raise UsageError(f"Cannot read the weights file '{weights}' ({type(exc).__name__}); use safetensors or a plain state dict.") from None
+        raise UsageError(
+            f"Cannot read the weights file '{weights}' ({type(exc).__name__}); use safetensors or a plain state dict."
+        ) from None
     # through timm's pretrained path (its checkpoint filters and input-channel adaptation), from memory
-    kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"state_dict": state, "source": "state_dict"}, "num_classes": 0}
+    kwargs = {
+        "pretrained": True,
+        "pretrained_cfg_overlay": {"state_dict": state, "source": "state_dict"},
+        "num_classes": 0,
+    }
     try:
         model = timm.create_model(name, dynamic_img_size=True, **kwargs)
     except TypeError:  # not a ViT: no dynamic image size
         model = timm.create_model(name, **kwargs)
     except RuntimeError as exc:
-        raise UsageError(f"The weights in '{weights}' do not fit the timm model '{name}' ({str(exc).splitlines()[0][:200]}).") from None
+        raise UsageError(
+            f"The weights in '{weights}' do not fit the timm model '{name}' ({str(exc).splitlines()[0][:200]})."
+        ) from None
     for attr in ("pretrained_cfg", "default_cfg"):  # do not keep a second copy of the weights
         cfg_dict = getattr(model, attr, None)
         if isinstance(cfg_dict, dict):
@@ -388,7 +412,11 @@ def _timm_encoder(name: str, spec: str, weights: Path | None) -> FeatureEncoder:
     mean = tuple(float(v) for v in pcfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(float(v) for v in pcfg.get("std", (0.229, 0.224, 0.225)))
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-    patch = int(patch[0] if isinstance(patch, (tuple, list)) else patch) if patch else int(getattr(model, "feature_info", [{}])[-1].get("reduction", 32))
+    patch = (
+        int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        if patch
+        else int(getattr(model, "feature_info", [{}])[-1].get("reduction", 32))
+    )
     return FeatureEncoder(
         TimmTokens(model.eval()),
         source="timm",
@@ -428,7 +456,9 @@ def _hf_encoder(folder: Path, spec: str) -> FeatureEncoder:
     try:
         from transformers import AutoModel
     except ImportError:  # pragma: no cover - depends on the environment
-        raise UsageError("Loading a Hugging Face folder needs the 'transformers' package (pip install transformers).") from None
+        raise UsageError(
+            "Loading a Hugging Face folder needs the 'transformers' package (pip install transformers)."
+        ) from None
     from cxrjepa.core.fingerprint import fingerprint_path
 
     if not folder.is_dir():
@@ -476,14 +506,21 @@ def _timm_wrapper_encoder(model: nn.Module, proc: dict, folder: Path, spec: str)
         TimmTokens(vit),
         source="hf",
         spec=spec,
-        preprocess=Preprocess(_hf_size(proc, int(args.get("img_size", 224))), chans,
-                              tuple(float(v) for v in proc.get("image_mean", [0.5] * chans)),
-                              tuple(float(v) for v in proc.get("image_std", [0.5] * chans))),
+        preprocess=Preprocess(
+            _hf_size(proc, int(args.get("img_size", 224))),
+            chans,
+            tuple(float(v) for v in proc.get("image_mean", [0.5] * chans)),
+            tuple(float(v) for v in proc.get("image_std", [0.5] * chans)),
+        ),
         embed_dim=int(vit.num_features),
         patch_size=patch,
         num_prefix_tokens=int(getattr(vit, "num_prefix_tokens", 0) or 0),
         fingerprint=fingerprint_path(folder),
-        info={"hf_model_type": "timm_wrapper", "hf_class": type(model).__name__, "timm_model": model.config.architecture},
+        info={
+            "hf_model_type": "timm_wrapper",
+            "hf_class": type(model).__name__,
+            "timm_model": model.config.architecture,
+        },
     )
 
 
@@ -523,13 +560,13 @@ def parse_encoder_spec(text: str | Path, weights: str | Path | None = None) -> E
     text = str(text)
     w = Path(weights) if weights else None
     if text.startswith(RANDOM_PREFIX):
-        return EncoderSpec(text, "random", text[len(RANDOM_PREFIX):])
+        return EncoderSpec(text, "random", text[len(RANDOM_PREFIX) :])
     if text.startswith(PIXELS_PREFIX):
-        return EncoderSpec(text, "pixels", text[len(PIXELS_PREFIX):])
+        return EncoderSpec(text, "pixels", text[len(PIXELS_PREFIX) :])
     if text.startswith(TIMM_PREFIX):
-        return EncoderSpec(text, "timm", text[len(TIMM_PREFIX):], w)
+        return EncoderSpec(text, "timm", text[len(TIMM_PREFIX) :], w)
     if text.startswith(HF_PREFIX):
-        return EncoderSpec(text, "hf", text[len(HF_PREFIX):])
+        return EncoderSpec(text, "hf", text[len(HF_PREFIX) :])
     if w is not None:
         raise UsageError("--weights goes with --encoder timm:NAME.")
     path = Path(text)

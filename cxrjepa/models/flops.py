@@ -25,7 +25,9 @@ def encoder_flops(config, tokens: int, sequences: float = 1.0, embedded: int | N
     sequence, after embedding ``embedded`` patches (default ``tokens``; a visible-token encoder embeds
     every patch, then keeps the visible ones)."""
     embedded = tokens if embedded is None else embedded
-    patch = linear_flops(embedded * sequences, config.patch_size**2 * config.in_chans * config.tubelet, config.embed_dim)
+    patch = linear_flops(
+        embedded * sequences, config.patch_size**2 * config.in_chans * config.tubelet, config.embed_dim
+    )
     return patch + blocks_flops(tokens, config.embed_dim, config.depth, config.mlp_ratio, sequences)
 
 

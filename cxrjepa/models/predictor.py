@@ -37,7 +37,9 @@ class PredictorConfig:
         if self.width < 8 or self.width % 4:
             raise ConfigError("'predictor.width' must be a multiple of 4 and at least 8.")
         if self.width % self.num_heads:
-            raise ConfigError(f"'predictor.width' ({self.width}) must be divisible by the number of heads ({self.num_heads}).")
+            raise ConfigError(
+                f"'predictor.width' ({self.width}) must be divisible by the number of heads ({self.num_heads})."
+            )
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError("'predictor.drop_path' must be in [0, 1).")
 
@@ -101,7 +103,9 @@ class Predictor(nn.Module):
             pos = self._pos[key] = sincos_grid(self.config.width, key[0]).to(device)
         return pos
 
-    def forward(self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    def forward(
+        self, ctx: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor, grid: Sequence[int]
+    ) -> torch.Tensor:
         b, k, _ = ctx.shape
         m, t = tgt_idx.shape[1], tgt_idx.shape[2]
         pos = self.pos_embed(grid, ctx.device)

@@ -38,8 +38,9 @@ class TubeletEmbed(nn.Module):
         self.tubelet = tubelet
         #: the spatial grid of the training size (timm resamples the positional embedding from it)
         self.grid_size = tuple(grid)
-        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(tubelet, patch_size, patch_size),
-                              stride=(tubelet, patch_size, patch_size))
+        self.proj = nn.Conv3d(
+            in_chans, embed_dim, kernel_size=(tubelet, patch_size, patch_size), stride=(tubelet, patch_size, patch_size)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 5:

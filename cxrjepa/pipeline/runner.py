@@ -82,7 +82,9 @@ def resolve_stage(pipeline: Pipeline, spec: StageSpec, sets: dict[str, Any]) -> 
         raise ConfigError(f"Stage '{spec.id}': {exc.message}") from None
     for key in spec.inputs:
         if key not in sdef.inputs:
-            raise ConfigError(f"Stage '{spec.id}' ({spec.stage}) has no input '{key}'." + _did_you_mean(key, sdef.inputs))
+            raise ConfigError(
+                f"Stage '{spec.id}' ({spec.stage}) has no input '{key}'." + _did_you_mean(key, sdef.inputs)
+            )
     for key in sdef.required:
         if key not in spec.inputs:
             raise ConfigError(f"Stage '{spec.id}' ({spec.stage}) needs the input '{key}'.")
@@ -129,15 +131,21 @@ def run_pipeline(
             step.action, step.reason = "would run", f"its input '{pending}' will be remade"
             will_run.add(spec.id)
             continue
-        missing = [str(p) for v in inputs.values() for p in (v if isinstance(v, list) else [v]) if isinstance(p, Path) and not p.exists()]
+        missing = [
+            str(p)
+            for v in inputs.values()
+            for p in (v if isinstance(v, list) else [v])
+            if isinstance(p, Path) and not p.exists()
+        ]
         if missing and dry_run:
             step.action, step.reason = "would fail", f"input '{missing[0]}' does not exist"
             continue
         t0 = time.time()
         try:  # the stage's lock before its folder is read to plan (a dry run takes none and writes nothing)
             with contextlib.nullcontext() if dry_run else output_lock(spec.out, spec.stage):
-                artifact = _plan_and_run(spec, sdef, config, inputs, options, spec.id in forced, dry_run, step,
-                                         will_run)
+                artifact = _plan_and_run(
+                    spec, sdef, config, inputs, options, spec.id in forced, dry_run, step, will_run
+                )
         except Exception as exc:
             known = None if isinstance(exc, _Refused) else format_error(exc)
             if known is None:
@@ -162,8 +170,17 @@ class _Refused(ConfigError):
     """The stage's output folder holds something a stage must not replace: the pipeline stops (exit 2)."""
 
 
-def _plan_and_run(spec: StageSpec, sdef: StageDef, config: Any, inputs: dict, options: dict, force: bool, dry_run: bool,
-                  step: StepResult, will_run: set[str]):
+def _plan_and_run(
+    spec: StageSpec,
+    sdef: StageDef,
+    config: Any,
+    inputs: dict,
+    options: dict,
+    force: bool,
+    dry_run: bool,
+    step: StepResult,
+    will_run: set[str],
+):
     """Plan one stage and run it unless it is up to date (or this is a dry run); the artifact, or None."""
     plan = sdef.plan(spec.out, config, inputs, options, force=force)
     if plan.action == "skip":

@@ -64,7 +64,9 @@ class Pipeline:
         for s in self.stages:
             if s.id == stage_id:
                 return s
-        raise ConfigError(f"The pipeline has no stage '{stage_id}'." + _did_you_mean(stage_id, [s.id for s in self.stages]))
+        raise ConfigError(
+            f"The pipeline has no stage '{stage_id}'." + _did_you_mean(stage_id, [s.id for s in self.stages])
+        )
 
     def resolve(self, value: Any) -> Any:
         """Replace "@ID/sub" references by paths under that stage's output folder."""
@@ -96,7 +98,9 @@ def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages
     unknown = set(data) - {"name", "description", "out", "stages"}
     if unknown:
         key = sorted(unknown)[0]
-        raise ConfigError(f"Unknown pipeline key '{key}' in '{path}'." + _did_you_mean(key, ["name", "description", "out", "stages"]))
+        raise ConfigError(
+            f"Unknown pipeline key '{key}' in '{path}'." + _did_you_mean(key, ["name", "description", "out", "stages"])
+        )
     stages_raw = data.get("stages")
     if not isinstance(stages_raw, dict) or not stages_raw:
         raise ConfigError(f"Pipeline '{path}' needs a 'stages' mapping of stage ids to stage settings.")
@@ -130,7 +134,9 @@ def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages
         for up in spec.upstream():
             if up not in seen:
                 where = "a later stage" if up in stages_raw else "no stage"
-                raise ConfigError(f"Stage '{sid}' reads '@{up}', which is {where}; stages must come after their inputs.")
+                raise ConfigError(
+                    f"Stage '{sid}' reads '@{up}', which is {where}; stages must come after their inputs."
+                )
         stages.append(spec)
         seen.add(sid)
     return Pipeline(name=str(data.get("name") or path.stem), path=path, root=root_path, stages=stages)

@@ -61,8 +61,14 @@ class StageDef:
             return fn(out, config, **inputs, **extra, force=force)
         from cxrjepa.core.artifact import plan_artifact
 
-        return plan_artifact(out, self.kind, fingerprint_params(config), self.input_refs(inputs, options), force=force,
-                             version=self.algorithm_version())
+        return plan_artifact(
+            out,
+            self.kind,
+            fingerprint_params(config),
+            self.input_refs(inputs, options),
+            force=force,
+            version=self.algorithm_version(),
+        )
 
     def load(self) -> tuple[type, Callable]:
         mod = importlib.import_module(self.module)
@@ -97,9 +103,71 @@ def register(stage: StageDef) -> StageDef:
 
 
 register(StageDef("demo-data", "demo", "cxrjepa.demo.api", "DemoConfig", "run_demo", ()))
-register(StageDef("ingest", "dataset", "cxrjepa.ingest.api", "IngestConfig", "run_ingest", ("sources", "labels", "masks"), ("sources",), "IngestOptions", "ingest_input_refs"))
-register(StageDef("pretrain", "run", "cxrjepa.pretrain.api", "PretrainConfig", "run_pretrain", ("data", "teacher", "teacher_weights", "init"), ("data",), "PretrainOptions", "pretrain_input_refs", "plan_pretrain"))
-register(StageDef("embed", "embeddings", "cxrjepa.embed.api", "EmbedConfig", "run_embed", ("encoder", "data", "weights"), ("encoder", "data"), "EmbedOptions", "embed_input_refs"))
-register(StageDef("probe", "probe", "cxrjepa.probe.api", "ProbeConfig", "run_probe", ("embeddings", "labels", "split"), ("embeddings",), "ProbeOptions"))
-register(StageDef("report", "report", "cxrjepa.report.api", "ReportConfig", "run_report", ("artifacts",), ("artifacts",)))
-register(StageDef("export", "export", "cxrjepa.export.api", "ExportConfig", "run_export", ("encoder", "data"), ("encoder",), None, "export_input_refs"))
+register(
+    StageDef(
+        "ingest",
+        "dataset",
+        "cxrjepa.ingest.api",
+        "IngestConfig",
+        "run_ingest",
+        ("sources", "labels", "masks"),
+        ("sources",),
+        "IngestOptions",
+        "ingest_input_refs",
+    )
+)
+register(
+    StageDef(
+        "pretrain",
+        "run",
+        "cxrjepa.pretrain.api",
+        "PretrainConfig",
+        "run_pretrain",
+        ("data", "teacher", "teacher_weights", "init"),
+        ("data",),
+        "PretrainOptions",
+        "pretrain_input_refs",
+        "plan_pretrain",
+    )
+)
+register(
+    StageDef(
+        "embed",
+        "embeddings",
+        "cxrjepa.embed.api",
+        "EmbedConfig",
+        "run_embed",
+        ("encoder", "data", "weights"),
+        ("encoder", "data"),
+        "EmbedOptions",
+        "embed_input_refs",
+    )
+)
+register(
+    StageDef(
+        "probe",
+        "probe",
+        "cxrjepa.probe.api",
+        "ProbeConfig",
+        "run_probe",
+        ("embeddings", "labels", "split"),
+        ("embeddings",),
+        "ProbeOptions",
+    )
+)
+register(
+    StageDef("report", "report", "cxrjepa.report.api", "ReportConfig", "run_report", ("artifacts",), ("artifacts",))
+)
+register(
+    StageDef(
+        "export",
+        "export",
+        "cxrjepa.export.api",
+        "ExportConfig",
+        "run_export",
+        ("encoder", "data"),
+        ("encoder",),
+        None,
+        "export_input_refs",
+    )
+)

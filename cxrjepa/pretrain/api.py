@@ -106,7 +106,8 @@ class DryRun:
             f"# launch: {self.launch or 'this process (no launcher)'}",
             f"# steps: {self.planned_steps} planned over {self.frames} frames"
             + (f", resuming at {self.resume_step}" if self.resume_step else ""),
-            "# loggers: " + ", ".join(["csv (metrics.jsonl, metrics.csv)", *(f"{k} ({v})" for k, v in self.loggers.items())]),
+            "# loggers: "
+            + ", ".join(["csv (metrics.jsonl, metrics.csv)", *(f"{k} ({v})" for k, v in self.loggers.items())]),
             "# resolved config:",
             dump_yaml(self.config).rstrip(),
         ]
@@ -142,8 +143,10 @@ def _check_inputs(config: PretrainConfig, teacher, teacher_weights) -> None:
     if teacher is not None and not takes_teacher:
         raise UsageError(f"--teacher goes with --objective salt, not '{config.objective}'.")
     if teacher is None and config.objective == "salt":
-        raise UsageError("--objective salt needs a frozen teacher: --teacher RUN, an export folder, timm:NAME "
-                         "with --teacher-weights FILE, or a local Hugging Face folder.")
+        raise UsageError(
+            "--objective salt needs a frozen teacher: --teacher RUN, an export folder, timm:NAME "
+            "with --teacher-weights FILE, or a local Hugging Face folder."
+        )
 
 
 def _device_words(procs: ProcessPlan) -> str:
@@ -153,13 +156,27 @@ def _device_words(procs: ProcessPlan) -> str:
     return procs.describe() + (" (not checked: CUDA is not available here)" if unchecked else "")
 
 
-def _launch_spec(out: Path, config: PretrainConfig, data: Path, inputs: ObjectiveInputs, options: PretrainOptions,
-                 force: bool) -> LaunchSpec:
+def _launch_spec(
+    out: Path, config: PretrainConfig, data: Path, inputs: ObjectiveInputs, options: PretrainOptions, force: bool
+) -> LaunchSpec:
     """What the launched workers start from: this call's resolved config, inputs and options."""
-    args = {"out": str(out), "data": str(data), "teacher": inputs.teacher, "teacher_weights": inputs.teacher_weights,
-            "init": inputs.init, "options": to_dict(options), "force": force}
-    return LaunchSpec("pretrain", f"{__name__}:run_launched", args, dump_yaml(config), quiet=console.settings.quiet,
-                      verbose=console.settings.verbose)
+    args = {
+        "out": str(out),
+        "data": str(data),
+        "teacher": inputs.teacher,
+        "teacher_weights": inputs.teacher_weights,
+        "init": inputs.init,
+        "options": to_dict(options),
+        "force": force,
+    }
+    return LaunchSpec(
+        "pretrain",
+        f"{__name__}:run_launched",
+        args,
+        dump_yaml(config),
+        quiet=console.settings.quiet,
+        verbose=console.settings.verbose,
+    )
 
 
 def run_launched(spec: LaunchSpec) -> Artifact | None:
@@ -167,8 +184,16 @@ def run_launched(spec: LaunchSpec) -> Artifact | None:
     inputs and options."""
     a = spec.args
     config = load_config(PretrainConfig, files=[spec.config_path])
-    return run_pretrain(a["out"], config, data=a["data"], teacher=a["teacher"], teacher_weights=a["teacher_weights"],
-                        init=a["init"], options=from_dict(PretrainOptions, a["options"]), force=a["force"])
+    return run_pretrain(
+        a["out"],
+        config,
+        data=a["data"],
+        teacher=a["teacher"],
+        teacher_weights=a["teacher_weights"],
+        init=a["init"],
+        options=from_dict(PretrainOptions, a["options"]),
+        force=a["force"],
+    )
 
 
 def _resume_step(out: Path, action: str) -> int:
@@ -204,7 +229,9 @@ def plan_pretrain(
 
 
 def _plan(out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions, force: bool) -> Plan:
-    plan = plan_artifact(out, KIND, config.science(), refs, force=force or not options.resume, version=ALGORITHM_VERSION)
+    plan = plan_artifact(
+        out, KIND, config.science(), refs, force=force or not options.resume, version=ALGORITHM_VERSION
+    )
     if plan.action == "skip" and Run(Artifact(out, plan.existing or {})).steps_to_go(options.max_steps) > 0:
         return Plan("resume", CONTINUE_EARLY_STOP, plan.fingerprint, plan.existing)
     return plan
@@ -248,9 +275,18 @@ def run_pretrain(
         if launching:
             launch_cmd = dry_run_command(procs, node_rank=options.node_rank, rdzv_endpoint=options.rdzv_endpoint)
         frames = len(item_split(config, dataset)[0])
-        return DryRun(action, plan.reason, procs.world, _device_words(procs), launch_cmd,
-                      _resume_step(out, action), planned_steps(config.train, frames), frames, to_dict(config),
-                      {name: tracker_class(name).where(out) for name in loggers})
+        return DryRun(
+            action,
+            plan.reason,
+            procs.world,
+            _device_words(procs),
+            launch_cmd,
+            _resume_step(out, action),
+            planned_steps(config.train, frames),
+            frames,
+            to_dict(config),
+            {name: tracker_class(name).where(out) for name in loggers},
+        )
     # the launcher (node 0) holds the run folder's lock for its workers; rank 0 takes it when there is none
     lock = output_lock(out, "pretrain") if options.node_rank == 0 or not launching else contextlib.nullcontext()
     with lock, _finished_stays_finished(out, config, refs, options, force):
@@ -262,8 +298,9 @@ def run_pretrain(
 
 
 @contextlib.contextmanager
-def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions,
-                             force: bool):
+def _finished_stays_finished(
+    out: Path, config: PretrainConfig, refs: list[dict], options: PretrainOptions, force: bool
+):
     """A complete run stopped early by ``--max-steps`` whose continuation fails before it saves a new checkpoint
     stays complete (downstream stages keep accepting it): its manifest is put back as it was.
 
@@ -280,37 +317,70 @@ def _finished_stays_finished(out: Path, config: PretrainConfig, refs: list[dict]
                 now = read_manifest(out) or {}
                 latest = ckpt.latest_checkpoint(out)
                 step = int(ckpt.read_state(latest)["step"]) if latest else 0
-                if (now.get("status") != before["status"] and now.get("fingerprint") == before["fingerprint"]
-                        and now.get("created") == before.get("created") and step <= int(before["counts"]["steps"])):
+                if (
+                    now.get("status") != before["status"]
+                    and now.get("fingerprint") == before["fingerprint"]
+                    and now.get("created") == before.get("created")
+                    and step <= int(before["counts"]["steps"])
+                ):
                     atomic_write_yaml(out / MANIFEST, before)
-                    console.warn(f"The continuation failed before its first new checkpoint; '{out}' stays the complete "
-                                 f"run it was (step {before['counts']['steps']}).")
+                    console.warn(
+                        f"The continuation failed before its first new checkpoint; '{out}' stays the complete "
+                        f"run it was (step {before['counts']['steps']})."
+                    )
         raise
 
 
-def _check_memory(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict],
-                  options: PretrainOptions, force: bool, procs: ProcessPlan, teacher: str | None,
-                  teacher_weights: str | None) -> int | None:
+def _check_memory(
+    out: Path,
+    config: PretrainConfig,
+    dataset: DatasetArtifact,
+    refs: list[dict],
+    options: PretrainOptions,
+    force: bool,
+    procs: ProcessPlan,
+    teacher: str | None,
+    teacher_weights: str | None,
+) -> int | None:
     """Refuse, before any model is built, a run whose estimated peak memory does not fit (cxrjepa.pretrain.memory);
     an up-to-date run needs no memory. Returns the disk space its checkpoints take (for a full-disk message)."""
     from cxrjepa.pretrain.memory import check_pretrain_memory, checkpoint_bytes
 
     if _plan(out, config, refs, options, force).action == "skip":
         return None
-    est = check_pretrain_memory(config, device="cuda" if procs.cuda else "cpu", world=procs.world,
-                                procs_per_node=procs.nproc,
-                                frames=int(dataset.images.shape[0]), teacher=teacher, teacher_weights=teacher_weights)
+    est = check_pretrain_memory(
+        config,
+        device="cuda" if procs.cuda else "cpu",
+        world=procs.world,
+        procs_per_node=procs.nproc,
+        frames=int(dataset.images.shape[0]),
+        teacher=teacher,
+        teacher_weights=teacher_weights,
+    )
     parts = ", ".join(f"{k} {v / 2**30:.2f}" for k, v in est.parts.items())
     console.detail(f"Estimated peak memory: {est.total / 2**30:.1f} GB ({parts}).")
     return checkpoint_bytes(est, config)
 
 
-def _launch_or_train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict],
-                     options: PretrainOptions, force: bool, inputs: ObjectiveInputs, data: Path, procs: ProcessPlan,
-                     launching: bool) -> Artifact | None:
+def _launch_or_train(
+    out: Path,
+    config: PretrainConfig,
+    dataset: DatasetArtifact,
+    refs: list[dict],
+    options: PretrainOptions,
+    force: bool,
+    inputs: ObjectiveInputs,
+    data: Path,
+    procs: ProcessPlan,
+    launching: bool,
+) -> Artifact | None:
     if launching:
-        code = launch(_launch_spec(out, config, data, inputs, options, force), procs, node_rank=options.node_rank,
-                      rdzv_endpoint=options.rdzv_endpoint)
+        code = launch(
+            _launch_spec(out, config, data, inputs, options, force),
+            procs,
+            node_rank=options.node_rank,
+            rdzv_endpoint=options.rdzv_endpoint,
+        )
         if code != 0:
             raise CxrjepaError(
                 f"The training processes failed (exit code {code}); see their messages above. "
@@ -333,8 +403,13 @@ def _open_trackers(out: Path, config: PretrainConfig, refs: list[dict], fingerpr
     """The run's trackers (rank 0), continuing the runs of trackers.json; ``None`` without any."""
     if not names:
         return None
-    tags = {"cxrjepa.kind": KIND, "cxrjepa.objective": config.objective, "cxrjepa.fingerprint": fingerprint,
-            "cxrjepa.artifact": str(out), **input_tags(refs)}
+    tags = {
+        "cxrjepa.kind": KIND,
+        "cxrjepa.objective": config.objective,
+        "cxrjepa.fingerprint": fingerprint,
+        "cxrjepa.artifact": str(out),
+        **input_tags(refs),
+    }
     data = next((r for r in refs if r.get("name") == "data"), None)
     if data is not None:
         tags["cxrjepa.dataset_fingerprint"] = str(data.get("fingerprint"))
@@ -373,8 +448,16 @@ def _absolute_spec(spec: str | Path | None) -> str | None:
     return parse_encoder_spec(str(spec)).absolute()
 
 
-def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: list[dict], info: DistInfo,
-           options: PretrainOptions, force: bool, inputs: ObjectiveInputs) -> Artifact | None:
+def _train(
+    out: Path,
+    config: PretrainConfig,
+    dataset: DatasetArtifact,
+    refs: list[dict],
+    info: DistInfo,
+    options: PretrainOptions,
+    force: bool,
+    inputs: ObjectiveInputs,
+) -> Artifact | None:
     science = config.science()
     force = force or not options.resume
     loggers = run_loggers(options)
@@ -407,8 +490,17 @@ def _train(out: Path, config: PretrainConfig, dataset: DatasetArtifact, refs: li
     barrier(info)
     trackers = _open_trackers(out, config, refs, builder.fingerprint, loggers) if info.is_main else None
     try:
-        trainer = Trainer(out, config, dataset, info, max_steps=options.max_steps, resume=True,
-                          fingerprint=builder.fingerprint, inputs=inputs, sinks=[trackers] if trackers else [])
+        trainer = Trainer(
+            out,
+            config,
+            dataset,
+            info,
+            max_steps=options.max_steps,
+            resume=True,
+            fingerprint=builder.fingerprint,
+            inputs=inputs,
+            sinks=[trackers] if trackers else [],
+        )
         outcome = trainer.fit()
         artifact = None
         if info.is_main:
@@ -438,8 +530,11 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
         }
     )
     export = outcome.export
-    final = {k: outcome.last[k] for k in ("loss", "holdout_loss", "feat_std", "rankme", "images_per_s", "mfu")
-             if k in outcome.last}
+    final = {
+        k: outcome.last[k]
+        for k in ("loss", "holdout_loss", "feat_std", "rankme", "images_per_s", "mfu")
+        if k in outcome.last
+    }
     builder.contents.update(
         {
             "objective": config.objective,
@@ -468,8 +563,11 @@ def _finish(builder, config: PretrainConfig, trainer: Trainer, outcome: TrainOut
     if outcome.init is not None:
         builder.contents["init"] = outcome.init
     if config.model.is_clip:
-        builder.contents["clips"] = {"frames": config.model.frames, "tubelet": config.model.tubelet,
-                                     "stride": config.clips.stride}
+        builder.contents["clips"] = {
+            "frames": config.model.frames,
+            "tubelet": config.model.tubelet,
+            "stride": config.clips.stride,
+        }
     if "tensorboard" in loggers:
         builder.contents["tensorboard"] = TENSORBOARD_DIR
     if outcome.stopped_early:

@@ -72,7 +72,9 @@ def read_state(folder: str | Path) -> dict:
     try:
         return json.loads((Path(folder) / STATE).read_text())
     except (OSError, ValueError):
-        raise ArtifactError(f"The checkpoint '{folder}' is incomplete or corrupt; delete it to resume from an older one.") from None
+        raise ArtifactError(
+            f"The checkpoint '{folder}' is incomplete or corrupt; delete it to resume from an older one."
+        ) from None
 
 
 def _options(sharded: bool):
@@ -217,8 +219,9 @@ class Checkpointer:
         folder = latest_checkpoint(self.run)
         if folder is None:
             return 0
-        state = load_checkpoint(folder, self.objective.checkpoint_modules(), self.objective.student, self.optimizer,
-                                sharded=self.sharded)
+        state = load_checkpoint(
+            folder, self.objective.checkpoint_modules(), self.objective.student, self.optimizer, sharded=self.sharded
+        )
         self.objective.load_extra_state(state.get("objective", {}))
         step = int(state["step"])
         if self.info.is_main:

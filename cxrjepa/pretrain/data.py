@@ -213,9 +213,18 @@ class PretrainImages(Dataset):
     arrays (cached teacher targets). ``stream`` separates the random draws of held-out sets from training's.
     """
 
-    def __init__(self, data: DatasetArtifact, size: int, augment: AugmentConfig, seed: int,
-                 cache: FrameCache | None = None, *, items: np.ndarray | None = None,
-                 extras: Callable[[np.ndarray], dict] | None = None, stream: int = _SAMPLE_STREAM):
+    def __init__(
+        self,
+        data: DatasetArtifact,
+        size: int,
+        augment: AugmentConfig,
+        seed: int,
+        cache: FrameCache | None = None,
+        *,
+        items: np.ndarray | None = None,
+        extras: Callable[[np.ndarray], dict] | None = None,
+        stream: int = _SAMPLE_STREAM,
+    ):
         self.data = data
         self.crop = RandomResizedCrop(size, augment)
         self.seed = seed
@@ -243,8 +252,13 @@ class PretrainImages(Dataset):
         idx = int(i) if self.items is None else int(self.items[int(i)])
         frame = np.asarray(self.source()[idx])  # one chunk read (faster in zarr 3 than a fancy index)
         out = self.crop(frame, self.rng(step, pos))
-        return {"image": out[None], "step": step, "pos": pos, "index": idx,
-                **self._extras(np.array([idx]), squeeze=True)}
+        return {
+            "image": out[None],
+            "step": step,
+            "pos": pos,
+            "index": idx,
+            **self._extras(np.array([idx]), squeeze=True),
+        }
 
 
 def clip_frames(start: int, count: int, length: int, stride: int, offset: int) -> np.ndarray:
@@ -268,10 +282,21 @@ class PretrainClips(PretrainImages):
     ``length`` frames every ``stride``-th from a random start, one random-resized crop (and flip) for all.
     """
 
-    def __init__(self, data: DatasetArtifact, size: int, augment: AugmentConfig, seed: int, length: int,
-                 stride: int, cache: FrameCache | None = None, *, items: np.ndarray | None = None,
-                 extras: Callable[[np.ndarray], dict] | None = None, stream: int = _SAMPLE_STREAM,
-                 random_window: bool = True):
+    def __init__(
+        self,
+        data: DatasetArtifact,
+        size: int,
+        augment: AugmentConfig,
+        seed: int,
+        length: int,
+        stride: int,
+        cache: FrameCache | None = None,
+        *,
+        items: np.ndarray | None = None,
+        extras: Callable[[np.ndarray], dict] | None = None,
+        stream: int = _SAMPLE_STREAM,
+        random_window: bool = True,
+    ):
         super().__init__(data, size, augment, seed, cache, items=items, extras=extras, stream=stream)
         self.length, self.stride = int(length), int(stride)
         self.random_window = random_window
@@ -291,12 +316,19 @@ class PretrainClips(PretrainImages):
         slab = np.asarray(self.source()[lo : hi + 1])  # consecutive frames: one slab read
         top, left, h, w = self.crop.params(rng, slab.shape[1], slab.shape[2])
         flip = self.crop.config.hflip and rng.random() < 0.5
-        out = np.stack([resize(np.ascontiguousarray(slab[f - lo, top : top + h, left : left + w]), self.crop.size)
-                        for f in frames])
+        out = np.stack(
+            [resize(np.ascontiguousarray(slab[f - lo, top : top + h, left : left + w]), self.crop.size) for f in frames]
+        )
         if flip:
             out = out[:, :, ::-1]
-        return {"image": np.ascontiguousarray(out)[None], "frames": frames, "step": step, "pos": pos,
-                "index": sample, **self._extras(frames, squeeze=False)}
+        return {
+            "image": np.ascontiguousarray(out)[None],
+            "frames": frames,
+            "step": step,
+            "pos": pos,
+            "index": sample,
+            **self._extras(frames, squeeze=False),
+        }
 
 
 def training_items(config, data: DatasetArtifact) -> tuple[np.ndarray, np.ndarray]:
@@ -331,8 +363,10 @@ def split_holdout(items: np.ndarray, patients: np.ndarray, fraction: float, seed
         return items, items[:0]
     groups, inverse, sizes = np.unique(patients, return_inverse=True, return_counts=True)
     if len(groups) < 2:
-        raise ConfigError("Model selection needs at least two patients (or samples) to hold one out; "
-                          "set salt.holdout=0 and salt.export=last.")
+        raise ConfigError(
+            "Model selection needs at least two patients (or samples) to hold one out; "
+            "set salt.holdout=0 and salt.export=last."
+        )
     order = np.random.default_rng([seed, _HOLDOUT_STREAM]).permutation(len(groups))
     target = fraction * len(items)
     held = np.zeros(len(groups), dtype=bool)
@@ -346,27 +380,60 @@ def split_holdout(items: np.ndarray, patients: np.ndarray, fraction: float, seed
     return items[~mask], items[mask]
 
 
-def training_images(config, data: DatasetArtifact, cache: FrameCache | None = None, *,
-                    items: np.ndarray | None = None, extras: Callable[[np.ndarray], dict] | None = None) -> Dataset:
+def training_images(
+    config,
+    data: DatasetArtifact,
+    cache: FrameCache | None = None,
+    *,
+    items: np.ndarray | None = None,
+    extras: Callable[[np.ndarray], dict] | None = None,
+) -> Dataset:
     """The dataset a run trains on, addressed by :data:`Key`: crops of frames, or clips of samples for clip
     encoders (``model.frames > 1``). ``items``: the frames / samples to draw from (default: all)."""
     model = config.model
     if model.is_clip:
-        return PretrainClips(data, model.image_size, config.augment, config.train.seed, model.frames,
-                             config.clips.stride, cache, items=items, extras=extras)
+        return PretrainClips(
+            data,
+            model.image_size,
+            config.augment,
+            config.train.seed,
+            model.frames,
+            config.clips.stride,
+            cache,
+            items=items,
+            extras=extras,
+        )
     return PretrainImages(data, model.image_size, config.augment, config.train.seed, cache, items=items, extras=extras)
 
 
-def evaluation_images(config, data: DatasetArtifact, items: np.ndarray, cache: FrameCache | None = None, *,
-                      extras: Callable[[np.ndarray], dict] | None = None) -> Dataset:
+def evaluation_images(
+    config,
+    data: DatasetArtifact,
+    items: np.ndarray,
+    cache: FrameCache | None = None,
+    *,
+    extras: Callable[[np.ndarray], dict] | None = None,
+) -> Dataset:
     """Fixed inputs for held-out evaluation: whole frames (no crop, no flip) and middle clip windows."""
     whole = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False)
     model = config.model
     if model.is_clip:
-        return PretrainClips(data, model.image_size, whole, config.train.seed, model.frames, config.clips.stride,
-                             cache, items=items, extras=extras, stream=_HOLDOUT_STREAM, random_window=False)
-    return PretrainImages(data, model.image_size, whole, config.train.seed, cache, items=items, extras=extras,
-                          stream=_HOLDOUT_STREAM)
+        return PretrainClips(
+            data,
+            model.image_size,
+            whole,
+            config.train.seed,
+            model.frames,
+            config.clips.stride,
+            cache,
+            items=items,
+            extras=extras,
+            stream=_HOLDOUT_STREAM,
+            random_window=False,
+        )
+    return PretrainImages(
+        data, model.image_size, whole, config.train.seed, cache, items=items, extras=extras, stream=_HOLDOUT_STREAM
+    )
 
 
 _ITEM_KEYS = {"image", "index", "step", "pos"}

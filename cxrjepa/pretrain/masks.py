@@ -77,7 +77,9 @@ class MultiBlockMasks:
                 f"'masks.min_context' ({config.min_context}) must be below the number of tokens ({self.num_tokens})."
             )
 
-    def block_size(self, rng: np.random.Generator, scale: tuple[float, float], aspect: tuple[float, float]) -> tuple[int, int]:
+    def block_size(
+        self, rng: np.random.Generator, scale: tuple[float, float], aspect: tuple[float, float]
+    ) -> tuple[int, int]:
         """A block (h, w) covering about ``scale`` of the grid with aspect ratio h / w in ``aspect``."""
         s = rng.uniform(*scale) if scale[1] > scale[0] else scale[0]
         a = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1]))) if aspect[1] > aspect[0] else aspect[0]

@@ -101,8 +101,9 @@ def teacher_profile(spec: str, weights: str | None, config: PretrainConfig) -> t
     if sp.source == "random":
         arch = sp.target.split("/")
         if arch[0] in SIZES:
-            cfg = EncoderConfig(size=arch[0], patch_size=int(arch[1]) if len(arch) > 1 else 16,
-                                image_size=student.image_size)
+            cfg = EncoderConfig(
+                size=arch[0], patch_size=int(arch[1]) if len(arch) > 1 else 16, image_size=student.image_size
+            )
     if cfg is None and (sp.source == "cxrjepa" or (sp.source == "random" and Path(sp.target).exists())):
         from cxrjepa.core.config import from_dict
         from cxrjepa.models.export import CONFIG, find_export
@@ -114,11 +115,15 @@ def teacher_profile(spec: str, weights: str | None, config: PretrainConfig) -> t
     if cfg is not None:
         size = config.salt.teacher.size or cfg.image_size
         tg = grid if config.salt.teacher.grid == "match" else (size // cfg.patch_size,) * 2
-        return encoder_params(cfg), Stack(cfg.embed_dim, cfg.depth, int(np.prod(tg)), sequences=frames,
-                                          mlp_ratio=cfg.mlp_ratio)
+        return encoder_params(cfg), Stack(
+            cfg.embed_dim, cfg.depth, int(np.prod(tg)), sequences=frames, mlp_ratio=cfg.mlp_ratio
+        )
     # timm weights or a Hugging Face folder: parameters from the weights, width from the config if there is one
-    files = [Path(sp.weights)] if sp.weights else sorted(Path(sp.target).glob("*.safetensors")) or sorted(
-        Path(sp.target).glob("*.bin"))
+    files = (
+        [Path(sp.weights)]
+        if sp.weights
+        else sorted(Path(sp.target).glob("*.safetensors")) or sorted(Path(sp.target).glob("*.bin"))
+    )
     params = 0
     for f in files:
         n = _safetensors_params(f) if f.suffix == ".safetensors" else None
@@ -137,9 +142,18 @@ def teacher_profile(spec: str, weights: str | None, config: PretrainConfig) -> t
     return params, Stack(width, depth, tokens, sequences=frames)
 
 
-def estimate_pretrain(config: PretrainConfig, *, device: str, world: int, procs_per_node: int, frames: int,
-                      teacher: str | None = None, teacher_weights: str | None = None,
-                      grad_accum: int | None = None, checkpointing: bool | None = None) -> Estimate:
+def estimate_pretrain(
+    config: PretrainConfig,
+    *,
+    device: str,
+    world: int,
+    procs_per_node: int,
+    frames: int,
+    teacher: str | None = None,
+    teacher_weights: str | None = None,
+    grad_accum: int | None = None,
+    checkpointing: bool | None = None,
+) -> Estimate:
     """Peak memory of one training process of ``config`` (``grad_accum`` / ``checkpointing`` override the
     config's runtime settings, to find one that fits)."""
     model, rt = config.model, config.runtime
@@ -174,8 +188,9 @@ def estimate_pretrain(config: PretrainConfig, *, device: str, world: int, procs_
     else:
         frozen_bytes = 0
     if ckpt:  # only each block's input is kept, and one block is recomputed at a time
-        acts = sum(int(4 * micro * s.units + TRAIN_BYTES[device] * micro * s.sequences * s.tokens * s.width)
-                   for s in trained)
+        acts = sum(
+            int(4 * micro * s.units + TRAIN_BYTES[device] * micro * s.sequences * s.tokens * s.width) for s in trained
+        )
     else:
         acts = train_activation_bytes(trained, micro, device)
     pixels = int(np.prod(model.input_shape)) * model.in_chans
@@ -206,12 +221,26 @@ def checkpoint_bytes(est: Estimate, config: PretrainConfig) -> int:
     return int(per * (config.runtime.keep_last + 2))
 
 
-def check_pretrain_memory(config: PretrainConfig, *, device: str, world: int, procs_per_node: int, frames: int,
-                          teacher: str | None = None, teacher_weights: str | None = None,
-                          available: int | None = None) -> Estimate:
+def check_pretrain_memory(
+    config: PretrainConfig,
+    *,
+    device: str,
+    world: int,
+    procs_per_node: int,
+    frames: int,
+    teacher: str | None = None,
+    teacher_weights: str | None = None,
+    available: int | None = None,
+) -> Estimate:
     """Refuse (exit 2, one sentence naming a setting that fits) a run whose estimate does not fit; returns it."""
-    kw = {"device": device, "world": world, "procs_per_node": procs_per_node, "frames": frames, "teacher": teacher,
-          "teacher_weights": teacher_weights}
+    kw = {
+        "device": device,
+        "world": world,
+        "procs_per_node": procs_per_node,
+        "frames": frames,
+        "teacher": teacher,
+        "teacher_weights": teacher_weights,
+    }
     est = estimate_pretrain(config, **kw)
     if not config.runtime.memory_check:
         return est
@@ -236,7 +265,9 @@ def check_pretrain_memory(config: PretrainConfig, *, device: str, world: int, pr
     else:
         advice.append("more GPUs (--gpus N) or --set runtime.strategy=fsdp")
     model = config.model
-    what = (f"Pretraining {model.size} ViT/{model.patch_size} at {model.image_size} px with {config.train.batch_size} "
-            f"images per step on {'the CPU' if device == 'cpu' else 'each GPU'}")
+    what = (
+        f"Pretraining {model.size} ViT/{model.patch_size} at {model.image_size} px with {config.train.batch_size} "
+        f"images per step on {'the CPU' if device == 'cpu' else 'each GPU'}"
+    )
     check_fits(est, what, advice, available=have)
     return est

@@ -119,8 +119,16 @@ class FeatureMonitor:
     (``check``) also runs the :class:`CollapseWatch`. ``measure`` is the forward pass (a collective under
     FSDP: every rank runs it)."""
 
-    def __init__(self, measure: Callable[[], tuple[float, float]], watch: CollapseWatch, *, every: int, last: int,
-                 rank_cap: int, check: bool):
+    def __init__(
+        self,
+        measure: Callable[[], tuple[float, float]],
+        watch: CollapseWatch,
+        *,
+        every: int,
+        last: int,
+        rank_cap: int,
+        check: bool,
+    ):
         self.measure = measure
         self.watch = watch
         self.every = every

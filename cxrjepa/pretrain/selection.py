@@ -125,8 +125,11 @@ class HoldoutSelection:
 
     def restore(self, start: int, metrics: list[dict]) -> None:
         """State at ``start`` (resume): the best taken at or before it, and the evaluations up to it."""
-        self.history = [(int(r["step"]), float(r["holdout_loss"])) for r in metrics
-                        if "holdout_loss" in r and int(r["step"]) <= start]
+        self.history = [
+            (int(r["step"]), float(r["holdout_loss"]))
+            for r in metrics
+            if "holdout_loss" in r and int(r["step"]) <= start
+        ]
         best = read_best(self.run)
         if best is not None and int(best["step"]) <= start:
             self.best_step, self.best_loss = int(best["step"]), float(best["holdout_loss"])
@@ -194,8 +197,9 @@ class SelectionHook:
     :meth:`HoldoutSelection.due` names, evaluate the student, add ``holdout_loss`` to the row and keep a
     new best. Hooks run before the step's checkpoint, so a resume never loses a best."""
 
-    def __init__(self, selection: HoldoutSelection, objective, to_device, autocast, info: DistInfo, *, total: int,
-                 sharded: bool):
+    def __init__(
+        self, selection: HoldoutSelection, objective, to_device, autocast, info: DistInfo, *, total: int, sharded: bool
+    ):
         self.selection = selection
         self.objective = objective
         self.to_device = to_device
@@ -210,6 +214,7 @@ class SelectionHook:
     def __call__(self, step: int, row: dict) -> None:
         held = self.selection.evaluate(self.objective, self.to_device, self.autocast)
         row["holdout_loss"] = held
-        self.selection.update(step, held, self.objective.selection_modules(), write=self.info.is_main,
-                              sharded=self.sharded)
+        self.selection.update(
+            step, held, self.objective.selection_modules(), write=self.info.is_main, sharded=self.sharded
+        )
         barrier(self.info)

@@ -135,9 +135,15 @@ def build_cache(root: str | Path, teacher, student, data, refs: list[dict], env,
         builder = begin(folder, KIND, params, refs, options={"processes": info.world})
         if not builder.resumed or not (folder / ZARR).exists():
             root_group = zarr.open_group(str(folder / ZARR), mode="w")
-            root_group.create_array(ARRAY, shape=(n, tokens, d), dtype="float16", chunks=(1, tokens, d),
-                                    shards=(min(BLOCK, max(n, 1)), tokens, d), fill_value=0,
-                                    dimension_names=["frame", "token", "channel"])
+            root_group.create_array(
+                ARRAY,
+                shape=(n, tokens, d),
+                dtype="float16",
+                chunks=(1, tokens, d),
+                shards=(min(BLOCK, max(n, 1)), tokens, d),
+                fill_value=0,
+                dimension_names=["frame", "token", "channel"],
+            )
             if (folder / LEDGER).exists():
                 for f in (folder / LEDGER).glob("*.jsonl"):
                     f.unlink()
@@ -173,8 +179,13 @@ def build_cache(root: str | Path, teacher, student, data, refs: list[dict], env,
         fsync_dir(folder)
         builder = begin(folder, KIND, params, refs, options={"processes": info.world})
         builder.counts.update({"frames": n, "blocks": (n + BLOCK - 1) // BLOCK})
-        builder.contents.update({"array": {"path": f"{ZARR}/{ARRAY}", "shape": [n, tokens, d], "dtype": "float16"},
-                                 "teacher": teacher.describe(), "ledger": LEDGER})
+        builder.contents.update(
+            {
+                "array": {"path": f"{ZARR}/{ARRAY}", "shape": [n, tokens, d], "dtype": "float16"},
+                "teacher": teacher.describe(),
+                "ledger": LEDGER,
+            }
+        )
         builder.finish(hash_obj({"fingerprint": builder.fingerprint, "frames": n}))
     barrier(info)
     open_artifact(folder, KIND, what="teacher-target cache")

@@ -84,8 +84,15 @@ class Teacher(nn.Module):
     again (SALT does that as an option).
     """
 
-    def __init__(self, spec: str | Path, *, weights: str | Path | None = None, student: EncoderConfig,
-                 config: TeacherConfig | None = None, normalization: dict | None = None):
+    def __init__(
+        self,
+        spec: str | Path,
+        *,
+        weights: str | Path | None = None,
+        student: EncoderConfig,
+        config: TeacherConfig | None = None,
+        normalization: dict | None = None,
+    ):
         super().__init__()
         self.config = config or TeacherConfig()
         self.student = student
@@ -109,8 +116,12 @@ class Teacher(nn.Module):
             self.fingerprint = loaded.fingerprint
             self.mean, self.std = float(loaded.normalization.mean), float(loaded.normalization.std)
         else:
-            enc = load_feature_encoder(sp, seed=0, image_size=student.image_size,
-                                       normalization={k: norm[k] for k in ("mean", "std") if k in norm})
+            enc = load_feature_encoder(
+                sp,
+                seed=0,
+                image_size=student.image_size,
+                normalization={k: norm[k] for k in ("mean", "std") if k in norm},
+            )
             self.vit, self.features = None, enc
             self.clip, self.tubelet = False, 1
             self.patch = enc.patch_size
@@ -119,11 +130,15 @@ class Teacher(nn.Module):
             self.fingerprint = enc.fingerprint
             self.mean, self.std = 0.0, 1.0
         if self.clip and not student.is_clip:
-            raise UsageError(f"The teacher '{self.spec}' is a clip encoder but the student is an image encoder; "
-                             "use an image teacher or set model.frames / model.tubelet for the student.")
+            raise UsageError(
+                f"The teacher '{self.spec}' is a clip encoder but the student is an image encoder; "
+                "use an image teacher or set model.frames / model.tubelet for the student."
+            )
         if self.clip and self.tubelet != student.tubelet:
-            raise UsageError(f"The clip teacher '{self.spec}' has tubelets of {self.tubelet} frames and the student "
-                             f"of {student.tubelet}; give the student the teacher's tubelet length.")
+            raise UsageError(
+                f"The clip teacher '{self.spec}' has tubelets of {self.tubelet} frames and the student "
+                f"of {student.tubelet}; give the student the teacher's tubelet length."
+            )
         self.requires_grad_(False)
         self.eval()
         self.dtype = torch.float32
@@ -180,8 +195,10 @@ class Teacher(nn.Module):
             tokens = self.vit.tokens(x.to(self.dtype))
         tg = self.teacher_grid(size)
         if tokens.shape[1] != tg[0] * tg[1]:
-            raise UsageError(f"The teacher '{self.spec}' gave {tokens.shape[1]} tokens at {size} px, not a "
-                             f"{tg[0]} x {tg[1]} grid; use salt.teacher.grid=resample with another salt.teacher.size.")
+            raise UsageError(
+                f"The teacher '{self.spec}' gave {tokens.shape[1]} tokens at {size} px, not a "
+                f"{tg[0]} x {tg[1]} grid; use salt.teacher.grid=resample with another salt.teacher.size."
+            )
         return resample_tokens(tokens, tg, tuple(grid))
 
     @torch.inference_mode()
@@ -193,7 +210,9 @@ class Teacher(nn.Module):
         if not self.clip:  # an image teacher on every frame, averaged over each tubelet's frames
             tokens = self._frames(x01.transpose(1, 2).reshape(b * t, c, h, w), spatial)
             steps = int(grid[0])
-            return tokens.reshape(b, steps, t // steps, -1, tokens.shape[-1]).mean(dim=2).reshape(b, -1, tokens.shape[-1])
+            return (
+                tokens.reshape(b, steps, t // steps, -1, tokens.shape[-1]).mean(dim=2).reshape(b, -1, tokens.shape[-1])
+            )
         size = self.input_size(spatial)
         frames = _resize(x01.transpose(1, 2).reshape(b * t, c, h, w).float(), size)
         clip = frames.reshape(b, t, c, size, size).transpose(1, 2)

@@ -82,7 +82,12 @@ def load_init(objective, init: str | Path, config: PretrainConfig) -> dict:
 
     loaded = load_encoder(init)
     src, dst = loaded.config, config.model
-    if (src.embed_dim, src.depth, src.patch_size, src.in_chans) != (dst.embed_dim, dst.depth, dst.patch_size, dst.in_chans):
+    if (src.embed_dim, src.depth, src.patch_size, src.in_chans) != (
+        dst.embed_dim,
+        dst.depth,
+        dst.patch_size,
+        dst.in_chans,
+    ):
         raise UsageError(
             f"The init encoder '{init}' ({src.size}, {src.depth} blocks, patch {src.patch_size}) does not fit "
             f"model ({dst.size}, {dst.depth} blocks, patch {dst.patch_size}); use the same width, depth and patch."
@@ -90,13 +95,16 @@ def load_init(objective, init: str | Path, config: PretrainConfig) -> dict:
     if src.is_clip and not dst.is_clip:
         raise UsageError(f"The init encoder '{init}' is a clip encoder; an image student cannot start from it.")
     if src.is_clip and src.tubelet != dst.tubelet:
-        raise UsageError(f"The init clip encoder '{init}' has tubelets of {src.tubelet} frames, the model {dst.tubelet}.")
+        raise UsageError(
+            f"The init clip encoder '{init}' has tubelets of {src.tubelet} frames, the model {dst.tubelet}."
+        )
     state = dict(loaded.model.vit.state_dict())
     if dst.is_clip and not src.is_clip:
         state = inflate_state_dict(state, dst)
     if tuple(src.grid) != tuple(dst.grid):
-        state["pos_embed"] = resample_abs_pos_embed(state["pos_embed"], new_size=dst.grid, old_size=src.grid,
-                                                    num_prefix_tokens=0)
+        state["pos_embed"] = resample_abs_pos_embed(
+            state["pos_embed"], new_size=dst.grid, old_size=src.grid, num_prefix_tokens=0
+        )
     if dst.is_clip and state["time_embed"].shape[1] != dst.frames // dst.tubelet:
         from cxrjepa.models.tubelet import time_positions
 
@@ -245,10 +253,18 @@ class Trainer:
             from cxrjepa.pretrain.selection import HoldoutSelection, holdout_batches
 
             every, export_best, max_items = self.objective.selection()
-            batches = holdout_batches(cfg, self.data, self.holdout_items, self.objective.masks(grid), max_items,
-                                      cache, extras=extras)
-            self.selection = HoldoutSelection(self.run, batches, len(self.holdout_items), self.holdout_patients,
-                                              self.objective.holdout_fraction(cfg), every, export_best)
+            batches = holdout_batches(
+                cfg, self.data, self.holdout_items, self.objective.masks(grid), max_items, cache, extras=extras
+            )
+            self.selection = HoldoutSelection(
+                self.run,
+                batches,
+                len(self.holdout_items),
+                self.holdout_patients,
+                self.objective.holdout_fraction(cfg),
+                every,
+                export_best,
+            )
             self.selection.restore(start, MetricsLog.read(self.run) if start else [])
 
     # ------------------------------------------------------------------ pieces of a step
@@ -331,8 +347,14 @@ class Trainer:
         self.stop = min(self.total, self.max_steps) if self.max_steps else self.total
         self.schedules = Schedules(cfg.optim, self.total)
         self.checkpointer = ckpt.Checkpointer(
-            self.run, self.objective, self.optimizer, self.info, every=rt.checkpoint_every, keep_last=rt.keep_last,
-            sharded=self.strategy == "fsdp", state=self._state,
+            self.run,
+            self.objective,
+            self.optimizer,
+            self.info,
+            every=rt.checkpoint_every,
+            keep_last=rt.keep_last,
+            sharded=self.strategy == "fsdp",
+            state=self._state,
         )
         start = self.checkpointer.restore() if self.resume else 0
         self._data(start)
@@ -401,36 +423,68 @@ class Trainer:
         the collapse monitor, SALT's selection and the extra hooks and sinks; the step-0 row of a new run."""
         rt, info = self.rt, self.info
         log = MetricsLog(self.run, enabled=info.is_main, resume_step=start if start > 0 else None)
-        best_rank = max((float(r["rankme"]) for r in MetricsLog.read(self.run) if "rankme" in r and r["step"] <= start),
-                        default=0.0) if start else 0.0
+        best_rank = (
+            max(
+                (float(r["rankme"]) for r in MetricsLog.read(self.run) if "rankme" in r and r["step"] <= start),
+                default=0.0,
+            )
+            if start
+            else 0.0
+        )
         self.collapse = CollapseWatch(rt.collapse_std, rt.collapse_rank, rt.collapse_rank_drop, best_rank)
         rank_cap = min(len(self.fixed), self.objective.export_encoder().embed_dim)
-        features = FeatureMonitor(self.monitor, self.collapse, every=rt.monitor_every, last=self.stop,
-                                  rank_cap=rank_cap, check=info.is_main)
+        features = FeatureMonitor(
+            self.monitor, self.collapse, every=rt.monitor_every, last=self.stop, rank_cap=rank_cap, check=info.is_main
+        )
         hooks: list[Hook] = [features]
         if self.selection is not None:
             from cxrjepa.pretrain.selection import SelectionHook
 
-            hooks.append(SelectionHook(self.selection, self.objective, self._to_device, self._autocast, info,
-                                       total=self.total, sharded=self.strategy == "fsdp"))
+            hooks.append(
+                SelectionHook(
+                    self.selection,
+                    self.objective,
+                    self._to_device,
+                    self._autocast,
+                    info,
+                    total=self.total,
+                    sharded=self.strategy == "fsdp",
+                )
+            )
         hooks += [make(self) for make in self.hook_factories]
-        metrics = MetricsProcessor(info, batch_size=self.config.train.batch_size, log_every=rt.log_every,
-                                   last_step=self.stop, epoch_at=self.sampler.epoch_at,
-                                   peak_flops=peak_flops(self.device, rt.peak_tflops), hooks=hooks,
-                                   sinks=[log, *self.sinks])
+        metrics = MetricsProcessor(
+            info,
+            batch_size=self.config.train.batch_size,
+            log_every=rt.log_every,
+            last_step=self.stop,
+            epoch_at=self.sampler.epoch_at,
+            peak_flops=peak_flops(self.device, rt.peak_tflops),
+            hooks=hooks,
+            sinks=[log, *self.sinks],
+        )
         if start == 0 and self.stop > 0:  # every rank: the monitor forward is a collective under FSDP
             metrics.write({"step": 0, "epoch": 0.0, **features.baseline()})
         return metrics
 
     def _outcome(self, start: int, metrics: MetricsProcessor) -> TrainOutcome:
         """What the run did; the export (and the selection summary) once it reached its stop."""
-        outcome = TrainOutcome(steps=self.step, total_steps=self.total, stopped_early=self.stop < self.total,
-                               resumed_from=start, world=self.info.world, strategy=self.strategy,
-                               last=metrics.last_row, collapse_warnings=self.collapse.warnings,
-                               describe=self.objective.describe(), init=self.init_info)
+        outcome = TrainOutcome(
+            steps=self.step,
+            total_steps=self.total,
+            stopped_early=self.stop < self.total,
+            resumed_from=start,
+            world=self.info.world,
+            strategy=self.strategy,
+            last=metrics.last_row,
+            collapse_warnings=self.collapse.warnings,
+            describe=self.objective.describe(),
+            init=self.init_info,
+        )
         if outcome.steps >= self.stop:
             outcome.export = self._export(outcome.steps)
             if self.selection is not None:
-                outcome.selection = self.selection.summary(int(outcome.export.get("step", outcome.steps) or outcome.steps))
+                outcome.selection = self.selection.summary(
+                    int(outcome.export.get("step", outcome.steps) or outcome.steps)
+                )
             barrier(self.info)
         return outcome

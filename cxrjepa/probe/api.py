@@ -73,10 +73,14 @@ def build_tasks(config: ProbeConfig, emb: Embeddings, labels: str | Path | None)
     else:
         names = list(config.tasks) or [c for c in emb.label_columns if not is_identifying(c)]
         if not names:
-            raise UsageError("The embeddings carry no label columns; pass --labels CSV (with --key) or --label-col COLUMN.")
+            raise UsageError(
+                "The embeddings carry no label columns; pass --labels CSV (with --key) or --label-col COLUMN."
+            )
         missing = [n for n in names if n not in index.columns]
         if missing:
-            raise UsageError(f"The embeddings index has no column '{missing[0]}' (label columns: {', '.join(emb.label_columns) or 'none'}).")
+            raise UsageError(
+                f"The embeddings index has no column '{missing[0]}' (label columns: {', '.join(emb.label_columns) or 'none'})."
+            )
         table = index
     tasks = []
     for name in names:
@@ -89,8 +93,10 @@ def refuse_identifying(columns, what: str) -> None:
     """A usage error when a column asked for by name is identifying (core.phi): its values would be written."""
     bad = [c for c in columns if is_identifying(c)]
     if bad:
-        raise UsageError(f"The column '{bad[0]}' holds identifying values (names, IDs, dates, contact details or "
-                         f"free text); cxrjepa does not {what} it.")
+        raise UsageError(
+            f"The column '{bad[0]}' holds identifying values (names, IDs, dates, contact details or "
+            f"free text); cxrjepa does not {what} it."
+        )
 
 
 def _previous_split(out: Path, split: str | Path | None) -> pd.DataFrame | None:
@@ -102,7 +108,9 @@ def _previous_split(out: Path, split: str | Path | None) -> pd.DataFrame | None:
     return None
 
 
-def _scores_frame(task: Task, probe_kind: str, rows: np.ndarray, index: pd.DataFrame, split: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+def _scores_frame(
+    task: Task, probe_kind: str, rows: np.ndarray, index: pd.DataFrame, split: np.ndarray, scores: np.ndarray
+) -> pd.DataFrame:
     df = pd.DataFrame(
         {
             "sample_id": index["sample_id"].astype(str).to_numpy()[rows],
@@ -124,7 +132,9 @@ def _scores_frame(task: Task, probe_kind: str, rows: np.ndarray, index: pd.DataF
 
 def _fit(kind: str, task: Task, X, y, tr, va, config: ProbeConfig) -> Probe:
     if kind == "linear":
-        return fit_linear(task, X[tr], y[tr], X[va], y[va], c_grid=config.c_grid, alpha_grid=config.alpha_grid, seed=config.seed)
+        return fit_linear(
+            task, X[tr], y[tr], X[va], y[va], c_grid=config.c_grid, alpha_grid=config.alpha_grid, seed=config.seed
+        )
     return fit_knn(task, X[tr], y[tr], X[va], y[va], ks=config.knn_k)
 
 
@@ -158,8 +168,9 @@ def run_probe(
     emb = Embeddings.open(embeddings)
     refs = input_refs({"embeddings": embeddings, "labels": labels, "split": split})
     previous = _previous_split(out, split)
-    builder = begin(out, KIND, config, refs, options=to_dict(options), force=force, dry_run=dry_run,
-                    version=ALGORITHM_VERSION)
+    builder = begin(
+        out, KIND, config, refs, options=to_dict(options), force=force, dry_run=dry_run, version=ALGORITHM_VERSION
+    )
     if builder.skipped:
         console.info(f"Probe '{out}' is up to date.")
         artifact = builder.existing_artifact()
@@ -170,14 +181,24 @@ def run_probe(
     # with --task segmentation, label tasks run only when asked for (--label-col or --labels)
     tasks, join_info = build_tasks(config, emb, labels) if (not seg or config.tasks or labels is not None) else ([], {})
     if dry_run:
-        console.info(f"Would probe {len(tasks)} task(s){' and segmentation' if seg else ''} on '{embeddings}' into '{out}' ({builder.action}).")
-        return {"dry_run": True, "out": str(out), "action": builder.action, "fingerprint": builder.fingerprint,
-                "tasks": {t.name: t.type for t in tasks}, "segmentation": seg}
+        console.info(
+            f"Would probe {len(tasks)} task(s){' and segmentation' if seg else ''} on '{embeddings}' into '{out}' ({builder.action})."
+        )
+        return {
+            "dry_run": True,
+            "out": str(out),
+            "action": builder.action,
+            "fingerprint": builder.fingerprint,
+            "tasks": {t.name: t.type for t in tasks},
+            "segmentation": seg,
+        }
 
     _check_memory(emb, config, options, bool(tasks))
     X = emb.array(config.features) if tasks else np.zeros((len(emb.index), 0), np.float32)
     if not np.isfinite(X).all():
-        raise UsageError(f"The embeddings' {config.features} hold non-finite values; re-run 'cxrjepa embed' (the encoder may have diverged).")
+        raise UsageError(
+            f"The embeddings' {config.features} hold non-finite values; re-run 'cxrjepa embed' (the encoder may have diverged)."
+        )
     # small problems: BLAS threads only add overhead (6x slower fits on a busy 2-core machine)
     from threadpoolctl import threadpool_limits
 
@@ -195,9 +216,13 @@ def log_probe(artifact: Artifact, config: ProbeConfig, emb: Embeddings, loggers:
     new = [name for name in loggers if state.get(name, {}).get("last_step") is None]
     if not new:
         return
-    tags = {"cxrjepa.kind": KIND, "cxrjepa.fingerprint": artifact.fingerprint, "cxrjepa.artifact": str(artifact.path),
-            "cxrjepa.encoder_fingerprint": str(emb.encoder.get("fingerprint")),
-            **input_tags(artifact.manifest.get("inputs") or [])}
+    tags = {
+        "cxrjepa.kind": KIND,
+        "cxrjepa.fingerprint": artifact.fingerprint,
+        "cxrjepa.artifact": str(artifact.path),
+        "cxrjepa.encoder_fingerprint": str(emb.encoder.get("fingerprint")),
+        **input_tags(artifact.manifest.get("inputs") or []),
+    }
     data = next((r for r in emb.artifact.manifest.get("inputs") or [] if r.get("name") == "data"), None)
     if data is not None:
         tags["cxrjepa.dataset_fingerprint"] = str(data.get("fingerprint"))
@@ -215,9 +240,13 @@ def _check_memory(emb: Embeddings, config: ProbeConfig, options: ProbeOptions, h
     arrays = emb.artifact.contents.get("arrays") or {}
     shape = (arrays.get(config.features) or {}).get("shape") or [len(emb.index), 0]
     patch = arrays.get(PATCH) if config.segmentation.enabled and config.segmentation.source != "encoder" else None
-    check_probe_memory(rows=int(shape[0]), values_per_row=int(np.prod(shape[1:])) if has_tasks else 0,
-                       patch_values_per_row=int(np.prod(patch["shape"][1:])) if patch else 0,
-                       features=config.features, enabled=options.memory_check)
+    check_probe_memory(
+        rows=int(shape[0]),
+        values_per_row=int(np.prod(shape[1:])) if has_tasks else 0,
+        patch_values_per_row=int(np.prod(patch["shape"][1:])) if patch else 0,
+        features=config.features,
+        enabled=options.memory_check,
+    )
 
 
 def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, previous) -> Artifact:
@@ -226,14 +255,25 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     strata = next((t.strata() for t in tasks if t.strata() is not None), None)
     split_arr, split_info = make_split(index, strata, tuple(config.split_fractions), config.seed, previous)
     write_split(out / SPLIT, index, split_arr)
-    console.info(f"Split (patients): train {split_info['patients']['train']}, val {split_info['patients']['val']}, "
-                 f"test {split_info['patients']['test']} ({split_info['source']}).")
+    console.info(
+        f"Split (patients): train {split_info['patients']['train']}, val {split_info['patients']['val']}, "
+        f"test {split_info['patients']['test']} ({split_info['source']})."
+    )
 
     enc = emb.encoder
     result: dict = {
         "encoder": {"path": enc.get("load") or enc.get("spec"), "fingerprint": enc.get("fingerprint")},
-        "embeddings": {"path": str(Path(embeddings)), "fingerprint": emb.artifact.content_fingerprint, "features": config.features},
-        "bootstrap": {"resamples": config.bootstrap, "unit": "patient", "interval": "percentile 95%", "seed": config.seed},
+        "embeddings": {
+            "path": str(Path(embeddings)),
+            "fingerprint": emb.artifact.content_fingerprint,
+            "features": config.features,
+        },
+        "bootstrap": {
+            "resamples": config.bootstrap,
+            "unit": "patient",
+            "interval": "percentile 95%",
+            "seed": config.seed,
+        },
         "tasks": {},
     }
     preds: list[pd.DataFrame] = []
@@ -259,7 +299,9 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
         for kind in config.probes:
             probe = _fit(kind, task, X, y, tr, va, config)
             s_te = probe.scores(X[te])
-            ev = metrics.evaluate(task.type, y[te], s_te, patients[te], task.classes or None, n_boot=config.bootstrap, seed=config.seed)
+            ev = metrics.evaluate(
+                task.type, y[te], s_te, patients[te], task.classes or None, n_boot=config.bootstrap, seed=config.seed
+            )
             res = {"params": probe.params, **ev}
             cur = metrics.curves(task.type, y[te], s_te, task.classes)
             if cur:
@@ -270,14 +312,35 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
                 linear_probes[task.name] = (task, probe, te)
         main = "linear" if "linear" in entry["probes"] else config.probes[0]
         if config.fewshot and "linear" in config.probes:
-            entry["fewshot"] = {"linear": run_fewshot(
-                task, X[tr], y[tr], X[va], y[va], X[te], y[te], fractions=[p / 100.0 for p in config.fewshot],
-                seeds=config.fewshot_seeds, c_grid=config.c_grid, alpha_grid=config.alpha_grid, seed=config.seed)}
+            entry["fewshot"] = {
+                "linear": run_fewshot(
+                    task,
+                    X[tr],
+                    y[tr],
+                    X[va],
+                    y[va],
+                    X[te],
+                    y[te],
+                    fractions=[p / 100.0 for p in config.fewshot],
+                    seeds=config.fewshot_seeds,
+                    c_grid=config.c_grid,
+                    alpha_grid=config.alpha_grid,
+                    seed=config.seed,
+                )
+            }
         if sub_cols:
             main_probe = linear_probes[task.name][1] if main == "linear" else _fit(main, task, X, y, tr, va, config)
             cols = {k: v.iloc[te].reset_index(drop=True) for k, v in sub_cols.items()}
-            sg = evaluate_subgroups(task.type, y[te], main_probe.scores(X[te]), patients[te], cols,
-                                    min_n=config.min_group, n_boot=config.bootstrap, seed=config.seed)
+            sg = evaluate_subgroups(
+                task.type,
+                y[te],
+                main_probe.scores(X[te]),
+                patients[te],
+                cols,
+                min_n=config.min_group,
+                n_boot=config.bootstrap,
+                seed=config.seed,
+            )
             if sg:
                 entry["subgroups"] = sg
         result["tasks"][task.name] = entry
@@ -290,8 +353,16 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     elif not result["tasks"]:
         raise UsageError("No task could be probed (see the warnings above); check the labels and the split.")
     if config.attributes and X.shape[1]:
-        attrs = predict_attributes(X, index, split_arr, patients, c_grid=config.c_grid, alpha_grid=config.alpha_grid,
-                                   n_boot=config.bootstrap, seed=config.seed)
+        attrs = predict_attributes(
+            X,
+            index,
+            split_arr,
+            patients,
+            c_grid=config.c_grid,
+            alpha_grid=config.alpha_grid,
+            n_boot=config.bootstrap,
+            seed=config.seed,
+        )
         if attrs:
             result["attributes"] = attrs
     if config.corruptions and linear_probes:
@@ -304,22 +375,38 @@ def _probe(out, builder, config, options, emb, embeddings, X, tasks, join_info, 
     tmp = out / f".{PREDICTIONS}.tmp"
     pred_df.to_parquet(tmp, index=False)
     tmp.replace(out / PREDICTIONS)
-    builder.counts.update({"samples": int(len(index)), "tasks": len(result["tasks"]), "rejected": 0,
-                           **{s: int(split_info["counts"][s]) for s in SIDES}})
+    builder.counts.update(
+        {
+            "samples": int(len(index)),
+            "tasks": len(result["tasks"]),
+            "rejected": 0,
+            **{s: int(split_info["counts"][s]) for s in SIDES},
+        }
+    )
     if "segmentation" in result:
         seg_part = result["segmentation"]
         builder.counts["segmentation_images"] = int(sum(seg_part["n"].values()))
-        builder.contents["segmentation"] = {"per_image": seg_part["per_image"], "predictions": seg_part["predictions"],
-                                            "classes": seg_part["classes"], "heads": list(seg_part["probes"])}
-    builder.contents.update({
-        "metrics": METRICS_JSON, "metrics_yaml": METRICS_YAML, "predictions": PREDICTIONS,
-        "split": {"path": SPLIT, **split_info},
-        "tasks": {k: v["type"] for k, v in result["tasks"].items()},
-        "features": config.features,
-        "labels_join": join_info or None,
-    })
+        builder.contents["segmentation"] = {
+            "per_image": seg_part["per_image"],
+            "predictions": seg_part["predictions"],
+            "classes": seg_part["classes"],
+            "heads": list(seg_part["probes"]),
+        }
+    builder.contents.update(
+        {
+            "metrics": METRICS_JSON,
+            "metrics_yaml": METRICS_YAML,
+            "predictions": PREDICTIONS,
+            "split": {"path": SPLIT, **split_info},
+            "tasks": {k: v["type"] for k, v in result["tasks"].items()},
+            "features": config.features,
+            "labels_join": join_info or None,
+        }
+    )
     if join_info.get("identifying_columns_left_out"):
-        builder.notes.append("labels: identifying columns not used: " + ", ".join(join_info["identifying_columns_left_out"]))
+        builder.notes.append(
+            "labels: identifying columns not used: " + ", ".join(join_info["identifying_columns_left_out"])
+        )
     check_written(ProbeContents, builder.contents, what="a probe manifest")
     return builder.finish(hash_obj({"fingerprint": builder.fingerprint, "metrics": result}))
 
@@ -328,8 +415,16 @@ def _robustness(result, emb, linear_probes, patients, corruptions, config, optio
     from cxrjepa.probe.robustness import corrupted_features
 
     rows = np.unique(np.concatenate([te for _, _, te in linear_probes.values()]))
-    feats = corrupted_features(emb, rows, corruptions, list(config.severities), feature=config.features,
-                               device=options.device, batch_size=options.batch_size, seed=config.seed)
+    feats = corrupted_features(
+        emb,
+        rows,
+        corruptions,
+        list(config.severities),
+        feature=config.features,
+        device=options.device,
+        batch_size=options.batch_size,
+        seed=config.seed,
+    )
     pos = {int(r): i for i, r in enumerate(rows)}
     for name, (task, probe, te) in linear_probes.items():
         lin = result["tasks"][name]["probes"]["linear"]["metrics"]
@@ -358,4 +453,6 @@ def _summarize(task: Task, entry: dict) -> None:
     for attr, sg in (entry.get("subgroups") or {}).items():
         if sg.get("flagged") and "gap" in sg:
             gap = sg["gap"]
-            console.info(f"  largest subgroup gap: {attr} {gap['metric']} {gap['value']:.3f} ({gap['between'][0]} vs {gap['between'][1]})")
+            console.info(
+                f"  largest subgroup gap: {attr} {gap['metric']} {gap['value']:.3f} ({gap['between'][0]} vs {gap['between'][1]})"
+            )

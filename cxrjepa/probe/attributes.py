@@ -27,7 +27,9 @@ def _age(index: pd.DataFrame) -> pd.Series | None:
     return pd.to_numeric(index["age"], errors="coerce").rename("age")
 
 
-def predict_attributes(X, index: pd.DataFrame, split: np.ndarray, patients: np.ndarray, *, c_grid, alpha_grid, n_boot: int, seed: int) -> dict:
+def predict_attributes(
+    X, index: pd.DataFrame, split: np.ndarray, patients: np.ndarray, *, c_grid, alpha_grid, n_boot: int, seed: int
+) -> dict:
     out = {}
     for name, col, ttype in (("sex", _sex(index), "binary"), ("age", _age(index), "regression")):
         if col is None or col.notna().sum() == 0:
@@ -42,8 +44,15 @@ def predict_attributes(X, index: pd.DataFrame, split: np.ndarray, patients: np.n
             continue
         tr, va, te = sides["train"], sides["val"], sides["test"]
         probe = fit_linear(task, X[tr], task.y[tr], X[va], task.y[va], c_grid=c_grid, alpha_grid=alpha_grid, seed=seed)
-        res = metrics.evaluate(ttype, task.y[te], probe.scores(X[te]), patients[te], task.classes or None, n_boot=n_boot, seed=seed)
-        entry = {"type": ttype, "n": {s: int(len(v)) for s, v in sides.items()}, "params": probe.params, "metrics": res["metrics"]}
+        res = metrics.evaluate(
+            ttype, task.y[te], probe.scores(X[te]), patients[te], task.classes or None, n_boot=n_boot, seed=seed
+        )
+        entry = {
+            "type": ttype,
+            "n": {s: int(len(v)) for s, v in sides.items()},
+            "params": probe.params,
+            "metrics": res["metrics"],
+        }
         if ttype == "binary":
             entry["classes"], entry["positive"] = task.classes, task.positive
         out[name] = entry

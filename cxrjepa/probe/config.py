@@ -37,7 +37,9 @@ class SegmentationConfig:
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.hidden < 1:
-            raise ConfigError("'segmentation.epochs', 'segmentation.batch_size' and 'segmentation.hidden' must be at least 1.")
+            raise ConfigError(
+                "'segmentation.epochs', 'segmentation.batch_size' and 'segmentation.hidden' must be at least 1."
+            )
         if not self.lr_grid or any(lr <= 0 for lr in self.lr_grid):
             raise ConfigError("'segmentation.lr_grid' must hold positive learning rates.")
         if not self.heads or any(h not in HEADS for h in self.heads):

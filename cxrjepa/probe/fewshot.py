@@ -37,7 +37,9 @@ def sample_fraction(task: Task, y: np.ndarray, fraction: float, seed: int) -> np
     return np.sort(rng.choice(n, size=min(n, max(2, int(round(fraction * n)))), replace=False))
 
 
-def run_fewshot(task: Task, Xtr, ytr, Xva, yva, Xte, yte, *, fractions, seeds: int, c_grid, alpha_grid, seed: int = 0) -> list[dict]:
+def run_fewshot(
+    task: Task, Xtr, ytr, Xva, yva, Xte, yte, *, fractions, seeds: int, c_grid, alpha_grid, seed: int = 0
+) -> list[dict]:
     names = metrics.REGRESSION_METRICS if task.type == "regression" else metrics.CLASSIFICATION_METRICS
     out = []
     for frac in fractions:
@@ -56,6 +58,11 @@ def run_fewshot(task: Task, Xtr, ytr, Xva, yva, Xte, yte, *, fractions, seeds: i
         for name in names:
             vals = np.array([r[name] for r in runs if r.get(name) is not None], dtype=np.float64)
             if len(vals):
-                summary[name] = {"mean": round(float(vals.mean()), 6), "std": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 6)}
-        out.append({"fraction": float(frac), "n_train": int(round(np.mean(sizes))), "seeds": len(runs), "metrics": summary})
+                summary[name] = {
+                    "mean": round(float(vals.mean()), 6),
+                    "std": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 6),
+                }
+        out.append(
+            {"fraction": float(frac), "n_train": int(round(np.mean(sizes))), "seeds": len(runs), "metrics": summary}
+        )
     return out

@@ -31,8 +31,19 @@ SPLIT_COLUMNS = ("sample_id", "patient_key", "split")
 #: prediction_value)
 PREDICTION_COLUMNS = ("sample_id", "task", "probe", "split", "target", "prediction")
 #: segmentation.parquet columns (one row per test image, head and class)
-SEGMENTATION_COLUMNS = ("sample_id", "patient_key", "split", "head", "class", "dice", "iou", "true_pixels",
-                        "pred_pixels", "intersection", "prediction_index")
+SEGMENTATION_COLUMNS = (
+    "sample_id",
+    "patient_key",
+    "split",
+    "head",
+    "class",
+    "dice",
+    "iou",
+    "true_pixels",
+    "pred_pixels",
+    "intersection",
+    "prediction_index",
+)
 
 TaskType = Literal["binary", "multiclass", "multilabel", "regression", "segmentation"]
 
@@ -254,7 +265,9 @@ class Probe:
 
     def _missing(self, name: str) -> SchemaError:
         """A file the manifest names is missing or unreadable: the artifact does not hold what it says."""
-        return SchemaError(f"The probe '{self.path}' has no readable {name}; rerun '{STAGE_FOR_KIND[KIND]}' with --force.")
+        return SchemaError(
+            f"The probe '{self.path}' has no readable {name}; rerun '{STAGE_FOR_KIND[KIND]}' with --force."
+        )
 
     @cached_property
     def metrics(self) -> ProbeMetrics:
@@ -264,7 +277,9 @@ class Probe:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise self._missing(self.contents.metrics) from None
-        return parse(ProbeMetrics, data, what=f"the probe '{self.path}' ({self.contents.metrics})", rerun=STAGE_FOR_KIND[KIND])
+        return parse(
+            ProbeMetrics, data, what=f"the probe '{self.path}' ({self.contents.metrics})", rerun=STAGE_FOR_KIND[KIND]
+        )
 
     def split(self):
         """split.csv (sample_id, patient_key, split) as text, or ``None`` when it is missing."""

@@ -40,7 +40,10 @@ def _proba(model, Z: np.ndarray, task_type: str, k: int) -> np.ndarray:
     if task_type == "multilabel":
         p = model.predict_proba(Z)
         if isinstance(p, list):  # kNN multi-output: one (n, c) array per label
-            p = np.stack([q[:, -1] if q.shape[1] > 1 else np.full(len(Z), float(cls[-1])) for q, cls in zip(p, model.classes_)], axis=1)
+            p = np.stack(
+                [q[:, -1] if q.shape[1] > 1 else np.full(len(Z), float(cls[-1])) for q, cls in zip(p, model.classes_)],
+                axis=1,
+            )
         return np.asarray(p, dtype=np.float64)
     p = model.predict_proba(Z)
     full = np.zeros((len(Z), k))

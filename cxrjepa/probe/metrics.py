@@ -103,7 +103,9 @@ def confusion_metrics(C: np.ndarray) -> dict[str, np.ndarray]:
     return {"accuracy": acc, "balanced_accuracy": bal, "macro_f1": macro_f1, "f1": f1}
 
 
-def classification(W: np.ndarray, y: np.ndarray, proba: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def classification(
+    W: np.ndarray, y: np.ndarray, proba: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Binary / multi-class metrics. ``y`` (n,) class indices, ``proba`` (n, k).
 
     Returns (overall metrics {name: (B,)}, per-class metrics {name: (B, k)}).
@@ -117,8 +119,13 @@ def classification(W: np.ndarray, y: np.ndarray, proba: np.ndarray) -> tuple[dic
         overall_auc, overall_ap = per_auc[:, 1], per_ap[:, 1]
     else:  # macro over the classes defined in this (re)sample
         overall_auc, overall_ap = _nanmean(per_auc), _nanmean(per_ap)
-    overall = {"auroc": overall_auc, "auprc": overall_ap, "macro_f1": cm["macro_f1"], "accuracy": cm["accuracy"],
-               "balanced_accuracy": cm["balanced_accuracy"]}
+    overall = {
+        "auroc": overall_auc,
+        "auprc": overall_ap,
+        "macro_f1": cm["macro_f1"],
+        "accuracy": cm["accuracy"],
+        "balanced_accuracy": cm["balanced_accuracy"],
+    }
     return overall, {"auroc": per_auc, "auprc": per_ap, "f1": cm["f1"]}
 
 
@@ -130,7 +137,9 @@ def _nanmean(a: np.ndarray) -> np.ndarray:
     return np.where(cnt > 0, tot / np.maximum(cnt, 1), np.nan)
 
 
-def multilabel(W: np.ndarray, Y: np.ndarray, proba: np.ndarray, threshold: float = 0.5) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def multilabel(
+    W: np.ndarray, Y: np.ndarray, proba: np.ndarray, threshold: float = 0.5
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Multi-label metrics. ``Y`` (n, k) 0/1, ``proba`` (n, k) independent probabilities."""
     Y = np.asarray(Y, dtype=bool)
     k = Y.shape[1]
@@ -281,7 +290,10 @@ def curves(task_type: str, y: np.ndarray, scores: np.ndarray, classes: list[str]
         if len(fpr) > max_points:
             keep = np.unique(np.linspace(0, len(fpr) - 1, max_points).round().astype(int))
             fpr, tpr = fpr[keep], tpr[keep]
-        out["roc"][str(classes[c])] = {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+        out["roc"][str(classes[c])] = {
+            "fpr": [round(float(v), 5) for v in fpr],
+            "tpr": [round(float(v), 5) for v in tpr],
+        }
     if task_type != "multilabel":
         cm = confusion_matrix(y, np.argmax(scores, axis=1), labels=list(range(len(classes))))
         out["confusion"] = {"labels": [str(c) for c in classes], "matrix": cm.tolist()}

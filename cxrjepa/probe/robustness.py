@@ -40,21 +40,38 @@ def source_of(emb: Embeddings, device: str = "auto", what: str = "robustness nee
     if not encoder:
         return ds, None, cfg, dev
     spec = enc_info.get("load") or enc_info.get("spec")
-    enc = load_feature_encoder(spec, weights=enc_info.get("weights"), device=dev, seed=cfg.seed,
-                               image_size=cfg.image_size or ds.size, normalization=ds.normalization)
+    enc = load_feature_encoder(
+        spec,
+        weights=enc_info.get("weights"),
+        device=dev,
+        seed=cfg.seed,
+        image_size=cfg.image_size or ds.size,
+        normalization=ds.normalization,
+    )
     if enc.fingerprint != enc_info.get("fingerprint"):
         raise ArtifactError("The encoder the embeddings were made with has changed on disk; re-run 'cxrjepa embed'.")
     return ds, enc, cfg, dev
 
 
-def corrupted_features(emb: Embeddings, rows: np.ndarray, names: list[str], severities: list[int], *, feature: str,
-                       device: str = "auto", batch_size: int = 64, seed: int = 0) -> dict[tuple[str, int], np.ndarray]:
+def corrupted_features(
+    emb: Embeddings,
+    rows: np.ndarray,
+    names: list[str],
+    severities: list[int],
+    *,
+    feature: str,
+    device: str = "auto",
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[tuple[str, int], np.ndarray]:
     """``{(corruption, severity): features of dataset rows ``rows``}`` (rows = embeddings rows)."""
     ds, enc, cfg, dev = source_of(emb, device)
     out = {}
     for name in names:
         for sev in severities:
             console.info(f"Robustness: re-embedding {len(rows)} test samples with {name} (severity {sev}).")
-            feats = embed_rows(enc, ds, rows, cfg, device=dev, batch_size=batch_size, transform=corruption(name, sev, seed))
+            feats = embed_rows(
+                enc, ds, rows, cfg, device=dev, batch_size=batch_size, transform=corruption(name, sev, seed)
+            )
             out[(name, sev)] = feats[feature]
     return out

@@ -17,7 +17,9 @@ import numpy as np
 from cxrjepa.probe.metrics import _ci, _value, bootstrap_weights
 
 
-def confusion_counts(pred: np.ndarray, true: np.ndarray, n_classes: int, ignore: int = 255) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def confusion_counts(
+    pred: np.ndarray, true: np.ndarray, n_classes: int, ignore: int = 255
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per image and class index: intersection, predicted and true pixel counts, each (n, n_classes).
 
     ``pred`` and ``true`` are (n, H, W) class indices; ``true == ignore`` pixels are left out.
@@ -63,8 +65,9 @@ def _class_mean(per_class: np.ndarray) -> np.ndarray:
     return np.where(cnt > 0, np.where(ok, per_class, 0.0).sum(axis=1) / np.maximum(cnt, 1), np.nan)
 
 
-def evaluate(dice: np.ndarray, iou: np.ndarray, groups: np.ndarray, class_names: list[str], *, n_boot: int = 1000,
-             seed: int = 0) -> dict:
+def evaluate(
+    dice: np.ndarray, iou: np.ndarray, groups: np.ndarray, class_names: list[str], *, n_boot: int = 1000, seed: int = 0
+) -> dict:
     """``{"metrics": {"dice", "iou"}, "per_class": {name: {"dice", "iou"}}}`` with values and 95 % intervals.
 
     ``dice`` / ``iou``: (n images, k foreground classes); ``groups``: the patient of each image.
@@ -86,12 +89,16 @@ def evaluate(dice: np.ndarray, iou: np.ndarray, groups: np.ndarray, class_names:
         return d
 
     metrics = {k: pack(_class_mean(point[k][None])[0], [_class_mean(b) for b in boots[k]]) for k in arrays}
-    per_class = {name: {k: pack(point[k][c], [b[:, c] for b in boots[k]]) for k in arrays}
-                 for c, name in enumerate(class_names)}
+    per_class = {
+        name: {k: pack(point[k][c], [b[:, c] for b in boots[k]]) for k in arrays} for c, name in enumerate(class_names)
+    }
     return {"metrics": metrics, "per_class": per_class}
 
 
 def point(dice: np.ndarray, iou: np.ndarray) -> dict[str, float | None]:
     """Overall Dice and IoU without intervals (validation selection, few-shot)."""
     one = np.ones((1, dice.shape[0]))
-    return {"dice": _value(_class_mean(_weighted_means(one, dice))[0]), "iou": _value(_class_mean(_weighted_means(one, iou))[0])}
+    return {
+        "dice": _value(_class_mean(_weighted_means(one, dice))[0]),
+        "iou": _value(_class_mean(_weighted_means(one, iou))[0]),
+    }

@@ -59,7 +59,9 @@ def _classes(ds) -> tuple[list[int], list[str]]:
     if classes:
         values = sorted(int(k) for k in classes)
         return [0, *values], [str(classes[str(v)]) for v in values]
-    present = sorted({int(v) for v in np.unique(np.asarray(ds.masks[: min(64, ds.masks.shape[0])])) if 0 < v < IGNORE}) or [1]
+    present = sorted(
+        {int(v) for v in np.unique(np.asarray(ds.masks[: min(64, ds.masks.shape[0])])) if 0 < v < IGNORE}
+    ) or [1]
     return [0, *present], [str(v) for v in present]
 
 
@@ -73,8 +75,14 @@ def load_data(emb, index: pd.DataFrame, config: SegmentationConfig, *, device: s
     ds, enc, cfg, dev = source_of(emb, device, "the segmentation probe reads the masks from it", encoder=not use_tokens)
     if ds.masks is None:
         raise UsageError(f"The dataset '{ds.path}' has no masks; ingest it with --masks (see docs/segmentation.md).")
-    has = ds.meta["has_mask"].fillna(False).astype(bool).to_numpy() if "has_mask" in ds.meta else np.zeros(len(ds.meta), bool)
-    if len(ds.meta) != len(index) or not np.array_equal(ds.meta["sample_id"].astype(str).to_numpy(), index["sample_id"].astype(str).to_numpy()):
+    has = (
+        ds.meta["has_mask"].fillna(False).astype(bool).to_numpy()
+        if "has_mask" in ds.meta
+        else np.zeros(len(ds.meta), bool)
+    )
+    if len(ds.meta) != len(index) or not np.array_equal(
+        ds.meta["sample_id"].astype(str).to_numpy(), index["sample_id"].astype(str).to_numpy()
+    ):
         raise UsageError("The embeddings' rows are not the samples of their dataset; re-run 'cxrjepa embed'.")
     rows = np.flatnonzero(has & (ds.meta["frame_count"].to_numpy() == 1))
     if len(rows) == 0:
@@ -86,7 +94,9 @@ def load_data(emb, index: pd.DataFrame, config: SegmentationConfig, *, device: s
     targets = np.stack([lut[np.asarray(ds.masks[int(starts[r])])] for r in rows])
     if use_tokens:
         if PATCH not in emb.arrays:
-            raise UsageError("The embeddings hold no patch_tokens; re-run 'cxrjepa embed --patch-tokens' or set segmentation.source=encoder.")
+            raise UsageError(
+                "The embeddings hold no patch_tokens; re-run 'cxrjepa embed --patch-tokens' or set segmentation.source=encoder."
+            )
         tokens = np.asarray(open_arrays(emb.path)[PATCH].oindex[rows], dtype=np.float16)
         grid = tuple((emb.artifact.contents.get("arrays") or {}).get(PATCH, {}).get("grid") or ())
         source = "patch_tokens"
@@ -97,7 +107,9 @@ def load_data(emb, index: pd.DataFrame, config: SegmentationConfig, *, device: s
         pcfg = replace(cfg, patch_tokens=True, clip_frames=1, clip_pool="middle")
         tokens = np.zeros((len(rows), *output_shapes(pcfg, enc)[PATCH]), np.float16)
         for lo in range(0, len(rows), 256):  # bounded memory: float32 tokens of 256 images at a time
-            tokens[lo : lo + 256] = embed_rows(enc, ds, rows[lo : lo + 256], pcfg, device=dev, batch_size=batch_size)[PATCH]
+            tokens[lo : lo + 256] = embed_rows(enc, ds, rows[lo : lo + 256], pcfg, device=dev, batch_size=batch_size)[
+                PATCH
+            ]
         size = pcfg.image_size or enc.image_size
         grid = enc.grid(size, size)
         source = "encoder"
@@ -115,7 +127,16 @@ def load_data(emb, index: pd.DataFrame, config: SegmentationConfig, *, device: s
 class Head(nn.Module):
     """Patch tokens (B, L, D) -> class logits on the token grid (B, K, gh, gw)."""
 
-    def __init__(self, kind: str, dim: int, n_classes: int, grid: tuple[int, int], mean: torch.Tensor, std: torch.Tensor, hidden: int = 128):
+    def __init__(
+        self,
+        kind: str,
+        dim: int,
+        n_classes: int,
+        grid: tuple[int, int],
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        hidden: int = 128,
+    ):
         super().__init__()
         self.grid = grid
         self.register_buffer("mean", mean.view(1, -1, 1, 1))
@@ -123,8 +144,12 @@ class Head(nn.Module):
         if kind == "linear":
             self.net = nn.Conv2d(dim, n_classes, 1)
         else:
-            self.net = nn.Sequential(nn.Conv2d(dim, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-                                     nn.Conv2d(hidden, n_classes, 1))
+            self.net = nn.Sequential(
+                nn.Conv2d(dim, hidden, 3, padding=1),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden, n_classes, 1),
+            )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         b, l, d = tokens.shape
@@ -167,7 +192,16 @@ def _stats(tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(np.maximum(std, 1e-3), dtype=torch.float32)
 
 
-def train_head(kind: str, data: SegData, train: np.ndarray, *, lr: float, config: SegmentationConfig, seed: int, device: torch.device) -> Head:
+def train_head(
+    kind: str,
+    data: SegData,
+    train: np.ndarray,
+    *,
+    lr: float,
+    config: SegmentationConfig,
+    seed: int,
+    device: torch.device,
+) -> Head:
     """A head trained on the images at positions ``train`` of ``data``."""
     torch.manual_seed(seed)
     mean, std = _stats(data.tokens[train])
@@ -207,7 +241,9 @@ def predict(head: Head, data: SegData, idx: np.ndarray, device: torch.device, ba
     return out
 
 
-def scores(data: SegData, idx: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def scores(
+    data: SegData, idx: np.ndarray, pred: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(dice, iou) over foreground classes (n, K-1), and the intersection / predicted / true pixel counts."""
     inter, p_cnt, t_cnt = seg_metrics.confusion_counts(pred, data.targets[idx], len(data.values), IGNORE)
     dice, iou = seg_metrics.dice_iou(inter[:, 1:], p_cnt[:, 1:], t_cnt[:, 1:])
@@ -217,7 +253,9 @@ def scores(data: SegData, idx: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray
 # ---------------------------------------------------------------- the probe
 
 
-def run_segmentation(out: Path, emb, index: pd.DataFrame, split: np.ndarray, patients: np.ndarray, probe_config, options) -> dict:
+def run_segmentation(
+    out: Path, emb, index: pd.DataFrame, split: np.ndarray, patients: np.ndarray, probe_config, options
+) -> dict:
     """Train and score the heads; writes segmentation.parquet and segmentation.zarr; returns the metrics part."""
     config: SegmentationConfig = probe_config.segmentation
     device = torch.device("cuda" if options.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -238,13 +276,23 @@ def _run(out: Path, data: SegData, index, split, patients, probe_config, config:
     if n["train"] < 1 or n["test"] < 1:
         raise UsageError(f"Too few images with masks for a segmentation probe (train {n['train']}, test {n['test']}).")
     sel = pos["val"] if n["val"] else pos["train"]
-    console.info(f"Segmentation: {len(data.rows)} images with masks (train {n['train']}, val {n['val']}, test {n['test']}), "
-                 f"classes {', '.join(data.names)}, grid {data.grid[0]}x{data.grid[1]} from {data.source}.")
+    console.info(
+        f"Segmentation: {len(data.rows)} images with masks (train {n['train']}, val {n['val']}, test {n['test']}), "
+        f"classes {', '.join(data.names)}, grid {data.grid[0]}x{data.grid[1]} from {data.source}."
+    )
     seed = int(probe_config.seed)
     te = pos["test"]
-    entry: dict = {"type": "segmentation", "classes": list(data.names), "values": data.values[1:], "n": n,
-                   "features": data.source, "grid": list(data.grid), "image_size": int(data.targets.shape[-1]),
-                   "loss": config.loss, "probes": {}}
+    entry: dict = {
+        "type": "segmentation",
+        "classes": list(data.names),
+        "values": data.values[1:],
+        "n": n,
+        "features": data.source,
+        "grid": list(data.grid),
+        "image_size": int(data.targets.shape[-1]),
+        "loss": config.loss,
+        "probes": {},
+    }
     per_image: list[pd.DataFrame] = []
     preds: dict[str, np.ndarray] = {}
     chosen_lr: dict[str, float] = {}
@@ -261,20 +309,41 @@ def _run(out: Path, data: SegData, index, split, patients, probe_config, config:
         chosen_lr[kind] = lr
         pred = predict(head, data, te, device)
         dice, iou, inter, p_cnt, t_cnt = scores(data, te, pred)
-        ev = seg_metrics.evaluate(dice, iou, patients[data.rows[te]], data.names, n_boot=probe_config.bootstrap, seed=seed)
-        params = {"lr": lr, "epochs": config.epochs, "weight_decay": config.weight_decay, "val_score": round(float(val_dice), 6),
-                  "selected_on": "val" if n["val"] else "train"}
+        ev = seg_metrics.evaluate(
+            dice, iou, patients[data.rows[te]], data.names, n_boot=probe_config.bootstrap, seed=seed
+        )
+        params = {
+            "lr": lr,
+            "epochs": config.epochs,
+            "weight_decay": config.weight_decay,
+            "val_score": round(float(val_dice), 6),
+            "selected_on": "val" if n["val"] else "train",
+        }
         if kind == "conv":
             params["hidden"] = config.hidden
         entry["probes"][kind] = {"params": params, **ev}
         preds[kind] = np.asarray(data.values, np.uint8)[pred]
         per_image.append(_per_image(index, data, te, kind, dice, iou, inter, p_cnt, t_cnt))
         m = ev["metrics"]["dice"]
-        console.info(f"Segmentation {kind}: test Dice {m['value']:.3f}" + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m.get("ci") else "")
-                     + f" (lr {lr:g}, val Dice {val_dice:.3f}).")
+        console.info(
+            f"Segmentation {kind}: test Dice {m['value']:.3f}"
+            + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m.get("ci") else "")
+            + f" (lr {lr:g}, val Dice {val_dice:.3f})."
+        )
     if probe_config.fewshot and "linear" in config.heads:
-        entry["fewshot"] = {"linear": _fewshot(data, pos["train"], te, [p / 100.0 for p in probe_config.fewshot],
-                                               probe_config.fewshot_seeds, chosen_lr["linear"], config, seed, device)}
+        entry["fewshot"] = {
+            "linear": _fewshot(
+                data,
+                pos["train"],
+                te,
+                [p / 100.0 for p in probe_config.fewshot],
+                probe_config.fewshot_seeds,
+                chosen_lr["linear"],
+                config,
+                seed,
+                device,
+            )
+        }
     table = pd.concat(per_image, ignore_index=True)
     tmp = out / f".{PER_IMAGE}.tmp"
     table.to_parquet(tmp, index=False)
@@ -288,23 +357,36 @@ def _run(out: Path, data: SegData, index, split, patients, probe_config, config:
 def _per_image(index, data: SegData, te, kind, dice, iou, inter, p_cnt, t_cnt) -> pd.DataFrame:
     rows = data.rows[te]
     k = len(data.names)
-    return pd.DataFrame({
-        "sample_id": np.repeat(index["sample_id"].astype(str).to_numpy()[rows], k),
-        "patient_key": np.repeat(index["patient_key"].astype(str).to_numpy()[rows] if "patient_key" in index else "", k),
-        "split": "test",
-        "head": kind,
-        "class": np.tile(np.asarray(data.names, dtype=object), len(rows)),
-        "dice": dice.reshape(-1),
-        "iou": iou.reshape(-1),
-        "true_pixels": t_cnt.reshape(-1),
-        "pred_pixels": p_cnt.reshape(-1),
-        "intersection": inter.reshape(-1),
-        "prediction_index": np.repeat(np.arange(len(rows)), k),
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": np.repeat(index["sample_id"].astype(str).to_numpy()[rows], k),
+            "patient_key": np.repeat(
+                index["patient_key"].astype(str).to_numpy()[rows] if "patient_key" in index else "", k
+            ),
+            "split": "test",
+            "head": kind,
+            "class": np.tile(np.asarray(data.names, dtype=object), len(rows)),
+            "dice": dice.reshape(-1),
+            "iou": iou.reshape(-1),
+            "true_pixels": t_cnt.reshape(-1),
+            "pred_pixels": p_cnt.reshape(-1),
+            "intersection": inter.reshape(-1),
+            "prediction_index": np.repeat(np.arange(len(rows)), k),
+        }
+    )
 
 
-def _fewshot(data: SegData, train: np.ndarray, te: np.ndarray, fractions, seeds: int, lr: float,
-             config: SegmentationConfig, seed: int, device) -> list[dict]:
+def _fewshot(
+    data: SegData,
+    train: np.ndarray,
+    te: np.ndarray,
+    fractions,
+    seeds: int,
+    lr: float,
+    config: SegmentationConfig,
+    seed: int,
+    device,
+) -> list[dict]:
     """The linear head on a share of the training images (at least one), ``seeds`` draws; test Dice/IoU."""
     out = []
     for frac in fractions:
@@ -322,8 +404,13 @@ def _fewshot(data: SegData, train: np.ndarray, te: np.ndarray, fractions, seeds:
         for name in ("dice", "iou"):
             vals = np.array([r[name] for r in runs if r.get(name) is not None], dtype=np.float64)
             if len(vals):
-                summary[name] = {"mean": round(float(vals.mean()), 6), "std": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 6)}
-        out.append({"fraction": float(frac), "n_train": int(round(np.mean(sizes))), "seeds": len(runs), "metrics": summary})
+                summary[name] = {
+                    "mean": round(float(vals.mean()), 6),
+                    "std": round(float(vals.std(ddof=1)) if len(vals) > 1 else 0.0, 6),
+                }
+        out.append(
+            {"fraction": float(frac), "n_train": int(round(np.mean(sizes))), "seeds": len(runs), "metrics": summary}
+        )
     return out
 
 

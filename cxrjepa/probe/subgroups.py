@@ -37,7 +37,9 @@ def attribute_columns(index: pd.DataFrame, wanted: list[str], edges: list[float]
     return {k: v for k, v in cols.items() if v.notna().sum() > 0}
 
 
-def evaluate_subgroups(task_type, y, scores, patients, columns: dict[str, pd.Series], *, min_n: int, n_boot: int, seed: int) -> dict:
+def evaluate_subgroups(
+    task_type, y, scores, patients, columns: dict[str, pd.Series], *, min_n: int, n_boot: int, seed: int
+) -> dict:
     """Per attribute: {"groups": {g: {"n", "metrics"}}, "gap": {...}} (groups under ``min_n`` get n only)."""
     primary = metrics.PRIMARY[task_type]
     lower = primary in metrics.LOWER_IS_BETTER
@@ -53,16 +55,26 @@ def evaluate_subgroups(task_type, y, scores, patients, columns: dict[str, pd.Ser
             if enough and task_type in ("binary", "multiclass"):
                 enough = len(np.unique(yy)) >= 2
             if enough:
-                entry["metrics"] = metrics.evaluate(task_type, yy, scores[rows], patients[rows], n_boot=n_boot, seed=seed)["metrics"]
+                entry["metrics"] = metrics.evaluate(
+                    task_type, yy, scores[rows], patients[rows], n_boot=n_boot, seed=seed
+                )["metrics"]
             groups[g] = entry
-        scored = {g: e["metrics"][primary]["value"] for g, e in groups.items() if "metrics" in e and e["metrics"][primary]["value"] is not None}
+        scored = {
+            g: e["metrics"][primary]["value"]
+            for g, e in groups.items()
+            if "metrics" in e and e["metrics"][primary]["value"] is not None
+        }
         if len(groups) < 2:
             continue
         res: dict = {"groups": groups}
         if len(scored) >= 2:
             ranked = sorted(scored, key=lambda g: (scored[g], g))  # ties: two different groups all the same
             worst, best = (ranked[-1], ranked[0]) if lower else (ranked[0], ranked[-1])
-            res["gap"] = {"metric": primary, "value": round(abs(scored[best] - scored[worst]), 6), "between": [worst, best]}
+            res["gap"] = {
+                "metric": primary,
+                "value": round(abs(scored[best] - scored[worst]), 6),
+                "between": [worst, best],
+            }
         out[attr] = res
     gaps = {a: r["gap"]["value"] for a, r in out.items() if "gap" in r}
     if gaps:

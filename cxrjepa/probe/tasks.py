@@ -103,7 +103,9 @@ def detect_type(values: pd.Series, sep: str = "|") -> str:
         whole = np.all(np.isclose(numeric, np.round(numeric)))
         return "multiclass" if whole and len(uniq) <= MAX_CLASSES else "regression"
     if len(uniq) > MAX_CLASSES * 5:
-        raise UsageError(f"The label column '{values.name}' has {len(uniq)} distinct text values; set its type with --task.")
+        raise UsageError(
+            f"The label column '{values.name}' has {len(uniq)} distinct text values; set its type with --task."
+        )
     return "multiclass"
 
 
@@ -114,7 +116,9 @@ def _sorted_classes(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-def make_task(values: pd.Series, name: str, task_type: str | None = None, positive: str | None = None, sep: str = "|") -> Task:
+def make_task(
+    values: pd.Series, name: str, task_type: str | None = None, positive: str | None = None, sep: str = "|"
+) -> Task:
     """Encode a label column (one entry per embeddings row) as a :class:`Task`."""
     task_type = task_type or detect_type(values, sep)
     if task_type not in TYPES:
@@ -172,7 +176,9 @@ def _norm_key(s: pd.Series) -> pd.Series:
     return out.str.replace(r"^\./", "", regex=True)
 
 
-def join_labels(index: pd.DataFrame, csv: str | Path, key: str, columns: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+def join_labels(
+    index: pd.DataFrame, csv: str | Path, key: str, columns: list[str] | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Label columns from ``csv`` aligned with the embeddings ``index`` rows; plus join counts.
 
     ``key`` is a column present in both, or ``CSVCOL=INDEXCOL``. Paths are compared with forward slashes.
@@ -189,9 +195,13 @@ def join_labels(index: pd.DataFrame, csv: str | Path, key: str, columns: list[st
     ckey, _, ikey = key.partition("=")
     ikey = ikey or ckey
     if ckey not in table.columns:
-        raise UsageError(f"The labels file has no column '{ckey}' (its columns: {', '.join(map(str, table.columns[:20]))}).")
+        raise UsageError(
+            f"The labels file has no column '{ckey}' (its columns: {', '.join(map(str, table.columns[:20]))})."
+        )
     if ikey not in index.columns:
-        raise UsageError(f"The embeddings index has no column '{ikey}' to join labels on (try sample_id or source_path).")
+        raise UsageError(
+            f"The embeddings index has no column '{ikey}' to join labels on (try sample_id or source_path)."
+        )
     left_out = [c for c in identifying(table.columns) if c != ckey]
     columns = list(columns or [c for c in table.columns if c != ckey and c not in left_out])
     missing = [c for c in columns if c not in table.columns]

@@ -41,7 +41,9 @@ SECTIONS: tuple[tuple[str, str, Callable[[Context], Section]], ...] = (
 )
 
 
-def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device: str = "auto") -> tuple[Document, Context]:
+def build_document(
+    artifacts: Sequence[str | Path], config: ReportConfig, device: str = "auto"
+) -> tuple[Document, Context]:
     """The report as a document (nothing written): lineage first, then every section."""
     lineage = collect(list(artifacts))
     ctx = Context(lineage, config, device)
@@ -64,10 +66,14 @@ def build_document(artifacts: Sequence[str | Path], config: ReportConfig, device
     sections.insert(0, summary.build(ctx, sections))
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     given = [n.name for n in lineage.nodes if n.given]
-    subtitle = (f"{', '.join(given)} and {len(lineage.nodes) - len(given)} upstream artifact(s) · "
-                f"generated {now} by cxrjepa {cxrjepa.__version__}")
-    footer = ("Built only from the artifacts' manifests and outputs; large arrays are sampled, never loaded whole. "
-              "This page is self-contained: it loads nothing from the network.")
+    subtitle = (
+        f"{', '.join(given)} and {len(lineage.nodes) - len(given)} upstream artifact(s) · "
+        f"generated {now} by cxrjepa {cxrjepa.__version__}"
+    )
+    footer = (
+        "Built only from the artifacts' manifests and outputs; large arrays are sampled, never loaded whole. "
+        "This page is self-contained: it loads nothing from the network."
+    )
     return Document(config.title, subtitle, sections, footer), ctx
 
 
@@ -98,11 +104,18 @@ def run_report(
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda[:N], not '{device}'.")
     refs = input_refs({"artifacts": paths})
-    builder = begin(out, "report", config, refs, options={"device": device}, force=force, dry_run=dry_run,
-                    version=ALGORITHM_VERSION)
+    builder = begin(
+        out, "report", config, refs, options={"device": device}, force=force, dry_run=dry_run, version=ALGORITHM_VERSION
+    )
     if dry_run:
-        console.info(f"report: would {'skip' if builder.skipped else builder.action} '{out}' ({len(paths)} artifact(s) given).")
-        return {"out": str(out), "action": "skip" if builder.skipped else builder.action, "artifacts": [str(p) for p in paths]}
+        console.info(
+            f"report: would {'skip' if builder.skipped else builder.action} '{out}' ({len(paths)} artifact(s) given)."
+        )
+        return {
+            "out": str(out),
+            "action": "skip" if builder.skipped else builder.action,
+            "artifacts": [str(p) for p in paths],
+        }
     if builder.skipped:
         console.info(f"report: '{out}' is up to date.")
         return builder.existing_artifact()
@@ -115,20 +128,24 @@ def run_report(
     atomic_write_text(out / SUMMARY, markdown.render(doc))
 
     warnings = sum(isinstance(b, Note) and b.level == "warn" for s in doc.sections[1:] for b in s.blocks)
-    builder.counts.update({
-        "artifacts": len(ctx.lineage.nodes),
-        "given": len(paths),
-        "variants": len(ctx.lineage.variants),
-        "figures": len(figs),
-        "warnings": int(warnings),
-    })
-    builder.contents.update({
-        "index": INDEX,
-        "summary": SUMMARY,
-        "figures": [f"{FIGURES}/{f.name}.png" for f in figs],
-        "sections": {s.id: ("left out" if s.empty else "shown") for s in doc.sections},
-        "variants": [v.label for v in ctx.lineage.variants],
-    })
+    builder.counts.update(
+        {
+            "artifacts": len(ctx.lineage.nodes),
+            "given": len(paths),
+            "variants": len(ctx.lineage.variants),
+            "figures": len(figs),
+            "warnings": int(warnings),
+        }
+    )
+    builder.contents.update(
+        {
+            "index": INDEX,
+            "summary": SUMMARY,
+            "figures": [f"{FIGURES}/{f.name}.png" for f in figs],
+            "sections": {s.id: ("left out" if s.empty else "shown") for s in doc.sections},
+            "variants": [v.label for v in ctx.lineage.variants],
+        }
+    )
     builder.notes.extend(ctx.lineage.notes)
     files = [out / INDEX, out / SUMMARY, *[out / FIGURES / f"{f.name}.png" for f in figs]]
     artifact = builder.finish(hash_files(files, root=out))

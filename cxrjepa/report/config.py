@@ -34,8 +34,15 @@ class ReportConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("sample_images", "map_points", "patch_images", "retrieval_queries", "retrieval_neighbours",
-                     "retrieval_pool", "metric_points"):
+        for name in (
+            "sample_images",
+            "map_points",
+            "patch_images",
+            "retrieval_queries",
+            "retrieval_neighbours",
+            "retrieval_pool",
+            "metric_points",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"'{name}' must be zero or more, not {getattr(self, name)}.")
         if self.map_points and self.map_points < 10:

@@ -30,12 +30,18 @@ class Table:
 
     def without_empty_columns(self, keep: int = 1) -> "Table":
         """The table without columns (after the first ``keep``) in which no row has a value."""
+
         def text(c):
             return c.text if isinstance(c, Cell) else str(c)
 
-        cols = [i for i in range(len(self.columns))
-                if i < keep or any(i < len(r) and text(r[i]) not in ("", "–") for r in self.rows)]
-        return Table([self.columns[i] for i in cols], [[r[i] for i in cols if i < len(r)] for r in self.rows], self.caption)
+        cols = [
+            i
+            for i in range(len(self.columns))
+            if i < keep or any(i < len(r) and text(r[i]) not in ("", "–") for r in self.rows)
+        ]
+        return Table(
+            [self.columns[i] for i in cols], [[r[i] for i in cols if i < len(r)] for r in self.rows], self.caption
+        )
 
 
 @dataclass

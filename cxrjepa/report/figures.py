@@ -39,7 +39,18 @@ STYLE = {
     "savefig.dpi": 110,
     "figure.facecolor": "white",
 }
-CATEGORY_COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac", "#eeca3b")
+CATEGORY_COLORS = (
+    "#4c78a8",
+    "#f58518",
+    "#54a24b",
+    "#e45756",
+    "#72b7b2",
+    "#b279a2",
+    "#ff9da6",
+    "#9d755d",
+    "#bab0ac",
+    "#eeca3b",
+)
 MISSING_COLOR = "#c8cdd2"
 NEUTRAL = "#4c78a8"
 LINESTYLES = ("-", "--", ":", "-.")
@@ -174,7 +185,9 @@ class Tile:
     frame: str | None = None
 
 
-def tile_rows(rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.25, gap_every: int = 0, label_chars: int = 16) -> bytes:
+def tile_rows(
+    rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.25, gap_every: int = 0, label_chars: int = 16
+) -> bytes:
     """Rows of image tiles with a coloured row label: (label, colour, tiles); a label may hold line breaks
     (each line is cut to ``label_chars``)."""
     ncols = max(len(t) for _, _, t in rows)
@@ -196,8 +209,12 @@ def tile_rows(rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.2
                 continue
             ax.imshow(t.image, cmap="gray", vmin=0, vmax=1, interpolation="lanczos")
             ax.set_title(truncate(t.title, 22), fontsize=7.5, pad=3, fontweight="normal")
-        axes[r, 0].set_ylabel("\n".join(truncate(part, label_chars) for part in label.split("\n")), fontsize=8.5,
-                              color=color, fontweight="bold")
+        axes[r, 0].set_ylabel(
+            "\n".join(truncate(part, label_chars) for part in label.split("\n")),
+            fontsize=8.5,
+            color=color,
+            fontweight="bold",
+        )
         if tiles and tiles[0].image is None:
             axes[r, 0].set_axis_on()
             for sp in axes[r, 0].spines.values():
@@ -268,7 +285,16 @@ def line_panels(panels: Sequence[Panel], max_cols: int = 3, w: float = 3.6, h: f
                 ax.plot(x, y, color=s.color, alpha=0.22, linewidth=0.8)
                 ax.plot(x, smooth(y, len(y)), color=s.color, linestyle=s.linestyle, linewidth=1.6, label=s.label)
             else:
-                ax.plot(x, y, color=s.color, linestyle=s.linestyle, linewidth=1.6, label=s.label, marker=s.marker, markersize=4)
+                ax.plot(
+                    x,
+                    y,
+                    color=s.color,
+                    linestyle=s.linestyle,
+                    linewidth=1.6,
+                    label=s.label,
+                    marker=s.marker,
+                    markersize=4,
+                )
             if s.lower is not None and s.upper is not None:
                 ax.fill_between(x, s.lower, s.upper, color=s.color, alpha=0.15, linewidth=0)
         if p.diagonal:
@@ -314,8 +340,15 @@ def confusion_matrices(mats: Sequence[tuple[str, list[str], np.ndarray, str]], m
         if k <= 12:
             for i in range(mat.shape[0]):
                 for j in range(mat.shape[1]):
-                    ax.text(j, i, f"{int(mat[i, j])}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7,
-                            color="white" if norm[i, j] > 0.55 else "#1f2933")
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(mat[i, j])}\n{norm[i, j]:.0%}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if norm[i, j] > 0.55 else "#1f2933",
+                    )
     _hide_unused(axes, len(mats))
     fig.tight_layout()
     return to_png(fig)
@@ -340,7 +373,15 @@ def grouped_bars(
             lo = [v - c[0] if c else 0 for v, c in zip(vals, cis)]
             hi = [c[1] - v if c else 0 for v, c in zip(vals, cis)]
             if any(c for c in cis):
-                ax.errorbar(pos, vals, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="none", ecolor="#323f4b", elinewidth=0.9, capsize=2)
+                ax.errorbar(
+                    pos,
+                    vals,
+                    yerr=[np.maximum(lo, 0), np.maximum(hi, 0)],
+                    fmt="none",
+                    ecolor="#323f4b",
+                    elinewidth=0.9,
+                    capsize=2,
+                )
         ax.set_xticks(x, [truncate(g, 14) for g in groups])
         ax.set_title(title, loc="left")
         ax.set_ylabel(ylabel)
@@ -396,7 +437,9 @@ def _scatter(ax, xy: np.ndarray, col: Coloring, size: float, legend: bool) -> No
             cb = ax.figure.colorbar(sc, ax=ax, orientation="horizontal", fraction=0.05, pad=0.03, aspect=30)
             cb.ax.tick_params(labelsize=7)
         return
-    labels = np.asarray([("" if (x is None or (isinstance(x, float) and math.isnan(x))) else str(x)) for x in vals], dtype=object)
+    labels = np.asarray(
+        [("" if (x is None or (isinstance(x, float) and math.isnan(x))) else str(x)) for x in vals], dtype=object
+    )
     uniq, counts = np.unique(labels[labels != ""], return_counts=True)
     order = [u for _, u in sorted(zip(-counts, uniq))]
     shown = order[: len(CATEGORY_COLORS) - 1] if len(order) > len(CATEGORY_COLORS) else order
@@ -408,8 +451,24 @@ def _scatter(ax, xy: np.ndarray, col: Coloring, size: float, legend: bool) -> No
         ax.scatter(xy[other, 0], xy[other, 1], s=size, c="#8f99a3", linewidths=0, label="other")
     for i, u in enumerate(shown):
         m = labels == u
-        ax.scatter(xy[m, 0], xy[m, 1], s=size, c=CATEGORY_COLORS[i % len(CATEGORY_COLORS)], linewidths=0, label=truncate(u, 16), alpha=0.85)
+        ax.scatter(
+            xy[m, 0],
+            xy[m, 1],
+            s=size,
+            c=CATEGORY_COLORS[i % len(CATEGORY_COLORS)],
+            linewidths=0,
+            label=truncate(u, 16),
+            alpha=0.85,
+        )
     if legend:
         n = len(shown) + int(missing.any()) + int(other.any())
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=min(3, max(n, 1)), markerscale=max(1.0, 12 / size),
-                  fontsize=7, handletextpad=0.2, columnspacing=0.8, borderaxespad=0.2)
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.02),
+            ncol=min(3, max(n, 1)),
+            markerscale=max(1.0, 12 / size),
+            fontsize=7,
+            handletextpad=0.2,
+            columnspacing=0.8,
+            borderaxespad=0.2,
+        )

@@ -12,7 +12,20 @@ import re
 from html import escape
 
 from cxrjepa.report.doc import (
-    Block, Cards, Cell, Code, Details, Document, Figure, Heading, Note, Para, Section, Table, Tree, TreeItem,
+    Block,
+    Cards,
+    Cell,
+    Code,
+    Details,
+    Document,
+    Figure,
+    Heading,
+    Note,
+    Para,
+    Section,
+    Table,
+    Tree,
+    TreeItem,
 )
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
@@ -107,9 +120,7 @@ def a(text: object) -> str:
 
 def render(doc: Document) -> str:
     off = ' class="off"'
-    nav = "".join(
-        f'<li><a href="#{e(s.id)}"{off if s.empty else ""}>{e(s.title)}</a></li>' for s in doc.sections
-    )
+    nav = "".join(f'<li><a href="#{e(s.id)}"{off if s.empty else ""}>{e(s.title)}</a></li>' for s in doc.sections)
     body = "\n".join(_section(s) for s in doc.sections)
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -189,7 +200,10 @@ def _cell(c: Cell | str, tag: str = "td") -> str:
 
 
 def _table(t: Table) -> str:
-    numeric = [bool(t.rows) and all(isinstance(r[i], Cell) and r[i].numeric for r in t.rows if i < len(r)) for i in range(len(t.columns))]
+    numeric = [
+        bool(t.rows) and all(isinstance(r[i], Cell) and r[i].numeric for r in t.rows if i < len(r))
+        for i in range(len(t.columns))
+    ]
     num_cls = ' class="num"'
     head = "".join(f'<th scope="col"{num_cls if n else ""}>{e(c)}</th>' for c, n in zip(t.columns, numeric))
     rows = "".join("<tr>" + "".join(_cell(c) for c in r) + "</tr>" for r in t.rows)
@@ -207,6 +221,8 @@ def _figure(f: Figure) -> str:
 
 
 def _tree_item(i: TreeItem) -> str:
-    kids = f'<ul>{"".join(_tree_item(c) for c in i.children)}</ul>' if i.children else ""
-    return (f'<li class="{e(i.status)}"><span class="badge {e(i.kind)}">{e(i.kind)}</span>'
-            f'<span class="name">{e(i.label)}</span><span class="detail">{e(i.detail)}</span>{kids}</li>')
+    kids = f"<ul>{''.join(_tree_item(c) for c in i.children)}</ul>" if i.children else ""
+    return (
+        f'<li class="{e(i.status)}"><span class="badge {e(i.kind)}">{e(i.kind)}</span>'
+        f'<span class="name">{e(i.label)}</span><span class="detail">{e(i.detail)}</span>{kids}</li>'
+    )

@@ -3,7 +3,22 @@ linked from figures/*.png instead of embedded."""
 
 from __future__ import annotations
 
-from cxrjepa.report.doc import Block, Cards, Cell, Code, Details, Document, Figure, Heading, Note, Para, Section, Table, Tree, TreeItem
+from cxrjepa.report.doc import (
+    Block,
+    Cards,
+    Cell,
+    Code,
+    Details,
+    Document,
+    Figure,
+    Heading,
+    Note,
+    Para,
+    Section,
+    Table,
+    Tree,
+    TreeItem,
+)
 
 FIGURES_DIR = "figures"
 
@@ -52,8 +67,10 @@ def block(b: Block) -> list[str]:
     if isinstance(b, Table):
         if not b.columns:
             return []
-        lines = ["| " + " | ".join(md_escape(c) for c in b.columns) + " |",
-                 "|" + "|".join("---:" if _numeric_column(b, i) else "---" for i in range(len(b.columns))) + "|"]
+        lines = [
+            "| " + " | ".join(md_escape(c) for c in b.columns) + " |",
+            "|" + "|".join("---:" if _numeric_column(b, i) else "---" for i in range(len(b.columns))) + "|",
+        ]
         lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in b.rows]
         if b.caption:
             lines += ["", f"*{md_escape(b.caption)}*"]
@@ -64,7 +81,13 @@ def block(b: Block) -> list[str]:
             lines += [f"*{md_escape(b.caption)}*", ""]
         return lines
     if isinstance(b, Cards):
-        return [" · ".join(f"**{md_escape(c.value)}** {md_escape(c.label)}" + (f" ({md_escape(c.sub)})" if c.sub else "") for c in b.items), ""]
+        return [
+            " · ".join(
+                f"**{md_escape(c.value)}** {md_escape(c.label)}" + (f" ({md_escape(c.sub)})" if c.sub else "")
+                for c in b.items
+            ),
+            "",
+        ]
     if isinstance(b, Tree):
         return [*_tree(b.items, 0), ""]
     if isinstance(b, Details):

@@ -92,8 +92,9 @@ class LaunchSpec:
         return getattr(importlib.import_module(module), name)(self)
 
 
-def launch_command(spec_path: str | Path, plan: ProcessPlan, *, node_rank: int = 0,
-                   rdzv_endpoint: str | None = None) -> list[str]:
+def launch_command(
+    spec_path: str | Path, plan: ProcessPlan, *, node_rank: int = 0, rdzv_endpoint: str | None = None
+) -> list[str]:
     """The torchrun command that runs the launch spec ``spec_path`` as ``plan.nproc`` workers on this node."""
     cmd = [sys.executable, "-m", "torch.distributed.run"]
     if plan.nnodes == 1 and not rdzv_endpoint:

@@ -42,8 +42,10 @@ class ProcessPlan:
             return
         asked = asked or f"--gpus {self.nproc}"
         if not torch.cuda.is_available():
-            raise UsageError(f"{asked} asks for GPUs but CUDA is not available here; use {cpu_hint} to run on the "
-                             "CPU (or --dry-run to see the launch without running it).")
+            raise UsageError(
+                f"{asked} asks for GPUs but CUDA is not available here; use {cpu_hint} to run on the "
+                "CPU (or --dry-run to see the launch without running it)."
+            )
         if self.nproc > torch.cuda.device_count():
             raise UsageError(f"{asked} asks for {self.nproc} GPUs but {torch.cuda.device_count()} are visible here.")
 

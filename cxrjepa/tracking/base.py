@@ -108,8 +108,11 @@ def metric_name(*parts: str) -> str:
 
 def row_metrics(stage: str, row: Mapping[str, Any]) -> dict[str, float]:
     """A metrics row (metrics.jsonl) as tracker metrics: ``stage/column`` for every numeric column but ``step``."""
-    return {metric_name(stage, k): float(v) for k, v in row.items()
-            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        metric_name(stage, k): float(v)
+        for k, v in row.items()
+        if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def probe_metrics(metrics: Any) -> dict[str, float]:

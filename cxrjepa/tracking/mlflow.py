@@ -51,7 +51,7 @@ def tracking_store(folder: str | Path) -> tuple[str, str | None]:
     if not uri:
         return default_store(folder)
     if uri.startswith("sqlite:///"):
-        database = Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute()
+        database = Path(uri[len("sqlite:///") :].split("?", 1)[0]).absolute()
         return uri, (database.parent / ARTIFACTS_DIR).as_uri()
     return uri, None
 
@@ -149,7 +149,7 @@ class MlflowTracker(Tracker):
         have = self.client.get_run(self.run_id).data.params
         params = [Param(k, v[:_PARAM_CHARS]) for k, v in flat_params(self.info.config).items() if k not in have]
         for i in range(0, len(params), _PARAMS_PER_CALL):
-            self.client.log_batch(self.run_id, params=params[i:i + _PARAMS_PER_CALL])
+            self.client.log_batch(self.run_id, params=params[i : i + _PARAMS_PER_CALL])
 
     def last_step(self) -> int | None:
         keys = self.client.get_run(self.run_id).data.metrics
@@ -162,7 +162,7 @@ class MlflowTracker(Tracker):
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
         for i in range(0, len(batch), _METRICS_PER_CALL):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + _METRICS_PER_CALL])
+            self.client.log_batch(self.run_id, metrics=batch[i : i + _METRICS_PER_CALL])
 
     def log_files(self, files: Mapping[str, Path]) -> None:
         for name, path in files.items():

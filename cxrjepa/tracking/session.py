@@ -44,8 +44,14 @@ class TrackerSet:
     """The open trackers of a stage run (rank 0 only); a metrics sink of the training loop
     (:class:`cxrjepa.pretrain.metrics.Sink`: ``write(row)``, ``close()``)."""
 
-    def __init__(self, info: RunInfo, trackers: Mapping[str, Tracker], state: dict[str, dict], *,
-                 history: Callable[[], list[dict]] | None = None):
+    def __init__(
+        self,
+        info: RunInfo,
+        trackers: Mapping[str, Tracker],
+        state: dict[str, dict],
+        *,
+        history: Callable[[], list[dict]] | None = None,
+    ):
         self.info = info
         self.active: dict[str, Tracker] = dict(trackers)
         self.state = state
@@ -53,8 +59,9 @@ class TrackerSet:
         self._caught_up = False
 
     @classmethod
-    def open(cls, names: Sequence[str], info: RunInfo, *,
-             history: Callable[[], list[dict]] | None = None) -> TrackerSet:
+    def open(
+        cls, names: Sequence[str], info: RunInfo, *, history: Callable[[], list[dict]] | None = None
+    ) -> TrackerSet:
         """Open the trackers ``names`` for the artifact ``info.folder``, continuing the runs trackers.json
         names. ``history``: the stage's metric rows so far (metrics.jsonl), to catch up from."""
         state = read_state(info.folder)
@@ -65,12 +72,16 @@ class TrackerSet:
             try:
                 ids, continued = tracker.open(previous)
             except TrackerMissing:
-                console.warn(f"{tracker.label} is not installed (pip install '{tracker.install}'); this run is not "
-                             f"logged to it ({_keeps(info.stage)}).")
+                console.warn(
+                    f"{tracker.label} is not installed (pip install '{tracker.install}'); this run is not "
+                    f"logged to it ({_keeps(info.stage)})."
+                )
                 continue
             except Exception as exc:  # a bad URI, a server down, a broken install: the run goes on without it
-                console.warn(f"{tracker.label} could not start ({describe_error(exc)}); this run is not logged to "
-                             f"it ({_keeps(info.stage)}).")
+                console.warn(
+                    f"{tracker.label} could not start ({describe_error(exc)}); this run is not logged to "
+                    f"it ({_keeps(info.stage)})."
+                )
                 continue
             last = None
             if continued and previous:
@@ -78,8 +89,11 @@ class TrackerSet:
                 last = max(known) if known else None
             state[name] = {**ids, "last_step": last}
             opened[name] = tracker
-            console.info(f"Logging to {tracker.label}: {tracker.where(info.folder)}"
-                         + (" (continuing its run)" if continued and previous else "") + ".")
+            console.info(
+                f"Logging to {tracker.label}: {tracker.where(info.folder)}"
+                + (" (continuing its run)" if continued and previous else "")
+                + "."
+            )
         trackers = cls(info, opened, state, history=history)
         trackers._save()
         return trackers
@@ -154,8 +168,10 @@ class TrackerSet:
         except Exception as exc:
             tracker = self.active.pop(name, None)
             label = tracker.label if tracker is not None else name
-            console.warn(f"{label} logging failed {when} ({describe_error(exc)}); it is off for the rest of this "
-                         f"run ({_keeps(self.info.stage)}; resuming or rerunning the command catches it up).")
+            console.warn(
+                f"{label} logging failed {when} ({describe_error(exc)}); it is off for the rest of this "
+                f"run ({_keeps(self.info.stage)}; resuming or rerunning the command catches it up)."
+            )
             if tracker is not None and fn != tracker.close:
                 _quietly(tracker.close, "failed")
             return False
@@ -166,8 +182,9 @@ class TrackerSet:
         try:
             atomic_write_json(self.info.folder / STATE_FILE, {"format": FORMAT, **self.state})
         except OSError as exc:  # the artifact's own files are what matters; say so once per failure
-            console.warn(f"Could not write {STATE_FILE} ({describe_error(exc)}); a resumed run may start new "
-                         "tracker runs.")
+            console.warn(
+                f"Could not write {STATE_FILE} ({describe_error(exc)}); a resumed run may start new tracker runs."
+            )
 
 
 def _keeps(stage: str) -> str:

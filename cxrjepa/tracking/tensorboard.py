@@ -39,8 +39,9 @@ class TensorBoardTracker(Tracker):
 
     def _writer_at(self, step: int):
         if self._writer is None:  # made at the first step written, so a continued run purges from there
-            self._writer = self._writer_class(str(self.info.folder / TENSORBOARD_DIR),
-                                              purge_step=step if self._continued else None)
+            self._writer = self._writer_class(
+                str(self.info.folder / TENSORBOARD_DIR), purge_step=step if self._continued else None
+            )
         return self._writer
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:

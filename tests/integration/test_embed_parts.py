@@ -69,14 +69,32 @@ def _env() -> dict:
 
 
 def _cmd(data: Path, out: Path, *extra: str, batch_size: int = 16) -> list[str]:
-    return [sys.executable, "-m", "cxrjepa", "embed", "--encoder", ENCODER, "--data", str(data), "--out", str(out),
-            "--batch-size", str(batch_size), "--device", "cpu", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "embed",
+        "--encoder",
+        ENCODER,
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--batch-size",
+        str(batch_size),
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_three_parts_one_after_another_equal_one_run(data, reference, tmp_path):
     out = tmp_path / "emb"
-    results = [run_embed_part(out, f"{k}/{N_PARTS}", encoder=ENCODER, data=data, options=EmbedOptions(batch_size=16))
-               for k in range(N_PARTS)]
+    results = [
+        run_embed_part(out, f"{k}/{N_PARTS}", encoder=ENCODER, data=data, options=EmbedOptions(batch_size=16))
+        for k in range(N_PARTS)
+    ]
     assert [r["units"] for r in results[:2]] == [3, 3]
     assert_same_embeddings(out, reference)
     ledgers = sorted(p.name for p in (out / store.LEDGER).iterdir())
@@ -88,8 +106,16 @@ def test_two_parts_at_the_same_time_then_the_last(data, reference, tmp_path):
     """Parts 0 and 1 as two processes started together on one output folder (both write the shared arrays),
     then part 2, which finalizes."""
     out = tmp_path / "emb"
-    procs = [subprocess.Popen(_cmd(data, out, "--part", f"{k}/{N_PARTS}"), env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            _cmd(data, out, "--part", f"{k}/{N_PARTS}"),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (0, 1)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
@@ -107,8 +133,9 @@ def test_killed_part_rerun_changes_nothing(data, reference, tmp_path):
     cmd = _cmd(data, out, "--part", f"0/{N_PARTS}", "--no-auto-finalize", batch_size=1)
     written = 0
     for _ in range(3):  # the kill must land while units remain: retry if the machine was too fast
-        proc = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             if ledger.is_file() and ledger.read_text().count("\n") >= 1:
@@ -123,11 +150,15 @@ def test_killed_part_rerun_changes_nothing(data, reference, tmp_path):
     assert 1 <= written < 3, "the part finished before it could be killed"
     kept = ledger.read_text()
     assert '"status": "running"' in (out / "parts" / "0-of-3" / "part.json").read_text()
-    with pytest.raises(PartsIncompleteError, match=r"Parts 0/3, 1/3 and 2/3 of .* are not complete \(0/3 interrupted; "
-                                                   r"1/3 missing; 2/3 missing\)"):
+    with pytest.raises(
+        PartsIncompleteError,
+        match=r"Parts 0/3, 1/3 and 2/3 of .* are not complete \(0/3 interrupted; "
+        r"1/3 missing; 2/3 missing\)",
+    ):
         finalize_embed(out)
-    summary = run_embed_part(out, f"0/{N_PARTS}", encoder=ENCODER, data=data,
-                             options=EmbedOptions(batch_size=16), auto_finalize=False)
+    summary = run_embed_part(
+        out, f"0/{N_PARTS}", encoder=ENCODER, data=data, options=EmbedOptions(batch_size=16), auto_finalize=False
+    )
     assert summary["part_status"] == "complete"
     assert ledger.read_text().startswith(kept)  # resumed: the units written before the kill were not redone
     assert ledger.read_text().count("\n") == 3
@@ -169,10 +200,29 @@ def _two_nodes(args: list[str]) -> list[subprocess.CompletedProcess]:
     """``args`` (a cxrjepa command) on two torchrun "nodes" of one CPU process each: WORLD_SIZE 2, LOCAL_RANK 0
     on both, the rendezvous on node 0's port."""
     port = _free_port()
-    return _communicate([
-        subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node-rank={r}",
-                          f"--rdzv-endpoint=127.0.0.1:{port}", "--nproc-per-node=1", "-m", "cxrjepa", *args],
-                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)])
+    return _communicate(
+        [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes=2",
+                    f"--node-rank={r}",
+                    f"--rdzv-endpoint=127.0.0.1:{port}",
+                    "--nproc-per-node=1",
+                    "-m",
+                    "cxrjepa",
+                    *args,
+                ],
+                env=_env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for r in (0, 1)
+        ]
+    )
 
 
 def test_multi_node_torchrun(data, reference, tmp_path):
@@ -182,8 +232,10 @@ def test_multi_node_torchrun(data, reference, tmp_path):
     out = tmp_path / "emb"
     for res in _two_nodes(_cmd(data, out, "--part", "0/2")[3:]):
         assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in (out / store.LEDGER).iterdir()) == ["part-0-of-2.rank-000.jsonl",
-                                                                     "part-0-of-2.rank-001.jsonl"]
+    assert sorted(p.name for p in (out / store.LEDGER).iterdir()) == [
+        "part-0-of-2.rank-000.jsonl",
+        "part-0-of-2.rank-001.jsonl",
+    ]
     assert read_manifest(out)["status"] == "partial"
     run_embed_part(out, "1/2", encoder=ENCODER, data=data, options=EmbedOptions(batch_size=16))
     assert_same_embeddings(out, reference)
@@ -196,7 +248,10 @@ def test_a_rank_that_cannot_see_the_output_refuses(data, reference, tmp_path):
     from cxrjepa.embed.api import check_shared
     from cxrjepa.runtime import DistInfo
 
-    with pytest.raises(CxrjepaError, match=rf"Rank 0 on '{socket.gethostname()}' cannot see the embeddings folder "
-                                           r"'.*elsewhere'.*--out and --data must be on storage every node shares"):
+    with pytest.raises(
+        CxrjepaError,
+        match=rf"Rank 0 on '{socket.gethostname()}' cannot see the embeddings folder "
+        r"'.*elsewhere'.*--out and --data must be on storage every node shares",
+    ):
         check_shared(DistInfo(), tmp_path / "elsewhere", data)
     check_shared(DistInfo(), reference, data)  # it sees both: nothing to say

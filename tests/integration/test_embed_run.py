@@ -116,11 +116,21 @@ def test_resumed_embed_equals_uninterrupted(setup, tmp_path, monkeypatch):
 def test_two_gloo_processes_write_dataset_order(setup, tmp_path, monkeypatch):
     root, images, meta = setup
     monkeypatch.setattr(store, "unit_rows_for", lambda *a, **k: 8)
-    art = run_embed(tmp_path / "emb", encoder=root / "enc", data=root / "ds",
-                    options=EmbedOptions(device="cpu", processes=2, batch_size=8))
+    art = run_embed(
+        tmp_path / "emb",
+        encoder=root / "enc",
+        data=root / "ds",
+        options=EmbedOptions(device="cpu", processes=2, batch_size=8),
+    )
     ledgers = sorted(p.name for p in (art.path / store.LEDGER).glob("rank-*.jsonl"))
     assert ledgers == ["rank-000.jsonl", "rank-001.jsonl"]
-    rows = {r: [json.loads(line)["rows"] for line in (art.path / store.LEDGER / f"rank-{r:03d}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    rows = {
+        r: [
+            json.loads(line)["rows"]
+            for line in (art.path / store.LEDGER / f"rank-{r:03d}.jsonl").read_text().splitlines()
+        ]
+        for r in (0, 1)
+    }
     assert rows[0] == [[0, 8], [8, 16], [16, 24]] and rows[1] == [[24, 32], [32, 40]]
     emb = Embeddings.open(art.path)
     assert emb.index["sample_id"].tolist() == meta["sample_id"].tolist()
@@ -180,7 +190,9 @@ def test_random_encoder_is_seeded(setup, tmp_path):
     root, _, _ = setup
     a = Embeddings.open(run_embed(tmp_path / "a", encoder="random:tiny", data=root / "ds").path).array()
     b = Embeddings.open(run_embed(tmp_path / "b", encoder="random:tiny", data=root / "ds").path).array()
-    c = Embeddings.open(run_embed(tmp_path / "c", EmbedConfig(seed=1), encoder="random:tiny", data=root / "ds").path).array()
+    c = Embeddings.open(
+        run_embed(tmp_path / "c", EmbedConfig(seed=1), encoder="random:tiny", data=root / "ds").path
+    ).array()
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     same_arch = run_embed(tmp_path / "d", encoder=f"random:{root / 'enc'}", data=root / "ds")
@@ -190,16 +202,47 @@ def test_random_encoder_is_seeded(setup, tmp_path):
 def test_cli_embed_json_and_errors(setup, tmp_path):
     root, _, meta = setup
     runner = CliRunner()
-    res = runner.invoke(app, ["embed", "--encoder", str(root / "enc"), "--data", str(root / "ds"), "--out", str(tmp_path / "emb"),
-                              "--last4", "--json", "--quiet"])
+    res = runner.invoke(
+        app,
+        [
+            "embed",
+            "--encoder",
+            str(root / "enc"),
+            "--data",
+            str(root / "ds"),
+            "--out",
+            str(tmp_path / "emb"),
+            "--last4",
+            "--json",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["kind"] == "embeddings" and out["counts"]["samples"] == len(meta)
-    res = runner.invoke(app, ["embed", "--encoder", str(tmp_path / "nothing"), "--data", str(root / "ds"), "--out", str(tmp_path / "e2")])
+    res = runner.invoke(
+        app,
+        ["embed", "--encoder", str(tmp_path / "nothing"), "--data", str(root / "ds"), "--out", str(tmp_path / "e2")],
+    )
     assert res.exit_code == 1 and "no exported encoder" in res.stderr
-    res = runner.invoke(app, ["embed", "--encoder", "random:enormous", "--data", str(root / "ds"), "--out", str(tmp_path / "e3")])
+    res = runner.invoke(
+        app, ["embed", "--encoder", "random:enormous", "--data", str(root / "ds"), "--out", str(tmp_path / "e3")]
+    )
     assert res.exit_code == 2 and "random:SIZE" in res.stderr
-    res = runner.invoke(app, ["embed", "--encoder", "random:tiny", "--data", str(root / "ds"), "--out", str(tmp_path / "e4"), "--pooling", "cls"])
+    res = runner.invoke(
+        app,
+        [
+            "embed",
+            "--encoder",
+            "random:tiny",
+            "--data",
+            str(root / "ds"),
+            "--out",
+            str(tmp_path / "e4"),
+            "--pooling",
+            "cls",
+        ],
+    )
     assert res.exit_code == 2 and "no CLS token" in res.stderr
 
 

@@ -47,8 +47,21 @@ def test_a_full_disk_is_one_sentence_with_what_and_how_much(dataset, tmp_path, m
 
     monkeypatch.setattr(store.Ledger, "append", full)
     out = tmp_path / "emb"
-    res = runner.invoke(app, ["embed", "--encoder", "random:tiny/8", "--data", str(dataset), "--out", str(out),
-                              "--device", "cpu", "--patch-tokens"])
+    res = runner.invoke(
+        app,
+        [
+            "embed",
+            "--encoder",
+            "random:tiny/8",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--patch-tokens",
+        ],
+    )
     assert res.exit_code == EXIT_FAILURE
     err = one_sentence(res)
     assert os.strerror(code) in err and f"'{out}'" in err and "while writing the embeddings" in err
@@ -78,8 +91,9 @@ def test_a_corrupt_safetensors_encoder_names_the_file(dataset, tmp_path):
     enc = export_encoder(create_vit(cfg), cfg, tmp_path / "enc", Normalization())
     weights = enc / "encoder.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated
-    res = runner.invoke(app, ["embed", "--encoder", str(enc), "--data", str(dataset), "--out", str(tmp_path / "emb"),
-                              "--device", "cpu"])
+    res = runner.invoke(
+        app, ["embed", "--encoder", str(enc), "--data", str(dataset), "--out", str(tmp_path / "emb"), "--device", "cpu"]
+    )
     assert res.exit_code == EXIT_FAILURE
     err = one_sentence(res)
     assert f"'{weights}'" in err and "not a valid safetensors file" in err
@@ -99,13 +113,43 @@ def test_a_weights_file_that_would_run_code_is_refused_naming_it(dataset, tmp_pa
     evil = tmp_path / "weights.pt"
     torch.save({"pos_embed": _Payload(marker)}, evil)
     if stage == "pretrain":
-        args = ["pretrain", "--data", str(dataset), "--out", str(tmp_path / "run"), "--objective", "salt",
-                "--teacher", "timm:vit_tiny_patch16_224", "--teacher-weights", str(evil), "--gpus", "0",
-                "--set", "model.size=tiny", "--set", "model.patch_size=8", "--set", "model.image_size=64",
-                "--set", "train.batch_size=4"]
+        args = [
+            "pretrain",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "run"),
+            "--objective",
+            "salt",
+            "--teacher",
+            "timm:vit_tiny_patch16_224",
+            "--teacher-weights",
+            str(evil),
+            "--gpus",
+            "0",
+            "--set",
+            "model.size=tiny",
+            "--set",
+            "model.patch_size=8",
+            "--set",
+            "model.image_size=64",
+            "--set",
+            "train.batch_size=4",
+        ]
     else:
-        args = ["embed", "--encoder", "timm:vit_tiny_patch16_224", "--weights", str(evil), "--data", str(dataset),
-                "--out", str(tmp_path / "emb"), "--device", "cpu"]
+        args = [
+            "embed",
+            "--encoder",
+            "timm:vit_tiny_patch16_224",
+            "--weights",
+            str(evil),
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "emb"),
+            "--device",
+            "cpu",
+        ]
     res = runner.invoke(app, args)
     assert res.exit_code == EXIT_USAGE
     err = one_sentence(res)

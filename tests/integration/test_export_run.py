@@ -49,8 +49,13 @@ def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     make_dataset(root / "ds", n=24)
     run_pretrain(root / "run", load_config(PretrainConfig, layers=[TINY]), data=root / "ds")
-    emb = run_embed(root / "emb", EmbedConfig(patch_tokens=True, patch_dtype="float32"), encoder=root / "run",
-                    data=root / "ds", options=EmbedOptions(device="cpu", batch_size=16, workers=0))
+    emb = run_embed(
+        root / "emb",
+        EmbedConfig(patch_tokens=True, patch_dtype="float32"),
+        encoder=root / "run",
+        data=root / "ds",
+        options=EmbedOptions(device="cpu", batch_size=16, workers=0),
+    )
     art = run_export(root / "export", ExportConfig(check_samples=6), encoder=root / "run")
     e = Embeddings.open(emb.path)
     return root, art, e.array("features"), e.array("patch_tokens")
@@ -99,6 +104,7 @@ def _run_format(fmt: str, folder: Path, stored: np.ndarray, batch_size: int) -> 
         def run(s):
             x = (_unit_images(s) - n["mean"]) / n["std"]
             return model(x).numpy(), model.forward_features(x).numpy()
+
     feats, tokens = [], []
     with torch.no_grad():
         for lo in range(0, len(stored), batch_size):
@@ -186,7 +192,9 @@ def test_rerun_is_up_to_date_and_an_export_reexports(chain, tmp_path):
     root, art, _, _ = chain
     again = run_export(root / "export", ExportConfig(check_samples=6), encoder=root / "run")
     assert again.manifest["finished"] == art.manifest["finished"]
-    second = run_export(tmp_path / "again", ExportConfig(formats=["torchscript"], check_samples=3), encoder=root / "export")
+    second = run_export(
+        tmp_path / "again", ExportConfig(formats=["torchscript"], check_samples=3), encoder=root / "export"
+    )
     c = second.manifest["contents"]
     assert list(c["formats"]) == ["torchscript"] and c["check"]["kind"] == "dataset"  # the first export's dataset
     assert second.manifest["inputs"][0]["kind"] == "export"
@@ -211,8 +219,10 @@ def test_a_failed_check_is_refused_and_nothing_is_presented_as_complete(chain, t
     root, _, _, _ = chain
     monkeypatch.setitem(export_formats.FORMAT_IO, "onnx", (_corrupting_onnx_writer, export_formats.run_onnx))
     out = tmp_path / "bad"
-    res = runner.invoke(app, ["export", str(root / "run"), "--out", str(out), "-f", "safetensors", "-f", "onnx",
-                              "--set", "check_samples=3"])
+    res = runner.invoke(
+        app,
+        ["export", str(root / "run"), "--out", str(out), "-f", "safetensors", "-f", "onnx", "--set", "check_samples=3"],
+    )
     assert res.exit_code == 1 and "Traceback" not in res.stderr
     assert "onnx export differs from the PyTorch encoder" in res.stderr and "above its tolerance 0.001" in res.stderr
     m = read_manifest(out)
@@ -284,8 +294,23 @@ def test_clip_encoder_checked_on_a_video_dataset(tmp_path):
 
 def test_cli_writes_the_asked_formats_and_reports_missing_packages(chain, tmp_path, monkeypatch):
     root, _, _, _ = chain
-    res = runner.invoke(app, ["export", str(root / "run" / "encoder"), "--out", str(tmp_path / "x"), "-f", "torchscript",
-                              "--data", str(root / "ds"), "--set", "check_samples=2", "--json", "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(root / "run" / "encoder"),
+            "--out",
+            str(tmp_path / "x"),
+            "-f",
+            "torchscript",
+            "--data",
+            str(root / "ds"),
+            "--set",
+            "check_samples=2",
+            "--json",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
     assert out["kind"] == "export" and out["counts"]["formats"] == 1
@@ -299,9 +324,17 @@ def test_cli_writes_the_asked_formats_and_reports_missing_packages(chain, tmp_pa
 
 def test_pipeline_export_stage_plans_runs_and_skips(chain, tmp_path):
     root, _, _, _ = chain
-    pipe = {"name": "exp", "out": str(tmp_path / "runs"),
-            "stages": {"export": {"stage": "export", "inputs": {"encoder": str(root / "run"), "data": str(root / "ds")},
-                                  "params": {"formats": ["onnx", "hf"], "check_samples": 2}}}}
+    pipe = {
+        "name": "exp",
+        "out": str(tmp_path / "runs"),
+        "stages": {
+            "export": {
+                "stage": "export",
+                "inputs": {"encoder": str(root / "run"), "data": str(root / "ds")},
+                "params": {"formats": ["onnx", "hf"], "check_samples": 2},
+            }
+        },
+    }
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump(pipe))
     dry = runner.invoke(app, ["run", str(p), "--dry-run", "--json", "-q"])
@@ -323,21 +356,29 @@ def test_quickstart_exports_onnx_and_hf():
 def test_embed_reads_the_hf_export_back(chain, tmp_path):
     """`cxrjepa embed --encoder EXPORT/hf` (a TimmWrapperModel folder) gives the run's own features."""
     root, _, features, tokens = chain
-    emb = run_embed(tmp_path / "emb", EmbedConfig(patch_tokens=True, patch_dtype="float32"), encoder=root / "export" / "hf",
-                    data=root / "ds", options=EmbedOptions(device="cpu", batch_size=16, workers=0))
+    emb = run_embed(
+        tmp_path / "emb",
+        EmbedConfig(patch_tokens=True, patch_dtype="float32"),
+        encoder=root / "export" / "hf",
+        data=root / "ds",
+        options=EmbedOptions(device="cpu", batch_size=16, workers=0),
+    )
     e = Embeddings.open(emb.path)
     assert emb.manifest["contents"]["encoder"]["hf_model_type"] == "timm_wrapper"
     np.testing.assert_allclose(e.array("features"), features, atol=1e-5)
     np.testing.assert_allclose(e.array("patch_tokens"), tokens, atol=1e-5)
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["onnx_opset=17"], "'onnx_opset' must be 18 or later"),
-    (["formats=[onnx, onnx]"], "names a format twice"),
-    (["tolerance.onnx=-1"], "'tolerance.onnx' must be zero or more"),
-    (["check_samples=0"], "'check_samples' must be at least 1"),
-    (["tolerance.tflite=1"], "Unknown setting 'tolerance.tflite'"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["onnx_opset=17"], "'onnx_opset' must be 18 or later"),
+        (["formats=[onnx, onnx]"], "names a format twice"),
+        (["tolerance.onnx=-1"], "'tolerance.onnx' must be zero or more"),
+        (["check_samples=0"], "'check_samples' must be at least 1"),
+        (["tolerance.tflite=1"], "Unknown setting 'tolerance.tflite'"),
+    ],
+)
 def test_bad_settings_are_one_sentence(sets, message):
     from cxrjepa.core.errors import ConfigError
 

@@ -111,8 +111,16 @@ def test_labels_policy_filters_and_flags(tmp_path):
     src = tmp_path / "in"
     common = dict(bits_stored=12)
     write_dicom(make_dataset(phantom(32, 32, seed=1), modality="CR", **common), src / "p1" / "cr.dcm")
-    write_dicom(make_dataset(phantom(32, 32, seed=2), modality="DX", tags={"BurnedInAnnotation": "YES"}, **common), src / "p1" / "dx.dcm")
-    write_dicom(make_dataset(phantom(32, 32, seed=3), modality="DX", tags={"PresentationIntentType": "FOR PROCESSING"}, **common), src / "p2" / "proc.dcm")
+    write_dicom(
+        make_dataset(phantom(32, 32, seed=2), modality="DX", tags={"BurnedInAnnotation": "YES"}, **common),
+        src / "p1" / "dx.dcm",
+    )
+    write_dicom(
+        make_dataset(
+            phantom(32, 32, seed=3), modality="DX", tags={"PresentationIntentType": "FOR PROCESSING"}, **common
+        ),
+        src / "p2" / "proc.dcm",
+    )
     write_dicom(make_dataset(phantom(32, 32, seed=4), modality="CT", **common), src / "p2" / "ct.dcm")
     dup = make_dataset(phantom(32, 32, seed=5), modality="CR", **common)
     write_dicom(dup, src / "p3" / "first.dcm")
@@ -128,7 +136,22 @@ def test_labels_policy_filters_and_flags(tmp_path):
         }
     ).to_csv(labels, index=False)
     out = tmp_path / "ds"
-    res = ingest(src, "--out", out, "--size", 32, "--modality", "CR,DX", "--labels", labels, "--key", "path", "--json", "--workers", 1)
+    res = ingest(
+        src,
+        "--out",
+        out,
+        "--size",
+        32,
+        "--modality",
+        "CR,DX",
+        "--labels",
+        labels,
+        "--key",
+        "path",
+        "--json",
+        "--workers",
+        1,
+    )
     assert res.exit_code == 0, res.output  # skips and duplicates are not rejections
     ds = DatasetArtifact.open(out)
     m = ds.meta.set_index("source_path")
@@ -136,12 +159,16 @@ def test_labels_policy_filters_and_flags(tmp_path):
     ledger = {r["path"]: r for r in map(json.loads, (out / "failures.jsonl").read_text().splitlines())}
     assert ledger["p2/ct.dcm"]["reason"] == "modality not selected"
     assert ledger["p2/proc.dcm"]["reason"].startswith("FOR PROCESSING")
-    assert ledger["p3/second.dcm"]["status"] == "duplicate" and ledger["p3/second.dcm"]["duplicate_of"] == "p3/first.dcm"
+    assert (
+        ledger["p3/second.dcm"]["status"] == "duplicate" and ledger["p3/second.dcm"]["duplicate_of"] == "p3/first.dcm"
+    )
     assert bool(m.loc["p1/dx.dcm", "burned_in_annotation"]) and not bool(m.loc["p1/cr.dcm", "burned_in_annotation"])
     assert ds.label_columns == ["effusion"]
     assert m.loc["p1/cr.dcm", "effusion"] == 1 and m.loc["p3/first.dcm", "effusion"] == 1
     assert "patient_id" not in ds.meta.columns and "patient_name" not in ds.meta.columns
-    assert m.loc["p1/cr.dcm", "patient_key"] == m.loc["p1/dx.dcm", "patient_key"] != m.loc["p3/first.dcm", "patient_key"]
+    assert (
+        m.loc["p1/cr.dcm", "patient_key"] == m.loc["p1/dx.dcm", "patient_key"] != m.loc["p3/first.dcm", "patient_key"]
+    )
     counts = ds.artifact.counts
     assert counts["labels_unmatched_rows"] == 1 and counts["samples_without_labels"] == 0
     assert counts["labels_rows_of_ledgered_inputs"] == 0

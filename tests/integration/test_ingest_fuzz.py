@@ -27,13 +27,33 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runs(corpus, tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz-out")
-    env = {**os.environ, "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent), "CXRJEPA_SALT": "fuzz-salt-0123456789",
-           "XDG_CONFIG_HOME": str(base / "cfg")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent),
+        "CXRJEPA_SALT": "fuzz-salt-0123456789",
+        "XDG_CONFIG_HOME": str(base / "cfg"),
+    }
     done = {}
     for workers in (2, 1):
         out = base / f"w{workers}"
-        cmd = [sys.executable, "-m", "cxrjepa", "ingest", str(corpus.root), "--out", str(out), "--size", "32",
-               "--workers", str(workers), "--json", "--time-limit", "60", "--memory-limit", "1024"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cxrjepa",
+            "ingest",
+            str(corpus.root),
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "--workers",
+            str(workers),
+            "--json",
+            "--time-limit",
+            "60",
+            "--memory-limit",
+            "1024",
+        ]
         done[workers] = (out, run_measured(cmd, env, timeout=900))
     return done
 
@@ -53,4 +73,6 @@ def test_fuzz_corpus_is_ingested_and_accounted(corpus, runs, workers):
 def test_fuzz_outcome_does_not_depend_on_the_worker_count(runs):
     (out2, _), (out1, _) = runs[2], runs[1]
     assert (out2 / "failures.jsonl").read_text() == (out1 / "failures.jsonl").read_text()
-    pd.testing.assert_frame_equal(pd.read_parquet(out2 / "metadata.parquet"), pd.read_parquet(out1 / "metadata.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out2 / "metadata.parquet"), pd.read_parquet(out1 / "metadata.parquet")
+    )

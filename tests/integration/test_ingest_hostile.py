@@ -35,8 +35,12 @@ def _salt(monkeypatch, tmp_path):
 
 
 def _env(tmp: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent), "CXRJEPA_SALT": "hostile-salt-0123456789",
-            "XDG_CONFIG_HOME": str(tmp / "cfg")}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent),
+        "CXRJEPA_SALT": "hostile-salt-0123456789",
+        "XDG_CONFIG_HOME": str(tmp / "cfg"),
+    }
 
 
 def ingest(tmp: Path, *sources, workers: int = 1, extra=(), isolated: bool = False, preexec_fn=None):
@@ -44,11 +48,27 @@ def ingest(tmp: Path, *sources, workers: int = 1, extra=(), isolated: bool = Fal
 
     ``isolated`` runs it as a subprocess (a hang fails the test by timeout instead of stopping it)."""
     out = tmp / "out"
-    args = ["ingest", *map(str, sources), "--out", str(out), "--size", "32", "--workers", str(workers), "--force",
-            *map(str, extra)]
+    args = [
+        "ingest",
+        *map(str, sources),
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--workers",
+        str(workers),
+        "--force",
+        *map(str, extra),
+    ]
     if isolated:
-        res = subprocess.run([sys.executable, "-m", "cxrjepa", *args], env=_env(tmp), capture_output=True, text=True,
-                             timeout=300, preexec_fn=preexec_fn)
+        res = subprocess.run(
+            [sys.executable, "-m", "cxrjepa", *args],
+            env=_env(tmp),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            preexec_fn=preexec_fn,
+        )
         code, stdout, stderr = res.returncode, res.stdout, res.stderr
     else:
         res = CliRunner().invoke(app, args)
@@ -119,7 +139,10 @@ def test_item2_a_gdcm_abort_claim_is_refused_with_one_worker(tmp_path):
     assert code == 3, stderr[-2000:]
     _no_traceback(stdout, stderr)
     assert samples == names
-    assert (ledger["abort.dcm"]["reason"], ledger["abort.dcm"]["detail"]) == ("image larger than max_pixels", "60000 x 60000")
+    assert (ledger["abort.dcm"]["reason"], ledger["abort.dcm"]["detail"]) == (
+        "image larger than max_pixels",
+        "60000 x 60000",
+    )
     assert ledger["mismatch.dcm"]["reason"] == "header does not match the pixel data"
     assert ledger["mismatch.dcm"]["detail"] == "codestream 45 x 10 x 1, header 300 x 300 x 1"
 
@@ -137,7 +160,19 @@ def test_item3_size_claims_are_refused_before_decoding(tmp_path):
         ds.Rows = ds.Columns = size
         ds.save_as(src / name)
     env = _env(tmp_path)
-    cmd = [sys.executable, "-m", "cxrjepa", "ingest", str(src), "--out", str(tmp_path / "out"), "--size", "32", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "ingest",
+        str(src),
+        "--out",
+        str(tmp_path / "out"),
+        "--size",
+        "32",
+        "--workers",
+        "1",
+    ]
     run = run_measured(cmd, env, timeout=300)
     assert run.returncode == 3, run.stderr[-2000:]
     assert run.peak_rss < 1.5 * 2**30  # the whole process tree
@@ -166,7 +201,11 @@ def test_item4_fifos_and_sockets_are_ledgered_never_opened(tmp_path):
     assert code == 0, stderr[-2000:]  # skips are not rejections
     assert samples == names
     for path, kind in (("pipe.dcm", "FIFO"), ("sock.dcm", "socket"), ("alone.fifo", "FIFO")):
-        assert (ledger[path]["status"], ledger[path]["reason"], ledger[path]["detail"]) == ("skipped", "not a regular file", kind)
+        assert (ledger[path]["status"], ledger[path]["reason"], ledger[path]["detail"]) == (
+            "skipped",
+            "not a regular file",
+            kind,
+        )
 
 
 def test_item5_non_utf8_file_names_are_ingested(tmp_path):
@@ -254,8 +293,10 @@ def test_item7_headers_that_disagree_with_the_pixel_data_are_rejected(tmp_path):
     assert samples == sorted([*names, "padded.dcm"])
     for name in cases:
         assert ledger[name]["status"] == "rejected", name
-        assert ledger[name]["reason"] in ("header does not match the pixel data",
-                                          "pixel data shorter than the header describes (a truncated file?)"), ledger[name]
+        assert ledger[name]["reason"] in (
+            "header does not match the pixel data",
+            "pixel data shorter than the header describes (a truncated file?)",
+        ), ledger[name]
     assert ledger["rows_long.dcm"]["detail"] == "2880 bytes of pixel data, header implies 2952"
 
 

@@ -42,8 +42,20 @@ def _same_sample(a: dict, b: dict) -> bool:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_crash_hang_and_memory_bomb_become_ledger_rows(tmp_path, workers):
     src = tmp_path / "in"
-    names = ["a00.dcm", "b_ABORT.dcm", "c02.dcm", "d03.dcm", "e_HANG.dcm", "f05.dcm", "g06.dcm", "h_BOMB.dcm",
-             "i08.dcm", "j_SEGV.dcm", "k10.dcm", "l11.dcm"]
+    names = [
+        "a00.dcm",
+        "b_ABORT.dcm",
+        "c02.dcm",
+        "d03.dcm",
+        "e_HANG.dcm",
+        "f05.dcm",
+        "g06.dcm",
+        "h_BOMB.dcm",
+        "i08.dcm",
+        "j_SEGV.dcm",
+        "k10.dcm",
+        "l11.dcm",
+    ]
     for i, name in enumerate(names):
         write_dicom(make_dataset(phantom(48, 40, seed=i), bits_stored=12), src / name, JPEG2000Lossless)
     rows, records = _run(src, tmp_path / "out", workers, 4, hostile, Limits(seconds=4, memory_mb=1024))

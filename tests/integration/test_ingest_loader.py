@@ -24,8 +24,12 @@ def dataset(tmp_path_factory):
     write_dicom(cine, src / "cine.dcm")
     salt = src.parent / "salt"
     salt.write_text("loader-test-salt-123")
-    art = run_ingest(tmp_path_factory.mktemp("o") / "ds", IngestConfig(size=24), sources=[src],
-                     options=IngestOptions(workers=1, salt_file=salt))
+    art = run_ingest(
+        tmp_path_factory.mktemp("o") / "ds",
+        IngestConfig(size=24),
+        sources=[src],
+        options=IngestOptions(workers=1, salt_file=salt),
+    )
     return DatasetArtifact(art)
 
 

@@ -96,7 +96,11 @@ def test_formats_classes_and_label_maps(tmp_path):
     ds = DatasetArtifact.open(art.path)
     from cxrjepa.ingest.geometry import Geometry, apply_geometry
 
-    for name, expect in (("a", label_map), ("b", (imgs["b"] > 0).astype(np.uint8)), ("c", (imgs["c"] > 0).astype(np.uint8))):
+    for name, expect in (
+        ("a", label_map),
+        ("b", (imgs["b"] > 0).astype(np.uint8)),
+        ("c", (imgs["c"] > 0).astype(np.uint8)),
+    ):
         _, smask, row = stored(ds, f"{name}.png")
         want = apply_geometry(expect, Geometry.from_row(row, 48), nearest=True)
         if name == "b":  # JPEG ringing may flip a few edge pixels
@@ -145,13 +149,34 @@ def test_bad_masks_are_rejections_with_reasons(tmp_path):
     cv2.imwrite(str(lab / "colour.png"), colour)
     (lab / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     cv2.imwrite(str(src / "x" / "broken.png"), img + 4)
-    res = CliRunner().invoke(app, ["ingest", str(src), "--out", str(tmp_path / "out"), "--masks", str(lab),
-                                   "--size", "32", "--workers", "1", "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            str(src),
+            "--out",
+            str(tmp_path / "out"),
+            "--masks",
+            str(lab),
+            "--size",
+            "32",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 3, res.output
-    failures = {json.loads(line)["path"]: json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()}
+    failures = {
+        json.loads(line)["path"]: json.loads(line)
+        for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()
+    }
     assert failures["x/small.png"]["reason"] == "mask size differs from the image"
     assert failures["x/small.png"]["detail"] == "mask 30x50, image 40x50"
-    assert failures["x/twin.png"]["reason"] == failures["y/twin.png"]["reason"] == "mask name matches several inputs or files"
+    assert (
+        failures["x/twin.png"]["reason"]
+        == failures["y/twin.png"]["reason"]
+        == "mask name matches several inputs or files"
+    )
     assert failures["x/colour.png"]["reason"] == "mask values are not a label map"
     assert failures["x/broken.png"]["reason"] == "unreadable mask"
     ds = DatasetArtifact.open(tmp_path / "out")
@@ -196,11 +221,21 @@ def test_masks_from_a_labels_column(tmp_path):
         half[:, :22] = 0
         cv2.imwrite(str(tmp_path / "m" / f"{name}_1.png"), mask)
         cv2.imwrite(str(tmp_path / "m" / f"{name}_2.png"), half)
-        rows.append({"file": f"{name}.png", "finding": int(name == "b"),
-                     "mask": f"m/{name}_1.png|m/{name}_2.png" if name == "a" else f"m/{name}_1.png"})
+        rows.append(
+            {
+                "file": f"{name}.png",
+                "finding": int(name == "b"),
+                "mask": f"m/{name}_1.png|m/{name}_2.png" if name == "a" else f"m/{name}_1.png",
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
-    art = run_ingest(tmp_path / "out", IngestConfig(size=32, labels_mask_column="mask"), sources=[src],
-                     labels=tmp_path / "labels.csv", options=IngestOptions(workers=1))
+    art = run_ingest(
+        tmp_path / "out",
+        IngestConfig(size=32, labels_mask_column="mask"),
+        sources=[src],
+        labels=tmp_path / "labels.csv",
+        options=IngestOptions(workers=1),
+    )
     ds = DatasetArtifact.open(art.path)
     assert art.contents["label_columns"] == ["finding"]  # the masks column is not a label
     assert set(np.unique(stored(ds, "a.png")[1])) == {0, 1, 2}  # k-th file -> class k
@@ -213,8 +248,17 @@ def test_dicom_seg_masks(tmp_path):
     import pydicom
     from pydicom.sr.codedict import codes
 
-    tags = {"PatientName": "Test^Patient", "StudyDate": "20200101", "StudyTime": "", "ReferringPhysicianName": "",
-            "StudyID": "1", "AccessionNumber": "", "SeriesNumber": 1, "InstanceNumber": 1, "PatientBirthDate": ""}
+    tags = {
+        "PatientName": "Test^Patient",
+        "StudyDate": "20200101",
+        "StudyTime": "",
+        "ReferringPhysicianName": "",
+        "StudyID": "1",
+        "AccessionNumber": "",
+        "SeriesNumber": 1,
+        "InstanceNumber": 1,
+        "PatientBirthDate": "",
+    }
     src, lab = tmp_path / "in", tmp_path / "seg"
     lab.mkdir()
     img, mask = shape_image(40, 30, seed=3)
@@ -227,15 +271,32 @@ def test_dicom_seg_masks(tmp_path):
 
     def seg_for(path: Path, out: Path) -> None:
         ds = pydicom.dcmread(path)
-        descs = [hd.seg.SegmentDescription(segment_number=n, segment_label=f"s{n}", segmented_property_category=codes.SCT.Organ,
-                                           segmented_property_type=t, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
-                 for n, t in ((1, codes.SCT.Lung), (2, codes.SCT.Heart))]
+        descs = [
+            hd.seg.SegmentDescription(
+                segment_number=n,
+                segment_label=f"s{n}",
+                segmented_property_category=codes.SCT.Organ,
+                segmented_property_type=t,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+            )
+            for n, t in ((1, codes.SCT.Lung), (2, codes.SCT.Heart))
+        ]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            seg = hd.seg.Segmentation(source_images=[ds], pixel_array=labels, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-                                      segment_descriptions=descs, series_instance_uid=hd.UID(), series_number=2,
-                                      sop_instance_uid=hd.UID(), instance_number=1, manufacturer="m",
-                                      manufacturer_model_name="m", software_versions="1", device_serial_number="1")
+            seg = hd.seg.Segmentation(
+                source_images=[ds],
+                pixel_array=labels,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=descs,
+                series_instance_uid=hd.UID(),
+                series_number=2,
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="m",
+                manufacturer_model_name="m",
+                software_versions="1",
+                device_serial_number="1",
+            )
         seg.save_as(out)
 
     seg_for(src / "a.dcm", lab / "a_seg.dcm")
@@ -258,8 +319,23 @@ def test_demo_archive_with_its_masks(tmp_path):
     from cxrjepa.demo.api import DemoConfig, run_demo
 
     demo = run_demo(tmp_path / "demo", DemoConfig(n=6)).path
-    res = CliRunner().invoke(app, ["ingest", str(demo / "dicom"), "--out", str(tmp_path / "ds"), "--masks",
-                                   f"lung={demo / 'masks'}", "--size", "48", "--workers", "1", "--quiet", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ingest",
+            str(demo / "dicom"),
+            "--out",
+            str(tmp_path / "ds"),
+            "--masks",
+            f"lung={demo / 'masks'}",
+            "--size",
+            "48",
+            "--workers",
+            "1",
+            "--quiet",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     counts = json.loads(res.stdout)["counts"]
     assert counts["masks"] == counts["samples"] == 6 and counts["mask_files_unmatched"] == 0
@@ -280,7 +356,13 @@ def test_dry_run_reports_the_pairing(tmp_path):
         if name != "c":
             cv2.imwrite(str(lab / f"{name}_mask.png"), mask)
     cv2.imwrite(str(lab / "zzz.png"), mask)
-    plan = run_ingest(tmp_path / "out", IngestConfig(size=32), sources=[src], masks=[lab], dry_run=True,
-                      options=IngestOptions(workers=1))
+    plan = run_ingest(
+        tmp_path / "out",
+        IngestConfig(size=32),
+        sources=[src],
+        masks=[lab],
+        dry_run=True,
+        options=IngestOptions(workers=1),
+    )
     assert plan["masks"]["inputs_with_masks"] == 2 and plan["masks"]["mask_files_unmatched"] == 1
     assert plan["would_ingest"] == 3 and not (tmp_path / "out").exists()

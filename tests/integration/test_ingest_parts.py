@@ -62,8 +62,13 @@ def archive(tmp_path_factory) -> tuple[Path, Path]:
     (src / ".hidden").write_bytes(b"ignored too")
     labels = root / "labels.csv"
     rels = sorted(kept)
-    pd.DataFrame({"path": rels, "patient_id": [f"P{k % 5}" for k in range(len(rels))],
-                  "finding": [("effusion", "normal")[k % 2] for k in range(len(rels))]}).to_csv(labels, index=False)
+    pd.DataFrame(
+        {
+            "path": rels,
+            "patient_id": [f"P{k % 5}" for k in range(len(rels))],
+            "finding": [("effusion", "normal")[k % 2] for k in range(len(rels))],
+        }
+    ).to_csv(labels, index=False)
     return src, labels
 
 
@@ -109,13 +114,34 @@ def assert_same_dataset(got: Path, ref: Path) -> None:
 
 
 def _env(tmp: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent), "CXRJEPA_SALT": SALT,
-            "XDG_CONFIG_HOME": str(tmp / "config")}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent),
+        "CXRJEPA_SALT": SALT,
+        "XDG_CONFIG_HOME": str(tmp / "config"),
+    }
 
 
 def _cmd(src: Path, labels: Path, out: Path, *extra: str, unit_size: int = 3) -> list[str]:
-    return [sys.executable, "-m", "cxrjepa", "ingest", str(src), "--out", str(out), "--labels", str(labels),
-            "--size", str(SIZE), "--workers", "1", "--unit-size", str(unit_size), "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "ingest",
+        str(src),
+        "--out",
+        str(out),
+        "--labels",
+        str(labels),
+        "--size",
+        str(SIZE),
+        "--workers",
+        "1",
+        "--unit-size",
+        str(unit_size),
+        "--quiet",
+        *extra,
+    ]
 
 
 def test_the_archive_has_duplicates_across_parts(archive, reference):
@@ -133,8 +159,10 @@ def test_the_archive_has_duplicates_across_parts(archive, reference):
 def test_three_parts_one_after_another_equal_one_run(archive, reference, tmp_path):
     src, labels = archive
     out = tmp_path / "ds"
-    results = [run_ingest_part(out, f"{k}/{N_PARTS}", CONFIG, sources=[src], labels=labels, options=OPTIONS)
-               for k in range(N_PARTS)]
+    results = [
+        run_ingest_part(out, f"{k}/{N_PARTS}", CONFIG, sources=[src], labels=labels, options=OPTIONS)
+        for k in range(N_PARTS)
+    ]
     assert [r["part_status"] for r in results[:2]] == ["complete", "complete"]  # earlier parts only say so
     assert read_manifest(out)["status"] == "complete"  # the last one to finish finalized
     assert sum(r["part_inputs"] for r in results[:2]) < results[0]["inputs"]  # each did a share
@@ -150,18 +178,32 @@ def test_two_parts_at_the_same_time_then_the_last(archive, reference, tmp_path):
     finalizes. Every part exits 0 (rejected inputs are finalize's to report, so 'afterok' holds)."""
     src, labels = archive
     out, env = tmp_path / "ds", _env(tmp_path)
-    procs = [subprocess.Popen(_cmd(src, labels, out, "--part", f"{k}/{N_PARTS}"), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            _cmd(src, labels, out, "--part", f"{k}/{N_PARTS}"),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (0, 1)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     assert read_manifest(out)["status"] == "partial"
-    last = subprocess.run(_cmd(src, labels, out, "--part", f"2/{N_PARTS}"), env=env, capture_output=True, text=True,
-                          timeout=300)
+    last = subprocess.run(
+        _cmd(src, labels, out, "--part", f"2/{N_PARTS}"), env=env, capture_output=True, text=True, timeout=300
+    )
     assert last.returncode == 0, last.stderr
     assert_same_dataset(out, reference)
-    fin = subprocess.run([sys.executable, "-m", "cxrjepa", "ingest", "--finalize", "--out", str(out)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    fin = subprocess.run(
+        [sys.executable, "-m", "cxrjepa", "ingest", "--finalize", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fin.returncode == 3 and "up to date" in fin.stderr  # the dataset rejected an input: exit 3
 
 
@@ -173,8 +215,9 @@ def test_killed_part_rerun_changes_nothing(archive, reference, tmp_path):
     cmd = _cmd(src, labels, out, "--part", str(part), "--no-auto-finalize", unit_size=1)
     killed_after = None
     for attempt in range(3):  # the kill must land while units remain: retry if the machine was too fast
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             n = len(list(staging.glob("unit-*.json"))) if staging.is_dir() else 0
@@ -196,8 +239,9 @@ def test_killed_part_rerun_changes_nothing(archive, reference, tmp_path):
     assert again.returncode == 0, again.stderr
     assert '"status": "complete"' in (part_dir(out, part) / "part.json").read_text()
     for k in (0, 2):
-        run_ingest_part(out, f"{k}/{N_PARTS}", CONFIG, sources=[src], labels=labels, options=OPTIONS,
-                        auto_finalize=False)
+        run_ingest_part(
+            out, f"{k}/{N_PARTS}", CONFIG, sources=[src], labels=labels, options=OPTIONS, auto_finalize=False
+        )
     finalize_ingest(out)
     assert_same_dataset(out, reference)
 
@@ -209,8 +253,13 @@ def test_finalize_refuses_a_missing_part_or_one_made_otherwise(archive, referenc
         run_ingest_part(out, f"{k}/{N_PARTS}", CONFIG, sources=[src], labels=labels, options=OPTIONS)
     assert read_manifest(out)["status"] == "partial"  # part 2 was last but part 1 is missing: no finalize
 
-    fin = subprocess.run([sys.executable, "-m", "cxrjepa", "ingest", "--finalize", "--out", str(out)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    fin = subprocess.run(
+        [sys.executable, "-m", "cxrjepa", "ingest", "--finalize", "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert fin.returncode == 1
     message = " ".join(fin.stderr.split())
     assert "Part 1/3 of" in message and "1/3 missing" in message and "--array=1 " in message, message
@@ -222,8 +271,13 @@ def test_finalize_refuses_a_missing_part_or_one_made_otherwise(archive, referenc
     with pytest.raises(PartsIncompleteError, match=r"1/3 made with other settings \(size\) than the others"):
         finalize_ingest(out)
     # ... and so is running one with other settings in this folder (nothing of the others is lost)
-    bad = subprocess.run(_cmd(src, labels, out, "--part", f"1/{N_PARTS}", "--size", "24"), env=env,
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        _cmd(src, labels, out, "--part", f"1/{N_PARTS}", "--size", "24"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "other settings (size)" in " ".join(bad.stderr.split()), bad.stderr
 
     # while a part runs, finalize waits for it (exit 2, naming it)

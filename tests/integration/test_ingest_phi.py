@@ -84,14 +84,22 @@ def test_no_planted_marker_reaches_outputs_or_logs(tmp_path, monkeypatch):
     monkeypatch.setenv("CXRJEPA_SALT", "phi-test-salt-0123456789")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
     src = tmp_path / "in"
-    us = make_dataset(phantom(40, 48, bits=8, frames=5, seed=3).astype(np.uint8), modality="US", frame_time_ms=50,
-                      sop_uid=f"{UID_ROOT}.200")
+    us = make_dataset(
+        phantom(40, 48, bits=8, frames=5, seed=3).astype(np.uint8),
+        modality="US",
+        frame_time_ms=50,
+        sop_uid=f"{UID_ROOT}.200",
+    )
     with _ignore_validation():
         for k, v in PHI_TAGS.items():
             setattr(us, k, v)
         write_dicom(us, src / "cine.dcm")
-        for name, ds in (("ok.dcm", planted(0)), ("mono1.dcm", planted(1, photometric="MONOCHROME1", window=(2000, 3000))),
-                         ("dup_sop.dcm", planted(2)), ("dup_sop_again.dcm", planted(2))):
+        for name, ds in (
+            ("ok.dcm", planted(0)),
+            ("mono1.dcm", planted(1, photometric="MONOCHROME1", window=(2000, 3000))),
+            ("dup_sop.dcm", planted(2)),
+            ("dup_sop_again.dcm", planted(2)),
+        ):
             write_dicom(ds, src / name)
     # broken files carrying the markers: their errors must not quote values
     data = (src / "ok.dcm").read_bytes()
@@ -120,9 +128,29 @@ def test_no_planted_marker_reaches_outputs_or_logs(tmp_path, monkeypatch):
     # a real process, so the workers' own stderr is captured too
     env = {**os.environ, "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent)}
     res = subprocess.run(
-        [sys.executable, "-m", "cxrjepa", "ingest", str(src), "--out", str(out), "--size", "32", "--workers", "2",
-         "--verbose", "--labels", str(labels), "--key", "sop_uid", "--json"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "cxrjepa",
+            "ingest",
+            str(src),
+            "--out",
+            str(out),
+            "--size",
+            "32",
+            "--workers",
+            "2",
+            "--verbose",
+            "--labels",
+            str(labels),
+            "--key",
+            "sop_uid",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert res.returncode == 3, res.stderr  # the truncated file is rejected
     logs = res.stdout + res.stderr

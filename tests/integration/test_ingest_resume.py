@@ -26,8 +26,9 @@ N = 80
 def archive(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("archive")
     for i in range(N):
-        ds = make_dataset(phantom(64, 56 + i % 17, seed=i, bits=12), bits_stored=12,
-                          photometric="MONOCHROME1" if i % 5 == 0 else None)
+        ds = make_dataset(
+            phantom(64, 56 + i % 17, seed=i, bits=12), bits_stored=12, photometric="MONOCHROME1" if i % 5 == 0 else None
+        )
         ts = (JPEG2000Lossless, RLELossless)[i % 2]
         write_dicom(ds, root / f"s{i % 7}" / f"img{i:04d}.dcm", ts)
         if i % 25 == 0:
@@ -37,13 +38,31 @@ def archive(tmp_path_factory) -> Path:
 
 
 def _cmd(src: Path, out: Path, workers: int) -> list[str]:
-    return [sys.executable, "-m", "cxrjepa", "ingest", str(src), "--out", str(out), "--size", "32",
-            "--workers", str(workers), "--unit-size", "4", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "ingest",
+        str(src),
+        "--out",
+        str(out),
+        "--size",
+        "32",
+        "--workers",
+        str(workers),
+        "--unit-size",
+        "4",
+        "--quiet",
+    ]
 
 
 def _env(tmp: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent), "CXRJEPA_SALT": "resume-salt-0123456789",
-            "XDG_CONFIG_HOME": str(tmp / "cfg")}
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent),
+        "CXRJEPA_SALT": "resume-salt-0123456789",
+        "XDG_CONFIG_HOME": str(tmp / "cfg"),
+    }
 
 
 def _snapshot(path: Path) -> tuple:
@@ -67,8 +86,9 @@ def test_kill_9_then_resume_equals_uninterrupted(archive, tmp_path):
     staging = out / "staging"
     killed_after = None
     for attempt in range(3):  # the kill must land while units remain: retry if the machine was too fast
-        proc = subprocess.Popen(_cmd(archive, out, 2), env=env, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cmd(archive, out, 2), env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         target = 3 + 2 * attempt
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:

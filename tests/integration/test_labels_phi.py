@@ -24,24 +24,26 @@ N = 40
 def planted_labels(n: int) -> pd.DataFrame:
     i = np.arange(n)
     patient = i // 2
-    return pd.DataFrame({
-        "file": [f"img{k:03d}.dcm" for k in i],
-        "finding": np.where(patient % 2 == 1, "EFFUSION", "NORMAL"),
-        "site": [f"{SITE}{'AB'[k % 2]}" for k in patient],
-        "age": 40 + 2 * i,  # up to 118: ages above 89 identify too (ingest keeps the DICOM's own PatientAge)
-        "PatientName": [f"{MARK}NAME^PATIENT{k}" for k in patient],
-        "PatientID": [f"{MARK}PID{k}" for k in patient],
-        "AccessionNumber": [f"{MARK}ACC{k}" for k in i],
-        "InstitutionName": f"{MARK}INSTITUTION",
-        "PatientBirthDate": "19230417",
-        "Patient Name": [f"{MARK}SPACED{k}" for k in patient],
-        "patient_id": [f"{MARK}SNAKE{k}" for k in patient],
-        "MRN": [f"{MARK}MRN{k}" for k in patient],
-        "DOB": "1923-04-17",
-        "Referring Physician": f"{MARK}DOCTOR",
-        "study_date": "1999-12-31",
-        "e-mail": f"{MARK}@example.org",
-    })
+    return pd.DataFrame(
+        {
+            "file": [f"img{k:03d}.dcm" for k in i],
+            "finding": np.where(patient % 2 == 1, "EFFUSION", "NORMAL"),
+            "site": [f"{SITE}{'AB'[k % 2]}" for k in patient],
+            "age": 40 + 2 * i,  # up to 118: ages above 89 identify too (ingest keeps the DICOM's own PatientAge)
+            "PatientName": [f"{MARK}NAME^PATIENT{k}" for k in patient],
+            "PatientID": [f"{MARK}PID{k}" for k in patient],
+            "AccessionNumber": [f"{MARK}ACC{k}" for k in i],
+            "InstitutionName": f"{MARK}INSTITUTION",
+            "PatientBirthDate": "19230417",
+            "Patient Name": [f"{MARK}SPACED{k}" for k in patient],
+            "patient_id": [f"{MARK}SNAKE{k}" for k in patient],
+            "MRN": [f"{MARK}MRN{k}" for k in patient],
+            "DOB": "1923-04-17",
+            "Referring Physician": f"{MARK}DOCTOR",
+            "study_date": "1999-12-31",
+            "e-mail": f"{MARK}@example.org",
+        }
+    )
 
 
 def markers() -> list[str]:
@@ -49,8 +51,9 @@ def markers() -> list[str]:
 
 
 def _cli(*args, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cxrjepa", *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cxrjepa", *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
 
 
 def _texts(folder: Path) -> dict[str, str]:
@@ -65,8 +68,12 @@ def _texts(folder: Path) -> dict[str, str]:
 
 
 def test_planted_identifying_columns_reach_no_output_log_or_report(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent), "CXRJEPA_SALT": "phi-test-salt-0123456789",
-           "XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(cxrjepa.__file__).parent.parent),
+        "CXRJEPA_SALT": "phi-test-salt-0123456789",
+        "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+    }
     src = tmp_path / "dicom"
     for k in range(N):
         write_dicom(make_dataset(phantom(32, 32, seed=k), bits_stored=12), src / f"img{k:03d}.dcm")
@@ -77,14 +84,62 @@ def test_planted_identifying_columns_reach_no_output_log_or_report(tmp_path):
     ds, emb, p_ds, p_csv, report = (tmp_path / n for n in ("ds", "emb", "probe-ds", "probe-csv", "report"))
     runs = [
         _cli("ingest", src, "--out", ds, "--labels", labels, "--size", "32", "--workers", "1", "--verbose", env=env),
-        _cli("embed", "--encoder", "random:tiny/8", "--data", ds, "--out", emb, "--device", "cpu", "--workers", "0", env=env),
+        _cli(
+            "embed",
+            "--encoder",
+            "random:tiny/8",
+            "--data",
+            ds,
+            "--out",
+            emb,
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            env=env,
+        ),
         # the dataset's label columns, as joined at ingest
-        _cli("probe", "--embeddings", emb, "--out", p_ds, "--bootstrap", "20", "--fewshot", "none", "--verbose", env=env),
+        _cli(
+            "probe", "--embeddings", emb, "--out", p_ds, "--bootstrap", "20", "--fewshot", "none", "--verbose", env=env
+        ),
         # the CSV again, straight to the probe, without --label-col: every column that is not identifying is a task
-        _cli("probe", "--embeddings", emb, "--out", p_csv, "--labels", labels, "--key", "file=source_path",
-             "--bootstrap", "20", "--fewshot", "none", "--verbose", "--json", env=env),
-        _cli("report", p_ds, p_csv, "--out", report, "--device", "cpu", "--set", "sample_images=4", "--set", "patch_images=0",
-             "--set", "retrieval_queries=1", "--set", "map_method=pca", "--verbose", env=env),
+        _cli(
+            "probe",
+            "--embeddings",
+            emb,
+            "--out",
+            p_csv,
+            "--labels",
+            labels,
+            "--key",
+            "file=source_path",
+            "--bootstrap",
+            "20",
+            "--fewshot",
+            "none",
+            "--verbose",
+            "--json",
+            env=env,
+        ),
+        _cli(
+            "report",
+            p_ds,
+            p_csv,
+            "--out",
+            report,
+            "--device",
+            "cpu",
+            "--set",
+            "sample_images=4",
+            "--set",
+            "patch_images=0",
+            "--set",
+            "retrieval_queries=1",
+            "--set",
+            "map_method=pca",
+            "--verbose",
+            env=env,
+        ),
     ]
     for res in runs:
         assert res.returncode == 0, res.stderr[-2000:]
@@ -95,8 +150,19 @@ def test_planted_identifying_columns_reach_no_output_log_or_report(tmp_path):
     probe = yaml.safe_load((p_csv / "manifest.yaml").read_text())
     assert set(probe["contents"]["tasks"]) == {"finding", "site", "age"}
     assert set(probe["contents"]["labels_join"]["identifying_columns_left_out"]) == {
-        "PatientName", "PatientID", "AccessionNumber", "InstitutionName", "PatientBirthDate", "Patient Name", "patient_id",
-        "MRN", "DOB", "Referring Physician", "study_date", "e-mail"}
+        "PatientName",
+        "PatientID",
+        "AccessionNumber",
+        "InstitutionName",
+        "PatientBirthDate",
+        "Patient Name",
+        "patient_id",
+        "MRN",
+        "DOB",
+        "Referring Physician",
+        "study_date",
+        "e-mail",
+    }
     pred = pd.read_parquet(p_csv / "predictions.parquet")
     assert pred.loc[pred["task"] == "age", "target_value"].max() == 90
     assert set(yaml.safe_load((p_ds / "manifest.yaml").read_text())["contents"]["tasks"]) == {"finding", "site"}
@@ -106,7 +172,12 @@ def test_planted_identifying_columns_reach_no_output_log_or_report(tmp_path):
         texts.update(_texts(folder))
     assert any(n.endswith(".png") for n in texts) and any(n.endswith("index.html") for n in texts)
     # the search sees stored text wherever it is: the harmless site label is in the tables, metrics and report
-    for where in (ds / "metadata.parquet", p_csv / "metrics.json", p_csv / "predictions.parquet", report / "index.html"):
+    for where in (
+        ds / "metadata.parquet",
+        p_csv / "metrics.json",
+        p_csv / "predictions.parquet",
+        report / "index.html",
+    ):
         assert any(SITE in t for n, t in texts.items() if n.startswith(str(where))), where
     for where, text in texts.items():
         for m in markers():

@@ -27,8 +27,12 @@ ROOT = str(Path(cxrjepa.__file__).parent.parent)
 
 
 def _env(tmp: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": ROOT, "CXRJEPA_SALT": "lock-test-salt-0123456789",
-            "XDG_CONFIG_HOME": str(tmp / "cfg")}
+    return {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "CXRJEPA_SALT": "lock-test-salt-0123456789",
+        "XDG_CONFIG_HOME": str(tmp / "cfg"),
+    }
 
 
 def _wait_for(cond, timeout: float = 120.0, what: str = "") -> None:
@@ -68,16 +72,50 @@ PAUSED_INGEST = textwrap.dedent("""
 def test_a_second_ingest_with_other_settings_is_refused_naming_the_holder(archive, tmp_path):
     out, go = tmp_path / "ds", tmp_path / "go"
     env = _env(tmp_path)
-    first = subprocess.Popen([sys.executable, "-c", PAUSED_INGEST, str(go), "ingest", str(archive), "--out", str(out),
-                              "--size", "64", "--workers", "1", "--quiet"], env=env, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            PAUSED_INGEST,
+            str(go),
+            "ingest",
+            str(archive),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(lambda: Path(str(go) + ".ready").exists() or first.poll() is not None, what="the first ingest")
         assert first.poll() is None, first.stderr.read()
         holder = read_holder(out)
         assert holder is not None and holder.pid == first.pid and holder.stage == "ingest"
-        second = subprocess.run([sys.executable, "-m", "cxrjepa", "ingest", str(archive), "--out", str(out),
-                                 "--size", "32", "--workers", "1"], env=env, capture_output=True, text=True,
-                                timeout=300)
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cxrjepa",
+                "ingest",
+                str(archive),
+                "--out",
+                str(out),
+                "--size",
+                "32",
+                "--workers",
+                "1",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert second.returncode == EXIT_USAGE
         err = second.stderr.strip()
         assert f"pid {first.pid}" in err and socket.gethostname() in err and "started" in err
@@ -101,12 +139,19 @@ def test_a_second_ingest_with_other_settings_is_refused_naming_the_holder(archiv
 def test_a_dead_holders_lock_is_taken_over_by_exactly_one_contender(tmp_path):
     out = tmp_path / "out"
     env = _env(tmp_path)
-    dead = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+    dead = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import os, signal
         from cxrjepa.core.lock import output_lock
         with output_lock({str(out)!r}, "ingest"):
             os.kill(os.getpid(), signal.SIGKILL)
-    """)], env=env)
+    """),
+        ],
+        env=env,
+    )
     assert dead.returncode == -signal.SIGKILL
     stale = read_holder(out)
     assert stale is not None and stale.stage == "ingest" and stale.alive_here() is False  # left behind, holder gone
@@ -128,8 +173,12 @@ def test_a_dead_holders_lock_is_taken_over_by_exactly_one_contender(tmp_path):
     """)
     release = tmp_path / "release"
     start = time.time() + 3.0
-    procs = [subprocess.Popen([sys.executable, "-c", contender, str(out), str(tmp_path / f"r{i}"), str(start),
-                               str(release)], env=env) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", contender, str(out), str(tmp_path / f"r{i}"), str(start), str(release)], env=env
+        )
+        for i in range(2)
+    ]
     try:
         _wait_for(lambda: all((tmp_path / f"r{i}").exists() for i in range(2)), what="both contenders")
         results = [json.loads((tmp_path / f"r{i}").read_text()) for i in range(2)]
@@ -164,7 +213,11 @@ def test_lock_lives_beside_the_folder_and_survives_clearing(tmp_path):
 def test_another_process_is_refused_and_dry_runs_take_no_lock(tmp_path):
     out, ready, release = tmp_path / "ds", tmp_path / "ready", tmp_path / "release"
     env = _env(tmp_path)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from pathlib import Path
         from cxrjepa.core.lock import output_lock
@@ -172,7 +225,10 @@ def test_another_process_is_refused_and_dry_runs_take_no_lock(tmp_path):
             Path({str(ready)!r}).write_text("")
             while not Path({str(release)!r}).exists():
                 time.sleep(0.02)
-    """)], env=env)
+    """),
+        ],
+        env=env,
+    )
     try:
         _wait_for(ready.exists, what="the holder")
         assert begin(out, "dataset", {"size": 1}, dry_run=True).action == "create"  # no lock taken, nothing written

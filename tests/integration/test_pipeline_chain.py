@@ -15,7 +15,14 @@ from cxrjepa.core.artifact import read_manifest
 
 runner = CliRunner()
 
-KINDS = {"demo": "demo", "dataset": "dataset", "run": "run", "embeddings": "embeddings", "probe": "probe", "report": "report"}
+KINDS = {
+    "demo": "demo",
+    "dataset": "dataset",
+    "run": "run",
+    "embeddings": "embeddings",
+    "probe": "probe",
+    "report": "report",
+}
 
 
 def _pipeline(tmp_path: Path) -> Path:
@@ -41,7 +48,11 @@ def _pipeline(tmp_path: Path) -> Path:
                 },
                 "options": {"gpus": 0},
             },
-            "embeddings": {"stage": "embed", "inputs": {"encoder": "@run", "data": "@dataset"}, "options": {"workers": 0}},
+            "embeddings": {
+                "stage": "embed",
+                "inputs": {"encoder": "@run", "data": "@dataset"},
+                "options": {"workers": 0},
+            },
             "probe": {
                 "stage": "probe",
                 "inputs": {"embeddings": "@embeddings"},
@@ -79,6 +90,7 @@ def test_every_stage_runs_and_every_manifest_is_complete(chain):
         assert m["status"] == "complete" and m["kind"] == kind, sid
         assert m["content_fingerprint"] and m["fingerprint"]
         assert m["producer"]["cxrjepa"]
+
     # lineage: each stage records its upstream artifact's content fingerprint
     def fp_of(sid, name):
         return next(i["fingerprint"] for i in manifests[sid]["inputs"] if i["name"] == name)
@@ -151,7 +163,9 @@ def test_partial_or_corrupt_input_is_refused(chain, tmp_path):
     m = yaml.safe_load((ds / "manifest.yaml").read_text())
     m["status"] = "partial"
     (ds / "manifest.yaml").write_text(yaml.safe_dump(m))
-    res = runner.invoke(app, ["embed", "--encoder", str(tmp / "runs" / "run"), "--data", str(ds), "--out", str(tmp_path / "e")])
+    res = runner.invoke(
+        app, ["embed", "--encoder", str(tmp / "runs" / "run"), "--data", str(ds), "--out", str(tmp_path / "e")]
+    )
     assert res.exit_code == 1
     assert "incomplete" in res.stderr and "cxrjepa ingest" in res.stderr and "Traceback" not in res.stderr
     (ds / "manifest.yaml").write_text("kind: [unclosed")

@@ -21,10 +21,14 @@ def _pipeline(path, root, dataset, max_steps=None):
     run = {"stage": "pretrain", "inputs": {"data": str(dataset)}, "params": TINY, "options": {"gpus": 0}}
     if max_steps is not None:
         run["options"]["max_steps"] = max_steps
-    pipe = {"name": "early", "out": str(root), "stages": {
-        "run": run,
-        "emb": {"stage": "embed", "inputs": {"encoder": "@run", "data": str(dataset)}, "options": {"workers": 0}},
-    }}
+    pipe = {
+        "name": "early",
+        "out": str(root),
+        "stages": {
+            "run": run,
+            "emb": {"stage": "embed", "inputs": {"encoder": "@run", "data": str(dataset)}, "options": {"workers": 0}},
+        },
+    }
     path.write_text(yaml.safe_dump(pipe, sort_keys=False))
     return path
 

@@ -53,9 +53,29 @@ def test_two_gloo_processes_match_one_process(single, strategy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)}
     env.pop("OMP_NUM_THREADS", None)
     res = subprocess.run(
-        [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(data), "--out", str(multi), "--config",
-         str(cfg_file), "--gpus", "0", "--nproc", "2", "--json", "--set", f"runtime.strategy={strategy}"],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "cxrjepa",
+            "pretrain",
+            "--data",
+            str(data),
+            "--out",
+            str(multi),
+            "--config",
+            str(cfg_file),
+            "--gpus",
+            "0",
+            "--nproc",
+            "2",
+            "--json",
+            "--set",
+            f"runtime.strategy={strategy}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.count('"kind": "run"') == 1  # one summary: the launcher's, not one per worker
@@ -72,5 +92,6 @@ def test_two_gloo_processes_match_one_process(single, strategy, tmp_path):
         assert worst < 1e-5, (name, worst)
     rows = MetricsLog.read(multi)
     assert [r["step"] for r in rows] == [0, 2, 4]  # rank 0 alone wrote the metrics
-    np.testing.assert_allclose([r.get("loss", 0) for r in rows], [r.get("loss", 0) for r in MetricsLog.read(single)],
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        [r.get("loss", 0) for r in rows], [r.get("loss", 0) for r in MetricsLog.read(single)], atol=1e-5
+    )

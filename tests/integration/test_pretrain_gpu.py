@@ -56,8 +56,9 @@ def test_bf16_run_on_one_gpu_reports_mfu_and_memory(data, tmp_path):
 def test_compiled_blocks_train_the_same_model(data, tmp_path):
     cfg = load_config(PretrainConfig, layers=[SMALL], overrides=["runtime.compile=true"])
     run = run_pretrain(tmp_path / "compiled", cfg, data=data, options=PretrainOptions(gpus=1))
-    ref = run_pretrain(tmp_path / "eager", load_config(PretrainConfig, layers=[SMALL]), data=data,
-                       options=PretrainOptions(gpus=1))
+    ref = run_pretrain(
+        tmp_path / "eager", load_config(PretrainConfig, layers=[SMALL]), data=data, options=PretrainOptions(gpus=1)
+    )
     a = safetensors.torch.load_file(str(run.path / "encoder" / "encoder.safetensors"))
     b = safetensors.torch.load_file(str(ref.path / "encoder" / "encoder.safetensors"))
     assert a.keys() == b.keys()  # compiling per block keeps parameter names
@@ -70,11 +71,30 @@ def test_two_gpus_match_one_gpu(data, tmp_path, strategy):
     sets = ["train.precision=fp32", "runtime.tf32=false", "runtime.deterministic=true"]
     cfg_file = tmp_path / "cfg.yaml"
     cfg_file.write_text(yaml.safe_dump(SMALL))
-    one = run_pretrain(tmp_path / "one", load_config(PretrainConfig, files=[cfg_file], overrides=sets), data=data,
-                       options=PretrainOptions(gpus=1))
+    one = run_pretrain(
+        tmp_path / "one",
+        load_config(PretrainConfig, files=[cfg_file], overrides=sets),
+        data=data,
+        options=PretrainOptions(gpus=1),
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    cmd = [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(data), "--out", str(tmp_path / "two"),
-           "--config", str(cfg_file), "--gpus", "2", "--json", "--set", f"runtime.strategy={strategy}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "pretrain",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "two"),
+        "--config",
+        str(cfg_file),
+        "--gpus",
+        "2",
+        "--json",
+        "--set",
+        f"runtime.strategy={strategy}",
+    ]
     for s in sets:
         cmd += ["--set", s]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -34,8 +34,14 @@ TINY = {
     "model": {"size": "tiny", "patch_size": 8, "image_size": 32, "layers": 2},
     "ijepa": {"predictor": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}},
     "train": {"batch_size": 8, "steps": 8},
-    "runtime": {"workers": 0, "log_every": 2, "monitor_every": 4, "checkpoint_every": 2, "keep_last": 2,
-                "monitor_batch": 16},
+    "runtime": {
+        "workers": 0,
+        "log_every": 2,
+        "monitor_every": 4,
+        "checkpoint_every": 2,
+        "keep_last": 2,
+        "monitor_batch": 16,
+    },
 }
 
 
@@ -112,8 +118,13 @@ def test_tiny_run_trains_checkpoints_and_exports(straight, dataset):
         assert key in last
     assert [s for s, _ in list_checkpoints(straight)] == [6, 8]
     ck = straight / "checkpoints" / "step-000008"
-    assert {p.name for p in ck.iterdir()} == {"encoder.safetensors", "predictor.safetensors", "target.safetensors",
-                                              "optimizer.pt", "state.json"}
+    assert {p.name for p in ck.iterdir()} == {
+        "encoder.safetensors",
+        "predictor.safetensors",
+        "target.safetensors",
+        "optimizer.pt",
+        "state.json",
+    }
     state = json.loads((ck / "state.json").read_text())
     assert state["step"] == 8 and state["sampler"]["position"] == 64 and state["schedules"]["momentum"] > 0.996
     cfg = yaml.safe_load((straight / "config.yaml").read_text())
@@ -198,8 +209,15 @@ def test_max_steps_stops_early_and_a_rerun_continues(straight, dataset, tmp_path
     assert_same_weights(straight / "checkpoints" / "step-000008", out / "checkpoints" / "step-000008", 1e-6)
 
 
-@pytest.mark.parametrize("runtime", [{"runtime.grad_accum": 2}, {"runtime.activation_checkpointing": "true"},
-                                     {"runtime.workers": 1}, {"runtime.frame_cache": "CACHE"}])
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        {"runtime.grad_accum": 2},
+        {"runtime.activation_checkpointing": "true"},
+        {"runtime.workers": 1},
+        {"runtime.frame_cache": "CACHE"},
+    ],
+)
 def test_runtime_settings_train_the_same_model(straight, dataset, tmp_path, runtime):
     """Accumulation, activation checkpointing, loader workers and the frame cache change how, not what, the
     run computes."""
@@ -214,8 +232,21 @@ def test_killed_cli_run_resumes_to_the_same_weights(straight, dataset, tmp_path)
     out = tmp_path / "killed"
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
-    cmd = [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(dataset), "--out", str(out),
-           "--config", str(cfg_file), "--gpus", "0", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "pretrain",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg_file),
+        "--gpus",
+        "0",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -240,15 +271,46 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(dataset, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
     out = tmp_path / "never"
-    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
-                              "--gpus", "0", "--nproc", "2", "--dry-run", "--set", "optim.lr=3e-4"])
+    res = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg_file),
+            "--gpus",
+            "0",
+            "--nproc",
+            "2",
+            "--dry-run",
+            "--set",
+            "optim.lr=3e-4",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "torch.distributed.run --standalone --nproc-per-node=2 --log-dir=" in res.stdout
     assert "-m cxrjepa.cli.worker" in res.stdout
     assert "lr: 0.0003" in res.stdout and "plan: create" in res.stdout  # the resolved config the workers get
     assert not out.exists()
-    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file),
-                              "--gpus", "0", "--dry-run", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg_file),
+            "--gpus",
+            "0",
+            "--dry-run",
+            "--json",
+        ],
+    )
     data = json.loads(res.stdout)
     assert data["processes"] == 1 and data["launch"] is None and data["planned_steps"] == 8
     assert data["config"]["train"]["batch_size"] == 8 and not out.exists()
@@ -279,8 +341,25 @@ def test_cli_print_config_and_json_result(dataset, tmp_path):
     assert res.exit_code == 0 and yaml.safe_load(res.stdout)["model"]["size"] == "small"
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
-    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(tmp_path / "r"), "--config",
-                              str(cfg_file), "--gpus", "0", "--max-steps", "2", "--json", "--quiet", "--tensorboard"])
+    res = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "r"),
+            "--config",
+            str(cfg_file),
+            "--gpus",
+            "0",
+            "--max-steps",
+            "2",
+            "--json",
+            "--quiet",
+            "--tensorboard",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["kind"] == "run" and summary["counts"]["steps"] == 2
@@ -367,8 +446,14 @@ def test_extra_hooks_and_sinks_plug_into_the_metrics_processor(dataset, tmp_path
     begin(run, "run", cfg.science())
     info = runtime.init_worker(False)
     try:
-        Trainer(run, cfg, DatasetArtifact.open(dataset), info, hooks=[lambda t: made.append(EncoderNorm(t)) or made[-1]],
-                sinks=[sink]).fit()
+        Trainer(
+            run,
+            cfg,
+            DatasetArtifact.open(dataset),
+            info,
+            hooks=[lambda t: made.append(EncoderNorm(t)) or made[-1]],
+            sinks=[sink],
+        ).fit()
     finally:
         runtime.shutdown(info)
     rows = MetricsLog.read(run)

@@ -25,8 +25,14 @@ TINY = {
     "model": {"size": "tiny", "patch_size": 8, "image_size": 32, "layers": 2},
     "ijepa": {"predictor": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}},
     "train": {"batch_size": 8, "steps": 6},
-    "runtime": {"workers": 0, "log_every": 2, "monitor_every": 4, "checkpoint_every": 2, "keep_last": 2,
-                "monitor_batch": 16},
+    "runtime": {
+        "workers": 0,
+        "log_every": 2,
+        "monitor_every": 4,
+        "checkpoint_every": 2,
+        "keep_last": 2,
+        "monitor_batch": 16,
+    },
 }
 
 
@@ -106,8 +112,24 @@ def test_defaults_that_cannot_fit_are_refused_before_any_model_is_built(dataset,
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu", index=0: 22 * GB)
     _refuse_building(monkeypatch)
     out = tmp_path / "run"
-    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--objective", "salt",
-                              "--teacher", "random:small", "--max-steps", "5", "--gpus", "0"])
+    res = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--objective",
+            "salt",
+            "--teacher",
+            "random:small",
+            "--max-steps",
+            "5",
+            "--gpus",
+            "0",
+        ],
+    )
     assert res.exit_code == EXIT_USAGE, res.stderr
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "Unexpected" not in err
@@ -121,8 +143,9 @@ def test_defaults_that_cannot_fit_are_refused_before_any_model_is_built(dataset,
     from cxrjepa.pretrain.memory import estimate_pretrain
 
     cfg = load_config(PretrainConfig, flags={"objective": "salt"})
-    est = estimate_pretrain(cfg, device="cpu", world=1, procs_per_node=1, frames=24, teacher="random:small",
-                            grad_accum=accum)
+    est = estimate_pretrain(
+        cfg, device="cpu", world=1, procs_per_node=1, frames=24, teacher="random:small", grad_accum=accum
+    )
     assert est.total <= memory.MARGIN * 22 * GB
     full = estimate_pretrain(cfg, device="cpu", world=1, procs_per_node=1, frames=24, teacher="random:small")
     assert full.total > 30 * GB

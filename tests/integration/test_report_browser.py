@@ -13,8 +13,18 @@ import pytest
 
 from tests.report_chain import shared_report
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--hide-scrollbars", "--mute-audio"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
@@ -32,8 +42,11 @@ def chromium() -> str:
     if os.geteuid() != 0:
         pytest.skip("Chromium is not installed and installing it ('apt-get install -y chromium') needs root.")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "install", "-y", "--no-install-recommends", "chromium"], ["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
+    for cmd in (
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"],
+    ):
         try:
             subprocess.run(cmd, env=env, capture_output=True, timeout=900, check=False)
         except (OSError, subprocess.TimeoutExpired):
@@ -41,16 +54,26 @@ def chromium() -> str:
         found = _find()
         if found:
             return found
-    pytest.skip("Chromium is not installed and 'apt-get install -y chromium' did not install it (no package source reachable?).")
+    pytest.skip(
+        "Chromium is not installed and 'apt-get install -y chromium' did not install it (no package source reachable?)."
+    )
 
 
 def screenshot(browser: str, page: Path, png: Path, width: int, height: int) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="cxrjepa-chromium-")
     try:
         return subprocess.run(
-            [browser, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={png}",
-             page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=180,
+            [
+                browser,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={png}",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -40,13 +40,29 @@ def test_a_report_of_the_whole_chain_has_every_section_and_figure(full):
     facts = inspect_html(_page(full))
     assert set(SECTIONS) <= facts.ids
     figures = {p.stem for p in (full / "figures").glob("*.png")}
-    expected = {"data-counts-dataset", "data-age-dataset", "data-samples-dataset", "pretraining-curves",
-                "probe-roc-finding", "probe-confusion-finding", "probe-fewshot-finding", "probe-subgroups-finding",
-                "probe-robustness-finding", "embeddings-map", "patch-maps-dataset", "retrieval"}
+    expected = {
+        "data-counts-dataset",
+        "data-age-dataset",
+        "data-samples-dataset",
+        "pretraining-curves",
+        "probe-roc-finding",
+        "probe-confusion-finding",
+        "probe-fewshot-finding",
+        "probe-subgroups-finding",
+        "probe-robustness-finding",
+        "embeddings-map",
+        "patch-maps-dataset",
+        "retrieval",
+    }
     assert figures == expected
     assert {i["src"][:22] for i in facts.imgs} == {"data:image/png;base64,"} and len(facts.imgs) == len(expected)
-    for text in ("Rejected inputs", "unsupported transfer syntax", "What the embeddings reveal about the patient",
-                 "Subgroups of finding", "Patients in several splits"):
+    for text in (
+        "Rejected inputs",
+        "unsupported transfer syntax",
+        "What the embeddings reveal about the patient",
+        "Subgroups of finding",
+        "Patients in several splits",
+    ):
         assert text in facts.text
     mask = os.umask(0)
     os.umask(mask)
@@ -77,18 +93,40 @@ def test_two_runs_and_their_probes_are_shown_side_by_side(full):
     probes = page.split('id="probes"')[1].split("</section>")[0]
     for run in ("run-ijepa", "run-salt"):
         for kind in ("linear", "knn"):
-            assert f"{run}</td><td class=\"nw\">{kind}" in probes
+            assert f'{run}</td><td class="nw">{kind}' in probes
     # every comparative figure names both runs in its description
     for name in ("pretraining-curves", "probe-roc-finding", "embeddings-map", "patch-maps-dataset", "retrieval"):
-        alt = next(i["alt"] for t, i in facts.tags if t == "img" and f'id="fig-{name}"' in page and i is not None
-                   and page.find(i["alt"][:40]) > page.find(f'id="fig-{name}"'))
+        alt = next(
+            i["alt"]
+            for t, i in facts.tags
+            if t == "img"
+            and f'id="fig-{name}"' in page
+            and i is not None
+            and page.find(i["alt"][:40]) > page.find(f'id="fig-{name}"')
+        )
         assert "run-ijepa" in alt and "run-salt" in alt, name
 
 
 def test_the_cli_writes_the_report_and_a_rerun_is_up_to_date(chain, tmp_path):
     out = tmp_path / "r"
-    args = ["report", str(chain.probes[0]), "--out", str(out), "--set", "map_method=pca", "--set", "sample_images=4",
-            "--set", "retrieval_queries=2", "--set", "patch_images=0", "--title", "Pneumonia probe", "--device", "cpu"]
+    args = [
+        "report",
+        str(chain.probes[0]),
+        "--out",
+        str(out),
+        "--set",
+        "map_method=pca",
+        "--set",
+        "sample_images=4",
+        "--set",
+        "retrieval_queries=2",
+        "--set",
+        "patch_images=0",
+        "--title",
+        "Pneumonia probe",
+        "--device",
+        "cpu",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     page = _page(out)
@@ -112,8 +150,15 @@ def test_a_dataset_alone_gives_a_report_whose_other_sections_say_why_they_are_mi
     res = runner.invoke(app, ["report", str(chain.dataset), "--out", str(out), "--set", "sample_images=4"])
     assert res.exit_code == 0, res.output
     m = yaml.safe_load((out / "manifest.yaml").read_text())
-    assert m["contents"]["sections"] == {"summary": "shown", "provenance": "shown", "data": "shown", "pretraining": "left out",
-                                         "probes": "left out", "embeddings": "left out", "features": "left out"}
+    assert m["contents"]["sections"] == {
+        "summary": "shown",
+        "provenance": "shown",
+        "data": "shown",
+        "pretraining": "left out",
+        "probes": "left out",
+        "embeddings": "left out",
+        "features": "left out",
+    }
     text = inspect_html(_page(out)).text
     assert "Left out: no run artifact" in text and "Left out: no probe artifact" in text
     assert "Left out: no embeddings artifact" in text and "Left out for lack of inputs" in text
@@ -132,8 +177,21 @@ def test_a_missing_run_is_noted_and_everything_else_is_still_drawn(chain, tmp_pa
     m["inputs"][0]["path"] = str(tmp_path / "emb-ijepa")
     (tmp_path / "probe-ijepa" / "manifest.yaml").write_text(yaml.safe_dump(m))
     out = tmp_path / "r"
-    res = runner.invoke(app, ["report", str(tmp_path / "probe-ijepa"), "--out", str(out), "--set", "map_method=pca",
-                              "--set", "sample_images=4", "--set", "retrieval_queries=2"])
+    res = runner.invoke(
+        app,
+        [
+            "report",
+            str(tmp_path / "probe-ijepa"),
+            "--out",
+            str(out),
+            "--set",
+            "map_method=pca",
+            "--set",
+            "sample_images=4",
+            "--set",
+            "retrieval_queries=2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = yaml.safe_load((out / "manifest.yaml").read_text())
     assert m["contents"]["sections"]["pretraining"] == "left out"

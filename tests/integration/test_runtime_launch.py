@@ -19,8 +19,16 @@ def record_rank(spec: LaunchSpec) -> None:
     """The launch entry: rank 0 writes what it was given; rank 1 fails once rank 0 has written."""
     out = Path(spec.args["out"])
     if os.environ["RANK"] == "0":
-        (out / "rank-0.json").write_text(json.dumps({"world": int(os.environ["WORLD_SIZE"]), "args": spec.args,
-                                                     "config": spec.config_path.read_text(), "quiet": spec.quiet}))
+        (out / "rank-0.json").write_text(
+            json.dumps(
+                {
+                    "world": int(os.environ["WORLD_SIZE"]),
+                    "args": spec.args,
+                    "config": spec.config_path.read_text(),
+                    "quiet": spec.quiet,
+                }
+            )
+        )
         return
     deadline = time.time() + 120
     while not (out / "rank-0.json").exists() and time.time() < deadline:
@@ -34,8 +42,13 @@ def test_launched_workers_start_from_the_spec_and_leave_nothing_behind(tmp_path,
     (tmp_path / "tmp").mkdir()
     out = tmp_path / "out"
     out.mkdir()
-    spec = LaunchSpec("test", "tests.integration.test_runtime_launch:record_rank", {"out": str(out), "n": [1, 2]},
-                      "seed: 5\n", quiet=True)
+    spec = LaunchSpec(
+        "test",
+        "tests.integration.test_runtime_launch:record_rank",
+        {"out": str(out), "n": [1, 2]},
+        "seed: 5\n",
+        quiet=True,
+    )
     assert launch(spec, ProcessPlan(2)) != 0  # rank 1 failed
     seen = json.loads((out / "rank-0.json").read_text())
     assert seen == {"world": 2, "args": {"out": str(out), "n": [1, 2]}, "config": "seed: 5\n", "quiet": True}

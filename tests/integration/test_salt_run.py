@@ -28,12 +28,22 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = {
     "model": {"size": "tiny", "patch_size": 8, "image_size": 32, "layers": 2},
     "pixel": {"decoder": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}},
-    "salt": {"predictor": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}, "select_every": 2,
-             "holdout": 0.1},
+    "salt": {
+        "predictor": {"depth": 1, "width": 32, "heads": 2},
+        "masks": {"min_context": 4},
+        "select_every": 2,
+        "holdout": 0.1,
+    },
     "ijepa": {"predictor": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}},
     "train": {"batch_size": 8, "steps": 6},
-    "runtime": {"workers": 0, "log_every": 2, "monitor_every": 3, "checkpoint_every": 2, "keep_last": 2,
-                "monitor_batch": 16},
+    "runtime": {
+        "workers": 0,
+        "log_every": 2,
+        "monitor_every": 3,
+        "checkpoint_every": 2,
+        "keep_last": 2,
+        "monitor_batch": 16,
+    },
 }
 CLIP = {"model": {"frames": 4, "tubelet": 2}, "clips": {"stride": 2}, "train": {"batch_size": 4, "steps": 4}}
 WHOLE = ["augment.crop_scale=[1,1]", "augment.crop_ratio=[1,1]"]
@@ -63,8 +73,12 @@ def chain(tmp_path_factory) -> dict:
     meta = default_meta(40)
     meta["patient_key"] = [f"p{i // 2:02d}" for i in range(40)]
     write_dataset(root / "data", blobs(40, 40), meta)
-    teacher = run_pretrain(root / "teacher", config("objective=pixel", "train.steps=4"), data=root / "data",
-                           options=PretrainOptions(gpus=0))
+    teacher = run_pretrain(
+        root / "teacher",
+        config("objective=pixel", "train.steps=4"),
+        data=root / "data",
+        options=PretrainOptions(gpus=0),
+    )
     return {"root": root, "data": root / "data", "teacher": teacher.path}
 
 
@@ -72,7 +86,9 @@ def test_pixel_teacher_run_exports_an_encoder(chain):
     art = open_artifact(chain["teacher"], "run")
     assert art.contents["objective"] == "pixel" and art.counts["steps"] == 4
     assert sorted(p.name for p in (chain["teacher"] / "checkpoints" / "step-000004").glob("*.safetensors")) == [
-        "decoder.safetensors", "encoder.safetensors"]
+        "decoder.safetensors",
+        "encoder.safetensors",
+    ]
     rows = [json.loads(line) for line in (chain["teacher"] / "metrics.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     assert "salt" not in art.params and "ijepa" not in art.params  # only its own section is fingerprinted
@@ -88,8 +104,13 @@ def test_teacher_is_frozen_in_the_training_loop(chain, tmp_path):
     info = runtime.init_worker(False)
     try:
         begin(tmp_path / "run", "run", cfg.science())
-        trainer = Trainer(tmp_path / "run", cfg, DatasetArtifact.open(chain["data"]), info,
-                          inputs=ObjectiveInputs(teacher=str(chain["teacher"])))
+        trainer = Trainer(
+            tmp_path / "run",
+            cfg,
+            DatasetArtifact.open(chain["data"]),
+            info,
+            inputs=ObjectiveInputs(teacher=str(chain["teacher"])),
+        )
         outcome = trainer.fit()
     finally:
         runtime.shutdown(info)
@@ -104,13 +125,19 @@ def test_teacher_is_frozen_in_the_training_loop(chain, tmp_path):
     first = safetensors.torch.load_file(str(tmp_path / "run" / "checkpoints" / "step-000002" / "encoder.safetensors"))
     moved = {k: float((v - first[k]).abs().max()) for k, v in obj.student.encoder.state_dict().items() if k in first}
     assert max(moved.values()) > 0  # the student trained
-    assert not any(id(p) in {id(q) for g in trainer.optimizer.param_groups for q in g["params"]}
-                   for p in obj.teacher.parameters())
+    assert not any(
+        id(p) in {id(q) for g in trainer.optimizer.param_groups for q in g["params"]} for p in obj.teacher.parameters()
+    )
 
 
 def test_salt_student_selects_by_holdout_loss_and_records_the_teacher(chain, tmp_path):
-    run = run_pretrain(tmp_path / "student", config("objective=salt"), data=chain["data"], teacher=chain["teacher"],
-                       options=PretrainOptions(gpus=0))
+    run = run_pretrain(
+        tmp_path / "student",
+        config("objective=salt"),
+        data=chain["data"],
+        teacher=chain["teacher"],
+        options=PretrainOptions(gpus=0),
+    )
     m = run.manifest
     teacher_ref = [i for i in m["inputs"] if i["name"] == "teacher"][0]
     assert teacher_ref["fingerprint"] == open_artifact(chain["teacher"], "run").content_fingerprint
@@ -129,8 +156,13 @@ def test_salt_student_selects_by_holdout_loss_and_records_the_teacher(chain, tmp
     rows = [json.loads(line) for line in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "holdout_loss" in r] == [2, 4, 6]
     # the same teacher and settings: up to date; another teacher: stale
-    again = run_pretrain(tmp_path / "student", config("objective=salt"), data=chain["data"], teacher=chain["teacher"],
-                         options=PretrainOptions(gpus=0))
+    again = run_pretrain(
+        tmp_path / "student",
+        config("objective=salt"),
+        data=chain["data"],
+        teacher=chain["teacher"],
+        options=PretrainOptions(gpus=0),
+    )
     assert again.manifest["finished"] == m["finished"]
     refs = STAGES["pretrain"].input_refs({"data": chain["data"], "teacher": "random:tiny/8"})
     assert plan_artifact(tmp_path / "student", "run", config("objective=salt").science(), refs).action == "overwrite"
@@ -138,9 +170,19 @@ def test_salt_student_selects_by_holdout_loss_and_records_the_teacher(chain, tmp
 
 def test_interrupted_salt_run_resumes_to_the_same_student_and_selection(chain, tmp_path):
     cfg = config("objective=salt")
-    full = run_pretrain(tmp_path / "full", cfg, data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0))
-    run_pretrain(tmp_path / "cut", cfg, data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0, max_steps=3))
-    cut = run_pretrain(tmp_path / "cut", cfg, data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0))
+    full = run_pretrain(
+        tmp_path / "full", cfg, data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0)
+    )
+    run_pretrain(
+        tmp_path / "cut",
+        cfg,
+        data=chain["data"],
+        teacher=chain["teacher"],
+        options=PretrainOptions(gpus=0, max_steps=3),
+    )
+    cut = run_pretrain(
+        tmp_path / "cut", cfg, data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0)
+    )
     assert cut.counts["steps"] == 6
     a = safetensors.torch.load_file(str(tmp_path / "full" / "encoder" / "encoder.safetensors"))
     b = safetensors.torch.load_file(str(tmp_path / "cut" / "encoder" / "encoder.safetensors"))
@@ -152,10 +194,20 @@ def test_interrupted_salt_run_resumes_to_the_same_student_and_selection(chain, t
 
 def test_cached_targets_match_the_live_teacher_and_are_reused(chain, tmp_path):
     cache = tmp_path / "cache"
-    live = run_pretrain(tmp_path / "live", config("objective=salt", *WHOLE), data=chain["data"],
-                        teacher=chain["teacher"], options=PretrainOptions(gpus=0))
-    cached = run_pretrain(tmp_path / "cached", config("objective=salt", *WHOLE, f"runtime.teacher_cache={cache}"),
-                          data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0))
+    live = run_pretrain(
+        tmp_path / "live",
+        config("objective=salt", *WHOLE),
+        data=chain["data"],
+        teacher=chain["teacher"],
+        options=PretrainOptions(gpus=0),
+    )
+    cached = run_pretrain(
+        tmp_path / "cached",
+        config("objective=salt", *WHOLE, f"runtime.teacher_cache={cache}"),
+        data=chain["data"],
+        teacher=chain["teacher"],
+        options=PretrainOptions(gpus=0),
+    )
     folders = [p for p in cache.iterdir() if p.is_dir()]
     assert len(folders) == 1
     cm = read_manifest(folders[0])
@@ -168,19 +220,31 @@ def test_cached_targets_match_the_live_teacher_and_are_reused(chain, tmp_path):
     l_cached = [v for _, v in cached.contents["selection"]["evaluations"]]
     np.testing.assert_allclose(l_cached, l_live, rtol=2e-3)  # fp16 targets
     # a second student (other settings) reads the same cache instead of recomputing it
-    run_pretrain(tmp_path / "second", config("objective=salt", *WHOLE, f"runtime.teacher_cache={cache}", "salt.loss=smooth_l1"),
-                 data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0))
+    run_pretrain(
+        tmp_path / "second",
+        config("objective=salt", *WHOLE, f"runtime.teacher_cache={cache}", "salt.loss=smooth_l1"),
+        data=chain["data"],
+        teacher=chain["teacher"],
+        options=PretrainOptions(gpus=0),
+    )
     assert read_manifest(folders[0])["finished"] == cm["finished"]
     with pytest.raises(ConfigError, match="whole-frame crops"):
-        run_pretrain(tmp_path / "bad", config("objective=salt", f"runtime.teacher_cache={cache}"),
-                     data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0))
+        run_pretrain(
+            tmp_path / "bad",
+            config("objective=salt", f"runtime.teacher_cache={cache}"),
+            data=chain["data"],
+            teacher=chain["teacher"],
+            options=PretrainOptions(gpus=0),
+        )
 
 
 def test_teacher_option_errors(chain, tmp_path):
     with pytest.raises(UsageError, match="needs a frozen teacher"):
         run_pretrain(tmp_path / "a", config("objective=salt"), data=chain["data"], options=PretrainOptions(gpus=0))
     with pytest.raises(UsageError, match="goes with --objective salt"):
-        run_pretrain(tmp_path / "b", config(), data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0))
+        run_pretrain(
+            tmp_path / "b", config(), data=chain["data"], teacher=chain["teacher"], options=PretrainOptions(gpus=0)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +270,14 @@ def test_clip_dataset_trains_with_ijepa_and_salt_and_embeds(clips, chain, tmp_pa
     assert ij.counts["frames"] == 8 and ij.contents["clips"] == {"frames": 4, "tubelet": 2, "stride": 2}
     enc = load_encoder(tmp_path / "ijepa")
     assert enc.config.is_clip and enc.meta["clip_stride"] == 2 and enc.meta["timm_loadable"] is False
-    st = run_pretrain(tmp_path / "salt", config("objective=salt", "salt.holdout=0.25", *WHOLE, clip=True), data=clips,
-                      teacher=chain["teacher"], init=chain["teacher"],
-                      options=PretrainOptions(gpus=0))
+    st = run_pretrain(
+        tmp_path / "salt",
+        config("objective=salt", "salt.holdout=0.25", *WHOLE, clip=True),
+        data=clips,
+        teacher=chain["teacher"],
+        init=chain["teacher"],
+        options=PretrainOptions(gpus=0),
+    )
     assert st.contents["init"]["inflated"] is True and st.contents["teacher"]["clip"] is False
     assert all(np.isfinite(v) for _, v in st.contents["selection"]["evaluations"])
     emb = run_embed(tmp_path / "emb", EmbedConfig(patch_tokens=True), encoder=tmp_path / "ijepa", data=clips)
@@ -230,12 +299,18 @@ def test_pipeline_runner_predicts_the_salt_fingerprint(chain, tmp_path):
         "name": "salt-test",
         "out": str(tmp_path / "runs"),
         "stages": {
-            "teacher": {"stage": "pretrain", "inputs": {"data": str(chain["data"])},
-                        "params": {**TINY, "objective": "pixel", "train": {"batch_size": 8, "steps": 2}},
-                        "options": {"gpus": 0}},
-            "student": {"stage": "pretrain", "inputs": {"data": str(chain["data"]), "teacher": "@teacher"},
-                        "params": {**TINY, "objective": "salt", "train": {"batch_size": 8, "steps": 2}},
-                        "options": {"gpus": 0}},
+            "teacher": {
+                "stage": "pretrain",
+                "inputs": {"data": str(chain["data"])},
+                "params": {**TINY, "objective": "pixel", "train": {"batch_size": 8, "steps": 2}},
+                "options": {"gpus": 0},
+            },
+            "student": {
+                "stage": "pretrain",
+                "inputs": {"data": str(chain["data"]), "teacher": "@teacher"},
+                "params": {**TINY, "objective": "salt", "train": {"batch_size": 8, "steps": 2}},
+                "options": {"gpus": 0},
+            },
         },
     }
     path = tmp_path / "p.yaml"
@@ -266,7 +341,12 @@ def test_recipes_parse_and_plan(name):
 
 @pytest.mark.gpu
 def test_salt_on_cuda_runs_the_teacher_in_bf16(chain, tmp_path):
-    run = run_pretrain(tmp_path / "gpu", config("objective=salt"), data=chain["data"], teacher=chain["teacher"],
-                       options=PretrainOptions(gpus=1))
+    run = run_pretrain(
+        tmp_path / "gpu",
+        config("objective=salt"),
+        data=chain["data"],
+        teacher=chain["teacher"],
+        options=PretrainOptions(gpus=1),
+    )
     assert run.contents["teacher"]["dtype"] == "bfloat16"
     assert all(np.isfinite(v) for _, v in run.contents["selection"]["evaluations"])

@@ -34,8 +34,14 @@ TINY = {
     "model": {"size": "tiny", "patch_size": 8, "image_size": 32, "layers": 2},
     "ijepa": {"predictor": {"depth": 1, "width": 32, "heads": 2}, "masks": {"min_context": 4}},
     "train": {"batch_size": 8, "steps": 6},
-    "runtime": {"workers": 0, "log_every": 2, "monitor_every": 2, "checkpoint_every": 2, "keep_last": 2,
-                "monitor_batch": 8},
+    "runtime": {
+        "workers": 0,
+        "log_every": 2,
+        "monitor_every": 2,
+        "checkpoint_every": 2,
+        "keep_last": 2,
+        "monitor_batch": 8,
+    },
 }
 runner = CliRunner()
 
@@ -116,7 +122,10 @@ def test_mlflow_and_tensorboard_hold_the_config_every_row_and_the_artifacts(data
     assert_history_is_the_metrics_log(run.info.run_id, out)
     # fingerprints
     tags = run.data.tags
-    assert tags["cxrjepa.fingerprint"] == art.fingerprint and tags["cxrjepa.content_fingerprint"] == art.content_fingerprint
+    assert (
+        tags["cxrjepa.fingerprint"] == art.fingerprint
+        and tags["cxrjepa.content_fingerprint"] == art.content_fingerprint
+    )
     assert tags["cxrjepa.dataset_fingerprint"] == art.manifest["inputs"][0]["fingerprint"]
     assert tags["cxrjepa.stage"] == "pretrain" and tags["cxrjepa.objective"] == "ijepa"
     # a SQLite store keeps its artifacts beside its database, not in the working directory
@@ -128,19 +137,26 @@ def test_mlflow_and_tensorboard_hold_the_config_every_row_and_the_artifacts(data
     local = Path(client().download_artifacts(run.info.run_id, "", str(tmp_path / "download")))
     assert yaml.safe_load((local / "manifest.yaml").read_text()) == art.manifest
     assert hash_file(local / "encoder" / "encoder.safetensors") == art.contents["encoder"]["weights_sha256"]
-    assert json.loads((local / "encoder" / "config.json").read_text()) == json.loads((out / "encoder" / "config.json").read_text())
+    assert json.loads((local / "encoder" / "config.json").read_text()) == json.loads(
+        (out / "encoder" / "config.json").read_text()
+    )
     # the run folder remembers the tracker run; the manifest what was asked for
     state = read_state(out)
     assert state["mlflow"]["run_id"] == run.info.run_id and state["mlflow"]["last_step"] == 6
-    assert art.manifest["options"]["loggers"] == ["mlflow", "tensorboard"] and art.contents["tensorboard"] == "tensorboard"
+    assert (
+        art.manifest["options"]["loggers"] == ["mlflow", "tensorboard"] and art.contents["tensorboard"] == "tensorboard"
+    )
     # TensorBoard: the same names at the same steps
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out / "tensorboard")).Reload()
     assert "pretrain/loss" in events.Tags()["scalars"] and "pretrain/rankme" in events.Tags()["scalars"]
     assert [e.step for e in events.Scalars("pretrain/loss")] == [2, 4, 6]
-    np.testing.assert_allclose([e.value for e in events.Scalars("pretrain/loss")],
-                               [r["loss"] for r in MetricsLog.read(out) if "loss" in r], rtol=1e-6)
+    np.testing.assert_allclose(
+        [e.value for e in events.Scalars("pretrain/loss")],
+        [r["loss"] for r in MetricsLog.read(out) if "loss" in r],
+        rtol=1e-6,
+    )
 
 
 def test_a_killed_run_resumes_the_same_mlflow_run(dataset, offline, tmp_path):
@@ -149,8 +165,23 @@ def test_a_killed_run_resumes_the_same_mlflow_run(dataset, offline, tmp_path):
     out = tmp_path / "killed"
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
-    cmd = [sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(dataset), "--out", str(out), "--config",
-           str(cfg_file), "--gpus", "0", "--quiet", "--logger", "mlflow"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cxrjepa",
+        "pretrain",
+        "--data",
+        str(dataset),
+        "--out",
+        str(out),
+        "--config",
+        str(cfg_file),
+        "--gpus",
+        "0",
+        "--quiet",
+        "--logger",
+        "mlflow",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
@@ -175,8 +206,12 @@ def test_a_killed_run_resumes_the_same_mlflow_run(dataset, offline, tmp_path):
 
 def wandb_history(run_dir: Path) -> dict[int, dict[str, float]]:
     """step -> metrics of the history records in an offline W&B run folder, read with W&B's own reader."""
-    res = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run_dir)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     out: dict[int, dict[str, float]] = {}
     for line in res.stdout.splitlines():
@@ -213,8 +248,9 @@ def test_wandb_offline_writes_its_run_folder_without_network_and_a_resume_keeps_
     assert_history_is_the_metrics_log(only_run().info.run_id, out)
 
 
-def test_missing_or_unreachable_trackers_are_one_warning_and_the_run_completes(dataset, offline, tmp_path,
-                                                                                monkeypatch, capsys):
+def test_missing_or_unreachable_trackers_are_one_warning_and_the_run_completes(
+    dataset, offline, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow` fails as if it were not installed
     monkeypatch.setitem(sys.modules, "wandb", None)
     out = tmp_path / "missing"
@@ -236,8 +272,9 @@ def test_missing_or_unreachable_trackers_are_one_warning_and_the_run_completes(d
     assert art.manifest["status"] == "complete" and [r["step"] for r in MetricsLog.read(out)] == [0, 2]
 
 
-def test_a_tracker_failing_mid_run_is_switched_off_and_a_rerun_catches_it_up(dataset, offline, tmp_path,
-                                                                             monkeypatch, capsys):
+def test_a_tracker_failing_mid_run_is_switched_off_and_a_rerun_catches_it_up(
+    dataset, offline, tmp_path, monkeypatch, capsys
+):
     from cxrjepa.tracking.mlflow import MlflowTracker
 
     original = MlflowTracker.log_metrics
@@ -270,9 +307,31 @@ def test_only_rank_zero_logs_and_the_launch_spec_carries_the_loggers(dataset, of
     env.pop("OMP_NUM_THREADS", None)
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump({**TINY, "train": {"batch_size": 8, "steps": 4}}))
-    res = subprocess.run([sys.executable, "-m", "cxrjepa", "pretrain", "--data", str(dataset), "--out", str(out),
-                          "--config", str(cfg_file), "--gpus", "0", "--nproc", "2", "--logger", "mlflow", "--quiet"],
-                         env=env, capture_output=True, text=True, timeout=400)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxrjepa",
+            "pretrain",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg_file),
+            "--gpus",
+            "0",
+            "--nproc",
+            "2",
+            "--logger",
+            "mlflow",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert res.returncode == 0, res.stderr
     run = only_run()  # one MLflow run, not one per process
     assert run.info.status == "FINISHED"
@@ -297,8 +356,25 @@ def test_probe_logs_its_metrics_with_intervals_to_the_default_store_next_to_it(t
     chain = tmp_path / "chain"
     write_dataset(chain / "ds", images, meta, label_columns=["finding"])
     emb = run_embed(chain / "emb", EmbedConfig(), encoder="random:tiny", data=chain / "ds")
-    res = runner.invoke(app, ["probe", "--embeddings", str(emb.path), "--out", str(chain / "probe"), "--quiet",
-                              "--fewshot", "none", "--bootstrap", "50", "--set", "subgroups=[]", "--logger", "mlflow"])
+    res = runner.invoke(
+        app,
+        [
+            "probe",
+            "--embeddings",
+            str(emb.path),
+            "--out",
+            str(chain / "probe"),
+            "--quiet",
+            "--fewshot",
+            "none",
+            "--bootstrap",
+            "50",
+            "--set",
+            "subgroups=[]",
+            "--logger",
+            "mlflow",
+        ],
+    )
     assert res.exit_code == 0, res.output
     # the default store: SQLite next to the artifact, artifacts beside it
     assert (chain / "mlflow.db").is_file() and (chain / "mlartifacts").is_dir()
@@ -315,16 +391,49 @@ def test_probe_logs_its_metrics_with_intervals_to_the_default_store_next_to_it(t
     assert run.data.tags["cxrjepa.dataset_fingerprint"] == emb.manifest["inputs"][0]["fingerprint"]
     assert {a.path for a in client().list_artifacts(run.info.run_id)} == {"manifest.yaml", "metrics.json"}
     # a rerun is up to date and logs nothing twice
-    res = runner.invoke(app, ["probe", "--embeddings", str(emb.path), "--out", str(chain / "probe"), "--quiet",
-                              "--fewshot", "none", "--bootstrap", "50", "--set", "subgroups=[]", "--logger", "mlflow"])
+    res = runner.invoke(
+        app,
+        [
+            "probe",
+            "--embeddings",
+            str(emb.path),
+            "--out",
+            str(chain / "probe"),
+            "--quiet",
+            "--fewshot",
+            "none",
+            "--bootstrap",
+            "50",
+            "--set",
+            "subgroups=[]",
+            "--logger",
+            "mlflow",
+        ],
+    )
     assert res.exit_code == 0 and len(client().get_metric_history(run.info.run_id, "probe/finding/linear/auroc")) == 1
     assert only_run().info.run_id == run.info.run_id
 
 
 def test_dry_run_names_the_loggers_and_where_they_write(dataset, offline, tmp_path):
     out = tmp_path / "never"
-    res = runner.invoke(app, ["pretrain", "--data", str(dataset), "--out", str(out), "--gpus", "0", "--dry-run",
-                              "--logger", "csv,mlflow", "--logger", "wandb", "--tensorboard"])
+    res = runner.invoke(
+        app,
+        [
+            "pretrain",
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--gpus",
+            "0",
+            "--dry-run",
+            "--logger",
+            "csv,mlflow",
+            "--logger",
+            "wandb",
+            "--tensorboard",
+        ],
+    )
     assert res.exit_code == 0, res.output
     line = next(x for x in res.stdout.splitlines() if x.startswith("# loggers:"))
     assert f"mlflow ({os.environ['MLFLOW_TRACKING_URI']})" in line and f"wandb ({out / 'wandb'}, offline)" in line

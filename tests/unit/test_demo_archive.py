@@ -209,8 +209,17 @@ def test_dicom_identity_matches_labels_and_looks_like_real_phi(demo):
         assert age == int(row["age"])
         if "PatientAge" in ds:
             assert ds.PatientAge == f"{age:03d}Y"
-        for keyword in ("PatientName", "AccessionNumber", "InstitutionName", "ReferringPhysicianName",
-                        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "StationName", "ImageComments"):
+        for keyword in (
+            "PatientName",
+            "AccessionNumber",
+            "InstitutionName",
+            "ReferringPhysicianName",
+            "StudyInstanceUID",
+            "SeriesInstanceUID",
+            "SOPInstanceUID",
+            "StationName",
+            "ImageComments",
+        ):
             assert str(ds.get(keyword, "")).strip(), keyword
         assert str(ds.PatientName).split("^")[0] in ds.ImageComments.upper()  # free text naming the patient
         assert ds.Modality in ("CR", "DX") and ds.BodyPartExamined == "CHEST" and ds.Manufacturer
@@ -225,8 +234,14 @@ def test_dicom_identity_matches_labels_and_looks_like_real_phi(demo):
 
 def test_same_seed_same_bytes_other_seed_other_data(tmp_path):
     cfg = DemoConfig(n=6, seed=11, min_size=80, max_size=120, ultrasound=1)
-    a, b, c = run_demo(tmp_path / "a", cfg), run_demo(tmp_path / "b", cfg), run_demo(tmp_path / "c", DemoConfig(**{**cfg.__dict__, "seed": 12}))
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "manifest.yaml")
+    a, b, c = (
+        run_demo(tmp_path / "a", cfg),
+        run_demo(tmp_path / "b", cfg),
+        run_demo(tmp_path / "c", DemoConfig(**{**cfg.__dict__, "seed": 12})),
+    )
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file() and p.name != "manifest.yaml"
+    )
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert a.content_fingerprint == b.content_fingerprint != c.content_fingerprint
@@ -249,8 +264,26 @@ def test_cli_demo_data(tmp_path):
     out = tmp_path / "cli"
     dry = runner.invoke(app, ["demo-data", "--out", str(out), "--n", "4", "--dry-run", "--json"])
     assert dry.exit_code == 0 and not out.exists()
-    res = runner.invoke(app, ["demo-data", "--out", str(out), "--n", "4", "--seed", "2", "--ultrasound", "1",
-                              "--set", "max_size=120", "--set", "min_size=80", "--json", "-q"])
+    res = runner.invoke(
+        app,
+        [
+            "demo-data",
+            "--out",
+            str(out),
+            "--n",
+            "4",
+            "--seed",
+            "2",
+            "--ultrasound",
+            "1",
+            "--set",
+            "max_size=120",
+            "--set",
+            "min_size=80",
+            "--json",
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["kind"] == "demo" and data["counts"]["images"] == 4 and data["counts"]["ultrasound"] == 1

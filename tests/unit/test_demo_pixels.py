@@ -57,8 +57,20 @@ def _st(syntax, ba, bs, signed, mono1, slope, intercept, voi, span=0.7) -> Stora
     start = lo + int((hi - lo) * 0.1)
     end = start + int((hi - lo) * span)
     dark, bright = (end, start) if mono1 else (start, end)
-    return Storage(syntax, ba, bs, signed, "MONOCHROME1" if mono1 else "MONOCHROME2", dark, bright, slope, intercept, voi,
-                   window_margin=0.05, lut_gamma=1.4)
+    return Storage(
+        syntax,
+        ba,
+        bs,
+        signed,
+        "MONOCHROME1" if mono1 else "MONOCHROME2",
+        dark,
+        bright,
+        slope,
+        intercept,
+        voi,
+        window_margin=0.05,
+        lut_gamma=1.4,
+    )
 
 
 VARIANTS = [
@@ -93,14 +105,22 @@ def _write_and_read(brightness: np.ndarray, st: Storage) -> pydicom.Dataset:
     return pydicom.dcmread(buf)
 
 
-@pytest.mark.parametrize("st", VARIANTS, ids=lambda s: f"{s.syntax}-{s.bits_allocated}/{s.bits_stored}{'s' if s.signed else ''}-{s.photometric[-1]}-{s.voi}")
+@pytest.mark.parametrize(
+    "st",
+    VARIANTS,
+    ids=lambda s: f"{s.syntax}-{s.bits_allocated}/{s.bits_stored}{'s' if s.signed else ''}-{s.photometric[-1]}-{s.voi}",
+)
 def test_every_storage_variant_decodes_to_the_intended_picture(picture, st):
     if codecs.encoder_for(st.syntax) is None:
         pytest.skip(f"{st.syntax} cannot be encoded on this install")
     read = _write_and_read(picture, st)
     assert read.file_meta.TransferSyntaxUID == codecs.BY_KEY[st.syntax].uid
     assert read.PhotometricInterpretation == st.photometric
-    assert (read.BitsAllocated, read.BitsStored, read.PixelRepresentation) == (st.bits_allocated, st.bits_stored, int(st.signed))
+    assert (read.BitsAllocated, read.BitsStored, read.PixelRepresentation) == (
+        st.bits_allocated,
+        st.bits_stored,
+        int(st.signed),
+    )
     stored = read.pixel_array
     expected = to_stored(picture, st)
     lossy = codecs.BY_KEY[st.syntax].lossy

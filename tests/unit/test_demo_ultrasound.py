@@ -62,7 +62,12 @@ def test_ultrasound_regions_match_the_scan_region(demo):
         ds = pydicom.dcmread(demo / "ultrasound" / row["file"], stop_before_pixels=True)
         if int(row["regions"]):
             (region,) = ds.SequenceOfUltrasoundRegions
-            box = (region.RegionLocationMinX0, region.RegionLocationMinY0, region.RegionLocationMaxX1, region.RegionLocationMaxY1)
+            box = (
+                region.RegionLocationMinX0,
+                region.RegionLocationMinY0,
+                region.RegionLocationMaxX1,
+                region.RegionLocationMaxY1,
+            )
             assert box == tuple(int(row[k]) for k in ("x0", "y0", "x1", "y1"))
             assert region.PhysicalUnitsXDirection == 3 and region.PhysicalDeltaX > 0
         else:

@@ -102,11 +102,18 @@ def test_declared_ranges_come_from_the_project():
 
 
 def test_missing_required_package_is_a_problem(monkeypatch, tmp_path):
-    monkeypatch.setattr(doctor, "PACKAGES", (*doctor.PACKAGES[:2], doctor.Package("no-such-dist-cxrjepa", "no_such_module_cxrjepa", "test")))
+    monkeypatch.setattr(
+        doctor,
+        "PACKAGES",
+        (*doctor.PACKAGES[:2], doctor.Package("no-such-dist-cxrjepa", "no_such_module_cxrjepa", "test")),
+    )
     monkeypatch.setattr(doctor, "check_transfer_syntaxes", lambda verify=True: [])
     report = doctor.diagnose(tmp_path)
     assert not report["ok"] and any("no-such-dist-cxrjepa" in p for p in report["problems"])
-    optional = (*doctor.PACKAGES[:2], doctor.Package("no-such-dist-cxrjepa", "no_such_module_cxrjepa", "test", required=False))
+    optional = (
+        *doctor.PACKAGES[:2],
+        doctor.Package("no-such-dist-cxrjepa", "no_such_module_cxrjepa", "test", required=False),
+    )
     monkeypatch.setattr(doctor, "PACKAGES", optional)
     assert doctor.diagnose(tmp_path)["ok"]
 
@@ -138,5 +145,7 @@ def test_doctor_lists_every_gpu():
 
     info = doctor.check_torch()
     assert info["cuda_available"] and info["cuda_version"] == torch.version.cuda
-    assert [g["name"] for g in info["gpus"]] == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    assert [g["name"] for g in info["gpus"]] == [
+        torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+    ]
     assert all(g["memory_gb"] > 0 for g in info["gpus"])

@@ -38,13 +38,17 @@ def test_cxrjepa_export_matches_vit_encoder(tmp_path):
 
 def test_prepare_resizes_repeats_channels_and_normalizes(tmp_path):
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
     enc = load_feature_encoder("timm:vit_tiny_patch16_224", weights=tmp_path / "w.safetensors")
     assert enc.preprocess.in_chans == 3 and enc.image_size == 224
     x = torch.full((1, 1, 64, 64), 0.75)
     p = enc.prepare(x)
     assert p.shape == (1, 3, 224, 224)
-    torch.testing.assert_close(p[0, :, 0, 0], (torch.tensor([0.75] * 3) - torch.tensor(enc.preprocess.mean)) / torch.tensor(enc.preprocess.std))
+    torch.testing.assert_close(
+        p[0, :, 0, 0], (torch.tensor([0.75] * 3) - torch.tensor(enc.preprocess.mean)) / torch.tensor(enc.preprocess.std)
+    )
 
 
 def test_timm_model_with_local_weights(tmp_path):
@@ -80,13 +84,26 @@ def test_timm_cnn_gives_tokens_on_its_feature_grid(tmp_path):
 def test_hugging_face_folder(tmp_path, kind):
     transformers = pytest.importorskip("transformers")
     if kind == "vit":
-        cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                                     image_size=32, patch_size=8)
+        cfg = transformers.ViTConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=32,
+            patch_size=8,
+        )
         model = transformers.ViTModel(cfg, add_pooling_layer=False)
         n_prefix = 1
     else:
-        cfg = transformers.Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                                                     mlp_ratio=2, image_size=32, patch_size=8, num_register_tokens=4)
+        cfg = transformers.Dinov2WithRegistersConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            mlp_ratio=2,
+            image_size=32,
+            patch_size=8,
+            num_register_tokens=4,
+        )
         model = transformers.Dinov2WithRegistersModel(cfg)
         n_prefix = 5
     model.eval().save_pretrained(tmp_path / "hf")
@@ -113,8 +130,9 @@ def test_hf_folder_embeds_end_to_end(tmp_path):
     from cxrjepa.embed.api import EmbedConfig, run_embed
     from cxrjepa.embed.store import Embeddings
 
-    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                 image_size=32, patch_size=8)
+    cfg = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8
+    )
     transformers.ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / "hf")
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
     write_dataset(tmp_path / "ds", images)
@@ -171,7 +189,9 @@ def test_pixel_encoder_gives_the_normalised_downsampled_image(tmp_path):
 
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32), dtype=np.uint8)
     write_dataset(tmp_path / "ds", images)
-    art = run_embed(tmp_path / "emb", EmbedConfig(last4=True, patch_tokens=True), encoder="pixels:8", data=tmp_path / "ds")
+    art = run_embed(
+        tmp_path / "emb", EmbedConfig(last4=True, patch_tokens=True), encoder="pixels:8", data=tmp_path / "ds"
+    )
     emb = Embeddings.open(art.path)
     norm = art.manifest["contents"]["encoder"]
     small = images.reshape(5, 8, 4, 8, 4).mean(axis=(2, 4)) / 255.0  # area downsampling by 4

@@ -35,7 +35,9 @@ def test_batches_cover_every_row_once_within_units_and_frame_budget():
 
 
 def test_read_frames_matches_fancy_indexing(tmp_path):
-    arr = zarr.create_array(str(tmp_path / "a.zarr"), shape=(50, 4, 4), chunks=(1, 4, 4), shards=(16, 4, 4), dtype="uint8")
+    arr = zarr.create_array(
+        str(tmp_path / "a.zarr"), shape=(50, 4, 4), chunks=(1, 4, 4), shards=(16, 4, 4), dtype="uint8"
+    )
     data = np.arange(50 * 16, dtype=np.uint8).reshape(50, 4, 4)
     arr[:] = data
     for frames in ([3, 4, 5, 6], [3, 5, 6, 8], [0, 20, 49], [7]):

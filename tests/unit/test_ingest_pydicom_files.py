@@ -83,8 +83,12 @@ def ingested(tmp_path_factory):
     out = tmp_path_factory.mktemp("pydicom") / "ds"
     salt = tmp_path_factory.mktemp("salt") / "salt"
     salt.write_text("pydicom-test-salt-0123456789")
-    art = run_ingest(out, IngestConfig(size=SIZE, dedupe=False), sources=[TEST_FILES],
-                     options=IngestOptions(workers=1, salt_file=salt))
+    art = run_ingest(
+        out,
+        IngestConfig(size=SIZE, dedupe=False),
+        sources=[TEST_FILES],
+        options=IngestOptions(workers=1, salt_file=salt),
+    )
     return DatasetArtifact(art)
 
 
@@ -129,7 +133,10 @@ def test_ultrasound_region_comes_from_the_dicom_regions(ingested):
     reg = ds.SequenceOfUltrasoundRegions[0]
     assert (row.crop_y0, row.crop_x0) == (reg.RegionLocationMinY0, reg.RegionLocationMinX0)
     # this downsized test file keeps the regions of its 640x480 original: clipped to the image
-    assert (row.crop_y1, row.crop_x1) == (min(reg.RegionLocationMaxY1 + 1, ds.Rows), min(reg.RegionLocationMaxX1 + 1, ds.Columns))
+    assert (row.crop_y1, row.crop_x1) == (
+        min(reg.RegionLocationMaxY1 + 1, ds.Rows),
+        min(reg.RegionLocationMaxX1 + 1, ds.Columns),
+    )
     assert row.region_source == "SequenceOfUltrasoundRegions"
     assert row.frame_count == 15 and row.fps == 15.0  # 30 frames at 30 fps -> 15 fps
 

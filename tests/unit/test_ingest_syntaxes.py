@@ -17,13 +17,20 @@ CASES = {
     "mono1_10bit": dict(pixels=phantom(40, 56, bits=10, seed=2), bits_stored=10, photometric="MONOCHROME1"),
     "mono2_8bit": dict(pixels=phantom(44, 44, bits=8, seed=3).astype(np.uint8), bits_stored=8),
     "signed_16bit_rescale": dict(
-        pixels=(phantom(40, 40, bits=12, seed=4).astype(np.int32) - 2048).astype(np.int16), signed=True,
-        bits_stored=16, rescale=(1, -1024), modality="CT",
+        pixels=(phantom(40, 40, bits=12, seed=4).astype(np.int32) - 2048).astype(np.int16),
+        signed=True,
+        bits_stored=16,
+        rescale=(1, -1024),
+        modality="CT",
     ),
-    "rgb_8bit": dict(pixels=np.stack([phantom(36, 48, bits=8, seed=s) for s in (5, 6, 7)], -1).astype(np.uint8),
-                     photometric="RGB", modality="OT"),
-    "us_cine_8bit": dict(pixels=phantom(40, 48, bits=8, seed=8, frames=4).astype(np.uint8), modality="US",
-                         frame_time_ms=100.0),
+    "rgb_8bit": dict(
+        pixels=np.stack([phantom(36, 48, bits=8, seed=s) for s in (5, 6, 7)], -1).astype(np.uint8),
+        photometric="RGB",
+        modality="OT",
+    ),
+    "us_cine_8bit": dict(
+        pixels=phantom(40, 48, bits=8, seed=8, frames=4).astype(np.uint8), modality="US", frame_time_ms=100.0
+    ),
 }
 
 
@@ -51,7 +58,9 @@ def ingested(tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "ds"
     salt = src.parent / "salt.txt"
     salt.write_text("syntax-test-salt-1234")
-    art = run_ingest(out, IngestConfig(size=32, dedupe=False), sources=[src], options=IngestOptions(workers=1, salt_file=salt))
+    art = run_ingest(
+        out, IngestConfig(size=32, dedupe=False), sources=[src], options=IngestOptions(workers=1, salt_file=salt)
+    )
     return DatasetArtifact(art), expected
 
 
@@ -107,7 +116,13 @@ def test_streamed_pixel_data_equals_in_memory(tmp_path, monkeypatch):
     ctx = Context(IngestConfig(size=32), Salt(b"stream-test-salt", "env"))
     cine = make_dataset(phantom(40, 48, bits=12, frames=6, seed=3), bits_stored=12, frame_time_ms=200.0, modality="XA")
     still = make_dataset(phantom(50, 40, bits=12, seed=4), bits_stored=12)
-    for ts in (ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEG2000Lossless):
+    for ts in (
+        ExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        DeflatedExplicitVRLittleEndian,
+        RLELossless,
+        JPEG2000Lossless,
+    ):
         for name, ds in (("cine", cine), ("still", still)):
             path = write_dicom(ds, tmp_path / f"{name}-{ts}.dcm", ts)
             item = InputItem(str(path), path.name)

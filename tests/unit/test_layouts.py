@@ -14,18 +14,28 @@ from cxrjepa.core.schema import SchemaError, check_written
 from cxrjepa.pretrain.layout import Run, RunContents
 
 RUN = {
-    "kind": "run", "status": "complete",
+    "kind": "run",
+    "status": "complete",
     "counts": {"steps": 4, "planned_steps": 8},
-    "contents": {"objective": "ijepa", "config": "config.yaml", "metrics": ["metrics.jsonl"], "stopped_early": True,
-                 "encoder": {"weights": "encoder/encoder.safetensors", "config": "encoder/config.json"}},
+    "contents": {
+        "objective": "ijepa",
+        "config": "config.yaml",
+        "metrics": ["metrics.jsonl"],
+        "stopped_early": True,
+        "encoder": {"weights": "encoder/encoder.safetensors", "config": "encoder/config.json"},
+    },
 }
 
 
 def test_layouts_and_schemas_import_without_torch():
-    code = ("import sys; import cxrjepa.core.schema, cxrjepa.core.phi, cxrjepa.data.layout, cxrjepa.pretrain.layout, "
-            "cxrjepa.probe.layout, cxrjepa.embed.store, cxrjepa.data.store; print('torch' in sys.modules)")
+    code = (
+        "import sys; import cxrjepa.core.schema, cxrjepa.core.phi, cxrjepa.data.layout, cxrjepa.pretrain.layout, "
+        "cxrjepa.probe.layout, cxrjepa.embed.store, cxrjepa.data.store; print('torch' in sys.modules)"
+    )
     env_path = str(Path(cxrjepa.__file__).parent.parent)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": env_path}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": env_path}, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 
@@ -39,8 +49,11 @@ def test_a_run_stopped_early_has_steps_to_go_up_to_the_budget_asked_for(tmp_path
 
 def test_a_run_manifest_that_does_not_match_names_the_field_and_the_stage(tmp_path):
     bad = {**RUN, "contents": {k: v for k, v in RUN["contents"].items() if k != "stopped_early"}}
-    with pytest.raises(SchemaError, match=r"manifest.yaml contents\) does not match .*'stopped_early' is missing; "
-                                          r"rerun 'cxrjepa pretrain' with --force"):
+    with pytest.raises(
+        SchemaError,
+        match=r"manifest.yaml contents\) does not match .*'stopped_early' is missing; "
+        r"rerun 'cxrjepa pretrain' with --force",
+    ):
         Run(Artifact(tmp_path, bad))
     wrong = {**RUN, "counts": {"steps": "four", "planned_steps": 8}}
     with pytest.raises(SchemaError, match=r"'steps': input should be a valid integer"):

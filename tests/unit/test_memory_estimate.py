@@ -29,9 +29,11 @@ def test_parameter_counts_match_the_models():
     from cxrjepa.models.predictor import Predictor
     from cxrjepa.models.vit import EncoderConfig, create_vit
 
-    for cfg in (EncoderConfig(size="tiny", patch_size=8, image_size=64, layers=4),
-                EncoderConfig(size="base", patch_size=16, image_size=224),
-                EncoderConfig(size="small", patch_size=16, image_size=224, frames=16, tubelet=2)):
+    for cfg in (
+        EncoderConfig(size="tiny", patch_size=8, image_size=64, layers=4),
+        EncoderConfig(size="base", patch_size=16, image_size=224),
+        EncoderConfig(size="small", patch_size=16, image_size=224, frames=16, tubelet=2),
+    ):
         real = sum(p.numel() for p in create_vit(cfg).parameters())
         assert abs(encoder_params(cfg) - real) / real < 0.01, (cfg, encoder_params(cfg), real)
     cfg = load_config(PretrainConfig)  # the I-JEPA predictor counted inside the trained parameters
@@ -59,39 +61,46 @@ def _recipes():
 @pytest.mark.parametrize("name,cfg,gpus,teacher", _recipes(), ids=lambda v: v if isinstance(v, str) else "")
 def test_no_shipped_recipe_is_refused_where_it_is_meant_to_run(name, cfg, gpus, teacher):
     if gpus == 0:  # CPU recipes: a laptop or this 2-core, 24 GB machine
-        est = check_pretrain_memory(cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher=teacher,
-                                    available=8 * GB)
+        est = check_pretrain_memory(
+            cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher=teacher, available=8 * GB
+        )
         assert est.total < 4 * GB, est.as_dict()
     else:  # GPU recipes: one 80 GB H100 per process (79 GB free), at the GPU count the recipe names
-        check_pretrain_memory(cfg, device="cuda", world=gpus, procs_per_node=gpus, frames=200_000,
-                              teacher=teacher, available=79 * GB)
+        check_pretrain_memory(
+            cfg, device="cuda", world=gpus, procs_per_node=gpus, frames=200_000, teacher=teacher, available=79 * GB
+        )
 
 
 def test_the_issues_call_is_refused_with_a_setting_that_fits():
     cfg = load_config(PretrainConfig, flags={"objective": "salt"})  # no config: ViT-B/16, 224 px, batch 256
     with pytest.raises(MemoryCheckError) as exc:
-        check_pretrain_memory(cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher="random:base",
-                              available=22 * GB)
+        check_pretrain_memory(
+            cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher="random:base", available=22 * GB
+        )
     assert exc.value.exit_code == EXIT_USAGE
     msg = exc.value.message
     assert msg.startswith("Pretraining base ViT/16 at 224 px with 256 images per step on the CPU needs about")
     accum = int(msg.split("runtime.grad_accum=")[1].split()[0])
-    fits = estimate_pretrain(cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher="random:base",
-                             grad_accum=accum)
+    fits = estimate_pretrain(
+        cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher="random:base", grad_accum=accum
+    )
     assert fits.total <= MARGIN * 22 * GB
-    half = estimate_pretrain(cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher="random:base",
-                             grad_accum=accum // 2)
+    half = estimate_pretrain(
+        cfg, device="cpu", world=1, procs_per_node=1, frames=5000, teacher="random:base", grad_accum=accum // 2
+    )
     assert half.total > MARGIN * 22 * GB  # the smallest accumulation that fits
     # on one 80 GB GPU in bf16 the same run fits
-    check_pretrain_memory(cfg, device="cuda", world=1, procs_per_node=1, frames=5000, teacher="random:base",
-                          available=79 * GB)
+    check_pretrain_memory(
+        cfg, device="cuda", world=1, procs_per_node=1, frames=5000, teacher="random:base", available=79 * GB
+    )
 
 
 def test_the_estimate_grows_with_batch_resolution_and_model_and_shrinks_with_processes():
     def total(**sets):
         cfg = load_config(PretrainConfig, overrides=[f"{k}={v}" for k, v in sets.items()])
-        return estimate_pretrain(cfg, device="cpu", world=int(sets.get("world", 1)) if False else 1,
-                                 procs_per_node=1, frames=1000).total
+        return estimate_pretrain(
+            cfg, device="cpu", world=int(sets.get("world", 1)) if False else 1, procs_per_node=1, frames=1000
+        ).total
 
     base = total()
     assert total(**{"train.batch_size": 512}) > 1.8 * base - GB
@@ -128,8 +137,24 @@ def test_embed_refuses_a_batch_that_cannot_fit_and_names_one_that_does(dataset, 
     import cxrjepa.embed.api as embed_api
 
     monkeypatch.setattr(embed_api.store, "create_arrays", lambda *a, **k: pytest.fail("wrote arrays before the check"))
-    res = runner.invoke(app, ["embed", "--encoder", "random:large", "--image-size", "224", "--data", str(dataset),
-                              "--out", str(tmp_path / "emb"), "--device", "cpu", "--batch-size", "256"])
+    res = runner.invoke(
+        app,
+        [
+            "embed",
+            "--encoder",
+            "random:large",
+            "--image-size",
+            "224",
+            "--data",
+            str(dataset),
+            "--out",
+            str(tmp_path / "emb"),
+            "--device",
+            "cpu",
+            "--batch-size",
+            "256",
+        ],
+    )
     assert res.exit_code == EXIT_USAGE, res.stderr
     err = res.stderr.strip().splitlines()[-1]
     assert "Embedding 256 images of 224 px per forward pass needs about" in err and "--no-memory-check" in err
@@ -137,8 +162,16 @@ def test_embed_refuses_a_batch_that_cannot_fit_and_names_one_that_does(dataset, 
     assert 1 <= size < 256
     from cxrjepa.core.memory import embed_estimate
 
-    kw = {"device": "cpu", "image_size": 224, "tokens": 196, "width": 1024, "depth": 1, "params": 303_000_000,
-          "out_values_per_sample": 1024, "unit_rows": 256}
+    kw = {
+        "device": "cpu",
+        "image_size": 224,
+        "tokens": 196,
+        "width": 1024,
+        "depth": 1,
+        "params": 303_000_000,
+        "out_values_per_sample": 1024,
+        "unit_rows": 256,
+    }
     assert embed_estimate(batch=size, **kw).total <= MARGIN * 3 * GB < embed_estimate(batch=2 * size, **kw).total
 
 
@@ -146,8 +179,19 @@ def test_probe_refuses_features_that_cannot_be_held(tmp_path, monkeypatch):
     from cxrjepa.core.memory import check_probe_memory
 
     with pytest.raises(MemoryCheckError, match="--features features or a machine with more memory"):
-        check_probe_memory(rows=2_000_000, values_per_row=4 * 1024, patch_values_per_row=0, features="features_last4",
-                           available=16 * GB)
+        check_probe_memory(
+            rows=2_000_000,
+            values_per_row=4 * 1024,
+            patch_values_per_row=0,
+            features="features_last4",
+            available=16 * GB,
+        )
     check_probe_memory(rows=200_000, values_per_row=768, patch_values_per_row=0, features="features", available=4 * GB)
-    check_probe_memory(rows=2_000_000, values_per_row=4 * 1024, patch_values_per_row=0, features="features_last4",
-                       available=16 * GB, enabled=False)
+    check_probe_memory(
+        rows=2_000_000,
+        values_per_row=4 * 1024,
+        patch_values_per_row=0,
+        features="features_last4",
+        available=16 * GB,
+        enabled=False,
+    )

@@ -28,7 +28,14 @@ class SumConfig:
 
 
 def run_make(out, config, *, src=None, force=False):
-    b = begin(out, "dataset", config, input_refs({"src": src}), force=force, version=sys.modules["cxrjepa_fake_stages"].ALGORITHM_VERSION)
+    b = begin(
+        out,
+        "dataset",
+        config,
+        input_refs({"src": src}),
+        force=force,
+        version=sys.modules["cxrjepa_fake_stages"].ALGORITHM_VERSION,
+    )
     if b.skipped:
         return b.existing_artifact()
     CALLS.append("make")
@@ -38,8 +45,15 @@ def run_make(out, config, *, src=None, force=False):
 
 
 def run_sum(out, config, *, data, workers=1, force=False):
-    b = begin(out, "embeddings", config, input_refs({"data": data}), options={"workers": workers}, force=force,
-              version=sys.modules["cxrjepa_fake_stages"].ALGORITHM_VERSION)
+    b = begin(
+        out,
+        "embeddings",
+        config,
+        input_refs({"data": data}),
+        options={"workers": workers},
+        force=force,
+        version=sys.modules["cxrjepa_fake_stages"].ALGORITHM_VERSION,
+    )
     if b.skipped:
         return b.existing_artifact()
     CALLS.append("sum")
@@ -54,8 +68,14 @@ def fake_stages(monkeypatch):
     mod.MakeConfig, mod.SumConfig, mod.run_make, mod.run_sum = MakeConfig, SumConfig, run_make, run_sum
     mod.ALGORITHM_VERSION = 1
     monkeypatch.setitem(sys.modules, "cxrjepa_fake_stages", mod)
-    monkeypatch.setitem(stages.STAGES, "make", stages.StageDef("make", "dataset", mod.__name__, "MakeConfig", "run_make", ("src",)))
-    monkeypatch.setitem(stages.STAGES, "sum", stages.StageDef("sum", "embeddings", mod.__name__, "SumConfig", "run_sum", ("data",), ("data",)))
+    monkeypatch.setitem(
+        stages.STAGES, "make", stages.StageDef("make", "dataset", mod.__name__, "MakeConfig", "run_make", ("src",))
+    )
+    monkeypatch.setitem(
+        stages.STAGES,
+        "sum",
+        stages.StageDef("sum", "embeddings", mod.__name__, "SumConfig", "run_sum", ("data",), ("data",)),
+    )
     CALLS.clear()
 
 
@@ -68,7 +88,7 @@ def _pipeline(tmp_path, body=None):
         body
         or f"""
 name: toy
-out: {tmp_path / 'runs'}
+out: {tmp_path / "runs"}
 stages:
   data:
     stage: make
@@ -149,7 +169,9 @@ def test_a_stage_whose_algorithm_changed_runs_again_and_says_why(tmp_path, fake_
     sys.modules["cxrjepa_fake_stages"].ALGORITHM_VERSION = 2  # a fix to the stage's code, bumped deliberately
     dry = run_pipeline(p, dry_run=True)
     assert [(s.action, s.reason) for s in dry.steps] == [
-        ("would run", "the stage's algorithm changed (version 1 -> 2)"), ("would run", "its input 'data' will be remade")]
+        ("would run", "the stage's algorithm changed (version 1 -> 2)"),
+        ("would run", "its input 'data' will be remade"),
+    ]
     assert read_manifest(tmp_path / "runs" / "data")["algorithm_version"] == 1  # the dry run wrote nothing
     res = run_pipeline(p)
     assert [s.action for s in res.steps] == ["run", "run"] and CALLS == ["make", "sum"]

@@ -188,8 +188,16 @@ class KillAt:
 def test_a_kill_at_any_moment_of_the_best_swap_leaves_the_old_or_the_new_best(tmp_path, earlier):
     """Kill the swap of a new best after each of its file-system operations in turn: ``checkpoints/best``
     always holds a whole student, the old one or the new one; the next swap then succeeds."""
-    ops = [(os, "replace"), (os, "rename"), (os, "symlink"), (os, "unlink"), (os, "mkdir"), (os, "fsync"),
-           (shutil, "rmtree"), (safetensors.torch, "save_file")]
+    ops = [
+        (os, "replace"),
+        (os, "rename"),
+        (os, "symlink"),
+        (os, "unlink"),
+        (os, "mkdir"),
+        (os, "fsync"),
+        (shutil, "rmtree"),
+        (safetensors.torch, "save_file"),
+    ]
     seen, k = set(), 0
     while True:
         k += 1

@@ -52,7 +52,7 @@ def test_tube_masks_are_the_spatial_masks_in_time_major_order():
     spatial = MultiBlockMasks(cfg, (8, 8))(np.random.default_rng(3), 4)
     tube = TubeMasks(cfg, (3, 8, 8))(np.random.default_rng(3), 4)
     np.testing.assert_array_equal(tube.context[:, : spatial.context.shape[1]], spatial.context)
-    np.testing.assert_array_equal(tube.context[:, -spatial.context.shape[1]:], spatial.context + 2 * 64)
+    np.testing.assert_array_equal(tube.context[:, -spatial.context.shape[1] :], spatial.context + 2 * 64)
 
 
 def test_clip_config_validation():

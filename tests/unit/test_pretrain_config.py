@@ -15,7 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults_are_the_ijepa_reference_recipe():
     cfg = PretrainConfig()
-    assert (cfg.model.size, cfg.model.patch_size, cfg.model.image_size, cfg.model.pos_embed) == ("base", 16, 224, "sincos")
+    assert (cfg.model.size, cfg.model.patch_size, cfg.model.image_size, cfg.model.pos_embed) == (
+        "base",
+        16,
+        224,
+        "sincos",
+    )
     m = cfg.ijepa.masks
     assert (m.targets, m.target_scale, m.target_aspect, m.context_scale) == (4, (0.15, 0.2), (0.75, 1.5), (0.85, 1.0))
     assert cfg.ijepa.ema == (0.996, 1.0) and cfg.optim.weight_decay == (0.04, 0.4) and not cfg.augment.hflip

@@ -34,8 +34,13 @@ def test_weight_decay_rises_and_momentum_ramps_to_one():
 
 def _tiny_config(**sets) -> PretrainConfig:
     base = [
-        "model.size=tiny", "model.patch_size=8", "model.image_size=32", "model.layers=2",
-        "ijepa.predictor.depth=1", "ijepa.predictor.width=32", "ijepa.masks.min_context=4",
+        "model.size=tiny",
+        "model.patch_size=8",
+        "model.image_size=32",
+        "model.layers=2",
+        "ijepa.predictor.depth=1",
+        "ijepa.predictor.width=32",
+        "ijepa.masks.min_context=4",
     ]
     return load_config(PretrainConfig, overrides=base + [f"{k}={v}" for k, v in sets.items()])
 
@@ -48,8 +53,13 @@ def test_no_weight_decay_on_biases_norms_positions_and_mask_token():
     no_decay = {names[id(p)] for g in opt.param_groups if not g["decay"] for p in g["params"]}
     assert all(p.ndim > 1 for n, p in obj.student.named_parameters() if n in decay)
     assert "encoder.vit.blocks.0.attn.qkv.weight" in decay and "predictor.proj.weight" in decay
-    for n in ("encoder.vit.blocks.0.attn.qkv.bias", "encoder.vit.norm.weight", "encoder.vit.pos_embed",
-              "predictor.mask_token", "predictor.blocks.0.norm1.weight"):
+    for n in (
+        "encoder.vit.blocks.0.attn.qkv.bias",
+        "encoder.vit.norm.weight",
+        "encoder.vit.pos_embed",
+        "predictor.mask_token",
+        "predictor.blocks.0.norm1.weight",
+    ):
         assert n in no_decay
     assert decay | no_decay == set(names.values())
     apply_schedule(opt, 0.1, 0.3)
@@ -95,8 +105,11 @@ def test_target_gets_no_gradient_and_stays_in_eval_mode():
     obj.train()
     assert not obj.target.training and obj.student.training
     x = torch.randn(2, 1, 32, 32)
-    batch = {"images": x, "context": torch.tensor([[0, 1, 2, 3, 5], [1, 2, 3, 4, 6]]),
-             "targets": torch.tensor([[[10, 11]], [[12, 13]]])}
+    batch = {
+        "images": x,
+        "context": torch.tensor([[0, 1, 2, 3, 5], [1, 2, 3, 4, 6]]),
+        "targets": torch.tensor([[[10, 11]], [[12, 13]]]),
+    }
     loss, _ = obj.loss(obj.student, batch)
     loss.backward()
     assert all(p.grad is None for p in obj.target.parameters())

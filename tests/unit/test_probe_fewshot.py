@@ -46,8 +46,19 @@ def test_run_fewshot_reports_mean_and_spread():
     y = rng.integers(0, 2, n)
     X = rng.normal(size=(n, 8)) + y[:, None] * 1.5
     task = make_task(pd.Series(["a", "b"]).rename("t"), "t", "binary")
-    res = run_fewshot(task, X[:120], y[:120], X[120:150], y[120:150], X[150:], y[150:], fractions=[0.05, 1.0],
-                      seeds=3, c_grid=[0.1, 1.0], alpha_grid=[1.0])
+    res = run_fewshot(
+        task,
+        X[:120],
+        y[:120],
+        X[120:150],
+        y[120:150],
+        X[150:],
+        y[150:],
+        fractions=[0.05, 1.0],
+        seeds=3,
+        c_grid=[0.1, 1.0],
+        alpha_grid=[1.0],
+    )
     assert [r["fraction"] for r in res] == [0.05, 1.0]
     assert res[0]["seeds"] == 3 and res[1]["seeds"] == 1
     assert res[0]["n_train"] == sum(max(1, round(0.05 * (y[:120] == c).sum())) for c in (0, 1))

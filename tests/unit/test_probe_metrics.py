@@ -43,7 +43,9 @@ def test_multiclass_metrics_match_sklearn(rng):
     overall, per = m.classification(_one(n), y, p)
     pred = p.argmax(1)
     assert overall["auroc"][0] == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"), abs=1e-12)
-    assert overall["auprc"][0] == pytest.approx(np.mean([skm.average_precision_score(y == c, p[:, c]) for c in range(k)]), abs=1e-12)
+    assert overall["auprc"][0] == pytest.approx(
+        np.mean([skm.average_precision_score(y == c, p[:, c]) for c in range(k)]), abs=1e-12
+    )
     assert overall["macro_f1"][0] == pytest.approx(skm.f1_score(y, pred, average="macro"), abs=1e-12)
     assert overall["balanced_accuracy"][0] == pytest.approx(skm.balanced_accuracy_score(y, pred), abs=1e-12)
     np.testing.assert_allclose(per["f1"][0], skm.f1_score(y, pred, average=None), atol=1e-12)
@@ -86,7 +88,9 @@ def test_resample_weights_equal_explicit_resampling(rng):
         idx = rng.integers(0, n, n)
         W = np.bincount(idx, minlength=n)[None].astype(float)
         assert m.auroc(W, y == 1, s)[0] == pytest.approx(skm.roc_auc_score(y[idx], s[idx]), abs=1e-12)
-        assert m.average_precision(W, y == 1, s)[0] == pytest.approx(skm.average_precision_score(y[idx], s[idx]), abs=1e-12)
+        assert m.average_precision(W, y == 1, s)[0] == pytest.approx(
+            skm.average_precision_score(y[idx], s[idx]), abs=1e-12
+        )
         o, _ = m.classification(W, y, proba)
         pred = proba.argmax(1)
         assert o["macro_f1"][0] == pytest.approx(skm.f1_score(y[idx], pred[idx], average="macro"), abs=1e-12)

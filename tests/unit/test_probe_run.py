@@ -21,7 +21,9 @@ from cxrjepa.probe.layout import Probe
 from tests.report_chain import unread_fields
 
 N = 160
-FAST = dict(bootstrap=100, fewshot=[10.0, 100.0], fewshot_seeds=2, knn_k=[5, 10], c_grid=[0.01, 1.0], alpha_grid=[1.0, 100.0])
+FAST = dict(
+    bootstrap=100, fewshot=[10.0, 100.0], fewshot_seeds=2, knn_k=[5, 10], c_grid=[0.01, 1.0], alpha_grid=[1.0, 100.0]
+)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,9 @@ def test_probe_outputs_follow_the_schema(emb, tmp_path):
     assert {"mae", "r2"} <= set(m["attributes"]["age"]["metrics"])
 
     pred = pd.read_parquet(art.path / "predictions.parquet")
-    assert {"sample_id", "task", "probe", "split", "target", "prediction", "score_NORMAL", "score_PNEUMONIA"} <= set(pred.columns)
+    assert {"sample_id", "task", "probe", "split", "target", "prediction", "score_NORMAL", "score_PNEUMONIA"} <= set(
+        pred.columns
+    )
     assert len(pred) == 2 * N and set(pred["split"]) == {"train", "val", "test"}
     lin = pred[pred.probe == "linear"].set_index("sample_id")
     assert (lin.loc[meta["sample_id"], "target"].to_numpy() == meta["finding"].to_numpy()).all()
@@ -95,7 +99,9 @@ def test_split_is_reused_across_reruns_and_from_another_probe(emb, tmp_path):
     assert again.fingerprint != first.fingerprint
     assert (again.path / "split.csv").read_text() == split1
     assert again.manifest["contents"]["split"]["source"] == "file"
-    other = run_probe(tmp_path / "q", ProbeConfig(**{**FAST, "seed": 9}), embeddings=emb_path, split=first.path / "split.csv")
+    other = run_probe(
+        tmp_path / "q", ProbeConfig(**{**FAST, "seed": 9}), embeddings=emb_path, split=first.path / "split.csv"
+    )
     assert (other.path / "split.csv").read_text() == split1
     fresh = run_probe(tmp_path / "r", ProbeConfig(**{**FAST, "seed": 9}), embeddings=emb_path)
     assert (fresh.path / "split.csv").read_text() != split1
@@ -108,7 +114,10 @@ def test_labels_csv_regression_and_multilabel_tasks(emb, tmp_path):
     cfg = ProbeConfig(**{**FAST, "key": "id=sample_id", "tasks": ["age", "labels"], "attributes": False})
     art = run_probe(tmp_path / "p", cfg, embeddings=emb_path, labels=csv)
     m = json.loads((art.path / "metrics.json").read_text())
-    assert m["tasks"]["age"]["type"] == "regression" and set(m["tasks"]["age"]["probes"]["linear"]["metrics"]) == {"mae", "r2"}
+    assert m["tasks"]["age"]["type"] == "regression" and set(m["tasks"]["age"]["probes"]["linear"]["metrics"]) == {
+        "mae",
+        "r2",
+    }
     ml = m["tasks"]["labels"]
     assert ml["type"] == "multilabel" and ml["classes"] == ["effusion", "nodule", "none"]
     assert ml["probes"]["linear"]["per_class"]["effusion"]["auroc"]["value"] > 0.8
@@ -119,8 +128,17 @@ def test_labels_csv_regression_and_multilabel_tasks(emb, tmp_path):
 
 def test_robustness_reembeds_corrupted_test_images(emb, tmp_path):
     root, emb_path, _ = emb
-    cfg = ProbeConfig(**{**FAST, "corruptions": ["blur", "noise"], "severities": [1, 3], "fewshot": [], "subgroups": [],
-                         "attributes": False, "probes": ["linear"]})
+    cfg = ProbeConfig(
+        **{
+            **FAST,
+            "corruptions": ["blur", "noise"],
+            "severities": [1, 3],
+            "fewshot": [],
+            "subgroups": [],
+            "attributes": False,
+            "probes": ["linear"],
+        }
+    )
     art = run_probe(tmp_path / "p", cfg, embeddings=emb_path)
     rob = json.loads((art.path / "metrics.json").read_text())["tasks"]["finding"]["robustness"]
     lin = json.loads((art.path / "metrics.json").read_text())["tasks"]["finding"]["probes"]["linear"]["metrics"]
@@ -140,9 +158,28 @@ def test_usage_errors_are_one_sentence(emb, tmp_path):
 
 def test_cli_probe_json_prints_metrics(emb, tmp_path):
     root, emb_path, _ = emb
-    res = CliRunner().invoke(app, ["probe", "--embeddings", str(emb_path), "--out", str(tmp_path / "p"), "--json", "--quiet",
-                                   "--features", "features_last4", "--fewshot", "none", "--bootstrap", "50",
-                                   "--set", "probes=[linear]", "--set", "subgroups=[]"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--embeddings",
+            str(emb_path),
+            "--out",
+            str(tmp_path / "p"),
+            "--json",
+            "--quiet",
+            "--features",
+            "features_last4",
+            "--fewshot",
+            "none",
+            "--bootstrap",
+            "50",
+            "--set",
+            "probes=[linear]",
+            "--set",
+            "subgroups=[]",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads(res.stdout)
     assert m["embeddings"]["features"] == "features_last4" and "fewshot" not in m["tasks"]["finding"]
@@ -155,7 +192,9 @@ def test_knn_handles_regression_and_multilabel(emb, tmp_path):
     root, emb_path, meta = emb
     csv = tmp_path / "labels.csv"
     meta[["sample_id", "age", "labels"]].to_csv(csv, index=False)
-    cfg = ProbeConfig(**{**FAST, "tasks": ["age", "labels"], "attributes": False, "fewshot": [], "subgroups": [], "probes": ["knn"]})
+    cfg = ProbeConfig(
+        **{**FAST, "tasks": ["age", "labels"], "attributes": False, "fewshot": [], "subgroups": [], "probes": ["knn"]}
+    )
     m = json.loads((run_probe(tmp_path / "p", cfg, embeddings=emb_path, labels=csv).path / "metrics.json").read_text())
     assert m["tasks"]["age"]["probes"]["knn"]["metrics"]["mae"]["value"] > 0
     assert m["tasks"]["labels"]["probes"]["knn"]["metrics"]["auroc"]["value"] > 0.7
@@ -190,7 +229,9 @@ def test_the_report_reads_back_everything_the_probe_writes(emb, tmp_path):
     # a field renamed on the writer's side is an error naming it and the stage, not a section left out
     raw["tasks"]["finding"]["probes"]["linear"]["scores"] = raw["tasks"]["finding"]["probes"]["linear"].pop("metrics")
     (art.path / "metrics.json").write_text(json.dumps(raw))
-    with pytest.raises(SchemaError, match=r"'tasks\.finding\.probes\.linear\.metrics' is missing; rerun 'cxrjepa probe'"):
+    with pytest.raises(
+        SchemaError, match=r"'tasks\.finding\.probes\.linear\.metrics' is missing; rerun 'cxrjepa probe'"
+    ):
         probes.build(Context(collect([art.path]), ReportConfig()))
 
 

@@ -68,17 +68,47 @@ def chain(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("seg")
     bright_region_dataset(root / "ds")
-    run_embed(root / "emb", EmbedConfig(patch_tokens=True), encoder="random:tiny/8", data=root / "ds",
-              options=EmbedOptions(device="cpu", batch_size=64))
-    run_embed(root / "emb-pooled", EmbedConfig(), encoder="random:tiny/8", data=root / "ds",
-              options=EmbedOptions(device="cpu", batch_size=64))
+    run_embed(
+        root / "emb",
+        EmbedConfig(patch_tokens=True),
+        encoder="random:tiny/8",
+        data=root / "ds",
+        options=EmbedOptions(device="cpu", batch_size=64),
+    )
+    run_embed(
+        root / "emb-pooled",
+        EmbedConfig(),
+        encoder="random:tiny/8",
+        data=root / "ds",
+        options=EmbedOptions(device="cpu", batch_size=64),
+    )
     return root
 
 
 def probe(emb, out, *extra):
-    return CliRunner().invoke(app, ["probe", "--embeddings", str(emb), "--out", str(out), "--task", "segmentation",
-                                    "--bootstrap", "100", "--fewshot", "25,100", "--seeds", "2", "--quiet", "--json",
-                                    "--set", "segmentation.epochs=30", *extra])
+    return CliRunner().invoke(
+        app,
+        [
+            "probe",
+            "--embeddings",
+            str(emb),
+            "--out",
+            str(out),
+            "--task",
+            "segmentation",
+            "--bootstrap",
+            "100",
+            "--fewshot",
+            "25,100",
+            "--seeds",
+            "2",
+            "--quiet",
+            "--json",
+            "--set",
+            "segmentation.epochs=30",
+            *extra,
+        ],
+    )
 
 
 def test_probe_learns_a_bright_region(chain):
@@ -96,7 +126,9 @@ def test_probe_learns_a_bright_region(chain):
     # per-image table: one row per test image, head and class, agreeing with the metrics
     table = pd.read_parquet(chain / "probe" / "segmentation.parquet")
     lin = table[table["head"] == "linear"]
-    assert len(lin) == seg["n"]["test"] and lin["dice"].mean() == pytest.approx(seg["probes"]["linear"]["metrics"]["dice"]["value"], abs=1e-6)
+    assert len(lin) == seg["n"]["test"] and lin["dice"].mean() == pytest.approx(
+        seg["probes"]["linear"]["metrics"]["dice"]["value"], abs=1e-6
+    )
     # the stored predictions are the label maps behind the table
     import zarr
 
@@ -121,14 +153,22 @@ def test_tokens_computed_on_the_fly_give_the_same_result(chain):
     seg = json.loads(res.stdout)["segmentation"]
     ref = json.loads((chain / "probe" / "metrics.json").read_text())["segmentation"]
     assert seg["features"] == "encoder" and list(seg["probes"]) == ["linear"]
-    assert seg["probes"]["linear"]["metrics"]["dice"]["value"] == pytest.approx(ref["probes"]["linear"]["metrics"]["dice"]["value"], abs=1e-3)
+    assert seg["probes"]["linear"]["metrics"]["dice"]["value"] == pytest.approx(
+        ref["probes"]["linear"]["metrics"]["dice"]["value"], abs=1e-3
+    )
 
 
 def test_a_dataset_without_masks_is_a_clear_error(tmp_path):
     from cxrjepa.embed.api import EmbedConfig, EmbedOptions, run_embed
 
     write_dataset(tmp_path / "ds", np.random.default_rng(0).integers(0, 255, (8, 32, 32), dtype=np.uint8))
-    run_embed(tmp_path / "emb", EmbedConfig(), encoder="random:tiny/8", data=tmp_path / "ds", options=EmbedOptions(device="cpu"))
+    run_embed(
+        tmp_path / "emb",
+        EmbedConfig(),
+        encoder="random:tiny/8",
+        data=tmp_path / "ds",
+        options=EmbedOptions(device="cpu"),
+    )
     res = probe(tmp_path / "emb", tmp_path / "probe")
     assert res.exit_code == 2 and "has no masks" in res.output
 

@@ -54,7 +54,9 @@ def test_split_file_is_reused_and_new_samples_follow_their_patient(tmp_path):
     assert list(prev.columns) == ["sample_id", "patient_key", "split"]
     # a new image of an existing patient, and a new patient
     p = index["patient_key"].iloc[0]
-    more = pd.concat([index, pd.DataFrame({"sample_id": ["new1", "new2"], "patient_key": [p, "pnew"]})], ignore_index=True)
+    more = pd.concat(
+        [index, pd.DataFrame({"sample_id": ["new1", "new2"], "patient_key": [p, "pnew"]})], ignore_index=True
+    )
     again, info = make_split(more, None, (0.7, 0.1, 0.2), seed=5, previous=prev)
     assert (again[: len(index)] == split).all()
     assert again[len(index)] == split[0]

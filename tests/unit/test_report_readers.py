@@ -40,14 +40,18 @@ def test_metrics_fall_back_to_csv(tmp_path):
 
 def test_metadata_is_summarised_batch_by_batch_exactly(tmp_path):
     n = 1000
-    df = pd.DataFrame({
-        "sex": np.where(np.arange(n) % 3 == 0, "F", "M"),
-        "view": ["PA"] * 990 + [""] * 5 + [None] * 5,
-        "age": np.where(np.arange(n) % 10 == 0, np.nan, np.arange(n) % 100),
-    })
+    df = pd.DataFrame(
+        {
+            "sex": np.where(np.arange(n) % 3 == 0, "F", "M"),
+            "view": ["PA"] * 990 + [""] * 5 + [None] * 5,
+            "age": np.where(np.arange(n) % 10 == 0, np.nan, np.arange(n) % 100),
+        }
+    )
     df.to_parquet(tmp_path / "m.parquet", row_group_size=64)
     bins = np.arange(0, 105, 5, dtype=float)
-    out = readers.summarize_columns(tmp_path / "m.parquet", ["sex", "view", "missing_col"], {"age": bins}, batch_size=97)
+    out = readers.summarize_columns(
+        tmp_path / "m.parquet", ["sex", "view", "missing_col"], {"age": bins}, batch_size=97
+    )
     assert out["sex"].counts == {"F": 334, "M": 666}
     assert out["view"].counts == {"PA": 990} and out["view"].missing == 10
     assert "missing_col" not in out
@@ -100,20 +104,35 @@ def test_feature_rows_are_read_as_sampled_blocks_only(tmp_path):
 
 
 def test_failure_reasons_are_counted_without_file_details(tmp_path):
-    lines = [{"path": "a/PatientName^X.dcm", "reason": "decode failed: JPEG 2000 stream in a/PatientName^X.dcm"},
-             {"path": "b.dcm", "reason": "decode failed: bad marker"}, {"path": "c", "reason": "constant image"}]
+    lines = [
+        {"path": "a/PatientName^X.dcm", "reason": "decode failed: JPEG 2000 stream in a/PatientName^X.dcm"},
+        {"path": "b.dcm", "reason": "decode failed: bad marker"},
+        {"path": "c", "reason": "constant image"},
+    ]
     (tmp_path / "failures.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
     counts = readers.count_failures(tmp_path / "failures.jsonl")
     assert counts == {"decode failed": 2, "constant image": 1}
 
 
 def test_predictions_are_filtered_to_one_task_probe_and_split(tmp_path):
-    df = pd.DataFrame({"sample_id": list("abcdef"), "task": ["t"] * 4 + ["u"] * 2, "probe": ["linear", "knn"] * 3,
-                       "split": ["test", "test", "train", "test", "test", "test"], "target": list("010101"),
-                       "prediction": list("010101"), "score_1": np.linspace(0, 1, 6)})
+    df = pd.DataFrame(
+        {
+            "sample_id": list("abcdef"),
+            "task": ["t"] * 4 + ["u"] * 2,
+            "probe": ["linear", "knn"] * 3,
+            "split": ["test", "test", "train", "test", "test", "test"],
+            "target": list("010101"),
+            "prediction": list("010101"),
+            "score_1": np.linspace(0, 1, 6),
+        }
+    )
     art = bare_artifact(tmp_path / "probe", "probe")
     df.to_parquet(art.path / "predictions.parquet")
-    art.manifest["contents"] = {"metrics": "metrics.json", "predictions": "predictions.parquet", "split": {"path": "split.csv"},
-                                "tasks": {"t": "binary", "u": "binary"}}
+    art.manifest["contents"] = {
+        "metrics": "metrics.json",
+        "predictions": "predictions.parquet",
+        "split": {"path": "split.csv"},
+        "tasks": {"t": "binary", "u": "binary"},
+    }
     got = Probe(art).predictions("t", "knn", "test")
     assert list(got["sample_id"]) == ["b", "d"]

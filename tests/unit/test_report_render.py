@@ -5,7 +5,22 @@ from __future__ import annotations
 import base64
 
 from cxrjepa.report import html, markdown
-from cxrjepa.report.doc import Card, Cards, Cell, Code, Details, Document, Figure, Heading, Note, Para, Section, Table, Tree, TreeItem
+from cxrjepa.report.doc import (
+    Card,
+    Cards,
+    Cell,
+    Code,
+    Details,
+    Document,
+    Figure,
+    Heading,
+    Note,
+    Para,
+    Section,
+    Table,
+    Tree,
+    TreeItem,
+)
 from tests.report_chain import inspect_html
 
 PNG = base64.b64decode(
@@ -16,11 +31,21 @@ PNG = base64.b64decode(
 def _doc() -> Document:
     evil = '<script>alert(1)</script> "quoted" & https://example.org/x.png | pipe'
     s1 = Section("one", "First", lead=evil)
-    s1.add(Heading("Sub"), Para(evil), Note(evil, "warn"), Note("plain"),
-           Table(["A", "B"], [[Cell(evil, strong=True, swatch="#123456", title=evil), Cell("1.0", numeric=True)]], caption=evil),
-           Figure("fig-a", PNG, alt=evil, caption=evil), Cards([Card("samples", "12", evil)]),
-           Tree([TreeItem("probe", evil, evil, children=[TreeItem("run", "r", "", "missing")])]),
-           Details("more", [Code(evil), Figure("fig-b", PNG, alt="second")]))
+    s1.add(
+        Heading("Sub"),
+        Para(evil),
+        Note(evil, "warn"),
+        Note("plain"),
+        Table(
+            ["A", "B"],
+            [[Cell(evil, strong=True, swatch="#123456", title=evil), Cell("1.0", numeric=True)]],
+            caption=evil,
+        ),
+        Figure("fig-a", PNG, alt=evil, caption=evil),
+        Cards([Card("samples", "12", evil)]),
+        Tree([TreeItem("probe", evil, evil, children=[TreeItem("run", "r", "", "missing")])]),
+        Details("more", [Code(evil), Figure("fig-b", PNG, alt="second")]),
+    )
     s2 = Section("two", "Second")
     s2.note("Left out: nothing to show.")
     return Document("Title <b>", evil, [s1, s2], footer=evil)

@@ -57,8 +57,14 @@ def _probe(root, name, tasks, predictions=None, emb=None):
     (b.path / "metrics.json").write_text(json.dumps({"tasks": tasks}))
     if predictions is not None:
         predictions.to_parquet(b.path / "predictions.parquet", index=False)
-    b.contents.update({"metrics": "metrics.json", "predictions": "predictions.parquet", "split": {"path": "split.csv"},
-                       "tasks": {t: body["type"] for t, body in tasks.items()}})
+    b.contents.update(
+        {
+            "metrics": "metrics.json",
+            "predictions": "predictions.parquet",
+            "split": {"path": "split.csv"},
+            "tasks": {t: body["type"] for t, body in tasks.items()},
+        }
+    )
     return b.finish()
 
 
@@ -67,8 +73,10 @@ def _ctx(paths):
 
 
 def test_the_best_value_of_each_metric_is_bold_and_lower_is_better_for_mae(tmp_path):
-    t = lambda auc, mae: {"a": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": auc}}}}},  # noqa: E731
-                          "age": {"type": "regression", "n": N, "probes": {"linear": {"metrics": {"mae": {"value": mae}}}}}}
+    t = lambda auc, mae: {
+        "a": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": auc}}}}},  # noqa: E731
+        "age": {"type": "regression", "n": N, "probes": {"linear": {"metrics": {"mae": {"value": mae}}}}},
+    }
     bare_artifact(tmp_path / "emb1", "embeddings")
     bare_artifact(tmp_path / "emb2", "embeddings")
     p1 = _probe(tmp_path, "p1", t(0.8, 5.0), emb=tmp_path / "emb1")
@@ -91,10 +99,27 @@ def test_roc_is_drawn_from_predictions_when_metrics_have_no_curves(tmp_path):
     rng = np.random.default_rng(0)
     y = np.array([0, 1] * 20)
     score = np.clip(y * 0.4 + rng.uniform(0, 0.6, 40), 0, 1)
-    preds = pd.DataFrame({"sample_id": [f"s{i}" for i in range(40)], "task": "finding", "probe": "linear", "split": "test",
-                          "target": np.where(y == 1, "POS", "NEG"), "prediction": "POS", "score_POS": score, "score_NEG": 1 - score})
-    tasks = {"finding": {"type": "binary", "classes": ["NEG", "POS"], "positive": "POS", "n": N,
-                         "probes": {"linear": {"metrics": {"auroc": {"value": 0.8, "ci": [0.7, 0.9]}}}}}}
+    preds = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(40)],
+            "task": "finding",
+            "probe": "linear",
+            "split": "test",
+            "target": np.where(y == 1, "POS", "NEG"),
+            "prediction": "POS",
+            "score_POS": score,
+            "score_NEG": 1 - score,
+        }
+    )
+    tasks = {
+        "finding": {
+            "type": "binary",
+            "classes": ["NEG", "POS"],
+            "positive": "POS",
+            "n": N,
+            "probes": {"linear": {"metrics": {"auroc": {"value": 0.8, "ci": [0.7, 0.9]}}}},
+        }
+    }
     p = _probe(tmp_path, "p", tasks, preds)
     sec = probes.build(_ctx([p.path]))
     figs = [b for b in sec.blocks if isinstance(b, Figure)]
@@ -120,9 +145,12 @@ def test_a_probe_that_does_not_match_the_schema_is_an_error_naming_the_field_and
 
 
 def test_patient_leakage_across_splits_is_flagged(tmp_path):
-    p = _probe(tmp_path, "p", {"t": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
-    pd.DataFrame({"sample_id": ["a", "b", "c"], "patient_key": ["p1", "p1", "p2"], "split": ["train", "test", "val"]}).to_csv(
-        p.path / "split.csv", index=False)
+    p = _probe(
+        tmp_path, "p", {"t": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}}
+    )
+    pd.DataFrame(
+        {"sample_id": ["a", "b", "c"], "patient_key": ["p1", "p1", "p2"], "split": ["train", "test", "val"]}
+    ).to_csv(p.path / "split.csv", index=False)
     sec = probes.build(_ctx([p.path]))
     assert any(isinstance(b, Note) and "more than one split" in b.text for b in sec.blocks)
 
@@ -131,7 +159,9 @@ def test_the_summary_repeats_every_warning_and_names_the_sections_left_out(tmp_p
     from cxrjepa.report.doc import Para, Section
     from cxrjepa.report.sections import summary
 
-    p = _probe(tmp_path, "p", {"t": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}})
+    p = _probe(
+        tmp_path, "p", {"t": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": 0.7}}}}}}
+    )
     shown = Section("pretraining", "Pretraining").add(Para("curves"))
     shown.note("Run x: the feature std fell from 0.5 to 0.01", "warn")
     missing = Section("embeddings", "Embeddings")

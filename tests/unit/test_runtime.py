@@ -24,8 +24,16 @@ def fail(spec: LaunchSpec) -> None:
 def test_launch_command_single_and_multi_node():
     cmd = launch_command("/x/launch.json", ProcessPlan(4))
     assert cmd[0] == sys.executable
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "--log-dir=/x/torchrun",
-                       "-m", "cxrjepa.cli.worker", "/x/launch.json"]
+    assert cmd[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=4",
+        "--log-dir=/x/torchrun",
+        "-m",
+        "cxrjepa.cli.worker",
+        "/x/launch.json",
+    ]
     cmd = launch_command("S", ProcessPlan(8, cuda=True, nnodes=2), node_rank=1, rdzv_endpoint="node0:29500")
     assert "--nnodes=2" in cmd and "--node-rank=1" in cmd and "--rdzv-endpoint=node0:29500" in cmd
     assert "--standalone" not in cmd

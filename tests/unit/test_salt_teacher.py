@@ -23,19 +23,29 @@ def _x(n=2, size=32, seed=0, frames=None):
 def _hf_vit(tmp_path, patch=8, image=32):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(1)
-    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                 image_size=image, patch_size=patch)
+    cfg = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image,
+        patch_size=patch,
+    )
     model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
     model.save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "preprocessor_config.json").write_text(
         '{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "crop_size": {"height": %d, "width": %d}}'
-        % (image, image))
+        % (image, image)
+    )
     return model
 
 
 def _hf_reference(model, x01, size):
-    x = F.interpolate(x01, size=(size, size), mode="bilinear", align_corners=False, antialias=True) \
-        if x01.shape[-1] != size else x01
+    x = (
+        F.interpolate(x01, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if x01.shape[-1] != size
+        else x01
+    )
     with torch.no_grad():
         out = model(pixel_values=(x.expand(-1, 3, -1, -1) - 0.5) / 0.25, interpolate_pos_encoding=True)
     return out.last_hidden_state[:, 1:]
@@ -56,14 +66,16 @@ def test_hugging_face_folder_teacher_gives_the_modules_features(tmp_path):
 def test_timm_weights_file_teacher_gives_the_modules_features(tmp_path):
     torch.manual_seed(0)
     model = timm.create_model("test_vit", pretrained=False, num_classes=0, dynamic_img_size=True).eval()
-    safetensors.torch.save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "w.safetensors")
+    )
     student = EncoderConfig(size="tiny", patch_size=16, image_size=64)
     teacher = Teacher("timm:test_vit", weights=tmp_path / "w.safetensors", student=student)
     x = _x(size=64)
     mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
-        want = model.forward_features((x.expand(-1, 3, -1, -1) - mean) / std)[:, model.num_prefix_tokens:]
+        want = model.forward_features((x.expand(-1, 3, -1, -1) - mean) / std)[:, model.num_prefix_tokens :]
     got = teacher(x, student.token_grid((64, 64)))
     assert teacher.source == "timm" and teacher.input_size((4, 4)) == 64 and got.shape == (2, 16, model.embed_dim)
     torch.testing.assert_close(got, want)

@@ -77,31 +77,56 @@ def test_logger_names_are_checked_and_csv_is_always_on():
     assert parse_loggers("TensorBoard, csv") == ["tensorboard"]
     with pytest.raises(UsageError) as err:
         parse_loggers(["mlflow,comet"])
-    assert err.value.exit_code == 2 and "comet" in err.value.message and "csv, mlflow, tensorboard, wandb" in err.value.message
+    assert (
+        err.value.exit_code == 2
+        and "comet" in err.value.message
+        and "csv, mlflow, tensorboard, wandb" in err.value.message
+    )
 
 
 def test_metric_names_are_the_same_for_every_tracker():
     row = {"step": 4, "loss": 0.5, "grad_norm": None, "stopped": True, "epoch": 1, "note": "x"}
     assert row_metrics("pretrain", row) == {"pretrain/loss": 0.5, "pretrain/epoch": 1.0}
-    assert metric_name("probe", "Pleural Effusion (any)", "linear", "auroc") == "probe/Pleural Effusion _any_/linear/auroc"
+    assert (
+        metric_name("probe", "Pleural Effusion (any)", "linear", "auroc") == "probe/Pleural Effusion _any_/linear/auroc"
+    )
     assert metric_name("probe", "a/b", "knn", "f1") == "probe/a_b/knn/f1"
     assert flat_params({"model": {"size": "tiny", "grid": [2, 2]}, "seed": 0, "none": None, "empty": {}}) == {
-        "model.size": "tiny", "model.grid": "[2, 2]", "seed": "0", "none": "null", "empty": "{}"}
+        "model.size": "tiny",
+        "model.grid": "[2, 2]",
+        "seed": "0",
+        "none": "null",
+        "empty": "{}",
+    }
     assert redact("https://alice:s3cret@mlflow.example:5000/") == "https://***@mlflow.example:5000/"
 
 
 def test_probe_metrics_carry_values_and_intervals():
     data = {
-        "tasks": {"finding": {"type": "binary", "n": {"train": 8, "val": 2, "test": 4}, "probes": {
-            "linear": {"metrics": {"auroc": {"value": 0.9, "ci": [0.8, 0.97]}, "ap": {"value": 0.7, "ci": None}}},
-            "knn": {"metrics": {"auroc": {"value": None, "ci": [None, None]}}}}}},
+        "tasks": {
+            "finding": {
+                "type": "binary",
+                "n": {"train": 8, "val": 2, "test": 4},
+                "probes": {
+                    "linear": {
+                        "metrics": {"auroc": {"value": 0.9, "ci": [0.8, 0.97]}, "ap": {"value": 0.7, "ci": None}}
+                    },
+                    "knn": {"metrics": {"auroc": {"value": None, "ci": [None, None]}}},
+                },
+            }
+        },
         "attributes": {"sex": {"metrics": {"auroc": {"value": 0.6, "ci": [0.5, 0.7]}}}},
     }
     got = probe_metrics(parse(ProbeMetrics, data, what="test", rerun="probe"))
-    assert got == {"probe/finding/linear/auroc": 0.9, "probe/finding/linear/auroc/ci_low": 0.8,
-                   "probe/finding/linear/auroc/ci_high": 0.97, "probe/finding/linear/ap": 0.7,
-                   "probe/attributes/sex/auroc": 0.6, "probe/attributes/sex/auroc/ci_low": 0.5,
-                   "probe/attributes/sex/auroc/ci_high": 0.7}
+    assert got == {
+        "probe/finding/linear/auroc": 0.9,
+        "probe/finding/linear/auroc/ci_low": 0.8,
+        "probe/finding/linear/auroc/ci_high": 0.97,
+        "probe/finding/linear/ap": 0.7,
+        "probe/attributes/sex/auroc": 0.6,
+        "probe/attributes/sex/auroc/ci_low": 0.5,
+        "probe/attributes/sex/auroc/ci_high": 0.7,
+    }
 
 
 def test_a_failing_tracker_is_one_warning_and_the_others_go_on(memory, tmp_path, capsys, monkeypatch):
@@ -119,7 +144,11 @@ def test_a_failing_tracker_is_one_warning_and_the_others_go_on(memory, tmp_path,
     trackers.close()
     trackers.finish({"manifest.yaml": tmp_path / "nothing-here.yaml", "folder": tmp_path}, {"cxrjepa.done": "yes"})
     warned = warnings_in(capsys)
-    assert len(warned) == 1 and "Memory logging failed at step 4" in warned[0] and "RuntimeError: server said no" in warned[0]
+    assert (
+        len(warned) == 1
+        and "Memory logging failed at step 4" in warned[0]
+        and "RuntimeError: server said no" in warned[0]
+    )
     assert "second line" not in warned[0]
     mem, other = Memory.runs["run0"], Other.runs["run0"]
     assert [s for s, _ in mem["metrics"]] == [0, 2] and mem["status"] == "failed" and not mem["tags"]

@@ -99,4 +99,3 @@ class PixelReconstruction(Objective):
 
     def checkpoint_modules(self) -> dict[str, nn.Module]:
         return {"encoder": self.student.encoder, "decoder": self.student.predictor}
-

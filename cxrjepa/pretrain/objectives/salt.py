@@ -73,12 +73,19 @@ class SALT(Objective):
         super().__init__(config, inputs)
         self.settings: SALTConfig = config.salt
         if not self.inputs.teacher:
-            raise UsageError("--objective salt needs a frozen teacher: --teacher RUN, an export folder, timm:NAME "
-                             "with --teacher-weights FILE, or a local Hugging Face folder.")
+            raise UsageError(
+                "--objective salt needs a frozen teacher: --teacher RUN, an export folder, timm:NAME "
+                "with --teacher-weights FILE, or a local Hugging Face folder."
+            )
         encoder = ViTEncoder(config.model)
         with torch.random.fork_rng(devices=[]):  # the student's initial weights do not depend on the teacher
-            self.teacher = Teacher(self.inputs.teacher, weights=self.inputs.teacher_weights, student=config.model,
-                                   config=self.settings.teacher, normalization=self.inputs.normalization)
+            self.teacher = Teacher(
+                self.inputs.teacher,
+                weights=self.inputs.teacher_weights,
+                student=config.model,
+                config=self.settings.teacher,
+                normalization=self.inputs.normalization,
+            )
         predictor = Predictor(self.settings.predictor, encoder.embed_dim, out_dim=self.teacher.embed_dim)
         self.student = JEPAStudent(encoder, predictor)
         norm = self.inputs.normalization or {}
@@ -101,12 +108,16 @@ class SALT(Objective):
             from cxrjepa.pretrain.targets import build_cache, whole_frames_ok
 
             if not whole_frames_ok(self.config.augment):
-                raise ConfigError("runtime.teacher_cache needs fixed whole-frame crops: set augment.crop_scale=[1,1], "
-                                  "augment.crop_ratio=[1,1] and augment.hflip=false (or drop the cache).")
+                raise ConfigError(
+                    "runtime.teacher_cache needs fixed whole-frame crops: set augment.crop_scale=[1,1], "
+                    "augment.crop_ratio=[1,1] and augment.hflip=false (or drop the cache)."
+                )
             if self.teacher.clip:
                 raise ConfigError("A clip teacher's targets cannot be cached per frame; drop runtime.teacher_cache.")
-            refs = [env.data.artifact.input_ref("data"),
-                    encoder_input_ref("teacher", self.inputs.teacher, self.inputs.teacher_weights)]
+            refs = [
+                env.data.artifact.input_ref("data"),
+                encoder_input_ref("teacher", self.inputs.teacher, self.inputs.teacher_weights),
+            ]
             self.cache = build_cache(root, self.teacher, self.config.model, env.data, refs, env)
 
     def item_extras(self):

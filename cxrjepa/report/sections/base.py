@@ -49,8 +49,11 @@ def guarded(section: Section, what: str, fn: Callable[[], Any]) -> Any:
         if console.settings.verbose:
             traceback.print_exc()
         console.warn(f"The report could not draw {what} ({type(exc).__name__}); it is left out.")
-        section.note(f"{what[:1].upper()}{what[1:]} could not be drawn ({type(exc).__name__}: {str(exc)[:160]}); "
-                     "it is left out.", "warn")
+        section.note(
+            f"{what[:1].upper()}{what[1:]} could not be drawn ({type(exc).__name__}: {str(exc)[:160]}); "
+            "it is left out.",
+            "warn",
+        )
         return None
 
 

@@ -59,7 +59,9 @@ def open_sets(ctx: Context, sec: Section) -> list[EmbeddingSet]:
             reader = emb.as_embeddings
             feats = readers.open_features(reader)
             if feats is None or len(getattr(feats, "shape", ())) != 2:
-                sec.note(f"The embeddings {emb.name} have no readable (N, D) 'features' array; they are left out.", "warn")
+                sec.note(
+                    f"The embeddings {emb.name} have no readable (N, D) 'features' array; they are left out.", "warn"
+                )
                 continue
             if not (emb.path / reader.contents.index).is_file():
                 sec.note(f"The embeddings {emb.name} have no {reader.contents.index}; they are left out.", "warn")
@@ -82,11 +84,14 @@ def rankme(x: np.ndarray) -> float:
 
 
 def build(ctx: Context) -> Section:
-    sec = Section("embeddings", "Embeddings",
-                  lead="What each encoder's features look like on a random sample of the data.")
+    sec = Section(
+        "embeddings", "Embeddings", lead="What each encoder's features look like on a random sample of the data."
+    )
     if not any(v.embeddings for v in ctx.variants):
-        sec.note("Left out: no embeddings artifact among the inputs or their lineage; give embeddings "
-                 "(cxrjepa embed) or the probes made from them to see feature maps.")
+        sec.note(
+            "Left out: no embeddings artifact among the inputs or their lineage; give embeddings "
+            "(cxrjepa embed) or the probes made from them to see feature maps."
+        )
         return sec
     sets = open_sets(ctx, sec)
     if not sets:
@@ -96,24 +101,38 @@ def build(ctx: Context) -> Section:
     for s in sets:
         pick = readers.sample_rows(s.n, max(ctx.config.map_points, STATS_ROWS), ctx.config.seed)
         x = np.nan_to_num(readers.read_feature_rows(s.features, pick))
-        sub = readers.sample_rows(len(pick), ctx.config.map_points, ctx.config.seed)  # the map's points, among those read
+        sub = readers.sample_rows(
+            len(pick), ctx.config.map_points, ctx.config.seed
+        )  # the map's points, among those read
         samples[id(s)] = (pick[sub], x[sub])
         std = x.std(axis=0)
-        rows.append([
-            Cell(set_label(s, sets), swatch=s.variant.color, title=str(s.node.path)),
-            Cell(human_int(s.n), numeric=True), Cell(str(s.dim), numeric=True), Cell(str(s.features.dtype)),
-            Cell(", ".join(s.arrays)),
-            Cell(num(rankme(x), 1), numeric=True),
-            Cell(num(float(np.linalg.norm(x, axis=1).mean()), 2), numeric=True),
-            Cell(f"{float((std < 1e-6).mean()):.0%}", numeric=True),
-        ])
+        rows.append(
+            [
+                Cell(set_label(s, sets), swatch=s.variant.color, title=str(s.node.path)),
+                Cell(human_int(s.n), numeric=True),
+                Cell(str(s.dim), numeric=True),
+                Cell(str(s.features.dtype)),
+                Cell(", ".join(s.arrays)),
+                Cell(num(rankme(x), 1), numeric=True),
+                Cell(num(float(np.linalg.norm(x, axis=1).mean()), 2), numeric=True),
+                Cell(f"{float((std < 1e-6).mean()):.0%}", numeric=True),
+            ]
+        )
         dead = float((std < 1e-6).mean())
         if dead > 0.5:
-            sec.note(f"Embeddings {set_label(s, sets)}: {dead:.0%} of feature dimensions are constant on the sample; "
-                     "the encoder may have collapsed.", "warn")
-    sec.add(Table(["Embeddings", "Samples", "Dim", "dtype", "Arrays", "Effective rank", "Mean norm", "Constant dims"], rows,
-                  caption=f"Effective rank, norm and constant dimensions are measured on at most "
-                          f"{max(ctx.config.map_points, STATS_ROWS):,} rows drawn at random from each artifact."))
+            sec.note(
+                f"Embeddings {set_label(s, sets)}: {dead:.0%} of feature dimensions are constant on the sample; "
+                "the encoder may have collapsed.",
+                "warn",
+            )
+    sec.add(
+        Table(
+            ["Embeddings", "Samples", "Dim", "dtype", "Arrays", "Effective rank", "Mean norm", "Constant dims"],
+            rows,
+            caption=f"Effective rank, norm and constant dimensions are measured on at most "
+            f"{max(ctx.config.map_points, STATS_ROWS):,} rows drawn at random from each artifact.",
+        )
+    )
     if ctx.config.map_points:
         guarded(sec, "the embedding maps", lambda: _maps(ctx, sec, sets, samples))
     else:
@@ -135,7 +154,11 @@ def colorings(s: EmbeddingSet, rows: np.ndarray) -> list[figures.Coloring]:
             out.append(figures.Coloring("age (years)", age, numeric=True))
     for c in SITE_COLUMNS:
         if c in df and df[c].nunique(dropna=True) >= 2:
-            out.append(figures.Coloring(f"site ({c.replace('_', ' ')})" if c != "site" else "site", df[c].astype(str).to_numpy(dtype=object)))
+            out.append(
+                figures.Coloring(
+                    f"site ({c.replace('_', ' ')})" if c != "site" else "site", df[c].astype(str).to_numpy(dtype=object)
+                )
+            )
             break
     return out
 
@@ -154,7 +177,9 @@ def project(x: np.ndarray, method: str, seed: int) -> tuple[np.ndarray, str]:
         k = min(50, d, n)
         pcs = PCA(n_components=k, random_state=seed).fit_transform(x)
         perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
-        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed).fit_transform(pcs)
+        xy = TSNE(
+            n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed
+        ).fit_transform(pcs)
         return xy, f"t-SNE (perplexity {perplexity:.0f}) of the first {k} principal components"
     pca = PCA(n_components=2, random_state=seed)
     xy = pca.fit_transform(x)
@@ -176,9 +201,14 @@ def _maps(ctx: Context, sec: Section, sets: list[EmbeddingSet], samples: dict) -
     n_shown = max(len(samples[id(s)][0]) for s in sets)
     method = "t-SNE" if ctx.config.map_method == "tsne" else "PCA"
     titles = sorted({c.title for cs in cols for c in cs})
-    sec.add(ctx.figure("embeddings-map", figures.scatter_maps(rows, cols),
-                       alt=f"{method} maps of the embeddings of {', '.join(r[0] for r in rows)}, one row per run, "
-                           f"each point a sample, coloured by {', '.join(titles)}.",
-                       caption=f"Each row: {n_shown:,} samples drawn at random (seed {ctx.config.seed}) from one embeddings "
-                               f"artifact, placed by {hows[0]}. Same colours mean the same value; grey: unknown. "
-                               "Clusters by site or sex rather than label hint at shortcuts."))
+    sec.add(
+        ctx.figure(
+            "embeddings-map",
+            figures.scatter_maps(rows, cols),
+            alt=f"{method} maps of the embeddings of {', '.join(r[0] for r in rows)}, one row per run, "
+            f"each point a sample, coloured by {', '.join(titles)}.",
+            caption=f"Each row: {n_shown:,} samples drawn at random (seed {ctx.config.seed}) from one embeddings "
+            f"artifact, placed by {hows[0]}. Same colours mean the same value; grey: unknown. "
+            "Clusters by site or sex rather than label hint at shortcuts.",
+        )
+    )

@@ -17,8 +17,11 @@ MISMATCH = "#d62728"
 
 
 def build(ctx: Context) -> Section:
-    sec = Section("features", "Patch features and retrieval",
-                  lead="What the encoders attend to inside an image, and which images they consider alike.")
+    sec = Section(
+        "features",
+        "Patch features and retrieval",
+        lead="What the encoders attend to inside an image, and which images they consider alike.",
+    )
     sec.add(Heading("Patch-feature maps"))
     guarded(sec, "the patch-feature maps", lambda: _patch_maps(ctx, sec))
     sec.add(Heading("Nearest neighbours"))
@@ -76,7 +79,9 @@ def patch_pca(frames: list[np.ndarray], run: Node, device: str) -> list[np.ndarr
 def _patch_maps(ctx: Context, sec: Section) -> None:
     runs = [v for v in ctx.variants if v.run is not None]
     if not runs:
-        sec.note("Left out: patch-feature maps need a run artifact with an exported encoder, and none is in the lineage.")
+        sec.note(
+            "Left out: patch-feature maps need a run artifact with an exported encoder, and none is in the lineage."
+        )
         return
     if ctx.config.patch_images <= 0:
         sec.note("Patch-feature maps are turned off (patch_images = 0).")
@@ -84,7 +89,9 @@ def _patch_maps(ctx: Context, sec: Section) -> None:
     groups: dict[int, tuple[Node, list[Variant]]] = {}
     for v in runs:
         if v.dataset is None:
-            sec.note(f"Patch-feature maps of {v.label} are left out: the dataset it was trained on is not in the lineage.")
+            sec.note(
+                f"Patch-feature maps of {v.label} are left out: the dataset it was trained on is not in the lineage."
+            )
             continue
         groups.setdefault(id(v.dataset), (v.dataset, []))[1].append(v)
     device = resolve_device(ctx.device)
@@ -113,12 +120,17 @@ def _patch_maps(ctx: Context, sec: Section) -> None:
         if not maps:
             continue
         units = [readers.to_unit(f) for f in frames]
-        sec.add(ctx.figure(f"patch-maps-{ds.name}", figures.patch_maps(units, maps, colors),
-                           alt=f"{len(frames)} images from {ds.name} ({', '.join(names)}) in the top row and, below, for each of "
-                               f"{', '.join(maps)}, a colour map of its patch tokens where similar colours mark similar features.",
-                           caption="Top row: the images as stored. Below, one row per run: the first three principal components of "
-                                   "its patch tokens (fitted over these images together) shown as red, green and blue, one square per "
-                                   "patch. Good encoders give anatomy (lungs, heart, ribs, background) consistent colours across images."))
+        sec.add(
+            ctx.figure(
+                f"patch-maps-{ds.name}",
+                figures.patch_maps(units, maps, colors),
+                alt=f"{len(frames)} images from {ds.name} ({', '.join(names)}) in the top row and, below, for each of "
+                f"{', '.join(maps)}, a colour map of its patch tokens where similar colours mark similar features.",
+                caption="Top row: the images as stored. Below, one row per run: the first three principal components of "
+                "its patch tokens (fitted over these images together) shown as red, green and blue, one square per "
+                "patch. Good encoders give anatomy (lungs, heart, ribs, background) consistent colours across images.",
+            )
+        )
 
 
 # ---------------------------------------------------------------- retrieval
@@ -135,8 +147,10 @@ def _retrieval(ctx: Context, sec: Section) -> None:
     quiet = Section("_", "_")  # problems opening embeddings were already reported by the embeddings section
     sets = [s for s in open_sets(ctx, quiet) if s.variant.dataset is not None]
     if not sets:
-        sec.note("Left out: nearest-neighbour examples need the dataset behind the embeddings to show images, "
-                 "and it is not in the lineage.")
+        sec.note(
+            "Left out: nearest-neighbour examples need the dataset behind the embeddings to show images, "
+            "and it is not in the lineage."
+        )
         return
     # the same query samples for every run (chosen from the first), so rows can be compared across runs
     first = sets[0]
@@ -148,8 +162,11 @@ def _retrieval(ctx: Context, sec: Section) -> None:
     query_ids = idx0["sample_id"].astype(str).to_numpy()[qrows]
     found = []
     for s in sets:
-        res = guarded(sec, f"the neighbours in {set_label(s, sets)}", lambda s=s: neighbours(s, query_ids, cfg.retrieval_neighbours,
-                                                                                          cfg.retrieval_pool, cfg.seed + 2))
+        res = guarded(
+            sec,
+            f"the neighbours in {set_label(s, sets)}",
+            lambda s=s: neighbours(s, query_ids, cfg.retrieval_neighbours, cfg.retrieval_pool, cfg.seed + 2),
+        )
         if res is not None:
             found.append((s, res))
     if not found:
@@ -196,12 +213,16 @@ def neighbours(s: EmbeddingSet, query_ids: np.ndarray, k: int, pool_size: int, s
             sim[patients[pool] == patients[r]] = -np.inf  # another image of the same patient is no real find
         sim[hidden[pool]] = -np.inf  # never shown: images with burned-in annotation
         order = [j for j in np.argsort(-sim)[:k] if np.isfinite(sim[j])]
-        out.queries[ids[r]] = (labels[r] if labels is not None else None,
-                               [(ids[pool[j]], labels[pool[j]] if labels is not None else None, float(sim[j])) for j in order])
+        out.queries[ids[r]] = (
+            labels[r] if labels is not None else None,
+            [(ids[pool[j]], labels[pool[j]] if labels is not None else None, float(sim[j])) for j in order],
+        )
     return out
 
 
-def _retrieval_figure(ctx: Context, found: list[tuple[EmbeddingSet, Neighbours]], query_ids: np.ndarray, sets: list[EmbeddingSet]):
+def _retrieval_figure(
+    ctx: Context, found: list[tuple[EmbeddingSet, Neighbours]], query_ids: np.ndarray, sets: list[EmbeddingSet]
+):
     k = ctx.config.retrieval_neighbours
     ds = found[0][0].variant.dataset
     loc = readers.frame_locator(ds.path)
@@ -225,26 +246,43 @@ def _retrieval_figure(ctx: Context, found: list[tuple[EmbeddingSet, Neighbours]]
                 continue
             qlabel, neigh = nb.queries[q]
             first = i == 0 or all(q not in f[1].queries for f in found[:i])
-            tiles = [figures.Tile(image(q), f"query · {qlabel}" if qlabel else "query", "#1f2933") if first else figures.Tile(None)]
+            tiles = [
+                figures.Tile(image(q), f"query · {qlabel}" if qlabel else "query", "#1f2933")
+                if first
+                else figures.Tile(None)
+            ]
             hits = agree.setdefault(id(s), [0, 0])
             for sid, lab, sim in neigh:
                 same = qlabel is not None and lab == qlabel
                 hits[0] += int(same)
                 hits[1] += 1
-                tiles.append(figures.Tile(image(sid), f"{lab} · {sim:.2f}" if lab is not None else f"{sim:.2f}",
-                                          (MATCH if same else MISMATCH) if qlabel is not None else None))
+                tiles.append(
+                    figures.Tile(
+                        image(sid),
+                        f"{lab} · {sim:.2f}" if lab is not None else f"{sim:.2f}",
+                        (MATCH if same else MISMATCH) if qlabel is not None else None,
+                    )
+                )
             rows.append((set_label(s, sets), s.variant.color, tiles))
     if not rows:
         return None
     label_col = next((nb.label_column for _, nb in found if nb.label_column), None)
-    summary = "; ".join(f"{set_label(s, sets)}: {agree[id(s)][0]}/{agree[id(s)][1]} neighbours share the query's {label_col}"
-                        for s, _ in found if label_col and agree.get(id(s), [0, 0])[1])
-    searched = "; ".join(f"{set_label(s, sets)} searched {'all ' + format(nb.total, ',') if nb.searched >= nb.total else format(nb.searched, ',') + ' of ' + format(nb.total, ',')} samples"
-                         for s, nb in found)
-    return ctx.figure("retrieval", figures.tile_rows(rows),
-                      alt=f"Nearest-neighbour examples: {len(query_ids)} query images, each followed by one row per run "
-                          f"({', '.join(set_label(s, sets) for s, _ in found)}) holding its {k} most similar images by cosine "
-                          f"similarity of the embeddings." + (f" {summary}." if summary else ""),
-                      caption=f"Each query (dark frame) is followed by one row per run with its {k} nearest neighbours by cosine "
-                              f"similarity (the number above each image), other patients only ({searched})."
-                              + (f" Green frame: same {label_col} as the query, red: different — {summary}." if summary else ""))
+    summary = "; ".join(
+        f"{set_label(s, sets)}: {agree[id(s)][0]}/{agree[id(s)][1]} neighbours share the query's {label_col}"
+        for s, _ in found
+        if label_col and agree.get(id(s), [0, 0])[1]
+    )
+    searched = "; ".join(
+        f"{set_label(s, sets)} searched {'all ' + format(nb.total, ',') if nb.searched >= nb.total else format(nb.searched, ',') + ' of ' + format(nb.total, ',')} samples"
+        for s, nb in found
+    )
+    return ctx.figure(
+        "retrieval",
+        figures.tile_rows(rows),
+        alt=f"Nearest-neighbour examples: {len(query_ids)} query images, each followed by one row per run "
+        f"({', '.join(set_label(s, sets) for s, _ in found)}) holding its {k} most similar images by cosine "
+        f"similarity of the embeddings." + (f" {summary}." if summary else ""),
+        caption=f"Each query (dark frame) is followed by one row per run with its {k} nearest neighbours by cosine "
+        f"similarity (the number above each image), other patients only ({searched})."
+        + (f" Green frame: same {label_col} as the query, red: different — {summary}." if summary else ""),
+    )

@@ -61,8 +61,14 @@ def sample_images(ds: Node, k: int, seed: int) -> Sampled | None:
         v = extra[col].iloc[int(r)]
         return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
 
-    return Sampled(rows, frames, [text(label, r) if label else "" for r in rows], [text("view", r) for r in rows],
-                   label, len(loc.start))
+    return Sampled(
+        rows,
+        frames,
+        [text(label, r) if label else "" for r in rows],
+        [text("view", r) for r in rows],
+        label,
+        len(loc.start),
+    )
 
 
 def hidden_ids(ds: Node) -> set[str]:

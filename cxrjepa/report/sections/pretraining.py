@@ -38,12 +38,17 @@ class RunCurves:
 
 
 def build(ctx: Context) -> Section:
-    sec = Section("pretraining", "Pretraining",
-                  lead="Training curves of each run on shared axes (one colour per run), with collapse checks.")
+    sec = Section(
+        "pretraining",
+        "Pretraining",
+        lead="Training curves of each run on shared axes (one colour per run), with collapse checks.",
+    )
     runs = [v for v in ctx.variants if v.run is not None]
     if not runs:
-        sec.note("Left out: no run artifact among the inputs or their lineage; give a run (or embeddings or "
-                 "probes made from one) to see training curves.")
+        sec.note(
+            "Left out: no run artifact among the inputs or their lineage; give a run (or embeddings or "
+            "probes made from one) to see training curves."
+        )
         return sec
     curves: list[RunCurves] = []
     for v in runs:
@@ -90,21 +95,25 @@ def summary_table(runs: list[Variant], curves: list[RunCurves]) -> Table:
         counts = v.run.as_run.counts
         steps = counts.steps
         epochs = _last(df, "epoch") if df is not None else counts.epochs
-        rows.append([
-            Cell(v.label, strong=True, swatch=v.color, title=str(v.run.path)),
-            Cell(run_objective(v.run, v)),
-            Cell(encoder_label(v.run, v)),
-            Cell(human_int(steps), numeric=True),
-            Cell(num(epochs, 1), numeric=True),
-            Cell(num(_last(df, "loss") if df is not None else None, 4), numeric=True),
-            Cell(num(_last(df, "feat_std") if df is not None else None, 3), numeric=True),
-            Cell(num(_last(df, "rankme") if df is not None else None, 1), numeric=True),
-            Cell(num(_median(df, "images_per_s") if df is not None else None, 0), numeric=True),
-            Cell(num(_max(df, "gpu_mem_gb") if df is not None else None, 1), numeric=True),
-        ])
-    return Table(["Run", "Objective", "Encoder", "Steps", "Epochs", "Final loss", "Feature std", "RankMe", "Images/s", "GPU GB"],
-                 rows, caption="Final values are those of the last logged step; images/s is the median over the run, "
-                               "GPU GB the peak.").without_empty_columns(keep=3)
+        rows.append(
+            [
+                Cell(v.label, strong=True, swatch=v.color, title=str(v.run.path)),
+                Cell(run_objective(v.run, v)),
+                Cell(encoder_label(v.run, v)),
+                Cell(human_int(steps), numeric=True),
+                Cell(num(epochs, 1), numeric=True),
+                Cell(num(_last(df, "loss") if df is not None else None, 4), numeric=True),
+                Cell(num(_last(df, "feat_std") if df is not None else None, 3), numeric=True),
+                Cell(num(_last(df, "rankme") if df is not None else None, 1), numeric=True),
+                Cell(num(_median(df, "images_per_s") if df is not None else None, 0), numeric=True),
+                Cell(num(_max(df, "gpu_mem_gb") if df is not None else None, 1), numeric=True),
+            ]
+        )
+    return Table(
+        ["Run", "Objective", "Encoder", "Steps", "Epochs", "Final loss", "Feature std", "RankMe", "Images/s", "GPU GB"],
+        rows,
+        caption="Final values are those of the last logged step; images/s is the median over the run, GPU GB the peak.",
+    ).without_empty_columns(keep=3)
 
 
 def collapse_warnings(label: str, m: RunMetrics) -> list[str]:
@@ -122,10 +131,14 @@ def collapse_warnings(label: str, m: RunMetrics) -> list[str]:
             continue
         best, last = float(s.max()), float(s.iloc[-1])
         if col == "feat_std" and last < COLLAPSE_STD:
-            out.append(f"Run {label}: the {name} fell to {last:.2g} — the encoder's features have collapsed to a constant.")
+            out.append(
+                f"Run {label}: the {name} fell to {last:.2g} — the encoder's features have collapsed to a constant."
+            )
         elif best > 0 and last < COLLAPSE_DROP * best:
-            out.append(f"Run {label}: the {name} fell from {best:.3g} to {last:.3g} (below {COLLAPSE_DROP:.0%} of its best) — "
-                       "a sign of (partial) representation collapse; check the probes before using this encoder.")
+            out.append(
+                f"Run {label}: the {name} fell from {best:.3g} to {last:.3g} (below {COLLAPSE_DROP:.0%} of its best) — "
+                "a sign of (partial) representation collapse; check the probes before using this encoder."
+            )
     return out
 
 
@@ -138,19 +151,28 @@ def _curves(ctx: Context, sec: Section, curves: list[RunCurves]) -> None:
             if key not in df or df[key].notna().sum() == 0:
                 continue
             sub = df[["step", key]].dropna()
-            series.append(figures.Series(rc.variant.label, sub["step"].to_numpy(), sub[key].to_numpy(), rc.variant.color))
+            series.append(
+                figures.Series(rc.variant.label, sub["step"].to_numpy(), sub[key].to_numpy(), rc.variant.color)
+            )
         if series:
             panels.append(figures.Panel(title, series, xlabel="step", ylabel=ylabel, logy=logy, smooth=smoothed))
     if not panels:
-        sec.note("The runs' metrics hold no curve the report knows (loss, feature std, RankMe, learning rate, throughput).")
+        sec.note(
+            "The runs' metrics hold no curve the report knows (loss, feature std, RankMe, learning rate, throughput)."
+        )
         return
     n_points = max(len(rc.metrics.frame) for rc in curves)
     thinned = any(rc.metrics.lines > len(rc.metrics.frame) + 1 for rc in curves)
     names = ", ".join(p.title.split(" (")[0].lower() for p in panels)
     labels = ", ".join(rc.variant.label for rc in curves)
-    sec.add(ctx.figure("pretraining-curves", figures.line_panels(panels),
-                       alt=f"Line charts of {names} against training step for {len(curves)} run(s): {labels}.",
-                       caption="Faint lines are logged values, bold lines their moving average. "
-                               + (f"Long logs are thinned to about {n_points:,} evenly spaced steps. " if thinned else "")
-                               + "I-JEPA's loss often rises after the first epochs and is not a progress signal; "
-                                 "feature std and effective rank are (falling towards zero means collapse)."))
+    sec.add(
+        ctx.figure(
+            "pretraining-curves",
+            figures.line_panels(panels),
+            alt=f"Line charts of {names} against training step for {len(curves)} run(s): {labels}.",
+            caption="Faint lines are logged values, bold lines their moving average. "
+            + (f"Long logs are thinned to about {n_points:,} evenly spaced steps. " if thinned else "")
+            + "I-JEPA's loss often rises after the first epochs and is not a progress signal; "
+            "feature std and effective rank are (falling towards zero means collapse).",
+        )
+    )

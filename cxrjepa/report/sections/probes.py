@@ -22,9 +22,17 @@ from cxrjepa.report.lineage import Node, Variant
 from cxrjepa.report.sections.base import Context, guarded
 
 METRIC_NAMES = {
-    "dice": "Dice", "iou": "IoU",
-    "auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "macro-F1", "f1": "F1", "accuracy": "Accuracy",
-    "balanced_accuracy": "Balanced acc.", "mae": "MAE", "rmse": "RMSE", "r2": "R²",
+    "dice": "Dice",
+    "iou": "IoU",
+    "auroc": "AUROC",
+    "auprc": "AUPRC",
+    "macro_f1": "macro-F1",
+    "f1": "F1",
+    "accuracy": "Accuracy",
+    "balanced_accuracy": "Balanced acc.",
+    "mae": "MAE",
+    "rmse": "RMSE",
+    "r2": "R²",
 }
 METRIC_ORDER = ("dice", "iou", "auroc", "auprc", "macro_f1", "accuracy", "balanced_accuracy", "r2", "mae", "rmse")
 LOWER_IS_BETTER = {"mae", "rmse", "mse", "loss", "brier", "ece"}
@@ -102,13 +110,18 @@ def entries_of(ctx: Context) -> list[Entry]:
 
 
 def build(ctx: Context) -> Section:
-    sec = Section("probes", "Probes",
-                  lead="Frozen-feature probes (linear and k-NN) evaluated on held-out patients, with bootstrap 95 % intervals.")
+    sec = Section(
+        "probes",
+        "Probes",
+        lead="Frozen-feature probes (linear and k-NN) evaluated on held-out patients, with bootstrap 95 % intervals.",
+    )
     entries = entries_of(ctx)
     if not entries:
         if not any(v.probes for v in ctx.variants):
-            sec.note("Left out: no probe artifact among the inputs; give probe artifacts (cxrjepa probe) to see "
-                     "metrics, ROC curves and subgroup gaps.")
+            sec.note(
+                "Left out: no probe artifact among the inputs; give probe artifacts (cxrjepa probe) to see "
+                "metrics, ROC curves and subgroup gaps."
+            )
         return sec
     guarded(sec, "the split table", lambda: _splits(sec, entries))
     tasks: list[str] = []
@@ -139,18 +152,40 @@ def _splits(sec: Section, entries: list[Entry]) -> None:
                 per = split.groupby("patient_key")["split"].nunique()
                 leak = int((per > 1).sum())
             if leak:
-                sec.note(f"Probe {e.label}: {leak:,} patient(s) appear in more than one split; test metrics are optimistic.", "warn")
-            rows.append([Cell(e.label, swatch=e.variant.color), Cell(human_int(counts.get("train", 0)), numeric=True),
-                         Cell(human_int(counts.get("val", 0)), numeric=True), Cell(human_int(counts.get("test", 0)), numeric=True),
-                         Cell(human_int(patients), numeric=True), Cell("none" if not leak else f"{leak:,} patients", strong=bool(leak))])
+                sec.note(
+                    f"Probe {e.label}: {leak:,} patient(s) appear in more than one split; test metrics are optimistic.",
+                    "warn",
+                )
+            rows.append(
+                [
+                    Cell(e.label, swatch=e.variant.color),
+                    Cell(human_int(counts.get("train", 0)), numeric=True),
+                    Cell(human_int(counts.get("val", 0)), numeric=True),
+                    Cell(human_int(counts.get("test", 0)), numeric=True),
+                    Cell(human_int(patients), numeric=True),
+                    Cell("none" if not leak else f"{leak:,} patients", strong=bool(leak)),
+                ]
+            )
         else:
             first = next(iter(e.metrics.task_entries().values()), None)
             n = first.n if first is not None else {}
-            rows.append([Cell(e.label, swatch=e.variant.color), Cell(human_int(n.get("train")), numeric=True),
-                         Cell(human_int(n.get("val")), numeric=True), Cell(human_int(n.get("test")), numeric=True),
-                         Cell("–", numeric=True), Cell("split.csv missing")])
-    sec.add(Table(["Probe", "Train", "Val", "Test", "Patients", "Patients in several splits"], rows,
-                  caption="Samples per split (patient-level: no patient is in two splits)."))
+            rows.append(
+                [
+                    Cell(e.label, swatch=e.variant.color),
+                    Cell(human_int(n.get("train")), numeric=True),
+                    Cell(human_int(n.get("val")), numeric=True),
+                    Cell(human_int(n.get("test")), numeric=True),
+                    Cell("–", numeric=True),
+                    Cell("split.csv missing"),
+                ]
+            )
+    sec.add(
+        Table(
+            ["Probe", "Train", "Val", "Test", "Patients", "Patients in several splits"],
+            rows,
+            caption="Samples per split (patient-level: no patient is in two splits).",
+        )
+    )
 
 
 # ---------------------------------------------------------------- one task
@@ -198,9 +233,12 @@ def _metric_table(have: list[tuple[Entry, TaskResult]]) -> Table:
             v = value_of(metrics.get(k))
             row.append(Cell(fmt_metric(metrics.get(k)), numeric=True, strong=k in best and is_best(v, best[k])))
         rows.append(row)
-    return Table(["Run", "Probe", "Test n", *[metric_name(k) for k in names]], rows,
-                 caption="Test-set metrics with bootstrap 95 % intervals in brackets; the best value of each column is bold"
-                         + (" (lower is better for MAE)." if "mae" in names else "."))
+    return Table(
+        ["Run", "Probe", "Test n", *[metric_name(k) for k in names]],
+        rows,
+        caption="Test-set metrics with bootstrap 95 % intervals in brackets; the best value of each column is bold"
+        + (" (lower is better for MAE)." if "mae" in names else "."),
+    )
 
 
 def _per_class_table(have: list[tuple[Entry, TaskResult]]) -> Table | None:
@@ -217,8 +255,10 @@ def _per_class_table(have: list[tuple[Entry, TaskResult]]) -> Table | None:
     for e, t in have:
         for probe in ordered_probes(t.probes):
             for cls, metrics in t.probes[probe].per_class.items():
-                rows.append([Cell(str(cls)), Cell(e.label, swatch=e.variant.color), Cell(probe)]
-                            + [Cell(fmt_metric(metrics.get(k)), numeric=True) for k in names])
+                rows.append(
+                    [Cell(str(cls)), Cell(e.label, swatch=e.variant.color), Cell(probe)]
+                    + [Cell(fmt_metric(metrics.get(k)), numeric=True) for k in names]
+                )
     rows.sort(key=lambda r: r[0].text)
     return Table(["Class", "Run", "Probe", *[metric_name(k) for k in names]], rows)
 
@@ -237,8 +277,9 @@ def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResu
     styles = _probe_styles(have)
     binary = ttype == "binary"
     panels = []
-    overlay = figures.Panel("ROC (test set)", xlabel="false positive rate", ylabel="true positive rate",
-                            diagonal=True, ylim=(0, 1.01))
+    overlay = figures.Panel(
+        "ROC (test set)", xlabel="false positive rate", ylabel="true positive rate", diagonal=True, ylim=(0, 1.01)
+    )
     from_predictions = False
     for e, t in have:
         positive = t.positive
@@ -256,13 +297,26 @@ def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResu
                 if curve is None:
                     continue
                 label = f"{e.label} · {probe}" + (f" (AUROC {auroc:.3f})" if auroc is not None else "")
-                overlay.series.append(figures.Series(label, np.asarray(curve.fpr), np.asarray(curve.tpr), e.variant.color, styles[probe]))
+                overlay.series.append(
+                    figures.Series(label, np.asarray(curve.fpr), np.asarray(curve.tpr), e.variant.color, styles[probe])
+                )
             elif roc and probe == ordered_probes(t.probes)[0]:
-                p = figures.Panel(f"{e.label} · {probe}", xlabel="false positive rate", ylabel="true positive rate",
-                                  diagonal=True, ylim=(0, 1.01))
+                p = figures.Panel(
+                    f"{e.label} · {probe}",
+                    xlabel="false positive rate",
+                    ylabel="true positive rate",
+                    diagonal=True,
+                    ylim=(0, 1.01),
+                )
                 for i, (cls, curve) in enumerate(list(roc.items())[: len(figures.CATEGORY_COLORS)]):
-                    p.series.append(figures.Series(str(cls), np.asarray(curve.fpr), np.asarray(curve.tpr),
-                                                   figures.CATEGORY_COLORS[i % len(figures.CATEGORY_COLORS)]))
+                    p.series.append(
+                        figures.Series(
+                            str(cls),
+                            np.asarray(curve.fpr),
+                            np.asarray(curve.tpr),
+                            figures.CATEGORY_COLORS[i % len(figures.CATEGORY_COLORS)],
+                        )
+                    )
                 panels.append(p)
     if binary and overlay.series:
         panels = [overlay]
@@ -271,11 +325,17 @@ def _roc(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResu
         return
     what = "one line per run and probe" if binary else "one panel per run, one line per class"
     png = figures.line_panels(panels, max_cols=3, w=4.6 if binary else 3.6, h=3.6 if binary else 3.1)
-    sec.add(ctx.figure(f"probe-roc-{task}", png,
-                       alt=f"ROC curves of task {task} on the test set, {what}: "
-                           + "; ".join(s.label for p in panels for s in p.series[:8]) + ".",
-                       caption=f"ROC curves on the test set ({what}; solid: linear, dashed: k-NN)."
-                               + (" Curves drawn from predictions.parquet." if from_predictions else "")))
+    sec.add(
+        ctx.figure(
+            f"probe-roc-{task}",
+            png,
+            alt=f"ROC curves of task {task} on the test set, {what}: "
+            + "; ".join(s.label for p in panels for s in p.series[:8])
+            + ".",
+            caption=f"ROC curves on the test set ({what}; solid: linear, dashed: k-NN)."
+            + (" Curves drawn from predictions.parquet." if from_predictions else ""),
+        )
+    )
 
 
 def _roc_from_predictions(node: Node, task: str, probe: str, positive) -> RocCurve | None:
@@ -305,11 +365,22 @@ def _confusion(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, Ta
                 break  # the first probe (linear) per run keeps the figure small
     if not mats:
         return
-    sec.add(ctx.figure(f"probe-confusion-{task}", figures.confusion_matrices(mats),
-                       alt=f"Confusion matrices of task {task} on the test set for " + ", ".join(m[0] for m in mats)
-                           + ". " + " ".join(f"{m[0]}: " + ", ".join(f"{m[1][i]} recall {m[2][i, i] / max(m[2][i].sum(), 1):.0%}" for i in range(len(m[1])))
-                                             + "." for m in mats),
-                       caption="Confusion matrices on the test set (rows: true class; colour and percentage: share of the row)."))
+    sec.add(
+        ctx.figure(
+            f"probe-confusion-{task}",
+            figures.confusion_matrices(mats),
+            alt=f"Confusion matrices of task {task} on the test set for "
+            + ", ".join(m[0] for m in mats)
+            + ". "
+            + " ".join(
+                f"{m[0]}: "
+                + ", ".join(f"{m[1][i]} recall {m[2][i, i] / max(m[2][i].sum(), 1):.0%}" for i in range(len(m[1])))
+                + "."
+                for m in mats
+            ),
+            caption="Confusion matrices on the test set (rows: true class; colour and percentage: share of the row).",
+        )
+    )
 
 
 def _fewshot(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
@@ -330,16 +401,31 @@ def _fewshot(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, Task
             x = np.asarray([f for f, _ in pts])
             y = np.asarray([value_of(m) if value_of(m) is not None else np.nan for _, m in pts], dtype=np.float64)
             sd = np.asarray([float(m.std or 0.0) if isinstance(m, FewshotMetric) else 0.0 for _, m in pts])
-            series.append(figures.Series(f"{e.label} · {probe}", x, y, e.variant.color, styles[probe], y - sd, y + sd, marker="o"))
+            series.append(
+                figures.Series(f"{e.label} · {probe}", x, y, e.variant.color, styles[probe], y - sd, y + sd, marker="o")
+            )
     if not series or metric is None:
         return
-    panel = figures.Panel(f"Few-shot {metric_name(metric)}", series, xlabel="fraction of training labels", ylabel=metric_name(metric), logx=True)
-    sec.add(ctx.figure(f"probe-fewshot-{task}", figures.line_panels([panel], w=5.2, h=3.4),
-                       alt=f"Few-shot curves of task {task}: test {metric_name(metric)} against the fraction of training labels "
-                           "(log scale) for " + ", ".join(s.label for s in series) + ". "
-                           + " ".join(f"{s.label}: {s.y[0]:.3f} at {s.x[0]:.0%} to {s.y[-1]:.3f} at {s.x[-1]:.0%}." for s in series),
-                       caption=f"Test {metric_name(metric)} when probes are trained on a fraction of the training labels "
-                               "(mean over seeds; band: ± one standard deviation; 100 %: the full probe)."))
+    panel = figures.Panel(
+        f"Few-shot {metric_name(metric)}",
+        series,
+        xlabel="fraction of training labels",
+        ylabel=metric_name(metric),
+        logx=True,
+    )
+    sec.add(
+        ctx.figure(
+            f"probe-fewshot-{task}",
+            figures.line_panels([panel], w=5.2, h=3.4),
+            alt=f"Few-shot curves of task {task}: test {metric_name(metric)} against the fraction of training labels "
+            "(log scale) for "
+            + ", ".join(s.label for s in series)
+            + ". "
+            + " ".join(f"{s.label}: {s.y[0]:.3f} at {s.x[0]:.0%} to {s.y[-1]:.3f} at {s.x[-1]:.0%}." for s in series),
+            caption=f"Test {metric_name(metric)} when probes are trained on a fraction of the training labels "
+            "(mean over seeds; band: ± one standard deviation; 100 %: the full probe).",
+        )
+    )
 
 
 def _subgroups(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
@@ -376,19 +462,40 @@ def _subgroups(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, Ta
             cis = [ci_of(of(g)) for g in groups]
             bars.append((e.label, e.variant.color, vals, cis))
             between = sg.gap.between if sg.gap is not None else []
-            rows.append([Cell(attr), Cell(e.label, swatch=e.variant.color), Cell(metric_name(metric))]
-                        + [Cell(" · ".join(f"{g} {fmt_metric(of(g))} (n={human_int(gs[g].n if g in gs else None)})" for g in groups))]
-                        + [Cell(num(sg.gap.value if sg.gap is not None else None), numeric=True, strong=True),
-                           Cell(" vs ".join(str(b) for b in between) if between else "–")])
+            rows.append(
+                [Cell(attr), Cell(e.label, swatch=e.variant.color), Cell(metric_name(metric))]
+                + [
+                    Cell(
+                        " · ".join(
+                            f"{g} {fmt_metric(of(g))} (n={human_int(gs[g].n if g in gs else None)})" for g in groups
+                        )
+                    )
+                ]
+                + [
+                    Cell(num(sg.gap.value if sg.gap is not None else None), numeric=True, strong=True),
+                    Cell(" vs ".join(str(b) for b in between) if between else "–"),
+                ]
+            )
         if bars:
             panels.append((attr, groups, bars))
-    sec.add(Table(["Attribute", "Run", "Metric", "By group (95 % interval, n)", "Gap", "Between"], rows,
-                  caption="The same test metric per subgroup; the gap is the largest difference between groups."))
+    sec.add(
+        Table(
+            ["Attribute", "Run", "Metric", "By group (95 % interval, n)", "Gap", "Between"],
+            rows,
+            caption="The same test metric per subgroup; the gap is the largest difference between groups.",
+        )
+    )
     if panels:
-        sec.add(ctx.figure(f"probe-subgroups-{task}", figures.grouped_bars(panels, metric_label),
-                           alt=f"Bar charts of test {metric_label} of task {task} per subgroup of " + ", ".join(p[0] for p in panels)
-                               + ", one bar per run with 95 % interval whiskers.",
-                           caption=f"Test {metric_label} by subgroup (whiskers: bootstrap 95 % intervals)."))
+        sec.add(
+            ctx.figure(
+                f"probe-subgroups-{task}",
+                figures.grouped_bars(panels, metric_label),
+                alt=f"Bar charts of test {metric_label} of task {task} per subgroup of "
+                + ", ".join(p[0] for p in panels)
+                + ", one bar per run with 95 % interval whiskers.",
+                caption=f"Test {metric_label} by subgroup (whiskers: bootstrap 95 % intervals).",
+            )
+        )
 
 
 def _robustness(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskResult]]) -> None:
@@ -411,15 +518,29 @@ def _robustness(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, T
                 pts.append((float(item.severity), value_of(item.metrics.get(metric))))
             pts = [(s, v) for s, v in pts if v is not None]
             if len(pts) > 1:
-                p.series.append(figures.Series(e.label, np.asarray([s for s, _ in pts]), np.asarray([v for _, v in pts]), e.variant.color, marker="o"))
+                p.series.append(
+                    figures.Series(
+                        e.label,
+                        np.asarray([s for s, _ in pts]),
+                        np.asarray([v for _, v in pts]),
+                        e.variant.color,
+                        marker="o",
+                    )
+                )
         if p.series:
             panels.append(p)
     if not panels:
         return
-    sec.add(ctx.figure(f"probe-robustness-{task}", figures.line_panels(panels),
-                       alt=f"Line charts of test {metric_name(metric)} of task {task} against corruption severity for "
-                           + ", ".join(p.title for p in panels) + "; one line per run.",
-                       caption=f"Test {metric_name(metric)} under corruptions of increasing severity, with probes trained on clean images."))
+    sec.add(
+        ctx.figure(
+            f"probe-robustness-{task}",
+            figures.line_panels(panels),
+            alt=f"Line charts of test {metric_name(metric)} of task {task} against corruption severity for "
+            + ", ".join(p.title for p in panels)
+            + "; one line per run.",
+            caption=f"Test {metric_name(metric)} under corruptions of increasing severity, with probes trained on clean images.",
+        )
+    )
 
 
 # ---------------------------------------------------------------- segmentation
@@ -429,10 +550,14 @@ def _segmentation(ctx: Context, sec: Section, have: list[tuple[Entry, Segmentati
     first = have[0][1]
     classes = first.classes
     heads = ", ".join(dict.fromkeys(h for _, s in have for h in ordered_probes(s.probes)))
-    sec.add(Heading("Segmentation" + (f": {', '.join(classes)}" if classes else "")),
-            Para(f"Dense probes on frozen patch tokens ({heads} heads; grid {'×'.join(map(str, first.grid))}, "
-                 f"upsampled to {first.image_size or '?'} px) against the dataset's masks: Dice and IoU averaged over test "
-                 "images, 95 % intervals from a patient bootstrap."))
+    sec.add(
+        Heading("Segmentation" + (f": {', '.join(classes)}" if classes else "")),
+        Para(
+            f"Dense probes on frozen patch tokens ({heads} heads; grid {'×'.join(map(str, first.grid))}, "
+            f"upsampled to {first.image_size or '?'} px) against the dataset's masks: Dice and IoU averaged over test "
+            "images, 95 % intervals from a patient bootstrap."
+        ),
+    )
     sec.add(_metric_table(have))
     if len(classes) > 1:
         per_class = _per_class_table(have)
@@ -481,17 +606,25 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, SegmentationRe
         return
     hidden = hidden_ids(ds)
     head0 = ordered_probes(s0.probes)[0]
-    per = table[(table["head"] == head0) & ~table["sample_id"].isin(hidden)].groupby("sample_id", sort=True)["dice"].mean()
+    per = (
+        table[(table["head"] == head0) & ~table["sample_id"].isin(hidden)]
+        .groupby("sample_id", sort=True)["dice"]
+        .mean()
+    )
     per = per.dropna().sort_values(kind="mergesort")
     if per.empty:
         return
-    picks = list(dict.fromkeys(per.index[np.unique(np.linspace(0, len(per) - 1, min(k, len(per))).round().astype(int))]))
+    picks = list(
+        dict.fromkeys(per.index[np.unique(np.linspace(0, len(per) - 1, min(k, len(per))).round().astype(int))])
+    )
     pos = {sid: i for i, sid in enumerate(loc.sample_id)}
     frames = [loc.middle(pos[s]) for s in picks if s in pos]
     picks = [s for s in picks if s in pos]
     grey = [readers.to_unit(f) for f in readers.read_frames(images, frames)]
     truth = readers.read_frames(masks, frames)
-    rows = [("image\ntrue mask", "#333333", [figures.Tile(overlay(g, t, None), "true mask") for g, t in zip(grey, truth)])]
+    rows = [
+        ("image\ntrue mask", "#333333", [figures.Tile(overlay(g, t, None), "true mask") for g, t in zip(grey, truth)])
+    ]
     for e, s in have:
         preds = e.node.as_probe.segmentation_masks()
         tab = table if e is e0 else e.node.as_probe.segmentation_table()
@@ -514,12 +647,17 @@ def _overlays(ctx: Context, sec: Section, have: list[tuple[Entry, SegmentationRe
     if len(rows) < 2:
         sec.note("Segmentation overlays are left out: the probes stored no predicted masks.")
         return
-    sec.add(ctx.figure("probe-segmentation-overlays", figures.tile_rows(rows, cell=1.6, label_chars=24),
-                       alt=f"Test images ordered from the lowest to the highest Dice of {e0.label} · {head0}; first row the true "
-                           "masks outlined in green, then one row per run and head with the predicted mask filled in red and "
-                           "the true outline in green.",
-                       caption="Predicted (red fill) and true (green outline) masks on test images, from the worst to the best "
-                               f"Dice of {e0.label} · {head0}."))
+    sec.add(
+        ctx.figure(
+            "probe-segmentation-overlays",
+            figures.tile_rows(rows, cell=1.6, label_chars=24),
+            alt=f"Test images ordered from the lowest to the highest Dice of {e0.label} · {head0}; first row the true "
+            "masks outlined in green, then one row per run and head with the predicted mask filled in red and "
+            "the true outline in green.",
+            caption="Predicted (red fill) and true (green outline) masks on test images, from the worst to the best "
+            f"Dice of {e0.label} · {head0}.",
+        )
+    )
 
 
 # ---------------------------------------------------------------- attributes
@@ -541,7 +679,11 @@ def _attributes(sec: Section, entries: list[Entry]) -> None:
             body = e.metrics.attributes.get(attr)
             row.append(Cell(fmt_metric(body.metrics.get(m) if body is not None else None), numeric=True))
         rows.append(row)
-    sec.add(Heading("What the embeddings reveal about the patient"),
-            Para("How well a linear probe on the frozen features predicts patient attributes. High values mean the "
-                 "features encode them, which downstream models can pick up as a shortcut or a source of bias."),
-            Table(["Attribute", "Metric", *[e.label for e in entries]], rows))
+    sec.add(
+        Heading("What the embeddings reveal about the patient"),
+        Para(
+            "How well a linear probe on the frozen features predicts patient attributes. High values mean the "
+            "features encode them, which downstream models can pick up as a shortcut or a source of bias."
+        ),
+        Table(["Attribute", "Metric", *[e.label for e in entries]], rows),
+    )

@@ -15,8 +15,11 @@ KEY_PACKAGES = ("torch", "timm", "numpy", "zarr", "pydicom", "scikit-learn", "sa
 
 def build(ctx: Context) -> Section:
     lin = ctx.lineage
-    sec = Section("provenance", "Provenance",
-                  lead="The artifacts behind this report, how they connect, and what produced each of them.")
+    sec = Section(
+        "provenance",
+        "Provenance",
+        lead="The artifacts behind this report, how they connect, and what produced each of them.",
+    )
     for text in lin.notes:
         sec.note(text, "warn")
     shown: set[int] = set()
@@ -37,7 +40,10 @@ def build(ctx: Context) -> Section:
 def _tree(node: Node, shown: set[int]) -> TreeItem:
     """The node and its inputs; a node already shown elsewhere in the tree is named, not repeated."""
     m = node.manifest
-    bits = [f"created {str(m.get('created') or '–')[:16].replace('T', ' ')}", f"fingerprint {short_fp(node.artifact.content_fingerprint)}"]
+    bits = [
+        f"created {str(m.get('created') or '–')[:16].replace('T', ' ')}",
+        f"fingerprint {short_fp(node.artifact.content_fingerprint)}",
+    ]
     counts = node.artifact.counts
     if counts.get("samples") is not None:
         bits.insert(0, f"{human_int(counts['samples'])} samples")
@@ -78,18 +84,23 @@ def _artifact_table(nodes: list[Node]) -> Table:
         m = n.manifest
         prod = m.get("producer") or {}
         dur = m.get("duration_s")
-        rows.append([
-            Cell(n.kind),
-            Cell(n.name, strong=n.given, title=str(n.path)),
-            Cell(str(m.get("finished") or m.get("created") or "–")[:19].replace("T", " ")),
-            Cell(_duration(dur), numeric=True),
-            Cell(short_fp(n.artifact.content_fingerprint), code=True, title=str(n.artifact.content_fingerprint)),
-            Cell(str(prod.get("cxrjepa", "–"))),
-            Cell(str(prod.get("host", "–"))),
-            Cell(_devices(m)),
-        ])
-    return Table(["Kind", "Artifact", "Finished (UTC)", "Took", "Content fingerprint", "cxrjepa", "Host", "Devices"], rows,
-                 caption="Bold: given on the command line; the others were found through their manifests' inputs.")
+        rows.append(
+            [
+                Cell(n.kind),
+                Cell(n.name, strong=n.given, title=str(n.path)),
+                Cell(str(m.get("finished") or m.get("created") or "–")[:19].replace("T", " ")),
+                Cell(_duration(dur), numeric=True),
+                Cell(short_fp(n.artifact.content_fingerprint), code=True, title=str(n.artifact.content_fingerprint)),
+                Cell(str(prod.get("cxrjepa", "–"))),
+                Cell(str(prod.get("host", "–"))),
+                Cell(_devices(m)),
+            ]
+        )
+    return Table(
+        ["Kind", "Artifact", "Finished (UTC)", "Took", "Content fingerprint", "cxrjepa", "Host", "Devices"],
+        rows,
+        caption="Bold: given on the command line; the others were found through their manifests' inputs.",
+    )
 
 
 def _duration(seconds) -> str:
@@ -125,8 +136,11 @@ def _versions(nodes: list[Node]) -> list:
             text = "; ".join(f"{v} ({', '.join(names)})" for v, names in versions.items())
             differs.append(pkg)
         rows.append([Cell(pkg), Cell(text, strong=len(versions) > 1)])
-    table = Table(["Package", "Version"], rows,
-                  caption="Versions recorded in the manifests; where artifacts were made with different versions, each is listed.")
+    table = Table(
+        ["Package", "Version"],
+        rows,
+        caption="Versions recorded in the manifests; where artifacts were made with different versions, each is listed.",
+    )
     out: list = []
     if differs:
         out.append(Note(f"Artifacts in this chain were made with different versions of {', '.join(differs)}.", "info"))
@@ -137,6 +151,12 @@ def _versions(nodes: list[Node]) -> list:
 
 
 def _commands(nodes: list[Node]) -> Table:
-    rows = [[Cell(n.name), Cell(str(n.path), code=True), Cell(str((n.manifest.get("producer") or {}).get("command", "–")), code=True)]
-            for n in nodes]
+    rows = [
+        [
+            Cell(n.name),
+            Cell(str(n.path), code=True),
+            Cell(str((n.manifest.get("producer") or {}).get("command", "–")), code=True),
+        ]
+        for n in nodes
+    ]
     return Table(["Artifact", "Path", "Command"], rows)

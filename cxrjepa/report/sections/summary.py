@@ -21,9 +21,20 @@ def build(ctx: Context, sections: list[Section]) -> Section:
     cards = []
     for ds in lin.datasets()[:2]:
         c = ds.as_dataset.counts
-        cards.append(Card("samples" if len(lin.datasets()) == 1 else f"samples · {ds.name}", human_int(c.samples),
-                          f"{human_int(c.rejected)} rejected"))
-    cards.append(Card("runs", str(sum(v.run is not None for v in ctx.variants)), ", ".join(v.label for v in ctx.variants if v.run)[:60]))
+        cards.append(
+            Card(
+                "samples" if len(lin.datasets()) == 1 else f"samples · {ds.name}",
+                human_int(c.samples),
+                f"{human_int(c.rejected)} rejected",
+            )
+        )
+    cards.append(
+        Card(
+            "runs",
+            str(sum(v.run is not None for v in ctx.variants)),
+            ", ".join(v.label for v in ctx.variants if v.run)[:60],
+        )
+    )
     cards.append(Card("embeddings", str(len(lin.of_kind("embeddings"))), ""))
     cards.append(Card("probes", str(len(lin.of_kind("probe"))), ""))
     sec.add(Cards(cards))
@@ -38,7 +49,11 @@ def build(ctx: Context, sections: list[Section]) -> Section:
         sec.add(*[Note(w.text, "warn") for w in warnings])
     left_out = [s.title for s in sections if s.empty]
     if left_out:
-        sec.add(Para("Left out for lack of inputs: " + ", ".join(left_out) + " (each section says which artifact it needs)."))
+        sec.add(
+            Para(
+                "Left out for lack of inputs: " + ", ".join(left_out) + " (each section says which artifact it needs)."
+            )
+        )
     return sec
 
 
@@ -73,8 +88,12 @@ def side_by_side(ctx: Context) -> Table | None:
     rows = []
     for v in variants:
         dataset = v.dataset.name if v.dataset is not None else "–"
-        row = [Cell(v.label, strong=True, swatch=v.color, title=str(v.run.path if v.run else "")),
-               Cell(run_objective(v.run, v)), Cell(encoder_label(v.run, v)), Cell(dataset)]
+        row = [
+            Cell(v.label, strong=True, swatch=v.color, title=str(v.run.path if v.run else "")),
+            Cell(run_objective(v.run, v)),
+            Cell(encoder_label(v.run, v)),
+            Cell(dataset),
+        ]
         for task in tasks:
             hit = per_variant[id(v)].get(task)
             if hit is None:
@@ -83,10 +102,22 @@ def side_by_side(ctx: Context) -> Table | None:
             probe, metrics = hit
             k = metric_of[task]
             val = value_of(metrics.get(k))
-            row.append(Cell(fmt_metric(metrics.get(k)), numeric=True, strong=task in best and is_best(val, best[task]),
-                            title=f"{probe} probe"))
+            row.append(
+                Cell(
+                    fmt_metric(metrics.get(k)),
+                    numeric=True,
+                    strong=task in best and is_best(val, best[task]),
+                    title=f"{probe} probe",
+                )
+            )
         rows.append(row)
     cols = ["Run", "Objective", "Encoder", "Dataset", *[f"{t}: {metric_name(metric_of[t])}" for t in tasks]]
-    caption = ("Runs side by side: test metrics of the first probe (linear when present) with 95 % intervals; best in bold. "
-               "Details per probe are in the Probes section.") if tasks else "No probe results are among the inputs."
+    caption = (
+        (
+            "Runs side by side: test metrics of the first probe (linear when present) with 95 % intervals; best in bold. "
+            "Details per probe are in the Probes section."
+        )
+        if tasks
+        else "No probe results are among the inputs."
+    )
     return Table(cols, rows, caption=caption)
