@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cxrjepa.data.store import DatasetArtifact, default_meta, write_dataset  # noqa: E402
 from cxrjepa.embed.api import EmbedConfig, EmbedOptions, load_encoder_for, run_embed  # noqa: E402
 from cxrjepa.embed.extract import Extractor, input_size  # noqa: E402
-from cxrjepa.models.external import parse_encoder_spec  # noqa: E402
+from cxrjepa.encoders import parse_encoder_spec  # noqa: E402
 
 
 def make_dataset(path: Path, n: int, size: int) -> Path:
@@ -92,12 +92,14 @@ def _sync(device: str) -> None:
 
 def child_rss(spec: str, data: Path, out: Path, batch_size: int, device: str) -> float:
     """Peak RSS (MiB) of a fresh process that only embeds."""
+    root = str(Path(__file__).resolve().parents[1])
     code = (
-        "import json, resource, sys; sys.path.insert(0, %r)\n"
+        f"import json, resource, sys; sys.path.insert(0, {root!r})\n"
         "from cxrjepa.embed.api import EmbedConfig, EmbedOptions, run_embed\n"
-        "run_embed(%r, EmbedConfig(), encoder=%r, data=%r, force=True, options=EmbedOptions(device=%r, batch_size=%d, workers=0))\n"
+        f"run_embed({str(out)!r}, EmbedConfig(), encoder={spec!r}, data={str(data)!r}, force=True, "
+        f"options=EmbedOptions(device={device!r}, batch_size={batch_size:d}, workers=0))\n"
         "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))\n"
-    ) % (str(Path(__file__).resolve().parents[1]), str(out), spec, str(data), device, batch_size)
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(res.stdout.strip().splitlines()[-1])
 

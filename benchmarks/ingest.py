@@ -52,7 +52,7 @@ os.environ.setdefault("CXRJEPA_SALT", "benchmark-salt-not-secret")
 
 def make_archive(root: Path, n: int, rows: int, cols: int, syntaxes: list[str], start: int = 0) -> list[Path]:
     """Files ``start`` .. ``start + n - 1`` of a synthetic archive under ``root`` (1000 a folder)."""
-    from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+    from tests.dicom_files import make_dataset, phantom, write_dicom
 
     base = [phantom(rows, cols, seed=s, bits=12) for s in range(4)]
     bits = min(cols, 24)

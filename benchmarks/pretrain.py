@@ -65,7 +65,7 @@ TINY = {
 def recipe(name: str, *sets: str) -> PretrainConfig:
     if name == "tiny":
         return load_config(PretrainConfig, layers=[TINY], overrides=list(sets))
-    return load_config(PretrainConfig, files=[ROOT / "pipelines" / f"{name}.yaml"], overrides=list(sets))
+    return load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"], overrides=list(sets))
 
 
 def sync(device: torch.device) -> None:

@@ -9,7 +9,7 @@ cxrjepa command (printed, and listed in the results file):
 
 1. ``cxrjepa ingest`` the set's *training* files only (its patient-level ``split`` column), without labels:
    the unlabeled pretraining set; and ``cxrjepa ingest --labels`` of every file: the probing set;
-2. ``cxrjepa pretrain`` with the CPU recipe (``pipelines/cxr-small-cpu.yaml``, or ``pipelines/us-small-cpu.yaml``
+2. ``cxrjepa pretrain`` with the CPU recipe (``recipes/cxr-small-cpu.yaml``, or ``recipes/us-small-cpu.yaml``
    for ultrasound) for a fixed amount of work (the recipe's steps x batch; its CPU time is measured and
    reported), then three encoders are embedded with ``cxrjepa embed``:
    (a) the pretrained I-JEPA encoder, (b) the same architecture randomly initialised (``random:RUN``),
@@ -67,7 +67,7 @@ SETS = {
         "kermany_pediatric_cxr_224",
         "Kermany pediatric CXR",
         "label",
-        "pipelines/cxr-small-cpu.yaml",
+        "recipes/cxr-small-cpu.yaml",
         {"NORMAL": "normal", "PNEUMONIA": "pneumonia"},
     ),
     "ieee8023": DataSet(
@@ -75,7 +75,7 @@ SETS = {
         "covid_chestxray_ieee8023",
         "ieee8023 COVID CXR",
         "covid",
-        "pipelines/cxr-small-cpu.yaml",
+        "recipes/cxr-small-cpu.yaml",
         {"1": "covid", "0": "other"},
     ),
     "busi": DataSet(
@@ -83,7 +83,7 @@ SETS = {
         "busi_breast_ultrasound_256",
         "BUSI breast US",
         "label",
-        "pipelines/us-small-cpu.yaml",
+        "recipes/us-small-cpu.yaml",
         ingest=("--set", "percentile_low=2", "--set", "percentile_high=98"),
     ),
     "pocus": DataSet(
@@ -91,7 +91,7 @@ SETS = {
         "pocus_lung_ultrasound",
         "POCUS lung US",
         "label",
-        "pipelines/us-small-cpu.yaml",
+        "recipes/us-small-cpu.yaml",
         {"viral": None},
         ingest=("--set", "percentile_low=2", "--set", "percentile_high=98"),
     ),

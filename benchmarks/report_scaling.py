@@ -28,7 +28,6 @@ print(json.dumps({"s": time.perf_counter() - t, "rss_mb": resource.getrusage(res
 
 def make(root: Path, n: int, size: int) -> Path:
     import numpy as np
-    import pandas as pd
     import zarr
 
     from cxrjepa.core.artifact import begin, input_refs
@@ -97,9 +96,10 @@ def main() -> None:
             print(
                 f"n={n:>7,}: report {results[n]['s']:.1f} s, peak RSS {results[n]['rss_mb']:.0f} MB (building the data took {built:.1f} s)"
             )
-    s, l = results[args.small], results[args.large]
+    small, large = results[args.small], results[args.large]
     print(
-        f"data grew {args.large / args.small:.0f}x; report time x{l['s'] / s['s']:.2f}, peak memory x{l['rss_mb'] / s['rss_mb']:.2f}"
+        f"data grew {args.large / args.small:.0f}x; report time x{large['s'] / small['s']:.2f}, "
+        f"peak memory x{large['rss_mb'] / small['rss_mb']:.2f}"
     )
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from cxrjepa.cli.common import (
-    ConfigOpt,
     AutoFinalizeOpt,
+    ConfigOpt,
     DryRunOpt,
     FinalizeOpt,
     ForceOpt,

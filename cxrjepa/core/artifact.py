@@ -59,7 +59,7 @@ PARAMS_CHANGED = "parameters or inputs changed"
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def read_manifest(path: str | Path) -> dict | None:

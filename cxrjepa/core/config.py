@@ -23,7 +23,8 @@ from cxrjepa.core.errors import ConfigError
 T = TypeVar("T")
 
 
-def _did_you_mean(key: str, choices: Iterable[str]) -> str:
+def did_you_mean(key: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'X'?`` for the closest of ``choices`` to a mistyped ``key`` (empty when none is close)."""
     close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
@@ -56,7 +57,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(
             f"'{where}' must be one of {', '.join(map(str, allowed))}, not '{value}'."
-            + _did_you_mean(str(value), map(str, allowed))
+            + did_you_mean(str(value), map(str, allowed))
         )
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -149,7 +150,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         where = f"{prefix}.{key}" if prefix else str(key)
         if key not in fields:
-            raise ConfigError(f"Unknown setting '{where}'." + _did_you_mean(str(key), fields))
+            raise ConfigError(f"Unknown setting '{where}'." + did_you_mean(str(key), fields))
         fld, tp = fields[key]
         if isinstance(value, Mapping) and dataclasses.is_dataclass(tp):
             # a partial section keeps the field's own defaults (its default_factory), not the bare class's

@@ -96,7 +96,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def _read_record(fd: int) -> Holder | None:

@@ -48,7 +48,7 @@ class DatasetArtifact:
         self._group = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "DatasetArtifact":
+    def open(cls, path: str | Path) -> DatasetArtifact:
         return cls(open_artifact(path, "dataset"))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -82,7 +82,7 @@ class DatasetArtifact:
 
     @cached_property
     def masks(self) -> zarr.Array | None:
-        return self.group[layout.MASKS] if layout.MASKS in self.group else None
+        return self.group.get(layout.MASKS)
 
     @property
     def size(self) -> int:
@@ -129,10 +129,6 @@ class DatasetArtifact:
         norm.setdefault("mean", 0.5)
         norm.setdefault("std", 0.25)
         return norm
-
-
-def open_dataset(path: str | Path) -> DatasetArtifact:
-    return DatasetArtifact.open(path)
 
 
 def intensity_stats(images: np.ndarray | zarr.Array, max_value: float, sample: int = 256, seed: int = 0) -> dict:

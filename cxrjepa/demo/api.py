@@ -26,8 +26,8 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin
 from cxrjepa.core.atomic import atomic_write_text
 from cxrjepa.core.errors import ConfigError
-from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_files
+from cxrjepa.core.lock import locks_output
 from cxrjepa.demo import codecs, dicom, ultrasound
 from cxrjepa.demo.phantom import (
     Anatomy,
@@ -107,8 +107,8 @@ class DemoConfig:
         if not 64 <= self.min_size <= self.max_size <= 4096:
             raise ConfigError("Sizes must satisfy 64 <= min_size <= max_size <= 4096.")
         for key in self.transfer_syntaxes:
-            if key != "auto" and key not in codecs.BY_KEY:
-                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.BY_KEY)}.")
+            if key != "auto" and key not in codecs.DEMO_KEYS:
+                raise ConfigError(f"Unknown transfer syntax '{key}'; choose from auto, {', '.join(codecs.DEMO_KEYS)}.")
 
     def resolved(self) -> DemoConfig:
         """A copy whose ``transfer_syntaxes`` lists the keys really written (``auto`` expanded)."""

@@ -44,12 +44,6 @@ class Storage:
             return np.dtype(np.uint8)
         return np.dtype(np.int16 if self.signed else np.uint16)
 
-    @property
-    def stored_range(self) -> tuple[int, int]:
-        if self.signed:
-            return -(1 << (self.bits_stored - 1)), (1 << (self.bits_stored - 1)) - 1
-        return 0, (1 << self.bits_stored) - 1
-
     def modality(self, stored: float | np.ndarray) -> float | np.ndarray:
         """Stored value -> modality value (what the Modality LUT makes of it)."""
         if self.slope is None:

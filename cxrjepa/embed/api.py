@@ -28,15 +28,15 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
 from cxrjepa.core.config import dump_yaml, load_config, to_dict
 from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
-from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.schema import check_written
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.embed import store
 from cxrjepa.embed.config import EmbedConfig, EmbedOptions
 from cxrjepa.embed.extract import PATCH, Extractor, check_config, input_size, output_shapes
 from cxrjepa.embed.reader import auto_workers, batch_loader, encoder_clip, plan_batches, plan_for, unit_ranges
-from cxrjepa.models.external import (
+from cxrjepa.encoders import (
     EncoderSpec,
     FeatureEncoder,
     encoder_input_ref,

@@ -11,7 +11,7 @@ import torch
 from cxrjepa.core.errors import UsageError
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.embed.config import EmbedConfig
-from cxrjepa.models.external import FeatureEncoder
+from cxrjepa.encoders import FeatureEncoder
 
 FEATURES = "features"
 LAST4 = "features_last4"

@@ -242,7 +242,7 @@ class Embeddings:
         self.contents: EmbeddingsContents = artifact.contents_as(EmbeddingsContents)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Embeddings":
+    def open(cls, path: str | Path) -> Embeddings:
         return cls(open_artifact(path, "embeddings"))
 
     @cached_property

@@ -22,6 +22,7 @@ from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact, re
 from cxrjepa.core.config import from_dict, to_dict
 from cxrjepa.core.errors import ArtifactError, CxrjepaError, UsageError
 from cxrjepa.core.fingerprint import hash_file, hash_obj
+from cxrjepa.encoders import cxrjepa_encoder_ref, load_feature_encoder
 from cxrjepa.export.check import CheckBatch, make_check_batch, max_abs_diff
 from cxrjepa.export.config import FORMATS, ExportConfig, Tolerance
 from cxrjepa.export.formats import FORMAT_IO, Source, missing_packages
@@ -62,8 +63,6 @@ def _encoder_folder(encoder: Path) -> tuple[Path, Artifact | None]:
 def export_input_refs(encoder: str | Path, data: str | Path | None = None) -> list[dict]:
     """The inputs of an export, as its fingerprint sees them (the pipeline runner uses this too): a run or an
     export artifact by its content fingerprint, a bare export folder by its weights' sha256; the dataset."""
-    from cxrjepa.models.external import cxrjepa_encoder_ref
-
     path = Path(encoder)
     manifest = _manifest(path)
     if manifest is not None and manifest.get("kind") == KIND:
@@ -225,8 +224,6 @@ def run_export(
             "formats": formats,
         }
     _clear(out)
-    from cxrjepa.models.external import load_feature_encoder
-
     src = Source(folder, load_encoder(folder))
     reference = load_feature_encoder(str(folder))  # the encoder exactly as `cxrjepa embed --encoder` loads it
     check_data = _check_data(data, art, notes)

@@ -22,7 +22,7 @@ from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.embed.config import EmbedConfig
 from cxrjepa.embed.extract import FEATURES, PATCH, Extractor
 from cxrjepa.embed.reader import encoder_clip, plan_for, read_frames
-from cxrjepa.models.external import FeatureEncoder
+from cxrjepa.encoders import FeatureEncoder
 
 
 @dataclass

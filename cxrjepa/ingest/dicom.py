@@ -40,8 +40,8 @@ from cxrjepa.ingest.dicom_pixels import (
 )
 from cxrjepa.ingest.ledger import Reject, skip
 from cxrjepa.ingest.normalize import ConstantImage, store_frames
-from cxrjepa.ingest.pixel_claims import check_claims
 from cxrjepa.ingest.phi import age_years, coded, sex_code, short_text
+from cxrjepa.ingest.pixel_claims import check_claims
 from cxrjepa.ingest.region import region_from_dicom, region_from_variance, spacing_from_regions
 from cxrjepa.ingest.table import Sample, new_row
 
@@ -193,7 +193,7 @@ def check_pixels(ds: pydicom.Dataset, path: Path, ctx: Context) -> None:
     try:
         plugins_for(tsyntax)
     except NoDecoder:
-        raise Reject(ledger.NO_DECODER, _ts_name(tsyntax)) from None
+        raise Reject(ledger.NO_DECODER, ts_name(tsyntax)) from None
     try:
         check_claims(ds, path, frame_count(ds), ctx.config.max_pixels)
     except Reject:
@@ -222,7 +222,8 @@ def public_ts(tsyntax: object) -> str:
     return "private"
 
 
-def _ts_name(tsyntax: object) -> str:
+def ts_name(tsyntax: object) -> str:
+    """A transfer syntax's name for messages and the ledger (a private or unknown UID is not copied)."""
     ts = public_ts(tsyntax)
     return UID(ts).name if ts != "private" else "private or unknown transfer syntax"
 
@@ -309,10 +310,10 @@ def process_dicom(path: Path, item: InputItem, ctx: Context) -> Sample:
         except NonFiniteRescale:
             raise Reject(ledger.UNSUPPORTED_PIXELS, "RescaleSlope or RescaleIntercept not finite") from None
         except (DecodeError, NoDecoder) as exc:
-            raise Reject(ledger.DECODE_FAILED, f"{_ts_name(ds.file_meta.TransferSyntaxUID)}: {exc}") from None
+            raise Reject(ledger.DECODE_FAILED, f"{ts_name(ds.file_meta.TransferSyntaxUID)}: {exc}") from None
         except Exception as exc:
             raise Reject(
-                ledger.DECODE_FAILED, f"{_ts_name(ds.file_meta.TransferSyntaxUID)}: {type(exc).__name__}"
+                ledger.DECODE_FAILED, f"{ts_name(ds.file_meta.TransferSyntaxUID)}: {type(exc).__name__}"
             ) from None
         shape = frames[0].shape
         modality = coded(ds.get("Modality"))

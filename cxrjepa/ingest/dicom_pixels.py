@@ -24,12 +24,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, as_pixel_options, get_decoder
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
-    HTJ2K,
     HTJ2KLossless,
     HTJ2KLosslessRPCL,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -109,14 +109,6 @@ def plugins_for(tsyntax: str) -> list[str]:
     preferred = [p for p in _preference.get(UID(tsyntax), ()) if p in available]
     rest = sorted(available - set(preferred))
     return preferred + rest
-
-
-def can_decode(tsyntax: str) -> bool:
-    try:
-        plugins_for(tsyntax)
-        return True
-    except NoDecoder:
-        return False
 
 
 # ---------------------------------------------------------------- attribute lookup (functional groups)

@@ -31,12 +31,12 @@ def probe(item: InputItem, ctx: Context) -> dict:
         fmt = out["format"] = disc.sniff(item.path)
         check_format(fmt, item, ctx)
         if fmt == disc.DICOM:
-            from cxrjepa.ingest.dicom import _ts_name, check_header, quiet_pydicom, read_header
+            from cxrjepa.ingest.dicom import check_header, quiet_pydicom, read_header, ts_name
 
             with quiet_pydicom():
                 path = Path(item.path)
                 ds = read_header(path, stop_before_pixels=False)
-                out["ts"] = _ts_name(ds.file_meta.TransferSyntaxUID)
+                out["ts"] = ts_name(ds.file_meta.TransferSyntaxUID)
                 check_header(ds, path, ctx)
     except Reject as r:
         out.update(status=r.status, reason=r.reason, detail=r.detail)

@@ -36,7 +36,7 @@ class Geometry:
     pad_x: int
 
     @classmethod
-    def fit(cls, shape: tuple[int, int], size: int, crop: tuple[int, int, int, int] | None = None) -> "Geometry":
+    def fit(cls, shape: tuple[int, int], size: int, crop: tuple[int, int, int, int] | None = None) -> Geometry:
         """The geometry that fits ``crop`` (default: the whole ``shape``) into a ``size`` square."""
         h_img, w_img = int(shape[0]), int(shape[1])
         y0, x0, y1, x1 = crop if crop is not None else (0, 0, h_img, w_img)
@@ -51,7 +51,7 @@ class Geometry:
         return cls(y0, x0, y1, x1, int(size), float(scale), out_h, out_w, (size - out_h) // 2, (size - out_w) // 2)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], size: int | None = None) -> "Geometry":
+    def from_row(cls, row: Mapping[str, Any], size: int | None = None) -> Geometry:
         """The geometry recorded in a metadata row (``crop_*``, ``scale``, ``pad_*``); ``size`` is the
         dataset's frame size (taken from the row's ``size`` key when present)."""
         size = int(size if size is not None else row["size"])

@@ -44,7 +44,8 @@ class LabelsResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _find(columns: list[str], wanted: tuple[str, ...]) -> str | None:
+def find_column(columns: list[str], wanted: tuple[str, ...]) -> str | None:
+    """The first of ``wanted`` among a CSV's ``columns``, compared by normalized name (case, spaces, ``_``)."""
     by_norm = {normalized(c): c for c in columns}
     for w in wanted:
         if normalized(w) in by_norm:
@@ -52,7 +53,8 @@ def _find(columns: list[str], wanted: tuple[str, ...]) -> str | None:
     return None
 
 
-def _clean_path(value: str) -> str:
+def clean_path(value: str) -> str:
+    """A path from a CSV as the ledger spells sources: forward slashes, no leading ``./``."""
     v = value.strip().replace("\\", "/")
     while v.startswith("./"):
         v = v[2:]
@@ -79,12 +81,12 @@ def join_labels(
         raise UsageError(f"Cannot read the labels file '{csv}' as CSV.") from None
     if not header:
         raise UsageError(f"The labels file '{csv}' has no columns.")
-    key_col = column or _find(header, KEY_COLUMNS[key]) or header[0]
+    key_col = column or find_column(header, KEY_COLUMNS[key]) or header[0]
     if key_col not in header:
         raise UsageError(f"The labels file '{csv}' has no column '{key_col}'.")
     pcol = None
     if patient_column == "auto":
-        pcol = _find(header, PATIENT_COLUMNS)
+        pcol = find_column(header, PATIENT_COLUMNS)
     elif patient_column and patient_column != "none":
         if patient_column not in header:
             raise UsageError(f"The labels file '{csv}' has no patient column '{patient_column}'.")
@@ -105,7 +107,7 @@ def join_labels(
             index.setdefault(p, []).append(i)
         matches = []
         for k in keys:
-            k = _clean_path(k)
+            k = clean_path(k)
             hit = index.get(k)
             parts = k.split("/")
             while hit is None and len(parts) > 1:
@@ -116,7 +118,7 @@ def join_labels(
         index = {}
         for i, p in enumerate(meta["source_path"].astype(str)):
             index.setdefault(p.rsplit("/", 1)[-1], []).append(i)
-        matches = [index.get(_clean_path(k).rsplit("/", 1)[-1], []) for k in keys]
+        matches = [index.get(clean_path(k).rsplit("/", 1)[-1], []) for k in keys]
     else:
         target = "sample_id" if key == "sop_uid" else "study_key"
         kind = "sop" if key == "sop_uid" else "study"
@@ -163,7 +165,7 @@ def join_labels(
     if not_samples and key in ("path", "filename"):
         names = not_samples if key == "path" else {p.rsplit("/", 1)[-1] for p in not_samples}
         for k, m in zip(keys, matches):
-            k = _clean_path(k)
+            k = clean_path(k)
             if not m and (k in names or k.rsplit("/", 1)[-1] in names and key == "filename"):
                 ledgered += 1
     stats = {

@@ -100,15 +100,3 @@ class Record:
         if self.format:
             d["format"] = self.format
         return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Record":
-        return cls(
-            path=d["path"],
-            source_index=int(d.get("source_index", 0)),
-            status=d.get("status", REJECTED),
-            reason=d["reason"],
-            detail=d.get("detail", ""),
-            duplicate_of=d.get("duplicate_of", ""),
-            format=d.get("format", ""),
-        )

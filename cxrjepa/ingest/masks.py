@@ -85,7 +85,7 @@ class MaskSource:
     name: str | None = None
 
     @classmethod
-    def parse(cls, text: str | Path) -> "MaskSource":
+    def parse(cls, text: str | Path) -> MaskSource:
         s = str(text)
         name, sep, folder = s.partition("=")
         if sep and name and "/" not in name and not Path(s).exists():
@@ -216,7 +216,7 @@ def pair_masks_from_csv(
     """Masks named in a column of the labels CSV (paths relative to the CSV's folder, ``|`` between several)."""
     import pandas as pd
 
-    from cxrjepa.ingest.labels import KEY_COLUMNS, _clean_path, _find
+    from cxrjepa.ingest.labels import KEY_COLUMNS, clean_path, find_column
 
     if key not in ("path", "filename"):
         raise UsageError(
@@ -225,7 +225,7 @@ def pair_masks_from_csv(
     header = list(pd.read_csv(csv, nrows=0).columns)
     if mask_column not in header:
         raise UsageError(f"The labels file '{csv}' has no masks column '{mask_column}'.")
-    key_col = key_column or _find(header, KEY_COLUMNS[key]) or header[0]
+    key_col = key_column or find_column(header, KEY_COLUMNS[key]) or header[0]
     table = pd.read_csv(csv, dtype=str, usecols=[key_col, mask_column], keep_default_na=False)
     base = Path(csv).parent
     by_rel: dict[str, list[int]] = defaultdict(list)
@@ -240,7 +240,7 @@ def pair_masks_from_csv(
         if not files or not str(k).strip():
             continue
         n_files += len(files)
-        k = _clean_path(str(k))
+        k = clean_path(str(k))
         if key == "filename":
             hits = by_rel.get(k.rpartition("/")[2], [])
         else:
@@ -350,9 +350,8 @@ def to_labels(arr: np.ndarray, label: int, lossy: bool) -> np.ndarray:
     a = np.asarray(arr)
     if a.dtype == bool:
         a = a.astype(np.uint8)
-    if np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a)):
-            raise Reject(ledger.MASK_VALUES, "fractional values")
+    if np.issubdtype(a.dtype, np.floating) and (not np.all(np.isfinite(a)) or not np.array_equal(a, np.round(a))):
+        raise Reject(ledger.MASK_VALUES, "fractional values")
     if lossy:
         top = float(np.iinfo(a.dtype).max) if np.issubdtype(a.dtype, np.integer) else float(a.max() or 1)
         return np.where(a >= top / 2, max(label, 1), 0).astype(np.uint8)

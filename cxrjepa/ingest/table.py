@@ -91,7 +91,7 @@ class Sample:
     #: (T, size, size) uint8 label map with the frames' geometry, when a mask was paired (``--masks``)
     mask: np.ndarray | None = None
 
-    def finish(self) -> "Sample":
+    def finish(self) -> Sample:
         """Fill the columns computed from the stored frames (count, hash, intensity sums)."""
         f = self.frames
         maxv = float(np.iinfo(f.dtype).max)

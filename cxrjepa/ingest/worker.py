@@ -247,7 +247,7 @@ def _fill_shard(
     starts = table[:, 0]
     r = max(0, int(np.searchsorted(starts, f0, side="right")) - 1)
     while r < len(table) and int(starts[r]) < f1:
-        g, c, st, u, l = (int(v) for v in table[r])
+        g, c, st, u, local = (int(v) for v in table[r])
         lo, hi = max(g, f0), min(g + c, f1)
         if hi > lo:
             src = maps.get((st, u, kind))
@@ -255,6 +255,6 @@ def _fill_shard(
                 if len(maps) > 8:
                     maps.clear()
                 src = maps[(st, u, kind)] = stagings[st].frames(u, size, dtype, kind)
-            buf[lo - f0 : hi - f0] = src[l + (lo - g) : l + (hi - g)]
+            buf[lo - f0 : hi - f0] = src[local + (lo - g) : local + (hi - g)]
         r += 1
     return buf

@@ -216,7 +216,3 @@ class ViTEncoder(nn.Module):
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Select tokens ``idx`` (B, K) from ``x`` (B, L, D) -> (B, K, D)."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def build_encoder(config: EncoderConfig) -> ViTEncoder:
-    return ViTEncoder(config)

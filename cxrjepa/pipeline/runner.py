@@ -18,7 +18,7 @@ from typing import Any
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import COMPLETE, read_manifest
-from cxrjepa.core.config import _did_you_mean, load_config, overrides_to_dict, read_yaml
+from cxrjepa.core.config import did_you_mean, load_config, overrides_to_dict, read_yaml
 from cxrjepa.core.errors import EXIT_FAILURE, EXIT_OK, EXIT_REJECTED, ConfigError, format_error
 from cxrjepa.core.lock import output_lock
 from cxrjepa.pipeline.spec import Pipeline, StageSpec, load_pipeline
@@ -62,7 +62,7 @@ def _split_sets(pipeline: Pipeline, sets: Sequence[str]) -> dict[str, dict[str, 
     ids = [s.id for s in pipeline.stages]
     for sid, value in tree.items():
         if sid not in ids:
-            raise ConfigError(f"--set names unknown stage '{sid}'." + _did_you_mean(sid, ids))
+            raise ConfigError(f"--set names unknown stage '{sid}'." + did_you_mean(sid, ids))
         if not isinstance(value, dict):
             raise ConfigError(f"--set {sid}=... must name a setting, as in --set {sid}.key=value.")
     return tree
@@ -83,7 +83,7 @@ def resolve_stage(pipeline: Pipeline, spec: StageSpec, sets: dict[str, Any]) -> 
     for key in spec.inputs:
         if key not in sdef.inputs:
             raise ConfigError(
-                f"Stage '{spec.id}' ({spec.stage}) has no input '{key}'." + _did_you_mean(key, sdef.inputs)
+                f"Stage '{spec.id}' ({spec.stage}) has no input '{key}'." + did_you_mean(key, sdef.inputs)
             )
     for key in sdef.required:
         if key not in spec.inputs:
@@ -116,7 +116,7 @@ def run_pipeline(
         ids = [s.id for s in pipeline.stages]
         for f in forced:
             if f not in ids:
-                raise ConfigError(f"--force names unknown stage '{f}'." + _did_you_mean(f, ids))
+                raise ConfigError(f"--force names unknown stage '{f}'." + did_you_mean(f, ids))
     else:
         forced = set()
     set_tree = _split_sets(pipeline, sets)

@@ -11,7 +11,7 @@ stages:
     stage: ingest
     out: dataset                # folder under the root (default: the stage id)
     inputs: {src: "@demo/dicom", labels: "@demo/labels.csv"}   # "@ID[/sub/path]" = another stage's output
-    config: [cxr-small-cpu.yaml]                                  # recipe files, relative to this file
+    config: [../recipes/cxr-small-cpu.yaml]                       # recipe files, relative to this file
     options: {workers: 2}       # operational settings (not fingerprinted)
 ```
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrjepa.core.config import _did_you_mean, read_yaml
+from cxrjepa.core.config import did_you_mean, read_yaml
 from cxrjepa.core.errors import ConfigError
 
 REF = "@"
@@ -65,7 +65,7 @@ class Pipeline:
             if s.id == stage_id:
                 return s
         raise ConfigError(
-            f"The pipeline has no stage '{stage_id}'." + _did_you_mean(stage_id, [s.id for s in self.stages])
+            f"The pipeline has no stage '{stage_id}'." + did_you_mean(stage_id, [s.id for s in self.stages])
         )
 
     def resolve(self, value: Any) -> Any:
@@ -90,16 +90,30 @@ def _flat(value: Any) -> list[Any]:
     return [value]
 
 
+def is_recipe(data: dict) -> bool:
+    """Whether a YAML mapping is a pretrain recipe (``recipes/``): every top-level key a pretrain config section."""
+    import dataclasses
+
+    from cxrjepa.pretrain.config import PretrainConfig  # only on this error path: it imports torch
+
+    keys = set(data) - {"name", "description"}
+    return bool(keys) and keys <= {f.name for f in dataclasses.fields(PretrainConfig)}
+
+
 def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages: list[str] | None = None) -> Pipeline:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Pipeline file '{path}' does not exist.")
     data = read_yaml(path)
+    if "stages" not in data and is_recipe(data):
+        raise ConfigError(
+            f"'{path}' is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config {path}"
+        )
     unknown = set(data) - {"name", "description", "out", "stages"}
     if unknown:
         key = sorted(unknown)[0]
         raise ConfigError(
-            f"Unknown pipeline key '{key}' in '{path}'." + _did_you_mean(key, ["name", "description", "out", "stages"])
+            f"Unknown pipeline key '{key}' in '{path}'." + did_you_mean(key, ["name", "description", "out", "stages"])
         )
     stages_raw = data.get("stages")
     if not isinstance(stages_raw, dict) or not stages_raw:
@@ -113,12 +127,12 @@ def load_pipeline(path: str | Path, root: str | Path | None = None, known_stages
             raise ConfigError(f"Stage '{sid}' in '{path}' must be a mapping with at least 'stage'.")
         for key in raw:
             if key not in STAGE_KEYS:
-                raise ConfigError(f"Unknown key '{key}' in stage '{sid}'." + _did_you_mean(str(key), STAGE_KEYS))
+                raise ConfigError(f"Unknown key '{key}' in stage '{sid}'." + did_you_mean(str(key), STAGE_KEYS))
         stage = raw.get("stage")
         if not stage:
             raise ConfigError(f"Stage '{sid}' in '{path}' does not say which 'stage' (command) it runs.")
         if known_stages is not None and stage not in known_stages:
-            raise ConfigError(f"Stage '{sid}' runs unknown stage '{stage}'." + _did_you_mean(str(stage), known_stages))
+            raise ConfigError(f"Stage '{sid}' runs unknown stage '{stage}'." + did_you_mean(str(stage), known_stages))
         configs = raw.get("config") or []
         if isinstance(configs, str):
             configs = [configs]

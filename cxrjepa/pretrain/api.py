@@ -126,7 +126,7 @@ def pretrain_input_refs(
     a timm weights file or Hugging Face folder by their files, ``random:ARCH`` by its spec); an ``init``
     encoder (a run or an export) whose weights start the run.
     """
-    from cxrjepa.models.external import cxrjepa_encoder_ref, encoder_input_ref
+    from cxrjepa.encoders import cxrjepa_encoder_ref, encoder_input_ref
 
     refs = input_refs({"data": data})
     if teacher is not None:
@@ -443,7 +443,7 @@ def _absolute_spec(spec: str | Path | None) -> str | None:
     """An encoder spec with absolute paths (so launched workers and later reruns find the same teacher)."""
     if spec is None:
         return None
-    from cxrjepa.models.external import parse_encoder_spec
+    from cxrjepa.encoders import parse_encoder_spec
 
     return parse_encoder_spec(str(spec)).absolute()
 

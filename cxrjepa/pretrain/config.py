@@ -1,7 +1,7 @@
 """The pretrain config: science settings (fingerprinted) plus a ``runtime`` section (not fingerprinted).
 
 Precedence: these defaults < ``--config`` files < CLI flags < ``--set a.b=value``. The defaults are the
-RadJEPA-like recipe (ViT-B/16 at 224 px, I-JEPA); recipes in ``pipelines/`` change them.
+RadJEPA-like recipe (ViT-B/16 at 224 px, I-JEPA); the recipes in ``recipes/`` change them.
 
 ``runtime`` holds how the run is executed (parallelism strategy, compile, activation checkpointing,
 gradient accumulation, loader workers, logging and checkpoint cadence). Changing it never makes a run

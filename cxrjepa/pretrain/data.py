@@ -161,7 +161,7 @@ class FrameCache:
         return int(np.prod(self.shape)) * self.dtype.itemsize
 
     @classmethod
-    def resolve(cls, setting: str | None, data: DatasetArtifact) -> "FrameCache | None":
+    def resolve(cls, setting: str | None, data: DatasetArtifact) -> FrameCache | None:
         """The cache ``runtime.frame_cache`` asks for: a folder, ``auto`` (the temporary folder, e.g. a
         cluster job's node-local ``$TMPDIR``, when it has 1.5x the room) or nothing."""
         if not setting:

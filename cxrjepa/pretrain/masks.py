@@ -59,7 +59,7 @@ class Masks:
     target_block: tuple[int, int]  # (h, w) of every target block
     context_block: tuple[int, int]
 
-    def rows(self, rows: np.ndarray | slice) -> "Masks":
+    def rows(self, rows: np.ndarray | slice) -> Masks:
         return Masks(self.context[rows], self.targets[rows], self.target_block, self.context_block)
 
 
@@ -151,6 +151,6 @@ class TubeMasks:
         return Masks(context, targets, m.target_block, m.context_block)
 
 
-def block_masks(config: MaskConfig, grid: tuple[int, ...]) -> "MultiBlockMasks | TubeMasks":
+def block_masks(config: MaskConfig, grid: tuple[int, ...]) -> MultiBlockMasks | TubeMasks:
     """The mask generator for a token grid: multi-block for images (h, w), tube masks for clips (T, h, w)."""
     return TubeMasks(config, grid) if len(grid) == 3 else MultiBlockMasks(config, grid)

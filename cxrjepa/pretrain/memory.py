@@ -91,7 +91,7 @@ def _safetensors_params(path: Path) -> int | None:
 
 def teacher_profile(spec: str, weights: str | None, config: PretrainConfig) -> tuple[int, Stack]:
     """(parameters, forward stack) of SALT's frozen teacher, read from its config or its weights' size."""
-    from cxrjepa.models.external import parse_encoder_spec
+    from cxrjepa.encoders import parse_encoder_spec
 
     student = config.model
     grid = student.token_grid(student.input_shape)[-2:]
@@ -257,11 +257,14 @@ def check_pretrain_memory(
         if estimate_pretrain(config, grad_accum=accum, **kw).total <= MARGIN * have:
             advice.append(f"--set runtime.grad_accum={accum} (the same training in smaller pieces)")
             break
-    if not advice and not config.runtime.activation_checkpointing:
-        if estimate_pretrain(config, checkpointing=True, grad_accum=share or 1, **kw).total <= MARGIN * have:
-            advice.append(f"--set runtime.grad_accum={share} --set runtime.activation_checkpointing=true")
+    if (
+        not advice
+        and not config.runtime.activation_checkpointing
+        and estimate_pretrain(config, checkpointing=True, grad_accum=share or 1, **kw).total <= MARGIN * have
+    ):
+        advice.append(f"--set runtime.grad_accum={share} --set runtime.activation_checkpointing=true")
     if device == "cpu":
-        advice.append("a CPU-sized recipe such as --config pipelines/cxr-small-cpu.yaml")
+        advice.append("a CPU-sized recipe such as --config recipes/cxr-small-cpu.yaml")
     else:
         advice.append("more GPUs (--gpus N) or --set runtime.strategy=fsdp")
     model = config.model

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrjepa.core.errors import ConfigError, UsageError
-from cxrjepa.models.external import FeatureEncoder, load_feature_encoder, parse_encoder_spec
+from cxrjepa.encoders import FeatureEncoder, load_feature_encoder, parse_encoder_spec
 from cxrjepa.models.vit import EncoderConfig, ViTEncoder
 
 
@@ -174,12 +174,12 @@ class Teacher(nn.Module):
             "dtype": str(self.dtype).removeprefix("torch."),
         }
 
-    def to_precision(self, dtype: torch.dtype) -> "Teacher":
+    def to_precision(self, dtype: torch.dtype) -> Teacher:
         """Keep the weights in ``dtype`` (bf16 on CUDA: half the memory and no per-step weight casts)."""
         self.dtype = dtype
         return self.to(dtype)
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         return super().train(False)  # always frozen
 
     # ------------------------------------------------------------------ forward

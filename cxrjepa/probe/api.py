@@ -23,8 +23,8 @@ from cxrjepa.core.artifact import MANIFEST, Artifact, begin, input_refs, read_ma
 from cxrjepa.core.atomic import atomic_write_json, atomic_write_yaml
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import UsageError
-from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_obj
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.phi import is_identifying
 from cxrjepa.core.schema import check_written
 from cxrjepa.embed.store import Embeddings

@@ -7,7 +7,6 @@ from typing import Literal
 
 from cxrjepa.core.errors import ConfigError
 
-
 #: segmentation heads, and the label value that masks use for "ignore this pixel"
 HEADS = ("linear", "conv")
 IGNORE = 255

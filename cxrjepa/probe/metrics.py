@@ -207,11 +207,13 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int, block: int | N
         left -= b
 
 
-def _value(x: float) -> float | None:
+def metric_value(x: float) -> float | None:
+    """A metric as metrics.json holds it: rounded to 6 decimals, ``None`` when it is not finite."""
     return None if x is None or not math.isfinite(float(x)) else round(float(x), 6)
 
 
-def _ci(samples: np.ndarray) -> list[float] | None:
+def percentile_ci(samples: np.ndarray) -> list[float] | None:
+    """The 95% percentile interval of bootstrap ``samples``; ``None`` when too few of them are finite."""
     finite = samples[np.isfinite(samples)]
     if len(finite) < max(10, 0.5 * len(samples)):
         return None
@@ -247,9 +249,9 @@ def evaluate(
                 per_boots[k].append(v)
 
     def pack(value, samples):
-        d = {"value": _value(value)}
+        d = {"value": metric_value(value)}
         if n_boot > 0:
-            d["ci"] = _ci(np.concatenate(samples)) if samples else None
+            d["ci"] = percentile_ci(np.concatenate(samples)) if samples else None
         return d
 
     metrics = {k: pack(point[k][0], boots[k]) for k in point}
@@ -266,7 +268,7 @@ def evaluate(
 def point(task_type: str, y: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
     """Metric values without intervals (validation selection, few-shot)."""
     o, _ = compute(task_type, np.ones((1, len(y))), y, scores)
-    return {k: _value(v[0]) for k, v in o.items()}
+    return {k: metric_value(v[0]) for k, v in o.items()}
 
 
 def curves(task_type: str, y: np.ndarray, scores: np.ndarray, classes: list[str], max_points: int = 200) -> dict:

@@ -4,30 +4,26 @@ score the probes trained on clean features (UltraBench / US-JEPA protocol)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from cxrjepa.core import console
 from cxrjepa.core.config import from_dict
 from cxrjepa.core.errors import ArtifactError
 from cxrjepa.data.store import DatasetArtifact
+from cxrjepa.embed.api import load_encoder_for
 from cxrjepa.embed.config import EmbedConfig
 from cxrjepa.embed.extract import embed_rows
 from cxrjepa.embed.store import Embeddings
-from cxrjepa.models.external import load_feature_encoder
+from cxrjepa.encoders import recorded_spec, resolve_device
 from cxrjepa.probe.corruptions import corruption
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def source_of(emb: Embeddings, device: str = "auto", what: str = "robustness needs its images", encoder: bool = True):
     """The dataset and the encoder an embeddings artifact was made from, checked unchanged, and the
     embedding settings: ``(dataset, encoder, EmbedConfig without patch tokens, device)``; the encoder is
-    ``None`` with ``encoder=False``."""
-    enc_info = emb.encoder
+    ``None`` with ``encoder=False``.
+
+    The encoder is the one the manifest records (:func:`cxrjepa.encoders.recorded_spec`), loaded as
+    ``cxrjepa embed`` loads it (:func:`cxrjepa.embed.api.load_encoder_for`), so re-embedded features match."""
     ds_path = emb.dataset_path
     if ds_path is None or not ds_path.exists():
         raise ArtifactError(f"The dataset the embeddings were made from ('{ds_path}') is gone; {what}.")
@@ -36,19 +32,11 @@ def source_of(emb: Embeddings, device: str = "auto", what: str = "robustness nee
     if want and ds.artifact.content_fingerprint != want:
         raise ArtifactError(f"The dataset '{ds_path}' changed since the embeddings were made; re-run 'cxrjepa embed'.")
     cfg = from_dict(EmbedConfig, {**emb.config, "patch_tokens": False})
-    dev = _device(device)
+    dev = resolve_device(device)
     if not encoder:
         return ds, None, cfg, dev
-    spec = enc_info.get("load") or enc_info.get("spec")
-    enc = load_feature_encoder(
-        spec,
-        weights=enc_info.get("weights"),
-        device=dev,
-        seed=cfg.seed,
-        image_size=cfg.image_size or ds.size,
-        normalization=ds.normalization,
-    )
-    if enc.fingerprint != enc_info.get("fingerprint"):
+    enc = load_encoder_for(recorded_spec(emb.encoder), cfg, ds, dev)
+    if enc.fingerprint != emb.encoder.get("fingerprint"):
         raise ArtifactError("The encoder the embeddings were made with has changed on disk; re-run 'cxrjepa embed'.")
     return ds, enc, cfg, dev
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrjepa.probe.metrics import _ci, _value, bootstrap_weights
+from cxrjepa.probe.metrics import bootstrap_weights, metric_value, percentile_ci
 
 
 def confusion_counts(
@@ -83,9 +83,9 @@ def evaluate(
                 boots[k].append(_weighted_means(W, v))
 
     def pack(value, samples) -> dict:
-        d = {"value": _value(value)}
+        d = {"value": metric_value(value)}
         if n_boot > 0:
-            d["ci"] = _ci(np.concatenate(samples)) if samples else None
+            d["ci"] = percentile_ci(np.concatenate(samples)) if samples else None
         return d
 
     metrics = {k: pack(_class_mean(point[k][None])[0], [_class_mean(b) for b in boots[k]]) for k in arrays}
@@ -99,6 +99,6 @@ def point(dice: np.ndarray, iou: np.ndarray) -> dict[str, float | None]:
     """Overall Dice and IoU without intervals (validation selection, few-shot)."""
     one = np.ones((1, dice.shape[0]))
     return {
-        "dice": _value(_class_mean(_weighted_means(one, dice))[0]),
-        "iou": _value(_class_mean(_weighted_means(one, iou))[0]),
+        "dice": metric_value(_class_mean(_weighted_means(one, dice))[0]),
+        "iou": metric_value(_class_mean(_weighted_means(one, iou))[0]),
     }

@@ -32,10 +32,8 @@ from cxrjepa.core import console
 from cxrjepa.core.errors import UsageError
 from cxrjepa.probe import seg_metrics
 from cxrjepa.probe.config import IGNORE, SegmentationConfig
-
-PER_IMAGE = "segmentation.parquet"
-PREDICTIONS = "segmentation.zarr"
-
+from cxrjepa.probe.layout import SEGMENTATION_MASKS as PREDICTIONS
+from cxrjepa.probe.layout import SEGMENTATION_TABLE as PER_IMAGE
 
 # ---------------------------------------------------------------- data
 
@@ -152,7 +150,7 @@ class Head(nn.Module):
             )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, l, d = tokens.shape
+        b, _, d = tokens.shape
         x = tokens.float().transpose(1, 2).reshape(b, d, *self.grid)
         return self.net((x - self.mean) / self.std)
 

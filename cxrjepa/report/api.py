@@ -13,8 +13,8 @@ from cxrjepa.core import console
 from cxrjepa.core.artifact import Artifact, begin, input_refs, open_artifact
 from cxrjepa.core.atomic import atomic_write_bytes, atomic_write_text
 from cxrjepa.core.errors import UsageError
-from cxrjepa.core.lock import locks_output
 from cxrjepa.core.fingerprint import hash_files
+from cxrjepa.core.lock import locks_output
 from cxrjepa.core.schema import SchemaError
 from cxrjepa.report import html, markdown
 from cxrjepa.report.config import ReportConfig
@@ -64,7 +64,7 @@ def build_document(
         console.detail(f"report: {title.lower()} took {time.perf_counter() - started:.1f} s")
         sections.append(sec)
     sections.insert(0, summary.build(ctx, sections))
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     given = [n.name for n in lineage.nodes if n.given]
     subtitle = (
         f"{', '.join(given)} and {len(lineage.nodes) - len(given)} upstream artifact(s) · "

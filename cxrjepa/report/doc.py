@@ -6,7 +6,7 @@ Sections build these blocks from artifacts; they never write HTML or Markdown th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Table:
     rows: list[list[Cell | str]]
     caption: str = ""
 
-    def without_empty_columns(self, keep: int = 1) -> "Table":
+    def without_empty_columns(self, keep: int = 1) -> Table:
         """The table without columns (after the first ``keep``) in which no row has a value."""
 
         def text(c):
@@ -101,7 +101,7 @@ class TreeItem:
     label: str
     detail: str = ""
     status: Literal["ok", "missing", "changed", "raw"] = "ok"
-    children: list["TreeItem"] = field(default_factory=list)
+    children: list[TreeItem] = field(default_factory=list)
 
 
 @dataclass
@@ -114,10 +114,10 @@ class Details:
     """A collapsible group of blocks (long tables a reader opens when needed)."""
 
     summary: str
-    blocks: list["Block"]
+    blocks: list[Block]
 
 
-Block = Union[Table, Figure, Note, Para, Heading, Cards, Tree, Details, Code]
+Block = Table | Figure | Note | Para | Heading | Cards | Tree | Details | Code
 
 
 @dataclass
@@ -128,11 +128,11 @@ class Section:
     #: a one-line description shown under the title
     lead: str = ""
 
-    def add(self, *blocks: Block) -> "Section":
+    def add(self, *blocks: Block) -> Section:
         self.blocks.extend(blocks)
         return self
 
-    def note(self, text: str, level: Literal["info", "warn"] = "info") -> "Section":
+    def note(self, text: str, level: Literal["info", "warn"] = "info") -> Section:
         self.blocks.append(Note(text, level))
         return self
 

@@ -185,9 +185,7 @@ class Tile:
     frame: str | None = None
 
 
-def tile_rows(
-    rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.25, gap_every: int = 0, label_chars: int = 16
-) -> bytes:
+def tile_rows(rows: Sequence[tuple[str, str, Sequence[Tile]]], cell: float = 1.25, label_chars: int = 16) -> bytes:
     """Rows of image tiles with a coloured row label: (label, colour, tiles); a label may hold line breaks
     (each line is cut to ``label_chars``)."""
     ncols = max(len(t) for _, _, t in rows)

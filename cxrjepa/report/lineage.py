@@ -41,7 +41,7 @@ class Edge:
     recorded_path: str
     kind: str
     fingerprint: str
-    node: "Node | None" = None
+    node: Node | None = None
     #: ok | changed (found, but its content differs from what was used) | missing | raw (not an artifact)
     status: str = "ok"
     reason: str = ""
@@ -100,7 +100,7 @@ class Node:
 
         return Probe(self.artifact)
 
-    def upstream(self, kind: str) -> "Node | None":
+    def upstream(self, kind: str) -> Node | None:
         """The nearest ancestor of ``kind`` (breadth first)."""
         seen: set[int] = set()
         frontier = [self]
@@ -145,12 +145,6 @@ class Lineage:
         """Nodes that no other node uses as an input (where the lineage tree starts)."""
         used = {id(e.node) for n in self.nodes for e in n.inputs if e.node is not None}
         return [n for n in self.nodes if id(n) not in used]
-
-    def variant_of(self, node: Node) -> Variant | None:
-        for v in self.variants:
-            if node is v.run or node in v.embeddings or node in v.probes:
-                return v
-        return None
 
     def datasets(self) -> list[Node]:
         return self.of_kind("dataset")

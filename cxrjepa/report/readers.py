@@ -31,13 +31,6 @@ def parquet_columns(path: Path) -> list[str]:
         return []
 
 
-def parquet_rows(path: Path) -> int:
-    try:
-        return int(pq.ParquetFile(path).metadata.num_rows)
-    except (OSError, ValueError):
-        return 0
-
-
 def read_columns(path: Path, columns: list[str], rows: np.ndarray | None = None) -> pd.DataFrame:
     """The present ``columns`` of a parquet table (all rows, or the sorted ``rows``)."""
     present = [c for c in columns if c in set(parquet_columns(path))]

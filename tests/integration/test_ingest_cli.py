@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cxrjepa.cli.app import app
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 runner = CliRunner()
 

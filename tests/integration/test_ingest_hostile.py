@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 import cxrjepa
 from cxrjepa.cli.app import app
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 from tests.fuzz_corpus import run_measured
 
 

@@ -13,7 +13,7 @@ from cxrjepa.ingest.discover import discover
 from cxrjepa.ingest.phi import Salt
 from cxrjepa.ingest.pool import Limits, process_units
 from cxrjepa.ingest.staging import Staging, make_units
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 from tests.ingest_hooks import first_plugin, hostile
 
 CTX = Context(IngestConfig(size=16), Salt(b"isolation-test-salt", "env"))

@@ -12,7 +12,7 @@ from cxrjepa.data.loader import FrameDataset, worker_init
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.ingest.api import run_ingest
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cxrjepa.cli.app import app
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.ingest import IngestConfig, IngestOptions, run_ingest
-from cxrjepa.ingest.testdata import make_dataset, write_dicom
+from tests.dicom_files import make_dataset, write_dicom
 
 SALT = "mask-test-salt-0123456789"
 
@@ -200,7 +200,7 @@ def test_masks_are_deterministic_across_workers_and_units(tmp_path):
     assert a.content_fingerprint == b.content_fingerprint
     has = da.meta["has_mask"].to_numpy()
     assert has.sum() == 9
-    for i, row in da.meta.iterrows():  # no mask: an empty frame; a mask: a non-empty one
+    for _, row in da.meta.iterrows():  # no mask: an empty frame; a mask: a non-empty one
         assert bool(np.asarray(da.masks[int(row["frame_start"])]).any()) == bool(row["has_mask"])
     # a mask-less ingest of the same inputs has no masks array and says so
     c = ingest(src, tmp_path / "c")

@@ -27,7 +27,7 @@ from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.ingest.api import run_ingest
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
 from cxrjepa.ingest.parts import finalize_ingest, run_ingest_part
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 N_PARTS = 3
 SALT = "parts-test-salt-0123456789"
@@ -281,9 +281,11 @@ def test_finalize_refuses_a_missing_part_or_one_made_otherwise(archive, referenc
     assert bad.returncode == 2 and "other settings (size)" in " ".join(bad.stderr.split()), bad.stderr
 
     # while a part runs, finalize waits for it (exit 2, naming it)
-    with output_lock(part_dir(out, Part(1, N_PARTS)), "ingest part 1/3"):
-        with pytest.raises(OutputLockedError, match="part 1/3 .* is still running"):
-            finalize_ingest(out)
+    with (
+        output_lock(part_dir(out, Part(1, N_PARTS)), "ingest part 1/3"),
+        pytest.raises(OutputLockedError, match="part 1/3 .* is still running"),
+    ):
+        finalize_ingest(out)
     # the right part 1 replaces the odd one; the last part to finish finalizes
     art = run_ingest_part(out, f"1/{N_PARTS}", CONFIG, sources=[src], labels=labels, options=OPTIONS)
     assert art.path == out

@@ -16,7 +16,7 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 
 import cxrjepa
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 MARK = "QXZMARK"  # never produced by chance in pixels, hashes or numbers
 DATE = "19230417"

@@ -17,7 +17,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 import cxrjepa
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 N = 80
 

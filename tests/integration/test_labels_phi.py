@@ -14,7 +14,7 @@ import pandas as pd
 import yaml
 
 import cxrjepa
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 MARK = "QXZMARK"  # never produced by chance in pixels, hashes or numbers
 SITE = "QXZSITE"  # a harmless label column: proves the search finds text wherever it is stored

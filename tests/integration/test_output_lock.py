@@ -21,7 +21,7 @@ import cxrjepa
 from cxrjepa.core.artifact import begin, read_manifest
 from cxrjepa.core.errors import EXIT_USAGE
 from cxrjepa.core.lock import OutputLockedError, lock_path, output_lock, read_holder
-from cxrjepa.ingest.testdata import make_dataset, phantom, write_dicom
+from tests.dicom_files import make_dataset, phantom, write_dicom
 
 ROOT = str(Path(cxrjepa.__file__).parent.parent)
 

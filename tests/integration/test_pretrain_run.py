@@ -24,9 +24,9 @@ from cxrjepa.data.store import write_dataset
 from cxrjepa.models.export import load_encoder
 from cxrjepa.models.vit import ViTEncoder
 from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
-from cxrjepa.pretrain.objectives.ijepa import IJEPA
 from cxrjepa.pretrain.checkpoint import list_checkpoints
 from cxrjepa.pretrain.monitors import MetricsLog
+from cxrjepa.pretrain.objectives.ijepa import IJEPA
 
 ROOT = Path(__file__).resolve().parents[2]
 

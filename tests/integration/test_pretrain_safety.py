@@ -134,7 +134,7 @@ def test_defaults_that_cannot_fit_are_refused_before_any_model_is_built(dataset,
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "Unexpected" not in err
     assert "needs about" in err and "22.0 GB is available" in err
-    assert "--set runtime.grad_accum=" in err and "pipelines/cxr-small-cpu.yaml" in err
+    assert "--set runtime.grad_accum=" in err and "recipes/cxr-small-cpu.yaml" in err
     assert "runtime.memory_check=false" in err
     assert not out.exists()  # nothing written
 

@@ -325,18 +325,38 @@ def test_pipeline_runner_predicts_the_salt_fingerprint(chain, tmp_path):
     assert [i["name"] for i in student["inputs"]] == ["data", "teacher"]
 
 
-@pytest.mark.parametrize("name", ["us-salt-cpu", "us-salt-vitb16", "us-video-ijepa", "cxr-salt"])
-def test_recipes_parse_and_plan(name):
-    from cxrjepa.pipeline.spec import load_pipeline
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("quickstart", [("run", "ijepa", "tiny", 8, 64, 1)]),  # its recipe file: recipes/cxr-small-cpu.yaml
+        (
+            "us-salt-cpu",
+            [
+                ("teacher", "pixel", "tiny", 8, 64, 1),
+                ("student", "salt", "tiny", 8, 64, 1),
+                ("ijepa", "ijepa", "tiny", 8, 64, 1),
+            ],
+        ),
+        ("us-salt-vitb16", [("teacher", "pixel", "small", 16, 224, 1), ("student", "salt", "base", 16, 224, 1)]),
+        ("us-video-ijepa", [("run", "ijepa", "base", 16, 224, 16)]),
+        ("cxr-salt", [("student", "salt", "base", 16, 224, 1)]),
+    ],
+)
+def test_pipelines_parse_and_plan(name, want):
+    """Each shipped pipeline resolves its pretrain stages to the science its header promises; SALT students
+    read a teacher."""
     from cxrjepa.pipeline.runner import resolve_stage
+    from cxrjepa.pipeline.spec import load_pipeline
 
     pipe = load_pipeline(ROOT / "pipelines" / f"{name}.yaml", known_stages=list(STAGES))
-    objectives = []
+    got = []
     for spec in pipe.stages:
-        _, cfg, _, _ = resolve_stage(pipe, spec, {})
+        _, cfg, inputs, _ = resolve_stage(pipe, spec, {})
         if spec.stage == "pretrain":
-            objectives.append(cfg.objective)
-    assert objectives
+            m = cfg.model
+            got.append((spec.id, cfg.objective, m.size, m.patch_size, m.image_size, m.frames))
+            assert ("teacher" in inputs) == (cfg.objective == "salt"), spec.id
+    assert got == want
 
 
 @pytest.mark.gpu

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -10,6 +11,7 @@ from cxrjepa.cli.app import app
 from cxrjepa.core.artifact import begin
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["ingest", "pretrain", "embed", "probe", "report", "run", "doctor", "inspect", "demo-data"]
 
 
@@ -20,9 +22,32 @@ def test_version():
 
 @pytest.mark.parametrize("cmd", COMMANDS)
 def test_every_command_has_help(cmd):
+    """--help shows the command's usage line and the start of its own description."""
+    import typer
+
     res = runner.invoke(app, [cmd, "--help"])
     assert res.exit_code == 0
-    assert "Not built yet" not in res.stdout
+    assert f"Usage: cxrjepa {cmd} [OPTIONS]" in res.stdout
+    described = typer.main.get_command(app).commands[cmd].help
+    assert described and described[:40] in res.stdout
+
+
+def test_every_command_is_registered():
+    import typer
+
+    assert set(COMMANDS) <= set(typer.main.get_command(app).commands)
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+def test_run_on_a_recipe_says_to_use_pretrain(recipe, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    res = runner.invoke(app, ["run", f"recipes/{recipe}"])
+    assert res.exit_code == 2
+    want = (
+        f"error: 'recipes/{recipe}' is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config "
+        f"recipes/{recipe}"
+    )
+    assert res.stderr.strip() == want
 
 
 def test_inspect_table_and_json(tmp_path):

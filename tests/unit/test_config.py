@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 
 from cxrjepa.core.config import dump_yaml, load_config, overrides_to_dict, to_dict
-from cxrjepa.core.errors import ConfigError, EXIT_USAGE
+from cxrjepa.core.errors import EXIT_USAGE, ConfigError
 
 
 @dataclass

@@ -14,7 +14,7 @@ from cxrjepa.ingest.context import Context, InputItem
 from cxrjepa.ingest.phi import Salt
 from cxrjepa.ingest.process import process_input
 from cxrjepa.ingest.table import Sample
-from cxrjepa.ingest.testdata import make_dataset, write_dicom
+from tests.dicom_files import make_dataset, write_dicom
 
 H, W, N = 120, 160, 45  # frames of 120x160, 45 frames at 30 fps
 REGION = (30, 40, 110, 140)  # y0, x0, y1, x1 of the scan region

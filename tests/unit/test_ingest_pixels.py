@@ -11,7 +11,7 @@ from cxrjepa.ingest.ledger import Record
 from cxrjepa.ingest.phi import Salt
 from cxrjepa.ingest.process import process_input
 from cxrjepa.ingest.table import Sample
-from cxrjepa.ingest.testdata import make_dataset, write_dicom
+from tests.dicom_files import make_dataset, write_dicom
 
 SIZE = 32
 CTX = Context(IngestConfig(size=SIZE), Salt(b"unit-test-salt", "env"))

@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBase
 from cxrjepa.data.store import DatasetArtifact
 from cxrjepa.ingest.api import run_ingest
 from cxrjepa.ingest.config import IngestConfig, IngestOptions
-from cxrjepa.ingest.testdata import LOSSY, encodable_syntaxes, make_dataset, phantom, write_dicom
+from tests.dicom_files import LOSSY, encodable_syntaxes, make_dataset, phantom, write_dicom
 
 CASES = {
     "mono2_12bit_window": dict(pixels=phantom(48, 40, bits=12, seed=1), bits_stored=12, window=(1800, 2400)),
@@ -103,12 +103,10 @@ def test_streamed_pixel_data_equals_in_memory(tmp_path, monkeypatch):
     """Pixel data above the defer size is decoded from the open file frame by frame: same result."""
     from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, JPEG2000Lossless, RLELossless
 
-    from cxrjepa.ingest import dicom
+    from cxrjepa.ingest import dicom, dicom_pixels
     from cxrjepa.ingest.context import Context, InputItem
     from cxrjepa.ingest.phi import Salt
     from cxrjepa.ingest.process import process_input
-
-    from cxrjepa.ingest import dicom_pixels
 
     streamed_sources = []
     real_options = dicom_pixels.as_pixel_options

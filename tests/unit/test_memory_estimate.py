@@ -44,10 +44,11 @@ def test_parameter_counts_match_the_models():
 
 
 def _recipes():
-    """(name, pretrain config, device, processes, teacher) of every pretraining recipe shipped in pipelines/."""
+    """(name, pretrain config, device, processes, teacher) of every recipe in recipes/ and every pretrain stage of
+    the shipped pipelines."""
     out = []
     for name, gpus in (("cxr-small-cpu", 0), ("us-small-cpu", 0), ("cxr-ijepa-vitb16", 1), ("cxr-ijepa-vitl16", 8)):
-        out.append((name, load_config(PretrainConfig, files=[ROOT / "pipelines" / f"{name}.yaml"]), gpus, None))
+        out.append((name, load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"]), gpus, None))
     for name in ("quickstart", "us-salt-cpu", "cxr-salt", "us-salt-vitb16", "us-video-ijepa"):
         pipe = load_pipeline(ROOT / "pipelines" / f"{name}.yaml", known_stages=list(STAGES))
         for spec in pipe.stages:

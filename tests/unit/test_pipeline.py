@@ -187,3 +187,42 @@ def test_every_stage_declares_its_algorithm_version_and_plans_like_it_runs():
         assert isinstance(mod.ALGORITHM_VERSION, int) and mod.ALGORITHM_VERSION >= 1, name
         assert "version=ALGORITHM_VERSION" in inspect.getsource(mod), name  # the stage's begin() uses it
     assert stages.STAGES["pretrain"].planner == "plan_pretrain"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "pipelines").glob("*.yaml")))
+def test_pipelines_folder_holds_only_pipelines(name):
+    """pipelines/ holds pipeline files (stages of known commands); their recipe files exist in recipes/."""
+    from cxrjepa.pipeline.spec import load_pipeline
+    from cxrjepa.pipeline.stages import STAGES
+
+    pipe = load_pipeline(ROOT / "pipelines" / name, known_stages=list(STAGES))
+    assert pipe.stages
+    for spec in pipe.stages:
+        for cfg in spec.config:
+            assert cfg.resolve().parent == ROOT / "recipes" and cfg.is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+def test_recipes_folder_holds_only_pretrain_recipes(name):
+    from cxrjepa.core.config import load_config, read_yaml
+    from cxrjepa.pipeline.spec import is_recipe, load_pipeline
+    from cxrjepa.pretrain.config import PretrainConfig
+
+    path = ROOT / "recipes" / name
+    assert is_recipe(read_yaml(path))
+    load_config(PretrainConfig, files=[path]).validate()
+    with pytest.raises(
+        ConfigError, match="is a pretrain recipe, not a pipeline; use it with cxrjepa pretrain --config"
+    ):
+        load_pipeline(path)
+
+
+def test_a_broken_pipeline_is_not_mistaken_for_a_recipe(tmp_path):
+    from cxrjepa.pipeline.spec import load_pipeline
+
+    (tmp_path / "p.yaml").write_text("name: x\nstage: []\n")
+    with pytest.raises(ConfigError, match="Unknown pipeline key 'stage'"):
+        load_pipeline(tmp_path / "p.yaml")

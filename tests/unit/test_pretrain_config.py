@@ -35,7 +35,7 @@ def test_a_partial_section_keeps_the_other_defaults():
 
 @pytest.mark.parametrize("name", ["cxr-small-cpu", "cxr-ijepa-vitb16", "cxr-ijepa-vitl16"])
 def test_recipes_load(name):
-    cfg = load_config(PretrainConfig, files=[ROOT / "pipelines" / f"{name}.yaml"])
+    cfg = load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"])
     assert cfg.objective == "ijepa" and not cfg.augment.hflip
     assert cfg.model.image_size % cfg.model.patch_size == 0
 
@@ -61,7 +61,7 @@ def test_bad_settings_are_one_sentence():
 
 def test_ultrasound_cpu_recipe_is_the_cxr_twin():
     """us-small-cpu.yaml = cxr-small-cpu.yaml (same encoder, masks, optimiser, steps: same cost) + hflip."""
-    cxr = load_config(PretrainConfig, files=[ROOT / "pipelines" / "cxr-small-cpu.yaml"]).science()
-    us = load_config(PretrainConfig, files=[ROOT / "pipelines" / "us-small-cpu.yaml"]).science()
+    cxr = load_config(PretrainConfig, files=[ROOT / "recipes" / "cxr-small-cpu.yaml"]).science()
+    us = load_config(PretrainConfig, files=[ROOT / "recipes" / "us-small-cpu.yaml"]).science()
     assert us["augment"].pop("hflip") is True and cxr["augment"].pop("hflip") is False
     assert us == cxr

@@ -71,7 +71,7 @@ def test_random_resized_crop_stays_inside_the_image_and_ratio():
     rng = np.random.default_rng(0)
     for _ in range(200):
         top, left, h, w = crop.params(rng, 60, 80)
-        assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80
+        assert top >= 0 and top + h <= 60 and left >= 0 and left + w <= 80
         assert 0.3 * 4800 * 0.9 <= h * w <= 4800
     img = np.arange(60 * 80, dtype=np.float32).reshape(60, 80)
     out = crop(img, np.random.default_rng(1))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrjepa.core.errors import ConfigError, CxrjepaError
 from cxrjepa.core.config import from_dict
+from cxrjepa.core.errors import ConfigError, CxrjepaError
 from cxrjepa.pretrain.masks import MaskConfig, MultiBlockMasks
 
 

@@ -79,13 +79,13 @@ class CountingArray:
         self.requests: list[int] = []
         outer = self
 
-        class O:
+        class Orthogonal:
             def __getitem__(self, sel):
                 rows = np.asarray(sel[0])
                 outer.requests.append(len(rows))
                 return outer.arr.oindex[sel]
 
-        self.oindex = O()
+        self.oindex = Orthogonal()
 
     def __getitem__(self, sel):  # a plain slice would read everything: the report must never do it
         raise AssertionError("whole-array read")

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pandas as pd
-
 import pytest
 
 from cxrjepa.core.artifact import begin, input_refs
@@ -73,10 +72,12 @@ def _ctx(paths):
 
 
 def test_the_best_value_of_each_metric_is_bold_and_lower_is_better_for_mae(tmp_path):
-    t = lambda auc, mae: {
-        "a": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": auc}}}}},  # noqa: E731
-        "age": {"type": "regression", "n": N, "probes": {"linear": {"metrics": {"mae": {"value": mae}}}}},
-    }
+    def t(auc, mae):
+        return {
+            "a": {"type": "binary", "n": N, "probes": {"linear": {"metrics": {"auroc": {"value": auc}}}}},
+            "age": {"type": "regression", "n": N, "probes": {"linear": {"metrics": {"mae": {"value": mae}}}}},
+        }
+
     bare_artifact(tmp_path / "emb1", "embeddings")
     bare_artifact(tmp_path / "emb2", "embeddings")
     p1 = _probe(tmp_path, "p1", t(0.8, 5.0), emb=tmp_path / "emb1")

@@ -34,8 +34,7 @@ def _hf_vit(tmp_path, patch=8, image=32):
     model = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
     model.save_pretrained(tmp_path / "hf")
     (tmp_path / "hf" / "preprocessor_config.json").write_text(
-        '{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "crop_size": {"height": %d, "width": %d}}'
-        % (image, image)
+        f'{{"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "crop_size": {{"height": {image}, "width": {image}}}}}'
     )
     return model
 

@@ -9,8 +9,16 @@ import pytest
 from cxrjepa.core.errors import UsageError
 from cxrjepa.core.schema import parse
 from cxrjepa.probe.layout import ProbeMetrics
-from cxrjepa.tracking import STATE_FILE, RunInfo, Tracker, TrackerMissing, TrackerSet, parse_loggers, read_state
-from cxrjepa.tracking import registry
+from cxrjepa.tracking import (
+    STATE_FILE,
+    RunInfo,
+    Tracker,
+    TrackerMissing,
+    TrackerSet,
+    parse_loggers,
+    read_state,
+    registry,
+)
 from cxrjepa.tracking.base import flat_params, metric_name, probe_metrics, redact, row_metrics
 
 

@@ -80,7 +80,7 @@ class Objective(nn.Module):
     takes_inputs: ClassVar[bool] = False
     student: nn.Module
 
-    def __init__(self, config: "PretrainConfig", inputs: ObjectiveInputs | None = None):
+    def __init__(self, config: PretrainConfig, inputs: ObjectiveInputs | None = None):
         super().__init__()
         self.config = config
         self.inputs = inputs or ObjectiveInputs()
@@ -101,7 +101,7 @@ class Objective(nn.Module):
         return None
 
     @classmethod
-    def holdout_fraction(cls, config: "PretrainConfig") -> float:
+    def holdout_fraction(cls, config: PretrainConfig) -> float:
         """Share of the patients held out for model selection (0 = none; all data trains)."""
         return 0.0
 
@@ -154,7 +154,7 @@ class Objective(nn.Module):
     def load_extra_state(self, state: dict) -> None:
         pass
 
-    def train(self, mode: bool = True) -> "Objective":
+    def train(self, mode: bool = True) -> Objective:
         super().train(mode)
         for module in self.frozen():
             module.eval()

@@ -104,7 +104,7 @@ class SALT(Objective):
             self.teacher.to_precision(env.amp)
         root = getattr(env.runtime, "teacher_cache", None)
         if root:
-            from cxrjepa.models.external import encoder_input_ref
+            from cxrjepa.encoders import encoder_input_ref
             from cxrjepa.pretrain.targets import build_cache, whole_frames_ok
 
             if not whole_frames_ok(self.config.augment):

@@ -32,41 +32,29 @@ def build(ctx: Context) -> Section:
 # ---------------------------------------------------------------- patch maps
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def patch_pca(frames: list[np.ndarray], run: Node, device: str) -> list[np.ndarray] | str:
     """RGB maps (grid_h, grid_w, 3) of the first three principal components of the run's patch tokens.
 
+    The encoder is loaded and its input prepared exactly as ``cxrjepa embed`` does (:mod:`cxrjepa.encoders`).
     The PCA is fitted on the tokens of all the images together, so a colour means the same feature
     direction in every image of the row. Returns a sentence instead when the encoder cannot be used.
     """
     import torch
-    import torch.nn.functional as F
     from sklearn.decomposition import PCA
 
-    from cxrjepa.models.export import load_encoder
+    from cxrjepa.encoders import load_feature_encoder
 
-    enc = load_encoder(run.path, device=device)
-    cfg = enc.config
-    if cfg.is_clip:
-        return f"the encoder of {run.name} is a clip encoder (tubelets of {cfg.tubelet} frames); maps are drawn for image encoders only"
-    size = int(cfg.image_size)
-    x = torch.stack([torch.as_tensor(np.asarray(f, dtype=np.float32)) for f in frames])[:, None]
-    x = enc.normalization.apply(x)
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    if cfg.in_chans != 1:
-        x = x.repeat(1, cfg.in_chans, 1, 1)
+    enc = load_feature_encoder(run.path, device=device)
+    if enc.clip_frames > 1:
+        return (
+            f"the encoder of {run.name} is a clip encoder (tubelets of {enc.tubelet} frames); maps are drawn for "
+            "image encoders only"
+        )
+    x = torch.stack([torch.from_numpy(readers.to_unit(f)) for f in frames])[:, None]
     with torch.inference_mode():
-        tok = enc.model.tokens(x.to(device)).float().cpu().numpy()
+        tok = enc.tokens(enc.prepare(x.to(device))).float().cpu().numpy()
     b, n_tok, d = tok.shape
-    gh, gw = cfg.grid
+    gh, gw = enc.grid()
     if gh * gw != n_tok:
         return f"the encoder of {run.name} returned {n_tok} tokens for a {gh} × {gw} grid"
     flat = tok.reshape(b * n_tok, d)
@@ -94,6 +82,8 @@ def _patch_maps(ctx: Context, sec: Section) -> None:
             )
             continue
         groups.setdefault(id(v.dataset), (v.dataset, []))[1].append(v)
+    from cxrjepa.encoders import resolve_device  # torch: only when maps are drawn
+
     device = resolve_device(ctx.device)
     for ds, variants in groups.values():
         picked = sample_images(ds, ctx.config.patch_images, ctx.config.seed)

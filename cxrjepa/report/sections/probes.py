@@ -244,9 +244,9 @@ def _metric_table(have: list[tuple[Entry, TaskResult]]) -> Table:
 def _per_class_table(have: list[tuple[Entry, TaskResult]]) -> Table | None:
     rows = []
     names: list[str] = []
-    for e, t in have:
+    for _, t in have:
         for probe in ordered_probes(t.probes):
-            for cls, metrics in t.probes[probe].per_class.items():
+            for metrics in t.probes[probe].per_class.values():
                 names += [k for k in metrics if k not in names]
     if not names:
         return None

@@ -1,4 +1,5 @@
-"""Encoders from every source give patch tokens on a grid and pooled features that match the library's own."""
+"""Encoders from every source give patch tokens on a grid and pooled features that match the library's own;
+new kinds plug into the registry."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import timm
 import torch
 
 from cxrjepa.core.errors import UsageError
+from cxrjepa.encoders import load_feature_encoder, parse_encoder_spec
 from cxrjepa.models.export import Normalization, export_encoder, load_encoder
-from cxrjepa.models.external import load_feature_encoder, parse_encoder_spec
 from cxrjepa.models.vit import EncoderConfig, create_vit
 
 
@@ -201,3 +202,82 @@ def test_pixel_encoder_gives_the_normalised_downsampled_image(tmp_path):
     assert emb.array("patch_tokens").shape == (5, 1, 64)
     with pytest.raises(UsageError, match="pixels:SIZE"):
         load_feature_encoder("pixels:big")
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The registry as shipped, restored after the test (kinds registered in a test do not leak)."""
+    from cxrjepa.encoders import registry
+
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
+    return registry
+
+
+def test_a_registered_kind_is_parsed_loaded_and_recorded_by_its_prefix(scratch_registry, tmp_path):
+    from cxrjepa.encoders import FeatureEncoder, Preprocess, encoder_input_ref, register_encoder
+    from cxrjepa.encoders.pixels import PixelTokens
+
+    seen = {}
+
+    @register_encoder("const", prefix="const:", usage="const:VALUE")
+    def load_const(spec, options):
+        seen.update(target=spec.target, seed=options.seed, norm=options.normalization)
+        return FeatureEncoder(
+            PixelTokens(),
+            source="const",
+            spec=spec.text,
+            preprocess=Preprocess(4, 1, (0.0,), (1.0,)),
+            embed_dim=16,
+            patch_size=4,
+            num_prefix_tokens=0,
+            fingerprint="f" * 64,
+        )
+
+    sp = parse_encoder_spec("const:7", weights=None)
+    assert (sp.source, sp.target, sp.path, sp.absolute()) == ("const", "7", None, "const:7")
+    enc = load_feature_encoder("const:7", seed=3, normalization={"mean": 0.1})
+    assert seen == {"target": "7", "seed": 3, "norm": {"mean": 0.1}}
+    assert enc.source == "const" and enc(torch.ones(2, 1, 4, 4)).shape == (2, 16)
+    ref = encoder_input_ref("encoder", "const:7")
+    assert ref["kind"] == "spec" and ref["path"] == "const:7"
+    # the shipped kinds are untouched, and a prefix cannot be taken twice
+    assert parse_encoder_spec("pixels:8").source == "pixels"
+    with pytest.raises(ValueError, match="already taken"):
+        register_encoder("other", prefix="const:")(load_const)
+
+
+def test_a_detected_folder_kind_and_a_weights_kind(scratch_registry, tmp_path):
+    from cxrjepa.encoders import register_encoder
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "MODEL.txt").write_text("x")
+    register_encoder("txt", detect=lambda p: (p / "MODEL.txt").is_file(), target="path")(lambda spec, options: None)
+    register_encoder("onnxw", prefix="onnxw:", weights=True, usage="onnxw:NAME")(lambda spec, options: None)
+    sp = parse_encoder_spec(folder)
+    assert sp.source == "txt" and sp.path == folder and sp.absolute() == str(folder.resolve())
+    assert parse_encoder_spec(tmp_path).source == "cxrjepa"  # anything else is a run or export folder
+    w = parse_encoder_spec("onnxw:net", weights=tmp_path / "w.bin")
+    assert w.weights == tmp_path / "w.bin" and w.path == tmp_path / "w.bin"
+    with pytest.raises(UsageError, match=r"--weights goes with --encoder timm:NAME or --encoder onnxw:NAME\."):
+        parse_encoder_spec(folder, weights=tmp_path / "w.bin")
+
+
+def test_recorded_spec_reloads_the_encoder_an_embeddings_artifact_was_made_with(tmp_path):
+    from cxrjepa.data.store import DatasetArtifact, write_dataset
+    from cxrjepa.embed.api import EmbedConfig, load_encoder_for, run_embed
+    from cxrjepa.embed.store import Embeddings
+    from cxrjepa.encoders import recorded_spec
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    write_dataset(tmp_path / "ds", images)
+    art = run_embed(tmp_path / "emb", EmbedConfig(seed=5), encoder="random:tiny/8", data=tmp_path / "ds")
+    emb = Embeddings.open(art.path)
+    spec = recorded_spec(emb.encoder)
+    assert spec.text == "random:tiny/8" and spec.source == "random"
+    ds = DatasetArtifact.open(tmp_path / "ds")
+    enc = load_encoder_for(spec, EmbedConfig(seed=5), ds)
+    assert enc.fingerprint == emb.encoder["fingerprint"]
+    with torch.no_grad():
+        feats = enc(enc.prepare(torch.from_numpy(images).float().unsqueeze(1) / 255.0)).numpy()
+    np.testing.assert_allclose(feats, emb.array(), atol=1e-5)

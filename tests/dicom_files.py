@@ -1,16 +1,15 @@
-"""Synthetic DICOM files as real archives hold them, for tests, benchmarks and demos.
+"""Synthetic DICOM files as real archives hold them, for tests and benchmarks (test-only: not shipped).
 
 :func:`make_dataset` builds a dataset from pixels (mono or RGB, still or multi-frame, any bit depth,
 signed or not, rescale / window / VOI LUT tags); :func:`write_dicom` saves it in a transfer syntax this
-install can encode (see :func:`encodable_syntaxes`): uncompressed implicit / explicit little endian,
-explicit big endian and deflated through pydicom; RLE and JPEG 2000 through pydicom's encoders; JPEG-LS,
-JPEG lossless and JPEG baseline through GDCM when it is installed.
+install can encode (:func:`encodable_syntaxes`), encoded by cxrjepa's one synthetic-DICOM encoder,
+:func:`cxrjepa.demo.codecs.encode` (the one demo-data writes with), or as a bare data set without preamble
+and file meta.
 """
 
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,20 +18,14 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
+
+from cxrjepa.demo import codecs
 
 SOP_CLASS = {
     "CR": "1.2.840.10008.5.1.4.1.1.1",
@@ -44,15 +37,8 @@ SOP_CLASS = {
     "OT": SecondaryCaptureImageStorage,
 }
 
-NATIVE = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian)
-LOSSY = (JPEGBaseline8Bit, JPEG2000, JPEGLSNearLossless)
-
-_GDCM_SYNTAX = {
-    JPEGLSLossless: "JPEGLSLossless",
-    JPEGLSNearLossless: "JPEGLSNearLossless",
-    JPEGLosslessSV1: "JPEGLosslessProcess14_1",
-    JPEGBaseline8Bit: "JPEGBaselineProcess1",
-}
+#: the lossy syntaxes among :func:`encodable_syntaxes`
+LOSSY = tuple(s.uid for s in codecs.SYNTAXES if s.lossy)
 
 
 def make_dataset(
@@ -141,49 +127,25 @@ def make_dataset(
     return ds
 
 
-def _gdcm_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("gdcm") is not None
-
-
 def encodable_syntaxes(*, lossy: bool = True) -> list[UID]:
-    """Transfer syntaxes :func:`write_dicom` can produce on this install."""
-    from pydicom.pixels import get_encoder
-
-    out = list(NATIVE)
-    for uid in (RLELossless, JPEG2000Lossless, JPEG2000):
-        try:
-            if get_encoder(uid).is_available:
-                out.append(uid)
-        except (NotImplementedError, ValueError):
-            pass
-    if _gdcm_available():
-        out.extend(_GDCM_SYNTAX)
-    return [u for u in out if lossy or u not in LOSSY]
+    """Transfer syntaxes :func:`write_dicom` can produce on this install (every one cxrjepa can encode)."""
+    return [s.uid for s in codecs.available_syntaxes(every=True) if lossy or not s.lossy]
 
 
 def write_dicom(
     ds: Dataset, path: str | Path, transfer_syntax: str = ExplicitVRLittleEndian, *, preamble: bool = True
 ) -> Path:
-    """Save ``ds`` in ``transfer_syntax`` (``preamble=False``: a bare data set, no preamble or file meta)."""
+    """Save ``ds`` in ``transfer_syntax`` (``preamble=False``: a bare data set, no preamble or file meta).
+
+    A copy is encoded, so ``ds`` can be written again; like ``Dataset.compress``, pydicom's encoders give the
+    compressed copy a new SOPInstanceUID."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ts = UID(transfer_syntax)
     ds = copy.deepcopy(ds)
     if not hasattr(ds, "file_meta"):
         ds.file_meta = FileMetaDataset()
-    if ts in _GDCM_SYNTAX:
-        _gdcm_transcode(ds, path, ts)
-        return path
-    if ts in (RLELossless, JPEG2000Lossless, JPEG2000):
-        kwargs = {"j2k_cr": [10]} if ts == JPEG2000 else {}
-        ds.compress(ts, **kwargs)
-    elif ts == ExplicitVRBigEndian and int(ds.BitsAllocated) > 8:
-        dtype = np.int16 if int(ds.PixelRepresentation) else np.uint16
-        ds.PixelData = np.frombuffer(ds.PixelData, dtype=dtype).byteswap().tobytes()
-    if ts in NATIVE:
-        ds.file_meta.TransferSyntaxUID = ts
+    codecs.encode(ds, codecs.BY_UID[ts].key, new_instance_uid=True)
     if not preamble:
         ds.save_as(
             path,
@@ -200,8 +162,8 @@ def write_dicom(
 def _strip_meta(path: Path) -> None:
     """Rewrite ``path`` as a bare data set (no 128-byte preamble, no group 0002)."""
     import pydicom
-    from pydicom.filewriter import write_dataset
     from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
 
     ds = pydicom.dcmread(path, force=True)
     implicit = ds.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian if "TransferSyntaxUID" in ds.file_meta else True
@@ -211,30 +173,6 @@ def _strip_meta(path: Path) -> None:
     del ds.file_meta
     write_dataset(buf, ds)
     path.write_bytes(buf.getvalue())
-
-
-def _gdcm_transcode(ds: Dataset, path: Path, ts: UID) -> None:
-    import gdcm
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "in.dcm"
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.save_as(src, enforce_file_format=True)
-        reader = gdcm.ImageReader()
-        reader.SetFileName(str(src))
-        if not reader.Read():
-            raise RuntimeError("GDCM could not read the synthetic file")
-        change = gdcm.ImageChangeTransferSyntax()
-        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, _GDCM_SYNTAX[ts])))
-        change.SetInput(reader.GetImage())
-        if not change.Change():
-            raise RuntimeError(f"GDCM could not encode {ts.name}")
-        writer = gdcm.ImageWriter()
-        writer.SetFileName(str(path))
-        writer.SetFile(reader.GetFile())
-        writer.SetImage(change.GetOutput())
-        if not writer.Write():
-            raise RuntimeError("GDCM could not write the file")
 
 
 def phantom(rows: int, cols: int, *, seed: int = 0, bits: int = 12, frames: int = 0) -> np.ndarray:
