@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,7 +141,11 @@ def pretrain():
 
 def test_objective_selection_names_what_this_checkout_lacks(pretrain):
     assert pretrain.select_objectives(["ijepa", "no-such"], if_registered=True) == (["ijepa"], ["no-such"])
-    with pytest.raises(ValueError, match="Unknown objective no-such; registered: ijepa, pixel, salt"):
+    from cxrjepa.pretrain.objectives import OBJECTIVES
+
+    registered = ", ".join(sorted(OBJECTIVES))
+    assert {"ijepa", "lejepa", "jepa-sigreg"} <= set(OBJECTIVES)
+    with pytest.raises(ValueError, match=f"Unknown objective no-such; registered: {re.escape(registered)} "):
         pretrain.select_objectives(["ijepa", "no-such"], if_registered=False)
     cfg, source = pretrain.objective_config("pixel", "train.batch_size=64")
     assert (cfg.objective, cfg.model.size, cfg.model.image_size, cfg.train.batch_size) == ("pixel", "base", 224, 64)
