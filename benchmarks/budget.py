@@ -91,7 +91,13 @@ class Calibration:
 def fit(points: list[tuple[int, float]], budget: float) -> Calibration:
     """The line through two (steps, CPU s) points, and the most steps whose predicted cost fits ``budget``."""
     (s0, c0), (s1, c1) = sorted(points)
-    per_step = max((c1 - c0) / (s1 - s0), 1e-6)
+    if not c1 > c0:
+        # under heavy contention OpenMP spin-waits can make a short run cost more CPU than a longer one
+        raise SystemExit(
+            f"Calibration failed: {s1} steps cost {c1:.1f} CPU s, not more than {s0} steps ({c0:.1f} CPU s); "
+            "the machine is too busy to measure, rerun when it is quieter (or with --threads 1)."
+        )
+    per_step = (c1 - c0) / (s1 - s0)
     startup = max(c0 - per_step * s0, 0.0)
     steps = math.floor((budget - startup) / per_step)
     if steps < MIN_STEPS:

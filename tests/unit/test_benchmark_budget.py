@@ -40,3 +40,9 @@ def test_calibration_fits_the_cost_line_and_the_budget(tmp_path):
     assert budget.calibrate(must_not_run, tmp_path, 200.0).steps == 76  # new budget: same cost line
     with pytest.raises(SystemExit, match=r"leaves 4 pretraining steps.*give at least 33 CPU s"):
         budget.calibrate(must_not_run, tmp_path, 20.0)
+
+
+def test_a_longer_calibration_run_that_cost_less_cpu_is_refused():
+    """Contention can make the 12-step run cost less CPU than the 2-step one: refuse, never extrapolate."""
+    with pytest.raises(SystemExit, match="Calibration failed: 12 steps cost 19.3 CPU s"):
+        budget.fit([(2, 19.8), (12, 19.3)], 250.0)
