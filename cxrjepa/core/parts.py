@@ -37,6 +37,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,7 +47,7 @@ from typing import Any
 
 from cxrjepa.core import console
 from cxrjepa.core.artifact import COMPLETE as ARTIFACT_COMPLETE
-from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, plan_artifact
+from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, plan_artifact, read_manifest
 from cxrjepa.core.atomic import atomic_write_json
 from cxrjepa.core.errors import EXIT_FAILURE, CxrjepaError, UsageError
 from cxrjepa.core.lock import Holder, OutputLockedError, lock_path, output_lock, read_holder
@@ -454,3 +455,24 @@ def maybe_finalize(out: str | Path, part: Part, fingerprint: str, finalize: Call
     except OutputLockedError as exc:
         console.info(f"Part {part} is complete; not finalizing here: {exc.message}")
         return None
+
+
+def finalize_start(out: Path, kind: str, noun: str, up_to_date: str, nothing: str) -> tuple[Artifact | dict, dict]:
+    """The opening every finalize shares, under the artifact's lock. Another kind at ``out`` is a usage error
+    (``noun``: what should be there); an artifact already complete is returned with ``up_to_date`` said (its
+    leftover parts tidied away once none runs); no parts is :class:`PartsIncompleteError` with ``nothing``;
+    a running part refuses (exit 2). Returns ``(Artifact, {})`` when complete, else ``(manifest, records)``."""
+    manifest = read_manifest(out) if out.is_dir() else None
+    found = records(out)
+    if manifest is not None and manifest.get("kind") != kind:
+        raise UsageError(f"'{out}' holds {manifest.get('kind')} artifact, not {noun}.")
+    if manifest is not None and manifest.get("status") == ARTIFACT_COMPLETE:
+        if found:
+            ensure_idle(out, f"tidy '{out}'")
+            shutil.rmtree(parts_root(out), ignore_errors=True)
+        console.info(up_to_date)
+        return Artifact(out, manifest), {}
+    if manifest is None or not found:
+        raise PartsIncompleteError(nothing)
+    ensure_idle(out, f"finalize '{out}'")
+    return manifest, found

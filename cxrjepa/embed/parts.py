@@ -26,15 +26,15 @@ import shutil
 from pathlib import Path
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import COMPLETE, Artifact, begin, read_manifest
+from cxrjepa.core.artifact import Artifact, begin, read_manifest
 from cxrjepa.core.config import from_dict, to_dict
-from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
+from cxrjepa.core.errors import CxrjepaError, expecting_writes
 from cxrjepa.core.parts import (
     Joined,
     Part,
     PartsIncompleteError,
     artifact_lock,
-    ensure_idle,
+    finalize_start,
     finish_record,
     incomplete,
     join,
@@ -45,7 +45,6 @@ from cxrjepa.core.parts import (
     parse_part,
     parts_root,
     read_record,
-    records,
     write_record,
 )
 from cxrjepa.data.store import DatasetArtifact
@@ -268,23 +267,16 @@ def finalize_embed(out: str | Path) -> Artifact:
     exit 1) or a part is running (exit 2). Embeddings already complete are returned as they are."""
     out = Path(out)
     with artifact_lock(out, "embed --finalize"):
-        manifest = read_manifest(out) if out.is_dir() else None
-        found = records(out)
-        if manifest is not None and manifest.get("kind") != "embeddings":
-            raise UsageError(f"'{out}' holds {manifest.get('kind')} artifact, not embeddings.")
-        if manifest is not None and manifest.get("status") == COMPLETE:
-            if found:
-                ensure_idle(out, f"tidy '{out}'")
-                shutil.rmtree(parts_root(out), ignore_errors=True)
-            console.info(f"Embeddings '{out}' are up to date.")
-            return Artifact(out, manifest)
-        if manifest is None or not found:
-            raise PartsIncompleteError(
-                f"'{out}' holds no embed parts to finalize; run '{COMMAND} ... --out {out} "
-                "--part K/N' for K = 0 .. N-1 first (an interrupted single run resumes by "
-                "rerunning its own command)."
-            )
-        ensure_idle(out, f"finalize '{out}'")
+        manifest, found = finalize_start(
+            out,
+            "embeddings",
+            "embeddings",
+            f"Embeddings '{out}' are up to date.",
+            f"'{out}' holds no embed parts to finalize; run '{COMMAND} ... --out {out} --part K/N' for K = 0 .. N-1 "
+            "first (an interrupted single run resumes by rerunning its own command).",
+        )
+        if isinstance(manifest, Artifact):
+            return manifest
         fp = manifest["fingerprint"]
         contents = manifest.get("contents") or {}
         n_rows = int(contents["arrays"]["features"]["shape"][0])

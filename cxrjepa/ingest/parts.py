@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import COMPLETE, Artifact, begin, read_manifest
+from cxrjepa.core.artifact import Artifact, begin
 from cxrjepa.core.config import from_dict
 from cxrjepa.core.errors import CxrjepaError, UsageError
 from cxrjepa.core.parts import (
@@ -39,7 +39,7 @@ from cxrjepa.core.parts import (
     Part,
     PartsIncompleteError,
     artifact_lock,
-    ensure_idle,
+    finalize_start,
     finish_record,
     incomplete,
     join,
@@ -52,7 +52,6 @@ from cxrjepa.core.parts import (
     part_names,
     parts_root,
     read_record,
-    records,
     write_record,
 )
 from cxrjepa.ingest import ledger
@@ -201,22 +200,16 @@ def finalize_ingest(out: str | Path, *, workers: int = 0) -> Artifact:
     out = Path(out)
     workers = workers if workers > 0 else default_workers()
     with artifact_lock(out, f"{COMMAND.split()[1]} --finalize"):
-        manifest = read_manifest(out) if out.is_dir() else None
-        found = records(out)
-        if manifest is not None and manifest.get("kind") != "dataset":
-            raise UsageError(f"'{out}' holds {manifest.get('kind')} artifact, not a dataset.")
-        if manifest is not None and manifest.get("status") == COMPLETE:
-            if found:
-                ensure_idle(out, f"tidy '{out}'")
-                shutil.rmtree(parts_root(out), ignore_errors=True)
-            console.info(f"Dataset '{out}' is up to date.")
-            return Artifact(out, manifest)
-        if manifest is None or not found:
-            raise PartsIncompleteError(
-                f"'{out}' holds no ingest parts to finalize; run '{COMMAND} SRC... --out {out} "
-                "--part K/N' for K = 0 .. N-1 first."
-            )
-        ensure_idle(out, f"finalize '{out}'")
+        manifest, found = finalize_start(
+            out,
+            "dataset",
+            "a dataset",
+            f"Dataset '{out}' is up to date.",
+            f"'{out}' holds no ingest parts to finalize; run '{COMMAND} SRC... --out {out} --part K/N' for K = 0 .. "
+            "N-1 first.",
+        )
+        if isinstance(manifest, Artifact):
+            return manifest
         fp = manifest["fingerprint"]
         count = _complete_split(found, fp)
         if count is None:
