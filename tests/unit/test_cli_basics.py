@@ -94,3 +94,18 @@ def test_run_force_takes_optional_stage_ids(tmp_path, monkeypatch):
     assert runner.invoke(app, ["run", str(p)]).exit_code == 0 and seen["force"] is False
     res = runner.invoke(app, ["run", str(p), "embed"])
     assert res.exit_code == 2 and "--force" in res.stderr
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_cli_makes_idle_openmp_threads_sleep_unless_told_otherwise(given, expected):
+    """Before torch is imported, the CLI sets OMP_WAIT_POLICY=PASSIVE, and a user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import sys, os, cxrjepa.cli.app; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[0] == expected

@@ -47,7 +47,8 @@ def _recipes():
     """(name, pretrain config, device, processes, teacher) of every recipe in recipes/ and every pretrain stage of
     the shipped pipelines."""
     out = []
-    for name, gpus in (("cxr-small-cpu", 0), ("us-small-cpu", 0), ("cxr-ijepa-vitb16", 1), ("cxr-ijepa-vitl16", 8)):
+    for name in sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml")):
+        gpus = 0 if name.endswith("-cpu") else 8 if name.endswith("-vitl16") else 1
         out.append((name, load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"]), gpus, None))
     for name in ("quickstart", "us-salt-cpu", "cxr-salt", "us-salt-vitb16", "us-video-ijepa"):
         pipe = load_pipeline(ROOT / "pipelines" / f"{name}.yaml", known_stages=list(STAGES))

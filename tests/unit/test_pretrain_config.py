@@ -34,7 +34,14 @@ def test_a_partial_section_keeps_the_other_defaults():
 
 
 @pytest.mark.parametrize(
-    ("name", "objective"), [("cxr-small-cpu", "lejepa"), ("cxr-ijepa-vitb16", "ijepa"), ("cxr-ijepa-vitl16", "ijepa")]
+    ("name", "objective"),
+    [
+        ("cxr-small-cpu", "lejepa"),
+        ("cxr-ijepa-vitb16", "ijepa"),
+        ("cxr-ijepa-vitl16", "ijepa"),
+        ("cxr-lejepa-vitb16", "lejepa"),
+        ("cxr-jepa-sigreg-vitb16", "jepa-sigreg"),
+    ],
 )
 def test_recipes_load(name, objective):
     cfg = load_config(PretrainConfig, files=[ROOT / "recipes" / f"{name}.yaml"])
