@@ -72,6 +72,16 @@ class StepTerms:
         return out
 
 
+def sigreg_blend(
+    name: str, main: torch.Tensor, sig: torch.Tensor, weight: float, terms: StepTerms
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of the SIGReg objectives (lejepa, jepa-sigreg): ``(1 - weight) * main + weight * sig``; both
+    terms are added to the step's ``terms`` (logged as ``name`` and ``sigreg``) and returned detached."""
+    logged = {name: main.detach(), "sigreg": sig.detach()}
+    terms.add(logged)
+    return (1.0 - weight) * main + weight * sig, logged
+
+
 class Objective(nn.Module):
     """A pretraining objective.
 

@@ -28,7 +28,7 @@ from cxrjepa.models.flops import encoder_flops, masked_student_flops
 from cxrjepa.models.predictor import Predictor, PredictorConfig
 from cxrjepa.models.vit import ViTEncoder, gather_tokens
 from cxrjepa.pretrain.masks import MaskConfig, block_masks
-from cxrjepa.pretrain.objectives.base import Objective, StepTerms
+from cxrjepa.pretrain.objectives.base import Objective, StepTerms, sigreg_blend
 from cxrjepa.pretrain.objectives.ijepa import JEPAStudent, regression_loss
 from cxrjepa.pretrain.sigreg import SIGReg
 
@@ -96,10 +96,7 @@ class JEPASigReg(Objective):
         prediction = regression_loss(self.settings.loss, pred.float(), y)
         emb = h.mean(dim=1) if self.settings.sigreg_on == "pooled" else h.reshape(-1, h.shape[-1])
         sig = self.sigreg(emb, batch["step"])
-        lam = self.settings.sigreg_weight
-        terms = {"prediction": prediction.detach(), "sigreg": sig.detach()}
-        self.terms.add(terms)
-        return (1.0 - lam) * prediction + lam * sig, terms
+        return sigreg_blend("prediction", prediction, sig, self.settings.sigreg_weight, self.terms)
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
         """This step's loss terms (this process's prediction loss; SIGReg is global), averaged over micro-batches."""

@@ -32,7 +32,7 @@ from cxrjepa.models.projector import Projector, ProjectorConfig
 from cxrjepa.models.vit import ViTEncoder
 from cxrjepa.pretrain.augment import ViewsConfig
 from cxrjepa.pretrain.data import Normalizer
-from cxrjepa.pretrain.objectives.base import Objective, StepTerms, TrainEnv
+from cxrjepa.pretrain.objectives.base import Objective, StepTerms, TrainEnv, sigreg_blend
 from cxrjepa.pretrain.sigreg import SIGReg
 
 
@@ -124,10 +124,7 @@ class LeJEPA(Objective):
         invariance = (proj - centers).square().mean()
         z = proj if self.settings.sigreg_views == "each" else proj.reshape(1, -1, proj.shape[-1])
         sig = self.sigreg(z, batch["step"])
-        lam = self.settings.sigreg_weight
-        terms = {"invariance": invariance.detach(), "sigreg": sig.detach()}
-        self.terms.add(terms)
-        return (1.0 - lam) * invariance + lam * sig, terms
+        return sigreg_blend("invariance", invariance, sig, self.settings.sigreg_weight, self.terms)
 
     def after_step(self, step: int, total_steps: int) -> dict[str, float]:
         """This step's loss terms (this process's invariance; SIGReg is global), averaged over micro-batches."""
