@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
 from cxrjepa.pretrain.checkpoint import list_checkpoints
 from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.pretrain.objectives.ijepa import IJEPA
+from tests.pretrain_cli import pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -232,21 +232,7 @@ def test_killed_cli_run_resumes_to_the_same_weights(straight, dataset, tmp_path)
     out = tmp_path / "killed"
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
-    cmd = [
-        sys.executable,
-        "-m",
-        "cxrjepa",
-        "pretrain",
-        "--data",
-        str(dataset),
-        "--out",
-        str(out),
-        "--config",
-        str(cfg_file),
-        "--gpus",
-        "0",
-        "--quiet",
-    ]
+    cmd = pretrain_command(dataset, out, cfg_file, "--quiet")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

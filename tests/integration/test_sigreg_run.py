@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
 from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.pretrain.objectives import build_objective
 from tests.integration.test_pretrain_run import assert_same_optimizer, assert_same_weights, phantoms
+from tests.pretrain_cli import pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,24 +77,6 @@ def single(request, dataset, tmp_path_factory):
         options=PretrainOptions(loggers=["tensorboard"]),
     )
     return request.param, cfg_file, run
-
-
-def cli(dataset: Path, out: Path, cfg_file: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "cxrjepa",
-        "pretrain",
-        "--data",
-        str(dataset),
-        "--out",
-        str(out),
-        "--config",
-        str(cfg_file),
-        "--gpus",
-        "0",
-        *extra,
-    ]
 
 
 def env(threads: bool = True) -> dict:
@@ -157,7 +139,7 @@ def test_two_gloo_processes_match_one_process(single, strategy, dataset, tmp_pat
         pytest.skip("jepa-sigreg's student shards like ijepa's (tested in test_pretrain_distributed)")
     multi = tmp_path / "multi"
     res = subprocess.run(
-        cli(dataset, multi, cfg_file, "--nproc", "2", "--json", "--set", f"runtime.strategy={strategy}"),
+        pretrain_command(dataset, multi, cfg_file, "--nproc", "2", "--json", "--set", f"runtime.strategy={strategy}"),
         env=env(threads=False),
         capture_output=True,
         text=True,
@@ -178,7 +160,7 @@ def test_killed_run_resumes_to_the_same_weights(single, dataset, tmp_path):
     """SIGKILL the CLI run after its first checkpoint; the same command finishes it with identical weights."""
     objective, cfg_file, run = single
     out = tmp_path / "killed"
-    cmd = cli(dataset, out, cfg_file, "--quiet")
+    cmd = pretrain_command(dataset, out, cfg_file, "--quiet")
     proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

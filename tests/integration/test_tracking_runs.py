@@ -25,6 +25,7 @@ from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.tracking import STATE_FILE, read_state
 from cxrjepa.tracking.base import flat_params, row_metrics
 from tests.integration.test_pretrain_run import phantoms
+from tests.pretrain_cli import pretrain_command
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -165,23 +166,7 @@ def test_a_killed_run_resumes_the_same_mlflow_run(dataset, offline, tmp_path):
     out = tmp_path / "killed"
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
-    cmd = [
-        sys.executable,
-        "-m",
-        "cxrjepa",
-        "pretrain",
-        "--data",
-        str(dataset),
-        "--out",
-        str(out),
-        "--config",
-        str(cfg_file),
-        "--gpus",
-        "0",
-        "--quiet",
-        "--logger",
-        "mlflow",
-    ]
+    cmd = pretrain_command(dataset, out, cfg_file, "--quiet", "--logger", "mlflow")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 180
