@@ -55,7 +55,8 @@ def command(
     last4: Annotated[
         bool | None,
         typer.Option(
-            "--last4/--no-last4", help="Also write features_last4: the last 4 blocks' mean-pooled tokens, concatenated."
+            "--last4/--no-last4",
+            help="Also write features_last4: the last 4 blocks' tokens, each pooled as --pooling says, concatenated.",
         ),
     ] = None,
     patch_tokens: Annotated[
@@ -63,7 +64,12 @@ def command(
         typer.Option("--patch-tokens/--no-patch-tokens", help="Also write patch_tokens (N, L, D) for dense probes."),
     ] = None,
     pooling: Annotated[
-        str | None, typer.Option("--pooling", help="Per-image feature: mean (of patch tokens) or cls.")
+        str | None,
+        typer.Option(
+            "--pooling",
+            help="Per-image feature: mean (of patch tokens), cls, or grid:RxC (the mean token of each of R x C "
+            "zones, concatenated; keeps where things are).",
+        ),
     ] = None,
     image_size: Annotated[
         int | None, typer.Option("--image-size", help="Model input size in pixels (default: the encoder's own).")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -12,9 +13,12 @@ from cxrjepa.core.errors import ConfigError
 class EmbedConfig:
     """What the features are. Every field enters the embeddings' fingerprint."""
 
-    #: per-image feature: mean of the last layer's patch tokens, or the CLS token (encoders that have one)
-    pooling: Literal["mean", "cls"] = "mean"
-    #: also write features_last4 (N, 4D): mean-pooled patch tokens of each of the last 4 blocks, concatenated
+    #: per-image feature: ``mean`` of the last layer's patch tokens, ``cls`` (the CLS token, encoders that have
+    #: one), or ``grid:RxC`` (``grid:K`` = ``grid:KxK``): the token grid average-pooled into R rows x C columns
+    #: of zones, their R * C mean tokens concatenated row by row (R * C * D values; keeps *where*)
+    pooling: str = "mean"
+    #: also write features_last4 (N, 4 x the feature width): each of the last 4 blocks pooled as ``pooling``
+    #: says (``mean`` for ``cls``), concatenated
     last4: bool = False
     #: also write patch_tokens (N, L, D): last-layer patch tokens on the encoder's grid (dense probes)
     patch_tokens: bool = False
@@ -34,6 +38,7 @@ class EmbedConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        zones(self.pooling)
         if self.clip_frames < 1:
             raise ConfigError("'clip_frames' must be at least 1.")
         if self.image_size is not None and self.image_size < 8:
@@ -56,3 +61,17 @@ class EmbedOptions:
     workers: int | None = None
     #: refuse to start when the estimated peak memory of a batch does not fit (docs/pretrain.md, "Memory check")
     memory_check: bool = True
+
+
+_GRID = re.compile(r"grid:(\d+)(?:x(\d+))?")
+
+
+def zones(pooling: str) -> tuple[int, int] | None:
+    """(rows, columns) of a ``grid:RxC`` / ``grid:K`` pooling, ``None`` for ``mean`` and ``cls``."""
+    if pooling in ("mean", "cls"):
+        return None
+    m = _GRID.fullmatch(str(pooling))
+    rows, cols = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (0, 0)
+    if not 1 <= rows <= 64 or not 1 <= cols <= 64:
+        raise ConfigError(f"'pooling' must be mean, cls or grid:RxC (R, C from 1 to 64), not '{pooling}'.")
+    return rows, cols

@@ -7,10 +7,11 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cxrjepa.core.errors import UsageError
 from cxrjepa.data.store import DatasetArtifact
-from cxrjepa.embed.config import EmbedConfig
+from cxrjepa.embed.config import EmbedConfig, zones
 from cxrjepa.encoders import FeatureEncoder
 
 FEATURES = "features"
@@ -36,13 +37,36 @@ def output_shapes(config: EmbedConfig, encoder: FeatureEncoder) -> dict[str, tup
     tokens = 1
     for g in encoder.token_grid(size, size):
         tokens *= g
-    shapes = {FEATURES: (d,), LAST4: (4 * d,), PATCH: (tokens, d)}
+    rows, cols = zones(config.pooling) or (1, 1)
+    width = rows * cols * d
+    shapes = {FEATURES: (width,), LAST4: (4 * width,), PATCH: (tokens, d)}
     return {k: shapes[k] for k in output_names(config)}
 
 
 def check_config(config: EmbedConfig, encoder: FeatureEncoder) -> None:
     if config.pooling == "cls" and not encoder.has_cls:
         raise UsageError(f"The encoder '{encoder.spec}' has no CLS token; use pooling=mean.")
+    grid = zones(config.pooling)
+    if grid is not None:
+        size = input_size(config, encoder)
+        h, w = encoder.token_grid(size, size)[-2:]
+        if grid[0] > h or grid[1] > w:
+            raise UsageError(
+                f"pooling={config.pooling} needs a token grid of at least {grid[0]} x {grid[1]}; "
+                f"the encoder '{encoder.spec}' has {h} x {w} at {size} px."
+            )
+
+
+def pool_tokens(tokens: torch.Tensor, grid: tuple[int, ...], pooling: str) -> torch.Tensor:
+    """Per-input features (B, width) from patch tokens (B, L, D) on ``grid`` ((h, w), or (T', h, w) for a clip:
+    time is averaged first): their mean, or for ``grid:RxC`` the mean token of each of R x C zones
+    (adaptive average pooling), concatenated row-major, zone by zone."""
+    rows_cols = zones(pooling)
+    if rows_cols is None:
+        return tokens.mean(dim=1)
+    b, _, d = tokens.shape
+    t = tokens.reshape(b, -1, grid[-2], grid[-1], d).mean(dim=1).permute(0, 3, 1, 2)  # (B, D, h, w)
+    return F.adaptive_avg_pool2d(t, rows_cols).permute(0, 2, 3, 1).reshape(b, -1)
 
 
 class Extractor:
@@ -62,6 +86,9 @@ class Extractor:
         self.device = device
         self.scale = 1.0 / float(max_value)
         self.size = input_size(config, encoder)
+        self.grid = encoder.token_grid(self.size, self.size)
+        #: pooling of every layer's tokens (features_last4 pools like features; cls -> mean there)
+        self.pooling = "mean" if config.pooling == "cls" else config.pooling
         self.transform = transform
         self.n_layers = 4 if config.last4 else 1
         #: frames per input of a clip encoder (each sample's frames come as whole windows), else 0
@@ -88,9 +115,9 @@ class Extractor:
         if self.config.pooling == "cls":
             per_frame = {FEATURES: out.prefix[:, 0].float()}
         else:
-            per_frame = {FEATURES: tokens.mean(dim=1)}
+            per_frame = {FEATURES: pool_tokens(tokens, self.grid, self.pooling)}
         if self.config.last4:
-            per_frame[LAST4] = torch.cat([t.float().mean(dim=1) for t in out.layers], dim=1)
+            per_frame[LAST4] = torch.cat([pool_tokens(t.float(), self.grid, self.pooling) for t in out.layers], dim=1)
         if self.config.patch_tokens:
             per_frame[PATCH] = tokens
         counts = counts.to(self.device)
