@@ -23,7 +23,8 @@ cxrjepa command (printed, and listed in the results file):
 4. ``cxrjepa probe`` each with the same split (the set's own patient-level ``split`` column written as a split
    file): logistic regression on standardized features, regularisation chosen on ``val``, test AUROC
    (one-vs-rest macro for 3 classes) and macro-F1 with patient-bootstrap 95 % intervals; kNN AUROC beside it.
-   The ViTs are probed on their mean-pooled last layer and on their last 4 layers (``--features``); each
+   The ViTs are probed on their mean-pooled last layer and on their last 4 layers (``--features``), or on
+   zone-pooled ones (``--pooling grid:4x1``: every ViT, twins included, pooled the same way); each
    pretrained encoder's headline metric (AUROC for the 2-class sets, macro-F1 for the 3-class ones) minus its
    random twin's (same features) and minus raw pixels' gets a paired interval: both probes scored on the same
    patient-bootstrap resamples.
@@ -102,9 +103,20 @@ SETS = {
     ),
 }
 
-FEATURE_NAMES = {"features": "mean-pooled last layer", "features_last4": "last 4 layers"}
+FEATURE_NAMES = {"features": "last layer", "features_last4": "last 4 layers"}
 METRIC_NAMES = {"auroc": "AUROC", "macro_f1": "macro-F1"}
 NOTES = "<!-- notes: written by hand, kept when quality.py --write rewrites the tables above -->"
+
+
+def feature_name(features: str, pooling: str) -> str:
+    """'mean-pooled last layer', 'last 4 layers, grid:4x1 zones'."""
+    name = FEATURE_NAMES[features]
+    return f"mean-pooled {name}" if pooling == "mean" else f"{name}, {pooling} zones"
+
+
+def pooling_tag(pooling: str) -> str:
+    """Folder suffix of a ViT's embeddings and probes: '' for mean pooling (the default), '-grid4x1' else."""
+    return "" if pooling == "mean" else "-" + pooling.replace(":", "")
 
 
 def row_key(encoder: str, features: str) -> str:
@@ -146,42 +158,17 @@ def probe_inputs(ds: DataSet, data: Path, work: Path) -> tuple[Path, Path, dict]
     return lab, spl, {"counts": counts, "unlabelled": int((~kept).sum())}
 
 
-def test_scores(prb: Path, patients: dict) -> tuple:
-    """(classes, class index per sample, scores (N, C), patient keys) of the linear probe's test predictions,
-    sorted by sample_id (so two probes of the same samples line up)."""
-    import pandas as pd
+def paired_delta(a: Path, b: Path, n: int, seed: int) -> dict:
+    """Test AUROC and macro-F1 of probe a's linear probe minus probe b's on the same samples, each with a paired
+    patient-bootstrap 95 % interval (cxrjepa.probe.compare, what the report shows): the interval excludes 0
+    when one encoder really beats the other."""
+    from cxrjepa.probe.compare import compare_probes
+    from cxrjepa.probe.layout import Probe
 
-    df = pd.read_parquet(prb / "predictions.parquet")
-    df = df[(df["probe"] == "linear") & (df["split"] == "test")].sort_values("sample_id")
-    cols = [c for c in df.columns if c.startswith("score_")]
-    classes = [c[6:] for c in cols]
-    y = df["target"].astype(str).map(classes.index).to_numpy()
-    return classes, y, df[cols].to_numpy(float), df["sample_id"].map(patients).to_numpy(), df["sample_id"].to_numpy()
-
-
-def paired_delta(a: Path, b: Path, patients: dict, n: int, seed: int) -> dict:
-    """Test AUROC and macro-F1 of probe a minus probe b on the same samples, each with a paired
-    patient-bootstrap 95 % interval (both probes scored on every resample, cxrjepa's own metric code): the
-    interval excludes 0 when one encoder really beats the other."""
-    import numpy as np
-
-    from cxrjepa.probe.metrics import bootstrap_weights, classification, metric_value, percentile_ci
-
-    _, y, sa, groups, ids = test_scores(a, patients)
-    _, yb, sb, _, ids_b = test_scores(b, patients)
-    if not (np.array_equal(ids, ids_b) and np.array_equal(y, yb)):
+    d = compare_probes(Probe.open(a), Probe.open(b), "target", "linear", n_boot=n, seed=seed)
+    if d is None:
         raise SystemExit(f"{a} and {b} scored different test samples: cannot pair them.")
-
-    def diff(W):
-        ma, mb = classification(W, y, sa)[0], classification(W, y, sb)[0]
-        return {k: ma[k] - mb[k] for k in METRIC_NAMES}
-
-    point = diff(np.ones((1, len(y))))
-    boots = [diff(W) for W in bootstrap_weights(groups, n, seed)]
-    return {
-        k: {"value": metric_value(point[k][0]), "ci": percentile_ci(np.concatenate([d[k] for d in boots]))}
-        for k in METRIC_NAMES
-    }
+    return {k: d[k] for k in METRIC_NAMES}
 
 
 def probe_args(args, lab: Path, spl: Path, features: str) -> list:
@@ -235,22 +222,21 @@ def run_set(ds: DataSet, args, env: dict, budget: float, contenders: list) -> di
     feats = args.features.split(",")
     results = {}
     for name, (spec, folder, vit) in encoders.items():
-        emb = folder / "emb"
+        tag = pooling_tag(args.pooling) if vit else ""
+        emb = folder / f"emb{tag}"
         embed = ["embed", "--encoder", spec, "--data", work / "data", "--out", emb, "--quiet"]
         if "features_last4" in feats and vit:
             embed.append("--last4")
+        if vit:
+            embed += ["--pooling", args.pooling]
         sh(embed)
         for features in feats if vit else ["features"]:
-            out = folder / f"probe-{features}"
+            out = folder / f"probe-{features}{tag}"
             sh(["probe", "--embeddings", emb, "--out", out, *probe_args(args, lab, spl, features)])
             results[row_key(name, features)] = {
                 "probe": out,
                 "metrics": json.loads((out / "metrics.json").read_text())["tasks"]["target"],
             }
-    import pandas as pd
-
-    meta = pd.read_parquet(work / "data" / "metadata.parquet", columns=["sample_id", "patient_key"])
-    patients = dict(zip(meta["sample_id"], meta["patient_key"]))
     twin_of = {c: t["name"] for t in twins.values() for c in t["serves"]}
     deltas = {}
     for p in pretrained:
@@ -260,9 +246,9 @@ def run_set(ds: DataSet, args, env: dict, budget: float, contenders: list) -> di
             mine = results[row]["probe"]
             deltas[row] = {
                 "random": paired_delta(
-                    mine, results[row_key(twin_of[name], features)]["probe"], patients, args.bootstrap, args.seed
+                    mine, results[row_key(twin_of[name], features)]["probe"], args.bootstrap, args.seed
                 ),
-                "pixels": paired_delta(mine, results["pixels"]["probe"], patients, args.bootstrap, args.seed),
+                "pixels": paired_delta(mine, results["pixels"]["probe"], args.bootstrap, args.seed),
             }
     return {
         "set": ds,
@@ -295,7 +281,7 @@ def encoder_label(o: dict, row: str, args) -> str:
     if row == "pixels":
         return f"raw pixels {args.pixels}x{args.pixels}"
     name, feat = (row[: -len("-last4")], "features_last4") if row.endswith("-last4") else (row, "features")
-    return f"{titles[name]}, {FEATURE_NAMES[feat]}"
+    return f"{titles[name]}, {feature_name(feat, args.pooling)}"
 
 
 def table(outs: list[dict], args, command: str, budgets: dict) -> str:
@@ -308,7 +294,7 @@ def table(outs: list[dict], args, command: str, budgets: dict) -> str:
         f"Budget: {', '.join(f'{n} {b:.0f}' for n, b in budgets.items())} CPU seconds of pretraining per contender "
         f"(per data set); {args.threads} torch/OpenMP threads; input size {args.size} px; pixel baseline "
         f"{args.pixels} x {args.pixels}; ViT features probed: "
-        f"{', '.join(FEATURE_NAMES[f] for f in args.features.split(','))}; {args.bootstrap} patient-bootstrap "
+        f"{', '.join(feature_name(f, args.pooling) for f in args.features.split(','))}; {args.bootstrap} patient-bootstrap "
         f"resamples; seed {args.seed}.",
         "",
         "Paired differences: the set's headline metric (named in the first column) of the pretrained encoder minus "
@@ -385,6 +371,11 @@ def main() -> None:
         "--features",
         default="features,features_last4",
         help="comma-separated pooled arrays probed for the ViTs (features, features_last4)",
+    )
+    ap.add_argument(
+        "--pooling",
+        default="mean",
+        help="how the ViTs (pretrained and random twins) pool their tokens: mean or grid:RxC (cxrjepa embed --pooling)",
     )
     ap.add_argument("--threads", type=int, default=2, help="torch / OpenMP threads of every stage")
     ap.add_argument("--bootstrap", type=int, default=1000)

@@ -7,8 +7,10 @@ import os
 import shutil
 import stat
 
+import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from cxrjepa.cli.app import app
@@ -94,6 +96,21 @@ def test_two_runs_and_their_probes_are_shown_side_by_side(full):
     for run in ("run-ijepa", "run-salt"):
         for kind in ("linear", "knn"):
             assert f'{run}</td><td class="nw">{kind}' in probes
+    # the paired differences: run-ijepa's linear AUROC minus run-salt's, on the same test patients
+    from cxrjepa.probe.compare import compare_probes
+    from cxrjepa.probe.layout import Probe
+
+    root = full.parent / "report-chain"
+    d = compare_probes(Probe.open(root / "probe-ijepa"), Probe.open(root / "probe-salt"), "finding", "linear")
+    preds = [pd.read_parquet(root / f"probe-{o}" / "predictions.parquet") for o in ("ijepa", "salt")]
+    aurocs = []
+    for p in preds:
+        t = p[(p.probe == "linear") & (p.split == "test")].sort_values("sample_id")
+        aurocs.append(roc_auc_score(t.target == "PNEUMONIA", t.score_PNEUMONIA))
+    assert abs(d["auroc"]["value"] - (aurocs[0] - aurocs[1])) < 1e-6
+    assert "run-ijepa minus it (AUROC)" in probes
+    value = f"{d['auroc']['value']:+.3f} ({d['auroc']['ci'][0]:+.3f} to {d['auroc']['ci'][1]:+.3f})"
+    assert f'run-salt</td><td class="nw">linear</td><td class="num nw">{value}</td>' in probes
     # every comparative figure names both runs in its description
     for name in ("pretraining-curves", "probe-roc-finding", "embeddings-map", "patch-maps-dataset", "retrieval"):
         alt = next(

@@ -202,6 +202,9 @@ def _task(ctx: Context, sec: Section, task: str, have: list[tuple[Entry, TaskRes
     text = "; ".join(desc)
     sec.add(Heading(f"Task: {task}"), Para(f"{text[:1].upper()}{text[1:]}."))
     sec.add(_metric_table(have))
+    paired = _paired_table(task, have)
+    if paired is not None:
+        sec.add(paired)
     per_class = _per_class_table(have)
     if per_class is not None:
         sec.add(Details(f"Per-class metrics of {task}", [per_class]))
@@ -238,6 +241,58 @@ def _metric_table(have: list[tuple[Entry, TaskResult]]) -> Table:
         rows,
         caption="Test-set metrics with bootstrap 95 % intervals in brackets; the best value of each column is bold"
         + (" (lower is better for MAE)." if "mae" in names else "."),
+    )
+
+
+def _paired_table(task: str, have: list[tuple[Entry, TaskResult]]) -> Table | None:
+    """The first run's primary metric minus each other run's, on the same test samples, with paired intervals
+    (cxrjepa.probe.compare); ``None`` with fewer than two runs or nothing that pairs."""
+    from cxrjepa.probe.compare import compare_probes
+
+    if len(have) < 2:
+        return None
+    (ref, ref_task), rows = have[0], []
+    metric = primary_metric([k for kind in ref_task.probes for k in ref_task.probes[kind].metrics if k in METRIC_NAMES])
+    boot = ref.metrics.bootstrap or {}
+    for e, t in have[1:]:
+        for kind in ordered_probes(ref_task.probes):
+            if kind not in t.probes or metric is None:
+                continue
+            d = compare_probes(
+                ref.node.as_probe,
+                e.node.as_probe,
+                task,
+                kind,
+                n_boot=int(boot.get("resamples", 1000)),
+                seed=int(boot.get("seed", 0)),
+            )
+            if d is None or metric not in d:
+                continue
+            value, ci = d[metric]["value"], d[metric].get("ci")
+            if value is None:
+                continue
+            text = f"{value:+.3f}" + (f" ({ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
+            confirmed = ci is not None and (ci[0] > 0 or ci[1] < 0)
+            verdict = "no difference the data confirm"
+            if confirmed:
+                better = (ci[0] > 0) != (metric in LOWER_IS_BETTER)
+                verdict = f"{ref.label} {'better' if better else 'worse'}"
+            rows.append(
+                [
+                    Cell(e.label, swatch=e.variant.color),
+                    Cell(kind),
+                    Cell(text, numeric=True, strong=confirmed),
+                    Cell(verdict),
+                ]
+            )
+    if not rows:
+        return None
+    return Table(
+        ["Compared with", "Probe", f"{ref.label} minus it ({metric_name(metric)})", "Verdict"],
+        rows,
+        caption=f"Paired differences on the same test samples: {ref.label}'s {metric_name(metric)} minus each "
+        "other run's, with a 95 % interval from the same patient-bootstrap resamples for both (an interval that "
+        "excludes 0 is a difference these test patients confirm).",
     )
 
 
