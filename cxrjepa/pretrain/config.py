@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from cxrjepa.core.config import to_dict
 from cxrjepa.core.errors import ConfigError
+from cxrjepa.embed.config import zones
 from cxrjepa.models.vit import EncoderConfig
 from cxrjepa.pretrain.augment import AugmentConfig
 from cxrjepa.pretrain.objectives.ijepa import IJEPAConfig
@@ -123,6 +124,8 @@ class RuntimeConfig:
     #: the logged column ``selection: probe`` chooses the exported encoder by (``probe/<task>/<probe>_<metric>``);
     #: empty = the first task's linear probe on its main metric (AUROC; MAE, lower is better, for regression)
     probe_select: str | None = None
+    #: how the probes pool the encoder's tokens: mean, or grid:RxC zones (as ``cxrjepa embed --pooling``)
+    probe_pooling: str = "mean"
 
     def probe_cadence(self) -> int:
         """Steps between in-training probes (``probe_every``, else ``checkpoint_every``; 0 = off)."""
@@ -141,6 +144,12 @@ class RuntimeConfig:
             raise ConfigError("'runtime.monitor_every' must not be negative and 'runtime.monitor_batch' at least 2.")
         if (self.probe_every is not None and self.probe_every < 0) or self.probe_items < 8:
             raise ConfigError("'runtime.probe_every' must not be negative and 'runtime.probe_items' at least 8.")
+        try:
+            grid = zones(self.probe_pooling)
+        except ConfigError:
+            grid = None
+        if self.probe_pooling != "mean" and grid is None:
+            raise ConfigError(f"'runtime.probe_pooling' must be mean or grid:RxC, not '{self.probe_pooling}'.")
 
 
 @dataclass

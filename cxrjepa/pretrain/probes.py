@@ -11,8 +11,9 @@ run probes itself:
   first task's class). The labels are joined by the code ``cxrjepa probe`` uses
   (:func:`cxrjepa.probe.api.build_tasks`): identifying columns of a labels CSV are dropped unread. Only the
   probes read these labels; the objective never sees them and the subset's images stay in the training data.
-* **The measurement** (:class:`InTrainingProbe`): frozen features of the subset -- the mean-pooled tokens of
-  the encoder that would be exported (I-JEPA: the EMA target; others: the student's encoder), in eval mode,
+* **The measurement** (:class:`InTrainingProbe`): frozen features of the subset -- the tokens, mean-pooled
+  or zone-pooled (``runtime.probe_pooling: grid:RxC``, as ``cxrjepa embed --pooling``), of the encoder that
+  would be exported (I-JEPA: the EMA target; others: the student's encoder), in eval mode,
   without gradients, under the run's precision; whole frames (middle clip windows), as the held-out batches
   of model selection -- each rank computing its equal share, then gathered. Rank 0 fits a linear and a kNN
   probe on the train part (strength / k chosen on val, :func:`cxrjepa.probe.api.fit_probe`) and scores the
@@ -175,17 +176,24 @@ class InTrainingProbe:
         mine = np.concatenate([mine, np.full(self.per_rank - len(mine), subset.items[-1], dtype=np.int64)])
         ds = evaluation_images(config, data, mine, cache)
         self.images = torch.from_numpy(np.stack([ds[(0, j, j)]["image"] for j in range(len(mine))]))
+        self.pooling = config.runtime.probe_pooling
+        self.grid = config.model.token_grid(tuple(self.images.shape[2:]))
 
     @torch.no_grad()
     def features(self, encoder, normalizer, autocast, device: torch.device) -> np.ndarray:
-        """(n, D) float32 mean-pooled tokens of ``encoder`` (eval mode here; its mode is restored after)."""
+        """(n, width) float32 tokens of ``encoder`` pooled as ``runtime.probe_pooling`` says (mean, or zones:
+        :func:`cxrjepa.embed.extract.pool_tokens`, what ``cxrjepa embed`` computes); eval mode here, the
+        encoder's mode is restored after."""
+        from cxrjepa.embed.extract import pool_tokens
+
         was_training = encoder.training
         encoder.eval()
         try:
             out = []
             for chunk in self.images.split(EVAL_BATCH):
                 with autocast():
-                    out.append(encoder.tokens(normalizer(chunk.to(device))).float().mean(dim=1))
+                    tokens = encoder.tokens(normalizer(chunk.to(device))).float()
+                out.append(pool_tokens(tokens, self.grid, self.pooling))
             mine = torch.cat(out)
         finally:
             encoder.train(was_training)

@@ -208,3 +208,37 @@ def test_identifying_columns_of_probe_labels_reach_no_output(tmp_path):
     # the probe labels are a monitor here (selection: auto): adding them is not an input of the run
     assert [r["name"] for r in manifest["inputs"]] == ["data"]
     assert pd.read_csv(out / "metrics.csv")["probe/finding/linear_auroc"].notna().sum() == 3
+
+
+def test_zone_pooled_probes_read_the_features_embed_writes(straight, tmp_path):
+    """runtime.probe_pooling: grid:2x2 gives the in-training probes the features `cxrjepa embed --pooling
+    grid:2x2` writes for the same encoder and images."""
+    import contextlib
+    from dataclasses import asdict
+
+    from cxrjepa.data.store import DatasetArtifact
+    from cxrjepa.embed.api import EmbedConfig, run_embed
+    from cxrjepa.embed.store import Embeddings
+    from cxrjepa.models.export import load_encoder
+    from cxrjepa.pretrain.data import Normalizer
+    from cxrjepa.pretrain.probes import InTrainingProbe, probe_subset
+    from cxrjepa.runtime import DistInfo
+
+    images, labels, _ = chests(N)
+    meta = default_meta(N)
+    meta["patient_key"] = [f"p{i // 2:03d}" for i in range(N)]
+    meta["effusion"] = np.where(labels, "present", "absent")
+    write_dataset(tmp_path / "d32", images[:, 4:36, 4:36], meta, label_columns=["effusion"])  # the model's size
+    cfg = config(**{"runtime.probe_pooling": "grid:2x2", "runtime.probe_select": "", "selection": "auto"})
+    data = DatasetArtifact.open(tmp_path / "d32")
+    subset = probe_subset(cfg, data, warn=False)
+    probe = InTrainingProbe(subset, cfg, data, DistInfo())
+    loaded = load_encoder(straight / "encoder")
+    norm = Normalizer(asdict(loaded.normalization))
+    feats = probe.features(loaded.model, norm, contextlib.nullcontext, torch.device("cpu"))
+    emb = run_embed(tmp_path / "emb", EmbedConfig(pooling="grid:2x2"), encoder=straight / "encoder", data=data.path)
+    written = Embeddings.open(emb.path).array()
+    assert feats.shape == (len(subset.items), 4 * 192)
+    np.testing.assert_allclose(feats, written[subset.items], atol=1e-4)
+    with pytest.raises(Exception, match="runtime.probe_pooling"):
+        config(**{"runtime.probe_pooling": "cls"})
