@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
 from cxrjepa.pretrain.checkpoint import list_checkpoints
 from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.pretrain.objectives.ijepa import IJEPA
-from tests.pretrain_cli import pretrain_command
+from tests.pretrain_cli import kill_after_first_checkpoint, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -234,14 +233,7 @@ def test_killed_cli_run_resumes_to_the_same_weights(straight, dataset, tmp_path)
     cfg_file.write_text(yaml.safe_dump(TINY))
     cmd = pretrain_command(dataset, out, cfg_file, "--quiet")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoints" / "step-000002" / "state.json").exists():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(cmd, env, out, timeout=120)
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert_same_weights(straight / "checkpoints" / "step-000008", out / "checkpoints" / "step-000008", 1e-6)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
 from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.pretrain.objectives import build_objective
 from tests.integration.test_pretrain_run import assert_same_optimizer, assert_same_weights, phantoms
-from tests.pretrain_cli import pretrain_command
+from tests.pretrain_cli import kill_after_first_checkpoint, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,14 +159,7 @@ def test_killed_run_resumes_to_the_same_weights(single, dataset, tmp_path):
     objective, cfg_file, run = single
     out = tmp_path / "killed"
     cmd = pretrain_command(dataset, out, cfg_file, "--quiet")
-    proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoints" / "step-000002" / "state.json").exists():
-            break
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(cmd, env(), out)
     assert not (out / "checkpoints" / "step-000006" / "state.json").exists()  # killed mid-run
     assert yaml.safe_load((out / "manifest.yaml").read_text())["status"] != "complete"
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)

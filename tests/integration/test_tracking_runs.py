@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +23,7 @@ from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.tracking import STATE_FILE, read_state
 from cxrjepa.tracking.base import flat_params, row_metrics
 from tests.integration.test_pretrain_run import phantoms
-from tests.pretrain_cli import pretrain_command
+from tests.pretrain_cli import kill_after_first_checkpoint, pretrain_command
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -168,14 +166,7 @@ def test_a_killed_run_resumes_the_same_mlflow_run(dataset, offline, tmp_path):
     cfg_file.write_text(yaml.safe_dump(TINY))
     cmd = pretrain_command(dataset, out, cfg_file, "--quiet", "--logger", "mlflow")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoints" / "step-000002" / "state.json").exists():
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(cmd, env, out, timeout=180)
     assert yaml.safe_load((out / "manifest.yaml").read_text())["status"] == "partial"
     before = only_run()
     assert before.info.status == "RUNNING" and history(before.info.run_id, "pretrain/feat_std")  # it had begun
