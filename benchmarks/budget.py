@@ -109,6 +109,16 @@ def fit(points: list[tuple[int, float]], budget: float) -> Calibration:
     return Calibration(budget, per_step, startup, steps, [list(p) for p in points])
 
 
+#: a real run over its budget by more than this share is marked in the tables (the calibration ran under other load)
+TOLERANCE = 0.10
+
+
+def over_budget(cpu_s: float, budget: float) -> str:
+    """'' when ``cpu_s`` is within ``TOLERANCE`` of ``budget``, else ' (N % over budget)' for the tables."""
+    over = cpu_s / budget - 1.0
+    return f" ({over:.0%} over budget)" if over > TOLERANCE else ""
+
+
 def calibrate(run: Callable[[int, Path], float], folder: Path, budget: float) -> Calibration:
     """Calibrate with ``run(steps, out) -> CPU seconds`` (a fresh pretraining of that many steps into ``out``)
     at ``SHORT`` and ``LONG`` steps, fit the cost line, and keep it in ``folder/calibration.json``: a rerun with

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.budget import Calibration, Meter, calibrate
+from benchmarks.budget import Calibration, Meter, calibrate, over_budget
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"cxr": ROOT / "recipes" / "cxr-small-cpu.yaml", "us": ROOT / "recipes" / "us-small-cpu.yaml"}
@@ -191,7 +191,7 @@ def budget_row(p: dict, label: str) -> str:
     f, la = p["first"], p["last"]
     nan = float("nan")
     sig = f"{p['sigreg']:.2f}" if p["sigreg"] is not None else "-"
-    cpu = f"{p['cpu_s']:.0f}" + (" (resumed: last part only)" if p["resumed"] else "")
+    cpu = f"{p['cpu_s']:.0f}" + (" (resumed: last part only)" if p["resumed"] else over_budget(p["cpu_s"], p["budget"]))
     return (
         f"| {label} | {p['contender'].title} | {p['config']} | {p['steps']} x {p['batch']} | {p['budget']:.0f} | "
         f"{cpu} | {p['wall_s']:.0f} | {f.get('feat_std', nan):.2f} -> {la.get('feat_std', nan):.2f} | "

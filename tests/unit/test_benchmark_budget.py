@@ -46,3 +46,9 @@ def test_a_longer_calibration_run_that_cost_less_cpu_is_refused():
     """Contention can make the 12-step run cost less CPU than the 2-step one: refuse, never extrapolate."""
     with pytest.raises(SystemExit, match="Calibration failed: 12 steps cost 19.3 CPU s"):
         budget.fit([(2, 19.8), (12, 19.3)], 250.0)
+
+
+def test_a_run_well_over_its_budget_is_marked_in_the_tables():
+    assert budget.over_budget(396.0, 250.0) == " (58% over budget)"
+    assert budget.over_budget(270.0, 250.0) == ""  # within 10 %: calibration noise
+    assert budget.over_budget(200.0, 250.0) == ""
