@@ -224,7 +224,7 @@ class PretrainConfig:
         objectives or settings never makes a run stale).
 
         ``selection: probe`` enters with the probe settings that choose the exported encoder (cadence, subset,
-        tasks, join key, metric); the default selection leaves no trace, so runs made before it stay valid."""
+        tasks, join key, metric, a zone pooling); the default selection leaves no trace, so runs made before it stay valid."""
         data = to_dict(self)
         data.pop("runtime")
         if data.pop("selection") == "probe":
@@ -237,6 +237,8 @@ class PretrainConfig:
                 "key": rt.probe_key,
                 "metric": rt.probe_select,
             }
+            if rt.probe_pooling != "mean":  # zones change the scores that choose (mean leaves no trace)
+                data["selection"]["pooling"] = rt.probe_pooling
         for section, objective in OBJECTIVE_SECTIONS.items():
             if objective != self.objective:
                 data.pop(section, None)

@@ -242,3 +242,7 @@ def test_zone_pooled_probes_read_the_features_embed_writes(straight, tmp_path):
     np.testing.assert_allclose(feats, written[subset.items], atol=1e-4)
     with pytest.raises(Exception, match="runtime.probe_pooling"):
         config(**{"runtime.probe_pooling": "cls"})
+    # zones change the scores that choose the exported encoder: with selection: probe, a new run
+    assert config().science() != config(**{"runtime.probe_pooling": "grid:2x2"}).science()
+    auto = {"selection": "auto"}
+    assert config(**auto).science() == config(**auto, **{"runtime.probe_pooling": "grid:2x2"}).science()
