@@ -58,6 +58,7 @@ os.environ.setdefault("CXRJEPA_SALT", "benchmark-salt-not-secret")
 
 from benchmarks import contenders as cont  # noqa: E402
 from benchmarks.budget import parse_budgets  # noqa: E402
+from benchmarks.results_file import write_keeping_notes  # noqa: E402
 
 
 @dataclass
@@ -105,7 +106,6 @@ SETS = {
 
 FEATURE_NAMES = {"features": "last layer", "features_last4": "last 4 layers"}
 METRIC_NAMES = {"auroc": "AUROC", "macro_f1": "macro-F1"}
-NOTES = "<!-- notes: written by hand, kept when quality.py --write rewrites the tables above -->"
 
 
 def feature_name(features: str, pooling: str) -> str:
@@ -395,12 +395,7 @@ def main() -> None:
     text = table(outs, args, command, budgets)
     print(text)
     if args.write:
-        path = Path(args.write)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        old = path.read_text() if path.exists() else ""
-        if NOTES in old:  # the hand-written analysis below the marker survives a rerun
-            text += "\n" + old[old.index(NOTES) :]
-        path.write_text(text)
+        write_keeping_notes(args.write, text)
 
 
 if __name__ == "__main__":

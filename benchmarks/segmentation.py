@@ -46,6 +46,7 @@ os.environ.setdefault("CXRJEPA_SALT", "benchmark-salt-not-secret")
 
 from benchmarks import contenders as cont  # noqa: E402
 from benchmarks.budget import Meter, self_cpu  # noqa: E402
+from benchmarks.results_file import write_keeping_notes  # noqa: E402
 
 
 def patient_csv(images_root: Path, out: Path) -> Path:
@@ -246,8 +247,7 @@ def write_results(path: Path, args, log: list[str], rows: list[tuple], info: dic
         "PYTHONPATH=. python " + " ".join(sys.argv),
         "```",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_keeping_notes(path, "\n".join(lines) + "\n")
     print(f"wrote {path}")
 
 
