@@ -286,7 +286,8 @@ def artifact_lock(out: str | Path, stage: str, wait_s: float = JOIN_WAIT_S) -> I
                 stack.enter_context(output_lock(out, stage))
                 break
             except OutputLockedError:
-                if time.monotonic() > deadline or not _is_part_join(read_holder(out)):
+                holder = read_holder(out)  # None: released (its file unlinked) since we tried: try again
+                if time.monotonic() > deadline or (holder is not None and not _is_part_join(holder)):
                     raise
                 time.sleep(random.uniform(0.05, 0.3))
         yield

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from cxrjepa.core import console
-from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact
+from cxrjepa.core.artifact import Artifact, ArtifactBuilder, begin, input_refs, open_artifact, plan_artifact
 from cxrjepa.core.config import dump_yaml, load_config, to_dict
 from cxrjepa.core.errors import CxrjepaError, UsageError, expecting_writes
 from cxrjepa.core.fingerprint import hash_obj
@@ -377,6 +377,14 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
     spec = parse_encoder_spec(encoder, weights)
     refs = embed_input_refs(encoder, data, weights)
     opts = {**to_dict(options), "device": device, "world_size": world}
+    lay = None
+    if not dry_run:
+        action = plan_artifact(out, "embeddings", config, refs, force=force, version=ALGORITHM_VERSION).action
+        if action in ("create", "overwrite", "resume"):
+            # the encoder loads and accepts the settings (pooling, CLS, memory) before anything is written in out
+            lay = layout_for(
+                ds, config, options, encoder=encoder, weights=weights, device=device, world=world, local=local
+            )
     builder = begin(
         out, "embeddings", config, refs, options=opts, force=force, dry_run=dry_run, version=ALGORITHM_VERSION
     )
@@ -397,7 +405,8 @@ def _prepare(out, config, *, encoder, data, weights, options, device, world, for
         }
         console.info(f"Would embed {n} samples of '{data}' with '{spec.text}' into '{out}' ({builder.action}).")
         return builder, plan, None
-    lay = layout_for(ds, config, options, encoder=encoder, weights=weights, device=device, world=world, local=local)
+    if lay is None:
+        lay = layout_for(ds, config, options, encoder=encoder, weights=weights, device=device, world=world, local=local)
     n, unit_rows = lay.n, lay.unit_rows
     ledger = store.Ledger(out)
     resumable = store.existing_unit_rows(out, n, lay.shapes, lay.dtypes) if builder.resumed else None

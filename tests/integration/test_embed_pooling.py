@@ -79,6 +79,7 @@ def test_cli_refuses_grids_the_encoder_cannot_fill(setup, tmp_path):
     base = ["embed", "--data", str(setup / "ds"), "--quiet"]
     res = runner.invoke(app, [*base, "--encoder", "pixels:16", "--out", str(tmp_path / "p"), "--pooling", "grid:2"])
     assert res.exit_code == 2 and "needs a token grid of at least 2 x 2" in res.stderr
+    assert not (tmp_path / "p").exists()  # refused before anything was written
     res = runner.invoke(app, [*base, "--encoder", str(setup / "enc"), "--out", str(tmp_path / "b"), "--pooling", "max"])
     assert res.exit_code == 2 and "'pooling' must be mean, cls or grid:RxC" in res.stderr
     res = runner.invoke(
