@@ -1,5 +1,5 @@
-"""The ``cxrjepa pretrain`` command line the integration tests run in a subprocess (CPU, one process), and
-the interrupted run the resume tests start from."""
+"""The ``cxrjepa pretrain`` command line the integration tests run (in the CLI runner or a subprocess; CPU),
+and the interrupted run the resume tests start from."""
 
 from __future__ import annotations
 
@@ -10,23 +10,14 @@ import time
 from pathlib import Path
 
 
+def pretrain_args(dataset: Path, out: Path, cfg_file: Path, *extra: str) -> list[str]:
+    """``pretrain --data DATASET --out OUT --config CFG --gpus 0 EXTRA...`` (for the CLI runner)."""
+    return ["pretrain", "--data", str(dataset), "--out", str(out), "--config", str(cfg_file), "--gpus", "0", *extra]
+
+
 def pretrain_command(dataset: Path, out: Path, cfg_file: Path, *extra: str) -> list[str]:
     """``python -m cxrjepa pretrain --data DATASET --out OUT --config CFG --gpus 0 EXTRA...``."""
-    return [
-        sys.executable,
-        "-m",
-        "cxrjepa",
-        "pretrain",
-        "--data",
-        str(dataset),
-        "--out",
-        str(out),
-        "--config",
-        str(cfg_file),
-        "--gpus",
-        "0",
-        *extra,
-    ]
+    return [sys.executable, "-m", "cxrjepa", *pretrain_args(dataset, out, cfg_file, *extra)]
 
 
 def kill_after_first_checkpoint(cmd: list[str], env: dict, out: Path, timeout: float = 300.0) -> None:

@@ -25,7 +25,7 @@ from cxrjepa.pretrain import PretrainConfig, PretrainOptions, run_pretrain
 from cxrjepa.pretrain.checkpoint import list_checkpoints
 from cxrjepa.pretrain.monitors import MetricsLog
 from cxrjepa.pretrain.objectives.ijepa import IJEPA
-from tests.pretrain_cli import kill_after_first_checkpoint, pretrain_command
+from tests.pretrain_cli import kill_after_first_checkpoint, pretrain_args, pretrain_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -250,45 +250,14 @@ def test_cli_dry_run_prints_the_plan_and_writes_nothing(dataset, tmp_path):
     cfg_file.write_text(yaml.safe_dump(TINY))
     out = tmp_path / "never"
     res = runner.invoke(
-        app,
-        [
-            "pretrain",
-            "--data",
-            str(dataset),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg_file),
-            "--gpus",
-            "0",
-            "--nproc",
-            "2",
-            "--dry-run",
-            "--set",
-            "optim.lr=3e-4",
-        ],
+        app, pretrain_args(dataset, out, cfg_file, "--nproc", "2", "--dry-run", "--set", "optim.lr=3e-4")
     )
     assert res.exit_code == 0, res.output
     assert "torch.distributed.run --standalone --nproc-per-node=2 --log-dir=" in res.stdout
     assert "-m cxrjepa.cli.worker" in res.stdout
     assert "lr: 0.0003" in res.stdout and "plan: create" in res.stdout  # the resolved config the workers get
     assert not out.exists()
-    res = runner.invoke(
-        app,
-        [
-            "pretrain",
-            "--data",
-            str(dataset),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg_file),
-            "--gpus",
-            "0",
-            "--dry-run",
-            "--json",
-        ],
-    )
+    res = runner.invoke(app, pretrain_args(dataset, out, cfg_file, "--dry-run", "--json"))
     data = json.loads(res.stdout)
     assert data["processes"] == 1 and data["launch"] is None and data["planned_steps"] == 8
     assert data["config"]["train"]["batch_size"] == 8 and not out.exists()
@@ -320,23 +289,7 @@ def test_cli_print_config_and_json_result(dataset, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(TINY))
     res = runner.invoke(
-        app,
-        [
-            "pretrain",
-            "--data",
-            str(dataset),
-            "--out",
-            str(tmp_path / "r"),
-            "--config",
-            str(cfg_file),
-            "--gpus",
-            "0",
-            "--max-steps",
-            "2",
-            "--json",
-            "--quiet",
-            "--tensorboard",
-        ],
+        app, pretrain_args(dataset, tmp_path / "r", cfg_file, "--max-steps", "2", "--json", "--quiet", "--tensorboard")
     )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)

@@ -284,25 +284,7 @@ def test_only_rank_zero_logs_and_the_launch_spec_carries_the_loggers(dataset, of
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump({**TINY, "train": {"batch_size": 8, "steps": 4}}))
     res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cxrjepa",
-            "pretrain",
-            "--data",
-            str(dataset),
-            "--out",
-            str(out),
-            "--config",
-            str(cfg_file),
-            "--gpus",
-            "0",
-            "--nproc",
-            "2",
-            "--logger",
-            "mlflow",
-            "--quiet",
-        ],
+        pretrain_command(dataset, out, cfg_file, "--nproc", "2", "--logger", "mlflow", "--quiet"),
         env=env,
         capture_output=True,
         text=True,
