@@ -59,8 +59,8 @@ def check_config(config: EmbedConfig, encoder: FeatureEncoder) -> None:
 
 def pool_tokens(tokens: torch.Tensor, grid: tuple[int, ...], pooling: str) -> torch.Tensor:
     """Per-input features (B, width) from patch tokens (B, L, D) on ``grid`` ((h, w), or (T', h, w) for a clip:
-    time is averaged first): their mean, or for ``grid:RxC`` the mean token of each of R x C zones
-    (adaptive average pooling), concatenated row-major, zone by zone."""
+    time is averaged first): their mean (for ``mean``, and for ``cls``, whose token is not among them), or for
+    ``grid:RxC`` the mean token of each of R x C zones (adaptive average pooling), concatenated row-major."""
     rows_cols = zones(pooling)
     if rows_cols is None:
         return tokens.mean(dim=1)
@@ -87,8 +87,6 @@ class Extractor:
         self.scale = 1.0 / float(max_value)
         self.size = input_size(config, encoder)
         self.grid = encoder.token_grid(self.size, self.size)
-        #: pooling of every layer's tokens (features_last4 pools like features; cls -> mean there)
-        self.pooling = "mean" if config.pooling == "cls" else config.pooling
         self.transform = transform
         self.n_layers = 4 if config.last4 else 1
         #: frames per input of a clip encoder (each sample's frames come as whole windows), else 0
@@ -115,9 +113,11 @@ class Extractor:
         if self.config.pooling == "cls":
             per_frame = {FEATURES: out.prefix[:, 0].float()}
         else:
-            per_frame = {FEATURES: pool_tokens(tokens, self.grid, self.pooling)}
+            per_frame = {FEATURES: pool_tokens(tokens, self.grid, self.config.pooling)}
         if self.config.last4:
-            per_frame[LAST4] = torch.cat([pool_tokens(t.float(), self.grid, self.pooling) for t in out.layers], dim=1)
+            # every block pooled like features (cls: the blocks' mean, pool_tokens' answer for it)
+            layers = [pool_tokens(t.float(), self.grid, self.config.pooling) for t in out.layers]
+            per_frame[LAST4] = torch.cat(layers, dim=1)
         if self.config.patch_tokens:
             per_frame[PATCH] = tokens
         counts = counts.to(self.device)

@@ -253,10 +253,12 @@ def _paired_table(task: str, have: list[tuple[Entry, TaskResult]]) -> Table | No
         return None
     (ref, ref_task), rows = have[0], []
     metric = primary_metric([k for kind in ref_task.probes for k in ref_task.probes[kind].metrics if k in METRIC_NAMES])
+    if metric is None:
+        return None
     boot = ref.metrics.bootstrap or {}
     for e, t in have[1:]:
         for kind in ordered_probes(ref_task.probes):
-            if kind not in t.probes or metric is None:
+            if kind not in t.probes:
                 continue
             d = compare_probes(
                 ref.node.as_probe,
